@@ -1,0 +1,3 @@
+from tokenwire.cli import main
+
+main()

@@ -1,0 +1,212 @@
+"""The event union: every stream is an ordered list of these (DESIGN §2, a contract).
+
+Each event is a frozen :class:`msgspec.Struct` tagged on ``type``; on the wire it is
+a JSON object with ``type`` and ``seq`` (1, 2, 3 … per stream, no gaps). ``seq`` is
+0 until the stream log assigns it on append.
+
+Exactly one *terminal* event (:class:`Finish`, :class:`Error` or :class:`Cancelled`)
+ends every stream. New fields are always added with defaults (msgspec "Schema
+Evolution"), so older readers keep decoding newer streams.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "TERMINAL_TYPES",
+    "Cancelled",
+    "Error",
+    "ErrorCode",
+    "Event",
+    "Finish",
+    "FinishReason",
+    "ReasoningDelta",
+    "Source",
+    "Start",
+    "TextDelta",
+    "TokenUsage",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolCallStart",
+    "Usage",
+    "decode_event",
+    "encode_event",
+    "is_terminal",
+    "with_seq",
+]
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "other"]
+ErrorCode = Literal[
+    "provider_error",
+    "provider_overloaded",
+    "provider_rate_limited",
+    "provider_timeout",
+    "producer_lost",
+    "invalid_request",
+    "stream_timeout",
+    "internal_error",
+]
+
+
+class _Base(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    seq: int = 0
+    """Position in the stream, assigned by the log: 1 for the first event."""
+
+
+class Start(_Base, tag="start"):
+    """Always the first event of a stream."""
+
+    stream_id: str
+    message_id: str
+    conversation_id: str
+    model: str
+    created_at: float
+    """Unix time in seconds."""
+
+
+class TextDelta(_Base, tag="text-delta"):
+    part: int
+    delta: str
+
+
+class ReasoningDelta(_Base, tag="reasoning-delta"):
+    """Thinking, reasoning summary or ``reasoning_content``: whatever the provider calls it."""
+
+    part: int
+    delta: str
+
+
+class ToolCallStart(_Base, tag="tool-call-start"):
+    part: int
+    tool_call_id: str
+    name: str
+    provider_executed: bool = False
+
+
+class ToolCallDelta(_Base, tag="tool-call-delta"):
+    """Raw argument text as it arrives; the concatenation is the JSON arguments."""
+
+    part: int
+    tool_call_id: str
+    delta: str
+
+
+class ToolCall(_Base, tag="tool-call"):
+    """A complete tool call.
+
+    When the provider's argument text is not valid JSON (or not an object),
+    ``arguments`` is ``None``, ``arguments_text`` holds the text and ``invalid`` is true.
+    """
+
+    part: int
+    tool_call_id: str
+    name: str
+    arguments: dict[str, object] | None
+    provider_executed: bool = False
+    arguments_text: str | None = None
+    invalid: bool = False
+
+
+class Source(_Base, tag="source"):
+    """A citation (web search result)."""
+
+    part: int
+    url: str
+    title: str | None = None
+
+
+class TokenUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """Token counts, cumulative for the generation."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_input_tokens: int = 0
+
+
+class Usage(_Base, tag="usage"):
+    """Cumulative token counts; may repeat, the last one wins."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_input_tokens: int = 0
+
+    def as_token_usage(self) -> TokenUsage:
+        return TokenUsage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            cached_input_tokens=self.cached_input_tokens,
+        )
+
+
+class Finish(_Base, tag="finish"):
+    """Terminal: the model finished."""
+
+    finish_reason: FinishReason
+    provider_finish_reason: str | None = None
+    usage: TokenUsage | None = None
+
+
+class Error(_Base, tag="error"):
+    """Terminal: the generation failed. ``message`` never carries our exception text."""
+
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class Cancelled(_Base, tag="cancelled"):
+    """Terminal: stopped by a user (``user``), a newer message (``superseded``) or
+    because no reader was left (``abandoned``)."""
+
+    reason: str
+
+
+Event = (
+    Start
+    | TextDelta
+    | ReasoningDelta
+    | ToolCallStart
+    | ToolCallDelta
+    | ToolCall
+    | Source
+    | Usage
+    | Finish
+    | Error
+    | Cancelled
+)
+
+TERMINAL_TYPES = frozenset({"finish", "error", "cancelled"})
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
+
+
+def encode_event(event: Event) -> bytes:
+    """Return the event as compact JSON bytes (``type`` first)."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes | str) -> Event:
+    """Decode one event from JSON.
+
+    Raises:
+        msgspec.ValidationError: the JSON is not a known event.
+        msgspec.DecodeError: the input is not JSON.
+    """
+    return _decoder.decode(data)
+
+
+def is_terminal(event: Event) -> bool:
+    """True for :class:`Finish`, :class:`Error` and :class:`Cancelled`."""
+    return isinstance(event, Finish | Error | Cancelled)
+
+
+def with_seq(event: Event, seq: int) -> Event:
+    """Return a copy of ``event`` numbered ``seq`` (events are frozen)."""
+    return msgspec.structs.replace(event, seq=seq)

@@ -1,0 +1,151 @@
+"""Server-Sent Events framing, sans-I/O.
+
+Encoding follows DESIGN §3 (a contract): every event is framed as
+``id: <seq>\\nevent: <type>\\ndata: <json>\\n\\n``; a heartbeat is the comment
+``: ping\\n\\n``.
+
+Decoding follows the HTML Living Standard, "Server-sent events", section
+"Interpreting an event stream": lines end in CRLF, LF or CR; a line starting with
+``:`` is a comment; ``data`` lines are joined with ``\\n``; one leading space after
+the colon is dropped; a blank line dispatches the event; an event with no ``data``
+is not dispatched. One deliberate deviation: comments are reported as
+:class:`ServerSentEvent` with ``comment`` set, so callers can observe keep-alives.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+
+__all__ = ["HEARTBEAT", "SSEDecoder", "ServerSentEvent", "encode_sse"]
+
+HEARTBEAT = b": ping\n\n"
+
+
+def encode_sse(data: bytes, *, event: str | None = None, id: int | str | None = None) -> bytes:
+    """Frame one event.
+
+    Args:
+        data: the payload; must not contain a line break (compact JSON never does).
+        event: the ``event:`` field, omitted when ``None``.
+        id: the ``id:`` field, omitted when ``None``.
+
+    Returns:
+        The frame, ending in a blank line.
+
+    Raises:
+        ValueError: ``data``, ``event`` or ``id`` contains ``\\r`` or ``\\n``.
+    """
+    parts: list[bytes] = []
+    if id is not None:
+        parts.append(b"id: " + _field(str(id).encode()) + b"\n")
+    if event is not None:
+        parts.append(b"event: " + _field(event.encode()) + b"\n")
+    parts.append(b"data: " + _field(data) + b"\n\n")
+    return b"".join(parts)
+
+
+def _field(value: bytes) -> bytes:
+    if b"\n" in value or b"\r" in value:
+        raise ValueError("SSE field values must not contain line breaks")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSentEvent:
+    """One dispatched event, or a comment line when ``comment`` is not ``None``."""
+
+    data: str = ""
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+    comment: str | None = None
+
+
+class SSEDecoder:
+    """Incremental decoder: ``decode(chunk) -> list[ServerSentEvent]`` plus ``flush()``.
+
+    Survives any split of the input, including a CRLF pair or a multi-byte UTF-8
+    character across two chunks. ``last_event_id`` keeps the last ``id`` seen, as a
+    browser's ``EventSource`` does.
+    """
+
+    def __init__(self) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ""
+        self._pending_cr = False
+        self._data: list[str] = []
+        self._event = ""
+        self._id: str | None = None
+        self._retry: int | None = None
+        self.last_event_id: str | None = None
+
+    def decode(self, chunk: bytes) -> list[ServerSentEvent]:
+        """Feed bytes; return the events completed by them."""
+        return self._feed(self._utf8.decode(chunk))
+
+    def flush(self) -> list[ServerSentEvent]:
+        """End of input: a trailing event without its blank line is discarded (spec)."""
+        out = self._feed(self._utf8.decode(b"", final=True))
+        if self._buffer:
+            out.extend(self._line(self._buffer))
+            self._buffer = ""
+        self._data, self._event, self._id, self._retry = [], "", None, None
+        return out
+
+    def _feed(self, text: str) -> list[ServerSentEvent]:
+        if self._pending_cr and text.startswith("\n"):
+            text = text[1:]
+        self._pending_cr = False
+        out: list[ServerSentEvent] = []
+        buffer = self._buffer + text
+        start = 0
+        length = len(buffer)
+        while start < length:
+            cr = buffer.find("\r", start)
+            lf = buffer.find("\n", start)
+            if cr == -1 and lf == -1:
+                break
+            end = lf if cr == -1 or (lf != -1 and lf < cr) else cr
+            out.extend(self._line(buffer[start:end]))
+            if buffer[end] == "\r":
+                if end + 1 == length:
+                    self._pending_cr = True
+                elif buffer[end + 1] == "\n":
+                    end += 1
+            start = end + 1
+        self._buffer = buffer[start:]
+        return out
+
+    def _line(self, line: str) -> list[ServerSentEvent]:
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return [ServerSentEvent(comment=line[1:].removeprefix(" "))]
+        name, sep, value = line.partition(":")
+        if sep:
+            value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" not in value:
+                self._id = value
+                self.last_event_id = value
+        elif name == "retry" and value.isdigit():
+            self._retry = int(value)
+        return []
+
+    def _dispatch(self) -> list[ServerSentEvent]:
+        if not self._data:
+            self._event, self._retry = "", None
+            return []
+        event = ServerSentEvent(
+            data="\n".join(self._data),
+            event=self._event or "message",
+            id=self._id,
+            retry=self._retry,
+        )
+        self._data, self._event, self._retry = [], "", None
+        return [event]

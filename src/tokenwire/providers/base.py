@@ -1,0 +1,169 @@
+"""What every provider adapter shares: the request, the adapter protocol, part numbering.
+
+An adapter turns one model API's streaming response into :data:`ProviderEvent`s.
+It is an async generator: the producer closes it (``aclose()`` or task
+cancellation) to stop, and the adapter must then close the upstream HTTP response
+so the provider stops generating (and billing). An adapter ends with exactly one
+:class:`~tokenwire.events.Finish`, or raises :class:`~tokenwire.errors.ProviderError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Literal, Protocol
+
+import msgspec
+
+from tokenwire.errors import ProviderError
+from tokenwire.events import (
+    Finish,
+    FinishReason,
+    ReasoningDelta,
+    Source,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
+
+__all__ = [
+    "GenerationRequest",
+    "Message",
+    "Parts",
+    "Provider",
+    "ProviderEvent",
+    "error_for_status",
+    "finish",
+    "parse_arguments",
+    "tool_call",
+]
+
+ProviderEvent = (
+    TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | ToolCall | Source | Usage | Finish
+)
+
+
+class Message(msgspec.Struct, frozen=True):
+    """One chat message. ``role`` is ``user``, ``assistant`` or ``system``."""
+
+    role: Literal["user", "assistant", "system"]
+    content: str
+
+
+class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What to generate.
+
+    Attributes:
+        model: the provider's own model name (the part after ``provider:``).
+        messages: the conversation so far, oldest first.
+        system: a system prompt, or ``None``.
+        params: provider parameters passed through (``temperature``,
+            ``max_tokens`` …); unknown keys are the provider's to reject.
+    """
+
+    model: str
+    messages: list[Message]
+    system: str | None = None
+    params: dict[str, object] = msgspec.field(default_factory=dict)
+
+
+class Provider(Protocol):
+    """A model API. ``stream`` yields events and ends with :class:`Finish`.
+
+    Raises:
+        ProviderError: from ``stream``'s iteration, for every upstream failure,
+            including in-band errors after HTTP 200.
+    """
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]: ...
+
+
+class Parts:
+    """Assigns part indices (DESIGN §2): a new part whenever the kind of content
+    changes or a new block begins.
+
+    ``index(kind, key)`` returns the part for content of ``kind`` in block ``key``
+    (a tool call id, a provider's content-block index, or ``None`` for "the
+    current one"). Consecutive calls with the same kind and key share a part;
+    a key seen before (an interleaved parallel tool call) keeps its part.
+    """
+
+    def __init__(self) -> None:
+        self._current: tuple[str, object] | None = None
+        self._known: dict[tuple[str, object], int] = {}
+        self._next = 0
+
+    def index(self, kind: str, key: object = None) -> int:
+        block = (kind, key)
+        if block == self._current:
+            return self._known[block]
+        if key is not None and block in self._known:
+            self._current = block
+            return self._known[block]
+        part = self._next
+        self._next += 1
+        self._known[block] = part
+        self._current = block
+        return part
+
+
+def parse_arguments(text: str) -> tuple[dict[str, object] | None, bool]:
+    """Parse tool-call argument text. Empty text means ``{}``.
+
+    Returns:
+        ``(arguments, invalid)``: the object, or ``(None, True)`` when the text is
+        not a JSON object.
+    """
+    if not text.strip():
+        return {}, False
+    try:
+        value = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return None, True
+    if not isinstance(value, dict):
+        return None, True
+    return value, False
+
+
+def tool_call(
+    part: int, tool_call_id: str, name: str, text: str, *, provider_executed: bool = False
+) -> ToolCall:
+    """Build the complete :class:`ToolCall` from accumulated argument text."""
+    arguments, invalid = parse_arguments(text)
+    return ToolCall(
+        part=part,
+        tool_call_id=tool_call_id,
+        name=name,
+        arguments=arguments,
+        provider_executed=provider_executed,
+        arguments_text=text if invalid else None,
+        invalid=invalid,
+    )
+
+
+def error_for_status(status: int, message: str) -> ProviderError:
+    """Map an upstream HTTP status to a :class:`ProviderError`.
+
+    429 → ``provider_rate_limited``; 529 and 503 → ``provider_overloaded``;
+    408 and 504 → ``provider_timeout``; other 4xx → ``invalid_request`` (not
+    retryable); other 5xx → ``provider_error`` (retryable).
+    """
+    if status == 429:
+        return ProviderError("provider_rate_limited", message, retryable=True, status=status)
+    if status in (503, 529):
+        return ProviderError("provider_overloaded", message, retryable=True, status=status)
+    if status in (408, 504):
+        return ProviderError("provider_timeout", message, retryable=True, status=status)
+    if 400 <= status < 500:
+        return ProviderError("invalid_request", message, retryable=False, status=status)
+    return ProviderError("provider_error", message, retryable=True, status=status)
+
+
+def finish(reason: FinishReason, provider_reason: str | None, usage: Usage | None) -> Finish:
+    """Build the terminal :class:`Finish` event with the last usage seen."""
+    return Finish(
+        finish_reason=reason,
+        provider_finish_reason=provider_reason,
+        usage=usage.as_token_usage() if usage is not None else None,
+    )

@@ -1,0 +1,83 @@
+"""Settings, from arguments, ``TOKENWIRE_*`` environment variables and defaults.
+
+Provider base URLs and keys are *not* here: each official SDK reads its own
+variables (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, ``ANTHROPIC_BASE_URL``,
+``ANTHROPIC_API_KEY`` …).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("tokenwire"))
+
+
+class Settings(BaseSettings):
+    """Every knob of a tokenwire instance. Times are in seconds unless named ``_ms``."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENWIRE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    """SQLite file and other local state."""
+    log_url: str = "memory://"
+    """Stream log backend: ``memory://`` (one process)."""
+    store_url: str | None = None
+    """SQLAlchemy async URL; ``None`` = SQLite file ``tokenwire.db`` in ``data_dir``."""
+    default_model: str | None = None
+    """Model used when a request names none; ``None`` = the first of ``models``."""
+    models: list[str] | None = None
+    """Models listed by ``GET /v1/models``; ``None`` = derived from the API keys set."""
+
+    heartbeat_interval: float = 10.0
+    """Seconds of silence on an SSE response before a ``: ping`` comment."""
+    retention: float = 3600.0
+    """Seconds a finished stream's events stay readable (then 410)."""
+    coalesce_ms: float = 20.0
+    """Longest time a delta may wait to be merged with the next; 0 = never merge."""
+    orphan_timeout: float | None = 60.0
+    """Seconds with no reader before a stream is cancelled (``abandoned``);
+    0 = at once, ``None`` = never."""
+    max_stream_seconds: float = 600.0
+    """A generation still running after this ends with ``error{stream_timeout}``."""
+    checkpoint_interval: float = 5.0
+    """Seconds between store writes of a streaming message."""
+    lease_ttl: float = 15.0
+    """Seconds a producer's lease lasts without renewal (``producer_lost`` after)."""
+    reader_buffer: int = 1024
+    """Events a live reader may fall behind before it is moved back to the log."""
+    max_retries: int = 2
+    """Retries of an upstream call that failed before its first event."""
+    max_body_bytes: int = 1_000_000
+    """Largest accepted request body (413 beyond)."""
+
+    def resolved_store_url(self) -> str:
+        """The store URL, defaulting to an SQLite file in ``data_dir``."""
+        if self.store_url:
+            return self.store_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'tokenwire.db'}"
+
+    def resolved_models(self) -> list[str]:
+        """The configured models: explicit, or one per provider whose key is set."""
+        if self.models:
+            return list(self.models)
+        found: list[str] = []
+        if os.environ.get("OPENAI_API_KEY"):
+            found.append("openai:gpt-4o-mini")
+        if os.environ.get("ANTHROPIC_API_KEY"):
+            found.append("anthropic:claude-sonnet-4-6")
+        found.append("local:smollm2")
+        return found
+
+    def resolved_default_model(self) -> str:
+        return self.default_model or self.resolved_models()[0]
