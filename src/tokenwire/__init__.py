@@ -1,0 +1,65 @@
+"""tokenwire: one LLM generation becomes one durable, numbered, resumable,
+cancellable event stream, served over SSE and more (see DESIGN.md)."""
+
+from tokenwire.errors import (
+    ProviderError,
+    StoreError,
+    StreamExpiredError,
+    StreamNotFoundError,
+    TokenwireError,
+    UnknownModelError,
+)
+from tokenwire.events import (
+    Cancelled,
+    Error,
+    Event,
+    Finish,
+    ReasoningDelta,
+    Source,
+    Start,
+    TextDelta,
+    TokenUsage,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+    decode_event,
+    encode_event,
+)
+from tokenwire.providers import GenerationRequest, Message, Provider, ProviderRegistry
+from tokenwire.server.app import create_app
+from tokenwire.server.tokenwire import ConversationNotFoundError, Stream, Tokenwire
+from tokenwire.settings import Settings
+
+__all__ = [
+    "Cancelled",
+    "ConversationNotFoundError",
+    "Error",
+    "Event",
+    "Finish",
+    "GenerationRequest",
+    "Message",
+    "Provider",
+    "ProviderError",
+    "ProviderRegistry",
+    "ReasoningDelta",
+    "Settings",
+    "Source",
+    "Start",
+    "StoreError",
+    "Stream",
+    "StreamExpiredError",
+    "StreamNotFoundError",
+    "TextDelta",
+    "TokenUsage",
+    "Tokenwire",
+    "TokenwireError",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolCallStart",
+    "Usage",
+    "UnknownModelError",
+    "create_app",
+    "decode_event",
+    "encode_event",
+]

@@ -68,16 +68,17 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{self.data_dir / 'tokenwire.db'}"
 
     def resolved_models(self) -> list[str]:
-        """The configured models: explicit, or one per provider whose key is set."""
+        """The configured models: explicit, or the default model plus one per provider
+        whose key is set, plus ``local:smollm2``."""
         if self.models:
             return list(self.models)
-        found: list[str] = []
+        found: list[str] = [self.default_model] if self.default_model else []
         if os.environ.get("OPENAI_API_KEY"):
             found.append("openai:gpt-4o-mini")
         if os.environ.get("ANTHROPIC_API_KEY"):
             found.append("anthropic:claude-sonnet-4-6")
         found.append("local:smollm2")
-        return found
+        return list(dict.fromkeys(found))
 
     def resolved_default_model(self) -> str:
         return self.default_model or self.resolved_models()[0]

@@ -1,0 +1,135 @@
+"""Fold a stream's events into the message they describe (sans-I/O).
+
+Used for polling snapshots, for the stored message's ``parts`` and by
+``Stream.text`` and friends. Parts keep the order of their ``part`` index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenwire.events import (
+    Cancelled,
+    Error,
+    Event,
+    Finish,
+    ReasoningDelta,
+    Source,
+    Start,
+    TextDelta,
+    TokenUsage,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
+
+__all__ = ["MessageState"]
+
+
+class MessageState:
+    """The message as known after the events applied so far.
+
+    Attributes:
+        status: ``pending`` before ``start``, ``streaming``, then ``completed``,
+            ``failed`` or ``cancelled`` after the terminal event.
+        last_seq: ``seq`` of the last event applied (0 before any).
+    """
+
+    def __init__(self) -> None:
+        self.parts: dict[int, dict[str, Any]] = {}
+        self.usage: TokenUsage | None = None
+        self.finish_reason: str | None = None
+        self.error: dict[str, Any] | None = None
+        self.cancel_reason: str | None = None
+        self.status = "pending"
+        self.last_seq = 0
+        self.start: Start | None = None
+
+    def apply(self, event: Event) -> None:
+        """Fold one event in."""
+        self.last_seq = max(self.last_seq, event.seq)
+        match event:
+            case Start():
+                self.start = event
+                self.status = "streaming"
+            case TextDelta(part=part, delta=delta):
+                self._append(part, "text", delta)
+            case ReasoningDelta(part=part, delta=delta):
+                self._append(part, "reasoning", delta)
+            case ToolCallStart():
+                self.parts[event.part] = _tool_part(event.tool_call_id, event.name, event)
+            case ToolCallDelta(part=part, delta=delta):
+                entry = self.parts.setdefault(part, _tool_part(event.tool_call_id, "", event))
+                entry["arguments_text"] = entry.get("arguments_text", "") + delta
+            case ToolCall():
+                entry = _tool_part(event.tool_call_id, event.name, event)
+                entry["arguments"] = event.arguments
+                if event.invalid:
+                    entry["arguments_text"] = event.arguments_text
+                    entry["invalid"] = True
+                self.parts[event.part] = entry
+            case Source():
+                self.parts[event.part] = {"type": "source", "url": event.url, "title": event.title}
+            case Usage():
+                self.usage = event.as_token_usage()
+            case Finish():
+                self.status = "completed"
+                self.finish_reason = event.finish_reason
+                if event.usage is not None:
+                    self.usage = event.usage
+            case Error():
+                self.status = "failed"
+                self.error = {"code": event.code, "message": event.message}
+            case Cancelled():
+                self.status = "cancelled"
+                self.cancel_reason = event.reason
+
+    def _append(self, part: int, kind: str, delta: str) -> None:
+        entry = self.parts.setdefault(part, {"type": kind, "text": ""})
+        entry["text"] += delta
+
+    def _joined(self, kind: str) -> str:
+        return "".join(p["text"] for _, p in sorted(self.parts.items()) if p["type"] == kind)
+
+    @property
+    def text(self) -> str:
+        """All text parts, concatenated."""
+        return self._joined("text")
+
+    @property
+    def reasoning(self) -> str:
+        """All reasoning parts, concatenated."""
+        return self._joined("reasoning")
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """Tool-call parts: ``{type, tool_call_id, name, arguments?, arguments_text?, …}``."""
+        return [p for _, p in sorted(self.parts.items()) if p["type"] == "tool-call"]
+
+    def parts_list(self) -> list[dict[str, Any]]:
+        """The parts in order, as stored with the message (copies)."""
+        return [dict(p) for _, p in sorted(self.parts.items())]
+
+    def usage_dict(self) -> dict[str, int] | None:
+        u = self.usage
+        if u is None:
+            return None
+        return {
+            "input_tokens": u.input_tokens,
+            "output_tokens": u.output_tokens,
+            "reasoning_tokens": u.reasoning_tokens,
+            "cached_input_tokens": u.cached_input_tokens,
+        }
+
+
+def _tool_part(
+    tool_call_id: str, name: str, event: ToolCallStart | ToolCallDelta | ToolCall
+) -> dict[str, Any]:
+    executed = getattr(event, "provider_executed", False)
+    return {
+        "type": "tool-call",
+        "tool_call_id": tool_call_id,
+        "name": name,
+        "provider_executed": executed,
+    }

@@ -1,0 +1,120 @@
+"""The ``tokenwire`` command: ``serve``, ``chat`` and ``mock-provider``.
+
+Every setting can also come from a ``TOKENWIRE_*`` environment variable
+(``TOKENWIRE_DATA_DIR``, ``TOKENWIRE_LOG_URL``, ``TOKENWIRE_STORE_URL`` …); flags win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from tokenwire.settings import Settings
+
+app = typer.Typer(
+    help="Durable, resumable, cancellable LLM response streams.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+def _settings(**flags: Any) -> Settings:
+    return Settings(**{k: v for k, v in flags.items() if v is not None})
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    model: Annotated[
+        str | None, typer.Option(help="Default model, 'provider:model' (default: local:smollm2 without API keys).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="SQLite file and local state (env TOKENWIRE_DATA_DIR).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the HTTP server: native API, SSE, and the chat page at http://HOST:PORT/."""
+    import uvicorn
+
+    from tokenwire.server.app import create_app
+
+    settings = _settings(host=host, port=port, default_model=model, data_dir=data_dir)
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    console.print(f"tokenwire: chat page on http://{host}:{port}/  (default model {settings.resolved_default_model()})")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+
+
+@app.command()
+def chat(
+    question: Annotated[str, typer.Argument(help="What to ask.")],
+    model: Annotated[str | None, typer.Option(help="'provider:model'.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the conversation is stored.")] = None,
+) -> None:
+    """Stream one answer to the terminal; Ctrl-C stops the generation."""
+    settings = _settings(default_model=model, data_dir=data_dir, orphan_timeout=None)
+    try:
+        code = asyncio.run(_chat(settings, question, system))
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
+async def _chat(settings: Settings, question: str, system: str | None) -> int:
+    from tokenwire.events import ReasoningDelta, TextDelta, ToolCall
+    from tokenwire.providers import Message
+    from tokenwire.server.tokenwire import Tokenwire
+
+    async with Tokenwire(settings) as tw:
+        stream = await tw.start(None, [Message("user", question)], system=system)
+        out = sys.stdout
+        try:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    out.write(event.delta)
+                    out.flush()
+                elif isinstance(event, ReasoningDelta):
+                    console.print(event.delta, end="", style="dim italic")
+                elif isinstance(event, ToolCall):
+                    console.print(f"\n[tool call] {event.name}({event.arguments_text or event.arguments})")
+        except asyncio.CancelledError:
+            await stream.cancel("user")
+            with contextlib.suppress(Exception):
+                await asyncio.shield(tw.wait_idle())
+            console.print("\n[cancelled]")
+            return 130
+        out.write("\n")
+        if stream.status == "failed" and stream.state.error:
+            console.print(f"error: {stream.state.error['message']}", style="red")
+            return 1
+        usage = stream.usage
+        if usage is not None:
+            console.print(f"[{stream.finish_reason}; {usage.input_tokens} in, {usage.output_tokens} out]", style="dim")
+        return 0
+
+
+@app.command("mock-provider")
+def mock_provider(
+    recordings: Annotated[Path, typer.Option(help="Folder of recordings (<api>/<name>.sse …).")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8100,
+    pace_ms: Annotated[float, typer.Option(help="Milliseconds between replayed events.")] = 0.0,
+) -> None:
+    """Serve recorded provider responses over the providers' real HTTP APIs."""
+    from tokenwire.mock_provider import serve as serve_mock
+
+    serve_mock(recordings, host=host, port=port, pace_ms=pace_ms)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,102 @@
+"""The stream log protocol (DESIGN §4), implemented by the memory and Redis backends.
+
+A stream is created, then receives events numbered ``seq = 1, 2, 3 …`` with no
+gaps, up to exactly one terminal event. Any number of readers replay it from any
+point and follow it live. The log also carries the stream's cancel request, the
+producer's lease and the count of live readers.
+
+Slow readers: a reader holds no queue of its own. It keeps only its position
+(``after``) and takes at most ``batch`` events per step from the shared log, so a
+reader that cannot keep up simply falls behind in the log and catches up by
+sequence number; its memory cost does not grow with its lag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+from typing import Protocol
+
+import msgspec
+
+from tokenwire.events import Event
+
+__all__ = ["StreamInfo", "StreamLog"]
+
+
+class StreamInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What the log knows about one stream.
+
+    Attributes:
+        status: ``running`` until the terminal event is appended, then the
+            terminal's outcome: ``completed``, ``failed`` or ``cancelled``.
+        last_seq: ``seq`` of the last event appended (0 for none).
+        meta: what the creator stored (conversation and message ids, model, owner).
+        created_at: Unix seconds.
+        finished_at: Unix seconds of the terminal event, or ``None``.
+    """
+
+    stream_id: str
+    status: str
+    last_seq: int
+    meta: Mapping[str, str]
+    created_at: float
+    finished_at: float | None = None
+
+
+class StreamLog(Protocol):
+    """Ordered, durable-while-retained event storage with live tail.
+
+    Every method raises :class:`~tokenwire.errors.StreamNotFoundError` for an
+    unknown stream and :class:`~tokenwire.errors.StreamExpiredError` for one past
+    retention, unless documented otherwise.
+    """
+
+    async def create(self, stream_id: str, meta: Mapping[str, str]) -> None:
+        """Create an empty running stream. Raises ``ValueError`` if it exists."""
+
+    async def append(self, stream_id: str, events: list[Event]) -> list[Event]:
+        """Append events atomically, numbering them; return them with ``seq`` set.
+
+        Events after a terminal event are dropped: once a stream has its terminal
+        event nothing more is appended, so the result may be shorter than
+        ``events`` (empty when the stream had already ended). This is how
+        "exactly one terminal event" holds when a producer and a
+        ``producer_lost`` detector race.
+        """
+
+    def read(
+        self, stream_id: str, after: int = 0, *, batch: int = 256, idle: float | None = None
+    ) -> AsyncGenerator[list[Event], None]:
+        """Replay events with ``seq > after``, then follow live, until the terminal event.
+
+        Yields lists of at most ``batch`` events: everything that is ready at
+        once, so a transport can write them in one send; an empty list after
+        ``idle`` seconds without events (``None``: never), for heartbeats. While the
+        stream is running the reader counts as live for ``orphan_timeout``. If the
+        producer's lease expires without a terminal event, the reader appends
+        ``error{code: "producer_lost"}`` itself (and yields it).
+        """
+
+    async def events(self, stream_id: str, after: int = 0, limit: int | None = None) -> list[Event]:
+        """Events with ``seq > after`` available now (no waiting); at most ``limit``."""
+
+    async def wait(self, stream_id: str, after: int, timeout: float) -> list[Event]:
+        """Like :meth:`events`, but wait up to ``timeout`` seconds for at least one."""
+
+    async def info(self, stream_id: str) -> StreamInfo:
+        """The stream's status."""
+
+    async def request_cancel(self, stream_id: str, reason: str) -> bool:
+        """Ask the producer to stop. Idempotent: ``False`` if already asked or ended."""
+
+    async def wait_cancel(self, stream_id: str) -> str:
+        """Block until a cancel is requested; return its reason."""
+
+    async def heartbeat(self, stream_id: str, ttl: float) -> None:
+        """Renew the producer's lease for ``ttl`` seconds."""
+
+    async def readers(self, stream_id: str) -> int:
+        """How many readers follow the stream live now."""
+
+    async def close(self) -> None:
+        """Release resources."""

@@ -1,0 +1,242 @@
+"""In-memory stream log: one process, no dependencies, the default.
+
+Events live in a per-stream list whose index is ``seq - 1``; readers wait on a
+per-stream :class:`asyncio.Event` that is replaced on every append, so one append
+wakes every live reader once, however many events it carried. Finished streams are
+dropped ``retention`` seconds after their terminal event (then 410 for a while).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any
+
+from tokenwire.errors import StreamExpiredError, StreamNotFoundError
+from tokenwire.events import Cancelled, Error, Event, Finish, with_seq
+from tokenwire.log.base import StreamInfo
+
+__all__ = ["MemoryStreamLog"]
+
+_OUTCOME: dict[type[Any], str] = {Finish: "completed", Error: "failed", Cancelled: "cancelled"}
+_EXPIRED_KEPT = 100_000
+"""How many expired stream ids are remembered to answer 410 rather than 404."""
+
+
+class _Stream:
+    __slots__ = (
+        "cancel_event",
+        "cancel_reason",
+        "changed",
+        "created_at",
+        "events",
+        "finished_at",
+        "lease_until",
+        "meta",
+        "readers",
+        "status",
+    )
+
+    def __init__(self, meta: Mapping[str, str], now: float) -> None:
+        self.events: list[Event] = []
+        self.status = "running"
+        self.meta = dict(meta)
+        self.created_at = now
+        self.finished_at: float | None = None
+        self.changed = asyncio.Event()
+        self.cancel_reason: str | None = None
+        self.cancel_event = asyncio.Event()
+        self.lease_until: float | None = None
+        self.readers = 0
+
+
+class MemoryStreamLog:
+    """A :class:`~tokenwire.log.base.StreamLog` in this process's memory.
+
+    Args:
+        retention: seconds a finished stream stays readable after its terminal event.
+        clock: wall clock in Unix seconds (injectable for tests); leases use
+            :func:`time.monotonic`.
+    """
+
+    def __init__(self, *, retention: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
+        self._streams: dict[str, _Stream] = {}
+        self._expired: OrderedDict[str, None] = OrderedDict()
+        self._retention = retention
+        self._clock = clock
+        self._last_sweep = clock()
+
+    def _get(self, stream_id: str) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if stream_id in self._expired:
+                raise StreamExpiredError(stream_id)
+            raise StreamNotFoundError(stream_id)
+        if stream.finished_at is not None and self._clock() > stream.finished_at + self._retention:
+            self._expire(stream_id)
+            raise StreamExpiredError(stream_id)
+        return stream
+
+    def _expire(self, stream_id: str) -> None:
+        del self._streams[stream_id]
+        self._expired[stream_id] = None
+        if len(self._expired) > _EXPIRED_KEPT:
+            self._expired.popitem(last=False)
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        if now - self._last_sweep < min(60.0, self._retention):
+            return
+        self._last_sweep = now
+        cutoff = now - self._retention
+        for stream_id in [
+            sid for sid, s in self._streams.items() if s.finished_at is not None and s.finished_at < cutoff
+        ]:
+            self._expire(stream_id)
+
+    async def create(self, stream_id: str, meta: Mapping[str, str]) -> None:
+        self._sweep()
+        if stream_id in self._streams:
+            raise ValueError(f"stream {stream_id!r} exists")
+        self._streams[stream_id] = _Stream(meta, self._clock())
+
+    async def append(self, stream_id: str, events: list[Event]) -> list[Event]:
+        return self._append(self._get(stream_id), events)
+
+    def _append(self, stream: _Stream, events: list[Event]) -> list[Event]:
+        if stream.status != "running":
+            return []
+        out: list[Event] = []
+        log = stream.events
+        for event in events:
+            numbered = with_seq(event, len(log) + 1)
+            log.append(numbered)
+            out.append(numbered)
+            outcome = _OUTCOME.get(type(event))
+            if outcome is not None:
+                stream.status = outcome
+                stream.finished_at = self._clock()
+                stream.lease_until = None
+                stream.cancel_event.set()
+                break
+        if out:
+            stream.changed.set()
+            stream.changed = asyncio.Event()
+        return out
+
+    async def read(
+        self, stream_id: str, after: int = 0, *, batch: int = 256, idle: float | None = None
+    ) -> AsyncGenerator[list[Event], None]:
+        stream = self._get(stream_id)
+        stream.readers += 1
+        try:
+            quiet_until = None if idle is None else time.monotonic() + idle
+            while True:
+                log = stream.events
+                if len(log) > after:
+                    chunk = log[after : after + batch]
+                    after = chunk[-1].seq
+                    yield chunk
+                    if _OUTCOME.get(type(chunk[-1])) is not None:
+                        return
+                    quiet_until = None if idle is None else time.monotonic() + idle
+                    continue
+                if stream.status != "running":
+                    return
+                left = None if quiet_until is None else quiet_until - time.monotonic()
+                if left is not None and left <= 0:
+                    yield []
+                    quiet_until = time.monotonic() + (idle or 0.0)
+                    continue
+                await self._wait_changed(stream, left)
+        finally:
+            stream.readers -= 1
+
+    async def _wait_changed(self, stream: _Stream, timeout: float | None = None) -> bool:
+        """Wait for an append, at most ``timeout`` s and never past the lease's expiry.
+
+        Returns ``False`` when the wait timed out."""
+        lease_left = None
+        if stream.lease_until is not None:
+            lease_left = max(0.0, stream.lease_until - time.monotonic())
+        limits = [t for t in (timeout, lease_left) if t is not None]
+        try:
+            async with asyncio.timeout(min(limits) if limits else None):
+                await stream.changed.wait()
+        except TimeoutError:
+            self._check_lease(stream)
+            return False
+        return True
+
+    def _check_lease(self, stream: _Stream) -> None:
+        if stream.lease_until is not None and time.monotonic() >= stream.lease_until:
+            self._append(
+                stream,
+                [Error(code="producer_lost", message="the generation stopped unexpectedly", retryable=True)],
+            )
+
+    async def events(self, stream_id: str, after: int = 0, limit: int | None = None) -> list[Event]:
+        log = self._get(stream_id).events
+        end = None if limit is None else after + limit
+        return log[after:end]
+
+    async def wait(self, stream_id: str, after: int, timeout: float) -> list[Event]:
+        stream = self._get(stream_id)
+        deadline = time.monotonic() + timeout
+        while len(stream.events) <= after and stream.status == "running":
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            stream.readers += 1
+            try:
+                await self._wait_changed(stream, left)
+            finally:
+                stream.readers -= 1
+        return stream.events[after:]
+
+    async def info(self, stream_id: str) -> StreamInfo:
+        stream = self._get(stream_id)
+        return StreamInfo(
+            stream_id=stream_id,
+            status=stream.status,
+            last_seq=len(stream.events),
+            meta=stream.meta,
+            created_at=stream.created_at,
+            finished_at=stream.finished_at,
+        )
+
+    async def request_cancel(self, stream_id: str, reason: str) -> bool:
+        stream = self._get(stream_id)
+        if stream.status != "running" or stream.cancel_reason is not None:
+            return False
+        stream.cancel_reason = reason
+        stream.cancel_event.set()
+        return True
+
+    async def wait_cancel(self, stream_id: str) -> str:
+        stream = self._get(stream_id)
+        await stream.cancel_event.wait()
+        return stream.cancel_reason or "ended"
+
+    async def heartbeat(self, stream_id: str, ttl: float) -> None:
+        stream = self._get(stream_id)
+        if stream.status == "running":
+            stream.lease_until = time.monotonic() + ttl
+
+    async def readers(self, stream_id: str) -> int:
+        return self._get(stream_id).readers
+
+    def statistics(self) -> dict[str, int]:
+        """Counts for metrics: ``streams``, ``running``, ``events`` held, live ``readers``."""
+        streams = self._streams.values()
+        return {
+            "streams": len(self._streams),
+            "running": sum(1 for s in streams if s.status == "running"),
+            "events": sum(len(s.events) for s in streams),
+            "readers": sum(s.readers for s in streams),
+        }
+
+    async def close(self) -> None:
+        self._streams.clear()

@@ -1,0 +1,120 @@
+"""Provider adapters, chosen by the ``provider:`` prefix of a model name (DESIGN §3).
+
+===================== ============================================ ==================
+prefix                API                                          configured by
+===================== ============================================ ==================
+``openai:``           Chat Completions (and compatible servers)    ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``
+``openai-responses:`` Responses API                                the same
+``anthropic:``        Messages API                                 ``ANTHROPIC_BASE_URL``, ``ANTHROPIC_API_KEY``
+``ollama:``           Ollama's OpenAI-compatible endpoint          ``OLLAMA_HOST`` (default ``http://127.0.0.1:11434``)
+``local:``            the bundled SmolLM2-135M on the CPU          nothing
+``fake:``             scripted, for tests                          nothing
+===================== ============================================ ==================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from tokenwire.errors import UnknownModelError
+from tokenwire.providers.base import GenerationRequest, Message, Provider, ProviderEvent
+
+__all__ = [
+    "GenerationRequest",
+    "Message",
+    "Provider",
+    "ProviderEvent",
+    "ProviderRegistry",
+    "split_model",
+]
+
+
+def split_model(name: str) -> tuple[str, str]:
+    """Split ``"provider:model"``.
+
+    Raises:
+        UnknownModelError: no ``:`` or an empty side.
+    """
+    provider, sep, model = name.partition(":")
+    if not sep or not provider or not model:
+        raise UnknownModelError(f"model must be named 'provider:model', got {name!r}")
+    return provider, model
+
+
+def _openai() -> Provider:
+    from tokenwire.providers.openai_chat import OpenAIChatProvider
+
+    return OpenAIChatProvider()
+
+
+def _openai_responses() -> Provider:
+    from tokenwire.providers.openai_responses import OpenAIResponsesProvider
+
+    return OpenAIResponsesProvider()
+
+
+def _anthropic() -> Provider:
+    from tokenwire.providers.anthropic import AnthropicProvider
+
+    return AnthropicProvider()
+
+
+def _ollama() -> Provider:
+    from tokenwire.providers.openai_chat import OpenAIChatProvider
+
+    host = os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434").rstrip("/")
+    if "://" not in host:
+        host = "http://" + host
+    return OpenAIChatProvider(base_url=host + "/v1", api_key="ollama")
+
+
+def _local() -> Provider:
+    from tokenwire.providers.local import LocalProvider
+
+    return LocalProvider()
+
+
+def _fake() -> Provider:
+    from tokenwire.providers.fake import FakeProvider
+
+    return FakeProvider()
+
+
+_FACTORIES: dict[str, Callable[[], Provider]] = {
+    "openai": _openai,
+    "openai-responses": _openai_responses,
+    "anthropic": _anthropic,
+    "ollama": _ollama,
+    "local": _local,
+    "fake": _fake,
+}
+
+
+class ProviderRegistry:
+    """Builds each provider once, on first use; extra providers can be registered."""
+
+    def __init__(self) -> None:
+        self._factories = dict(_FACTORIES)
+        self._built: dict[str, Provider] = {}
+
+    def register(self, prefix: str, provider: Provider) -> None:
+        """Serve models named ``prefix:…`` with ``provider`` (replacing a built-in)."""
+        self._built[prefix] = provider
+        self._factories.setdefault(prefix, lambda: provider)
+
+    def resolve(self, name: str) -> tuple[Provider, str]:
+        """Return the provider for ``"provider:model"`` and the provider's model name.
+
+        Raises:
+            UnknownModelError: malformed name or unknown provider prefix.
+        """
+        prefix, model = split_model(name)
+        provider = self._built.get(prefix)
+        if provider is None:
+            factory = self._factories.get(prefix)
+            if factory is None:
+                known = ", ".join(sorted(self._factories))
+                raise UnknownModelError(f"unknown provider {prefix!r} (known: {known})")
+            provider = self._built[prefix] = factory()
+        return provider, model

@@ -1,0 +1,125 @@
+"""``fake:`` models: scripted, deterministic, no network (for tests and demos).
+
+The model name picks the script; ``request.params`` steer it:
+
+- ``fake:echo``: answers with the last user message.
+- ``fake:lorem``: answers with ``tokens`` (default 20) words.
+- ``fake:think``: reasoning ``"Let me think."`` then the echo.
+- ``fake:tool``: a ``get_weather`` tool call whose arguments arrive in pieces.
+
+Params (all optional): ``tokens`` (int, lorem length); ``delay_ms`` (float, pause
+before each delta); ``text`` (str, the answer, overriding the script's);
+``fail_before`` (``"rate_limited"``, ``"overloaded"`` or ``"error"``: raise that
+:class:`ProviderError` before the first event, the first ``fail_times`` calls
+only, default every call); ``fail_after`` (int N: a retryable ``provider_error``
+after N deltas); ``crash_after`` (int N: a plain ``RuntimeError``, standing for a
+bug in our code); ``stall_after`` (int N: wait forever after N deltas, until
+cancelled). Deltas are cut at character boundaries, so multi-byte text is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+
+from tokenwire.errors import ProviderError
+from tokenwire.events import ReasoningDelta, TextDelta, ToolCallDelta, ToolCallStart, Usage
+from tokenwire.providers.base import (
+    GenerationRequest,
+    Parts,
+    ProviderEvent,
+    error_for_status,
+    finish,
+    tool_call,
+)
+
+__all__ = ["FakeProvider"]
+
+_LOREM = (
+    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+    "incididunt ut labore et dolore magna aliqua"
+).split()
+_FAILURES = {"rate_limited": 429, "overloaded": 529, "error": 500}
+
+
+class FakeProvider:
+    """A scripted :class:`~tokenwire.providers.base.Provider`.
+
+    Attributes:
+        calls: how many times :meth:`stream` was started (retries included).
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
+        self.calls += 1
+        params = request.params
+        failure = params.get("fail_before")
+        if isinstance(failure, str) and self.calls <= _int(params, "fail_times", 1_000_000):
+            raise error_for_status(_FAILURES.get(failure, 500), f"fake {failure}")
+        delay = float(_number(params, "delay_ms", 0)) / 1000
+        parts = Parts()
+        count = 0
+        for event in _script(request, parts):
+            if isinstance(event, TextDelta | ReasoningDelta | ToolCallDelta):
+                if count == _int(params, "stall_after", -1):
+                    await asyncio.Event().wait()
+                if count == _int(params, "fail_after", -1):
+                    raise ProviderError("provider_error", "fake failure mid-stream", retryable=True)
+                if count == _int(params, "crash_after", -1):
+                    raise RuntimeError("fake crash")
+                count += 1
+                if delay:
+                    await asyncio.sleep(delay)
+            yield event
+        usage = Usage(input_tokens=_words(request), output_tokens=count)
+        yield usage
+        yield finish("tool_calls" if request.model == "tool" else "stop", None, usage)
+
+
+def _script(request: GenerationRequest, parts: Parts) -> list[ProviderEvent]:
+    text = request.params.get("text")
+    last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
+    if request.model == "tool":
+        part = parts.index("tool", "call_1")
+        args = '{"city": "Paris", "unit": "celsius"}'
+        pieces = [args[i : i + 7] for i in range(0, len(args), 7)]
+        return [
+            ToolCallStart(part=part, tool_call_id="call_1", name="get_weather"),
+            *(ToolCallDelta(part=part, tool_call_id="call_1", delta=p) for p in pieces),
+            tool_call(part, "call_1", "get_weather", args),
+        ]
+    events: list[ProviderEvent] = []
+    if request.model == "think":
+        part = parts.index("reasoning")
+        events += [ReasoningDelta(part=part, delta=w) for w in ("Let ", "me ", "think.")]
+    if isinstance(text, str):
+        answer = text
+    elif request.model == "lorem":
+        words = itertools.islice(itertools.cycle(_LOREM), _int(request.params, "tokens", 20))
+        answer = " ".join(words)
+    else:
+        answer = last_user
+    part = parts.index("text")
+    return events + [TextDelta(part=part, delta=piece) for piece in _pieces(answer)]
+
+
+def _pieces(text: str) -> list[str]:
+    """Split into word-sized deltas (a space leads each word but the first)."""
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words) if w or i == 0] if text else []
+
+
+def _number(params: dict[str, object], key: str, default: float) -> float:
+    value = params.get(key, default)
+    return float(value) if isinstance(value, int | float) else default
+
+
+def _int(params: dict[str, object], key: str, default: int) -> int:
+    return int(_number(params, key, default))
+
+
+def _words(request: GenerationRequest) -> int:
+    return sum(len(m.content.split()) for m in request.messages)

@@ -1,0 +1,165 @@
+"""``create_app(settings) -> FastAPI``: the server ``tokenwire serve`` runs.
+
+Mounts the native API, operations endpoints (``/healthz``, ``/readyz``,
+``/metrics`` in the Prometheus text format) and the chat page at ``/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tokenwire.errors import (
+    StoreError,
+    StreamExpiredError,
+    StreamNotFoundError,
+    TokenwireError,
+    UnknownModelError,
+)
+from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
+from tokenwire.settings import Settings
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("tokenwire.server")
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+def create_app(settings: Settings | None = None, *, tokenwire: Tokenwire | None = None) -> FastAPI:
+    """Build the ASGI app. Its lifespan opens and closes the :class:`Tokenwire` instance.
+
+    Args:
+        settings: configuration (``None``: from the environment).
+        tokenwire: an instance to serve instead of a new one built from ``settings``.
+    """
+    tw = tokenwire or Tokenwire(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await tw.open()
+        try:
+            yield
+        finally:
+            await tw.aclose()
+
+    app = FastAPI(title="tokenwire", lifespan=lifespan)
+    app.state.tokenwire = tw
+    app.add_middleware(BodyLimitMiddleware, max_bytes=tw.settings.max_body_bytes)
+    app.include_router(tw.router)
+    _exception_handlers(app)
+    _operations(app, tw)
+    if WEB_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+    return app
+
+
+def _exception_handlers(app: FastAPI) -> None:
+    statuses: list[tuple[type[Exception], int, str]] = [
+        (StreamNotFoundError, 404, "stream not found"),
+        (ConversationNotFoundError, 404, "conversation not found"),
+        (StreamExpiredError, 410, "the stream's events have expired; the message is in the store"),
+        (StoreError, 503, "the conversation store is unavailable"),
+    ]
+    for exc_type, status, message in statuses:
+
+        async def handler(
+            request: Request, exc: Exception, status: int = status, message: str = message
+        ) -> JSONResponse:
+            return JSONResponse({"detail": message}, status_code=status)
+
+        app.add_exception_handler(exc_type, handler)
+
+    async def unknown_model(request: Request, exc: Exception) -> JSONResponse:
+        detail = [{"loc": ["body", "model"], "msg": str(exc), "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    async def bad_value(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    app.add_exception_handler(UnknownModelError, unknown_model)
+    app.add_exception_handler(ValueError, bad_value)
+    app.add_exception_handler(TokenwireError, bad_value)
+
+
+def _operations(app: FastAPI, tw: Tokenwire) -> None:
+    registry = CollectorRegistry()
+    gauges = {
+        name: Gauge(f"tokenwire_log_{name}", f"stream log: {name}", registry=registry)
+        for name in ("streams", "running", "events", "readers")
+    }
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        try:
+            await tw.store.ping()
+        except (StoreError, RuntimeError):
+            return JSONResponse({"status": "unavailable", "store": "unreachable"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        statistics = getattr(tw.log, "statistics", None)
+        if statistics is not None:
+            for name, value in statistics().items():
+                if name in gauges:
+                    gauges[name].set(value)
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+
+class BodyLimitMiddleware:
+    """Answer 413 to request bodies over ``max_bytes`` (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await _too_large(self.max_bytes)(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _too_large(self.max_bytes)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int) -> Response:
+    return JSONResponse({"detail": f"request body larger than {limit} bytes"}, status_code=413)

@@ -1,0 +1,371 @@
+"""The library entry point: :class:`Tokenwire` starts generations, :class:`Stream` reads one.
+
+::
+
+    tw = Tokenwire.from_env()
+    async with tw:                                    # opens the store (migrations), stops producers at exit
+        stream = await tw.start("fake:echo", [Message("user", "hi")])
+        async for event in stream: ...
+        app.include_router(tw.router, prefix="/ai")   # the native HTTP API
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+
+from tokenwire.accumulate import MessageState
+from tokenwire.errors import TokenwireError
+from tokenwire.events import Event, Start, is_terminal
+from tokenwire.log.base import StreamLog
+from tokenwire.log.memory import MemoryStreamLog
+from tokenwire.producer import Generation, Producer, ProducerConfig
+from tokenwire.providers import GenerationRequest, Message, ProviderRegistry
+from tokenwire.settings import Settings
+from tokenwire.store import Store
+from tokenwire.transports.sse import EventStreamResponse
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+__all__ = ["ConversationNotFoundError", "Stream", "Tokenwire"]
+
+logger = logging.getLogger("tokenwire")
+
+EventCallback = Callable[[Event], Awaitable[None] | None]
+StreamCallback = Callable[["Stream"], Awaitable[None] | None]
+
+
+class ConversationNotFoundError(TokenwireError):
+    """No such conversation, or not the caller's (HTTP 404)."""
+
+
+class Tokenwire:
+    """One tokenwire instance: a stream log, a store, providers and running producers.
+
+    Args:
+        settings: configuration; ``None`` = :class:`Settings` from the environment.
+        log: a stream log to use instead of the one ``settings.log_url`` names.
+        store: an opened store to use instead of opening ``settings.store_url``.
+        registry: providers; ``None`` = the built-in ones.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        log: StreamLog | None = None,
+        store: Store | None = None,
+        registry: ProviderRegistry | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.log: StreamLog = log or _open_log(self.settings)
+        self._store = store
+        self.registry = registry or ProviderRegistry()
+        s = self.settings
+        self.producer_config = ProducerConfig(
+            coalesce_ms=s.coalesce_ms,
+            orphan_timeout=s.orphan_timeout,
+            max_stream_seconds=s.max_stream_seconds,
+            checkpoint_interval=s.checkpoint_interval,
+            lease_ttl=s.lease_ttl,
+            max_retries=s.max_retries,
+        )
+        self._tasks: dict[str, asyncio.Task[Event]] = {}
+        self._active: dict[str, tuple[str, str]] = {}
+        """conversation_id → (stream_id, message_id) of its running generation."""
+
+    @classmethod
+    def from_env(cls) -> Tokenwire:
+        """An instance configured from ``TOKENWIRE_*`` variables."""
+        return cls(Settings())
+
+    @property
+    def store(self) -> Store:
+        """The opened store. Raises ``RuntimeError`` before :meth:`open`."""
+        if self._store is None:
+            raise RuntimeError("Tokenwire is not open: use 'async with tw:' or 'await tw.open()'")
+        return self._store
+
+    async def open(self) -> None:
+        """Open the store (running migrations); idempotent."""
+        if self._store is None:
+            self._store = await Store.open(self.settings.resolved_store_url())
+
+    async def aclose(self) -> None:
+        """Stop running generations (``cancelled`` with reason ``shutdown``), close everything."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.log.close()
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+    async def __aenter__(self) -> Tokenwire:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def router(self) -> APIRouter:
+        """The native HTTP API (DESIGN §3) as a FastAPI router."""
+        from tokenwire.server.routes import build_router
+
+        return build_router(self)
+
+    async def start(
+        self,
+        model: str | None,
+        messages: Sequence[Message],
+        *,
+        conversation_id: str | None = None,
+        system: str | None = None,
+        params: dict[str, object] | None = None,
+        owner: str | None = None,
+    ) -> Stream:
+        """Start a generation and return its stream at once (the ``start`` event is logged).
+
+        ``messages`` are the new messages; when the conversation exists, its stored
+        history comes first. A generation still running in the conversation is
+        cancelled with reason ``superseded``.
+
+        Raises:
+            UnknownModelError: ``model`` names no provider.
+            ConversationNotFoundError: ``conversation_id`` is unknown or not ``owner``'s.
+            ValueError: ``messages`` is empty.
+        """
+        if not messages:
+            raise ValueError("messages must not be empty")
+        model = model or self.settings.resolved_default_model()
+        provider, provider_model = self.registry.resolve(model)
+        store = self.store
+        history: list[Message] = []
+        if conversation_id is None:
+            conversation = await store.create_conversation(owner=owner)
+        else:
+            found = await store.get_conversation(conversation_id, owner=owner)
+            if found is None:
+                raise ConversationNotFoundError(conversation_id)
+            conversation = found
+            await self._supersede(conversation.id)
+            history = [
+                Message(m.role, _text_of(m.parts))  # type: ignore[arg-type]
+                for m in await store.messages(conversation.id)
+                if m.role in ("user", "assistant") and _text_of(m.parts)
+            ]
+        for message in messages:
+            await store.add_message(
+                conversation_id=conversation.id,
+                role=message.role,
+                parts=[{"type": "text", "text": message.content}],
+            )
+        assistant = await store.add_message(
+            conversation_id=conversation.id, role="assistant", parts=[], status="streaming", model=model
+        )
+        stream_id = uuid.uuid4().hex
+        meta = {"conversation_id": conversation.id, "message_id": assistant.id, "model": model}
+        if owner is not None:
+            meta["owner"] = owner
+        await self.log.create(stream_id, meta)
+        start = Start(
+            stream_id=stream_id,
+            message_id=assistant.id,
+            conversation_id=conversation.id,
+            model=model,
+            created_at=time.time(),
+        )
+        await self.log.append(stream_id, [start])
+        request = GenerationRequest(
+            model=provider_model, messages=[*history, *messages], system=system, params=params or {}
+        )
+        generation = Generation(
+            stream_id=stream_id,
+            message_id=assistant.id,
+            conversation_id=conversation.id,
+            request=request,
+        )
+        producer = Producer(self.log, store, self.producer_config)
+        task = asyncio.create_task(producer.run(generation, provider), name=f"tokenwire-{stream_id}")
+        self._tasks[stream_id] = task
+        self._active[conversation.id] = (stream_id, assistant.id)
+        task.add_done_callback(lambda _: self._forget(stream_id, conversation.id))
+        return Stream(self, stream_id, start=start)
+
+    def _forget(self, stream_id: str, conversation_id: str) -> None:
+        self._tasks.pop(stream_id, None)
+        if self._active.get(conversation_id, ("", ""))[0] == stream_id:
+            del self._active[conversation_id]
+
+    async def _supersede(self, conversation_id: str) -> None:
+        active = self._active.get(conversation_id)
+        if active is not None:
+            await self.log.request_cancel(active[0], "superseded")
+
+    def active_stream(self, conversation_id: str) -> tuple[str, str] | None:
+        """``(stream_id, message_id)`` of the conversation's running generation, if any."""
+        return self._active.get(conversation_id)
+
+    async def stream(self, stream_id: str) -> Stream:
+        """A handle on an existing stream.
+
+        Raises:
+            StreamNotFoundError, StreamExpiredError: as the log does.
+        """
+        await self.log.info(stream_id)
+        return Stream(self, stream_id)
+
+    async def cancel(self, stream_id: str, reason: str = "user") -> bool:
+        """Ask the stream's producer to stop (wherever it runs). Idempotent."""
+        return await self.log.request_cancel(stream_id, reason)
+
+    async def wait_idle(self) -> None:
+        """Wait until every generation started here has ended."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+
+class Stream:
+    """One stream, readable by any number of consumers, each from ``seq`` 1.
+
+    Iterating yields typed events until the terminal one. ``text``, ``reasoning``,
+    ``tool_calls``, ``usage`` and ``finish_reason`` reflect the events read so far
+    through this handle (after :meth:`wait`, the whole message).
+    """
+
+    def __init__(self, tw: Tokenwire, stream_id: str, *, start: Start | None = None) -> None:
+        self._tw = tw
+        self.stream_id = stream_id
+        self.state = MessageState()
+        self._on_event: list[EventCallback] = []
+        self._then: list[StreamCallback] = []
+        self._finally: list[StreamCallback] = []
+        self._follower: asyncio.Task[None] | None = None
+        if start is not None:
+            self.state.apply(start)
+
+    @property
+    def message_id(self) -> str | None:
+        return self.state.start.message_id if self.state.start else None
+
+    @property
+    def conversation_id(self) -> str | None:
+        return self.state.start.conversation_id if self.state.start else None
+
+    text = property(lambda self: self.state.text, doc="All text so far.")
+    reasoning = property(lambda self: self.state.reasoning, doc="All reasoning so far.")
+    tool_calls = property(lambda self: self.state.tool_calls, doc="Tool-call parts so far.")
+    usage = property(lambda self: self.state.usage, doc="Last token usage, or None.")
+    finish_reason = property(lambda self: self.state.finish_reason, doc="Set after finish.")
+    status = property(lambda self: self.state.status, doc="pending … completed/failed/cancelled.")
+
+    async def events(self, after: int = 0) -> AsyncIterator[Event]:
+        """Events with ``seq > after``, replayed then live, ending with the terminal one."""
+        async for batch in self._tw.log.read(self.stream_id, after):
+            for event in batch:
+                if event.seq > self.state.last_seq:
+                    self.state.apply(event)
+                yield event
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self.events()
+
+    async def wait(self) -> Stream:
+        """Read to the terminal event; return ``self`` with the whole message."""
+        async for _ in self.events(self.state.last_seq):
+            pass
+        return self
+
+    async def cancel(self, reason: str = "user") -> bool:
+        """Stop the generation (see :meth:`Tokenwire.cancel`)."""
+        return await self._tw.cancel(self.stream_id, reason)
+
+    def on_event(self, callback: EventCallback) -> Stream:
+        """Call ``callback(event)`` for every event (from a background reader)."""
+        self._on_event.append(callback)
+        return self._follow()
+
+    def then(self, callback: StreamCallback) -> Stream:
+        """Call ``callback(stream)`` when the stream finishes successfully."""
+        self._then.append(callback)
+        return self._follow()
+
+    def finally_(self, callback: StreamCallback) -> Stream:
+        """Call ``callback(stream)`` when the stream ends, however it ends."""
+        self._finally.append(callback)
+        return self._follow()
+
+    def _follow(self) -> Stream:
+        if self._follower is None:
+            self._follower = asyncio.create_task(self._run_callbacks())
+        return self
+
+    async def _run_callbacks(self) -> None:
+        state = MessageState()
+        async for batch in self._tw.log.read(self.stream_id):
+            for event in batch:
+                state.apply(event)
+                for callback in list(self._on_event):
+                    await _call(callback, event)
+                if is_terminal(event):
+                    self.state = state
+                    targets = (self._then if state.status == "completed" else []) + self._finally
+                    for done in targets:
+                        await _call(done, self)
+
+    def sse_response(
+        self,
+        request: Request | None = None,
+        *,
+        after: int = 0,
+        headers: dict[str, str] | None = None,
+    ) -> EventStreamResponse:
+        """An SSE response for this stream from ``seq > after``, or after the request's
+        ``Last-Event-ID`` when it has one; ``headers`` are added to the response."""
+        if request is not None:
+            after = _last_event_id(request, after)
+        return EventStreamResponse(
+            self._tw.log,
+            self.stream_id,
+            after=after,
+            heartbeat_interval=self._tw.settings.heartbeat_interval,
+            headers=headers,
+        )
+
+
+async def _call(callback: Callable[[Any], Awaitable[None] | None], arg: Any) -> None:
+    try:
+        result = callback(arg)
+        if result is not None:
+            await result
+    except Exception:
+        logger.exception("stream callback failed")
+
+
+def _last_event_id(request: Request, default: int) -> int:
+    value = request.headers.get("last-event-id", "").strip()
+    return int(value) if value.isdigit() else default
+
+
+def _text_of(parts: list[dict[str, object]]) -> str:
+    return "".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
+
+
+def _open_log(settings: Settings) -> StreamLog:
+    url = settings.log_url
+    if url.startswith("memory:"):
+        return MemoryStreamLog(retention=settings.retention)
+    raise ValueError(f"unsupported TOKENWIRE_LOG_URL {url!r} (supported: memory://)")
+

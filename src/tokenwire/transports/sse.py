@@ -1,0 +1,107 @@
+"""Native SSE transport: replay a stream from the log, then follow it live (DESIGN §3).
+
+Framing (a contract): ``id: <seq>\\nevent: <type>\\ndata: <json>\\n\\n`` per event,
+``: ping\\n\\n`` after ``heartbeat_interval`` seconds of silence. Every event that
+is ready is written in one ASGI ``send`` (one socket write), never one write per
+event when several are waiting. The response ends after the terminal event; the
+browser's ``EventSource`` would reconnect on its own, so clients close it on a
+terminal event (HTML Living Standard, "Server-sent events").
+
+A client disconnect only ends this response: the generation goes on (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from tokenwire.events import Event, encode_event
+from tokenwire.log.base import StreamLog
+from tokenwire.protocol.sse import HEARTBEAT
+
+__all__ = ["SSE_HEADERS", "EventStreamResponse", "frame_events"]
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),
+]
+_TAGS: dict[type, bytes] = {}
+
+
+def frame_events(events: list[Event]) -> bytes:
+    """SSE frames for ``events``, concatenated (byte-exact to DESIGN §3)."""
+    out = []
+    for event in events:
+        cls = type(event)
+        tag = _TAGS.get(cls)
+        if tag is None:
+            tag = _TAGS[cls] = str(cls.__struct_config__.tag).encode()
+        out.append(b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, tag, encode_event(event)))
+    return b"".join(out)
+
+
+class EventStreamResponse(Response):
+    """An ASGI response streaming one stream's events with ``seq > after``.
+
+    Args:
+        log: the stream log to read.
+        stream_id: the stream; it must exist (check before, to answer 404/410).
+        after: resume point: events with ``seq > after`` are sent.
+        heartbeat_interval: seconds of silence before a ``: ping`` comment.
+        headers: extra response headers.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        log: StreamLog,
+        stream_id: str,
+        *,
+        after: int = 0,
+        heartbeat_interval: float = 10.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.log = log
+        self.stream_id = stream_id
+        self.after = after
+        self.heartbeat_interval = heartbeat_interval
+        self.status_code = 200
+        self.background = None
+        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        self.raw_headers = SSE_HEADERS + extra
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        writer = asyncio.create_task(self._write(send))
+        watcher = asyncio.create_task(_wait_disconnect(receive))
+        try:
+            await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (writer, watcher):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await writer
+        if writer.done() and not writer.cancelled() and writer.exception() is None:
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _write(self, send: Send) -> None:
+        reader = self.log.read(self.stream_id, self.after, idle=self.heartbeat_interval)
+        try:
+            async for batch in reader:
+                body = frame_events(batch) if batch else HEARTBEAT
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+        finally:
+            await reader.aclose()
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            return
