@@ -302,7 +302,10 @@ class _Run:
         """Flush what is pending, append the terminal event, store the message."""
         try:
             await self._flush()
-            if not await self._append([terminal]):
+            appended = await self._append([terminal])
+            if appended:
+                terminal = appended[0]
+            else:  # someone else ended the stream first (producer_lost)
                 for event in await self.log.events(self.stream_id, after=self.state.last_seq):
                     self.state.apply(event)
                     terminal = event

@@ -1,0 +1,172 @@
+"""The producer: terminal events on every path, retries, stop, coalescing, orphans."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from tokenwire.events import Cancelled, Error, Event, Finish, Start, TextDelta
+from tokenwire.log.memory import MemoryStreamLog
+from tokenwire.producer import Generation, Producer, ProducerConfig
+from tokenwire.providers.base import GenerationRequest, Message, ProviderEvent, finish
+from tokenwire.providers.fake import FakeProvider
+
+pytestmark = pytest.mark.anyio
+
+FAST = ProducerConfig(coalesce_ms=0, orphan_timeout=None, retry_backoff=0)
+
+
+async def run(
+    provider: object, config: ProducerConfig = FAST, model: str = "lorem", **params: object
+) -> tuple[Event, list[Event], MemoryStreamLog]:
+    log = MemoryStreamLog()
+    await log.create("s", {})
+    await log.append("s", [Start(stream_id="s", message_id="m", conversation_id="c", model="x", created_at=0)])
+    request = GenerationRequest(model=model, messages=[Message("user", "hi")], params=dict(params))
+    generation = Generation(stream_id="s", message_id="m", conversation_id="c", request=request)
+    with anyio.fail_after(10):
+        terminal = await Producer(log, None, config).run(generation, provider)  # type: ignore[arg-type]
+    return terminal, await log.events("s"), log
+
+
+def terminals(events: list[Event]) -> list[str]:
+    return [type(e).__name__ for e in events if isinstance(e, Finish | Error | Cancelled)]
+
+
+async def test_finish_is_the_one_terminal() -> None:
+    terminal, events, _ = await run(FakeProvider(), tokens=3)
+    assert isinstance(terminal, Finish) and events[-1] == terminal
+    assert terminals(events) == ["Finish"]
+    assert "".join(e.delta for e in events if isinstance(e, TextDelta)) == "lorem ipsum dolor"
+
+
+async def test_retries_before_first_event() -> None:
+    provider = FakeProvider()
+    terminal, events, _ = await run(provider, fail_before="rate_limited", fail_times=1, tokens=2)
+    assert provider.calls == 2
+    assert isinstance(terminal, Finish) and terminals(events) == ["Finish"]
+
+
+async def test_gives_up_after_max_retries() -> None:
+    provider = FakeProvider()
+    terminal, events, _ = await run(provider, fail_before="overloaded")
+    assert provider.calls == 1 + FAST.max_retries
+    assert isinstance(terminal, Error) and terminal.code == "provider_overloaded" and terminal.retryable
+    assert terminals(events) == ["Error"]
+
+
+async def test_no_retry_after_the_first_event() -> None:
+    provider = FakeProvider()
+    terminal, events, _ = await run(provider, fail_after=2)
+    assert provider.calls == 1
+    assert isinstance(terminal, Error) and terminal.code == "provider_error"
+    assert [e.delta for e in events if isinstance(e, TextDelta)] == ["lorem", " ipsum"]
+    assert terminals(events) == ["Error"]
+
+
+async def test_our_bug_becomes_internal_error_without_its_text() -> None:
+    terminal, events, _ = await run(FakeProvider(), crash_after=1)
+    assert isinstance(terminal, Error) and terminal.code == "internal_error"
+    assert "fake crash" not in terminal.message
+    assert terminals(events) == ["Error"]
+
+
+class Gate:
+    """A provider that yields one delta, then waits; records whether it was closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.started = anyio.Event()
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
+        try:
+            yield TextDelta(part=0, delta="partial")
+            self.started.set()
+            await anyio.sleep_forever()
+            yield finish("stop", None, None)
+        finally:
+            self.closed = True
+
+
+async def test_cancel_closes_the_provider_and_keeps_partial_text() -> None:
+    provider = Gate()
+    log = MemoryStreamLog()
+    await log.create("s", {})
+    request = GenerationRequest(model="m", messages=[Message("user", "hi")])
+    generation = Generation(stream_id="s", message_id="m", conversation_id="c", request=request)
+    result: list[Event] = []
+
+    async def produce() -> None:
+        result.append(await Producer(log, None, FAST).run(generation, provider))  # type: ignore[arg-type]
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            await provider.started.wait()
+            assert await log.request_cancel("s", "user")
+    assert provider.closed
+    assert result == [Cancelled(reason="user", seq=2)]
+    events = await log.events("s")
+    assert [type(e).__name__ for e in events] == ["TextDelta", "Cancelled"]
+
+
+async def test_time_limit_ends_with_stream_timeout() -> None:
+    config = ProducerConfig(coalesce_ms=0, orphan_timeout=None, max_stream_seconds=0.05)
+    terminal, events, _ = await run(FakeProvider(), config, stall_after=1)
+    assert isinstance(terminal, Error) and terminal.code == "stream_timeout"
+    assert terminals(events) == ["Error"]
+
+
+async def test_stream_without_reader_is_abandoned() -> None:
+    config = ProducerConfig(coalesce_ms=0, orphan_timeout=0.01, retry_backoff=0)
+    log = MemoryStreamLog()
+    await log.create("s", {})
+    request = GenerationRequest(model="lorem", messages=[Message("user", "hi")], params={"stall_after": 1})
+    generation = Generation(stream_id="s", message_id="m", conversation_id="c", request=request)
+    terminal: list[Event] = []
+
+    async def produce() -> None:
+        terminal.append(await Producer(log, None, config).run(generation, FakeProvider()))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            async for batch in log.read("s"):  # one reader comes, reads, and leaves
+                if batch:
+                    break
+    assert terminal == [Cancelled(reason="abandoned", seq=2)]
+
+
+class Burst:
+    """One delta, then (after the test lets it go) three at once, then finish."""
+
+    def __init__(self) -> None:
+        self.go = anyio.Event()
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
+        yield TextDelta(part=0, delta="a")
+        await self.go.wait()
+        for text in ("b", "c", "d"):
+            yield TextDelta(part=0, delta=text)
+        yield finish("stop", None, None)
+
+
+async def test_coalescing_never_delays_the_first_delta_and_merges_a_burst() -> None:
+    provider = Burst()
+    log = MemoryStreamLog()
+    await log.create("s", {})
+    request = GenerationRequest(model="m", messages=[Message("user", "hi")])
+    generation = Generation(stream_id="s", message_id="m", conversation_id="c", request=request)
+    config = ProducerConfig(coalesce_ms=50, orphan_timeout=None)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(Producer(log, None, config).run, generation, provider)
+            reader = log.read("s")
+            first = await reader.__anext__()
+            assert [e.delta for e in first if isinstance(e, TextDelta)] == ["a"]
+            provider.go.set()
+            rest = [e async for batch in reader for e in batch]
+    assert [e.delta for e in rest if isinstance(e, TextDelta)] == ["bcd"]
+    assert isinstance(rest[-1], Finish)

@@ -1,0 +1,97 @@
+"""SSE framing: encoder byte for byte, decoder against any split of its input."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tokenwire.events import Cancelled, Finish, Start, TextDelta, TokenUsage, decode_event, with_seq
+from tokenwire.protocol.sse import HEARTBEAT, SSEDecoder, ServerSentEvent, encode_sse
+from tokenwire.transports.sse import frame_events
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"data": b"{}"}, b"data: {}\n\n"),
+        ({"data": b"x", "event": "ping"}, b"event: ping\ndata: x\n\n"),
+        ({"data": b"x", "id": 7}, b"id: 7\ndata: x\n\n"),
+        ({"data": b"x", "event": "e", "id": "3"}, b"id: 3\nevent: e\ndata: x\n\n"),
+        ({"data": b""}, b"data: \n\n"),
+    ],
+)
+def test_encode_sse(kwargs: dict[str, object], expected: bytes) -> None:
+    assert encode_sse(**kwargs) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [{"data": b"a\nb"}, {"data": b"a\rb"}, {"data": b"x", "event": "a\nb"}])
+def test_encode_sse_rejects_line_breaks(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="line breaks"):
+        encode_sse(**bad)  # type: ignore[arg-type]
+
+
+def test_event_frames_are_the_contract() -> None:
+    events = [
+        with_seq(TextDelta(part=0, delta="é\n"), 2),
+        with_seq(Cancelled(reason="user"), 3),
+    ]
+    assert frame_events(events) == (
+        b'id: 2\nevent: text-delta\ndata: {"type":"text-delta","part":0,"delta":"\xc3\xa9\\n","seq":2}\n\n'
+        b'id: 3\nevent: cancelled\ndata: {"type":"cancelled","reason":"user","seq":3}\n\n'
+    )
+    assert HEARTBEAT == b": ping\n\n"
+
+
+def test_event_json_round_trip() -> None:
+    start = Start(stream_id="s", message_id="m", conversation_id="c", model="fake:echo", created_at=1.5)
+    finish = Finish(finish_reason="stop", usage=TokenUsage(input_tokens=3))
+    for event in (start, finish):
+        assert decode_event(frame_events([event]).split(b"data: ")[1].strip()) == event
+
+
+STREAM = (
+    ": comment\r\n"
+    "id: 1\r\nevent: text-delta\r\ndata: {\"d\": \"héllo 👋\"}\r\n\r\n"
+    "data: line one\ndata:line two\n\n"
+    "retry: 3000\rid: 9\rdata: cr only\r\r"
+    "event: ignored-without-data\n\n"
+    "data: last\n\n"
+).encode()
+EXPECTED = [
+    ServerSentEvent(comment="comment"),
+    ServerSentEvent(data='{"d": "héllo 👋"}', event="text-delta", id="1"),
+    ServerSentEvent(data="line one\nline two", id="1"),
+    ServerSentEvent(data="cr only", id="9", retry=3000),
+    ServerSentEvent(data="last", id="9"),
+]
+
+
+def _decode_in_pieces(data: bytes, cuts: list[int]) -> list[ServerSentEvent]:
+    decoder = SSEDecoder()
+    out: list[ServerSentEvent] = []
+    start = 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        out += decoder.decode(data[start:cut])
+        start = cut
+    return out + decoder.flush()
+
+
+def test_decoder_whole() -> None:
+    assert _decode_in_pieces(STREAM, []) == EXPECTED
+
+
+def test_decoder_byte_by_byte() -> None:
+    assert _decode_in_pieces(STREAM, list(range(len(STREAM)))) == EXPECTED
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
+def test_decoder_survives_any_split(cuts: list[int]) -> None:
+    assert _decode_in_pieces(STREAM, cuts) == EXPECTED
+
+
+def test_decoder_keeps_last_event_id() -> None:
+    decoder = SSEDecoder()
+    decoder.decode(b"id: 41\ndata: x\n\nid: 42\n")
+    assert decoder.last_event_id == "42"
+    assert decoder.flush() == []
