@@ -39,7 +39,9 @@ def start(client: httpx.Client, **body: Any) -> dict[str, Any]:
 
 def test_post_chat_streams_sse_with_the_contract_framing(client: httpx.Client) -> None:
     events, _ = read_sse(
-        client, "POST", "/v1/chat",
+        client,
+        "POST",
+        "/v1/chat",
         json={"model": "fake:think", "messages": [{"role": "user", "content": "naïve café ☕"}]},
         headers={"accept": "text/event-stream"},
     )
@@ -51,7 +53,13 @@ def test_post_chat_streams_sse_with_the_contract_framing(client: httpx.Client) -
 
 def test_202_then_events_snapshot_and_history(client: httpx.Client) -> None:
     started = start(client, model="fake:echo")
-    assert set(started) == {"stream_id", "message_id", "conversation_id", "events_url", "cancel_url"}
+    assert set(started) == {
+        "stream_id",
+        "message_id",
+        "conversation_id",
+        "events_url",
+        "cancel_url",
+    }
     events, _ = read_sse(client, "GET", started["events_url"])
     assert events[0]["message_id"] == started["message_id"]
     snapshot = client.get(f"/v1/streams/{started['stream_id']}").json()
@@ -63,7 +71,9 @@ def test_202_then_events_snapshot_and_history(client: httpx.Client) -> None:
     assert conversation["messages"][1]["status"] == "completed"
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(k=st.integers(min_value=0, max_value=40), use_header=st.booleans())
 def test_reconnect_resumes_exactly_after_k(client: httpx.Client, k: int, use_header: bool) -> None:
     started = start(client, model="fake:lorem", params={"tokens": 40, "delay_ms": 2})
@@ -87,7 +97,9 @@ def test_cancel_reaches_every_reader_and_stores_partial(client: httpx.Client) ->
     # Wait (by reading) until the three deltas are in the log.
     seen, _ = read_sse(client, "GET", url, stop_after=2)
     while text_of(seen).count(" ") < 2:
-        seen = client.get(f"/v1/streams/{started['stream_id']}", params={"after": 0, "wait": 5}).json()["events"]
+        seen = client.get(
+            f"/v1/streams/{started['stream_id']}", params={"after": 0, "wait": 5}
+        ).json()["events"]
     response = client.post(started["cancel_url"])
     assert response.status_code == 202 and response.json()["cancel_requested"] is True
     assert client.post(started["cancel_url"]).json()["cancel_requested"] is False
@@ -103,13 +115,20 @@ def test_cancel_reaches_every_reader_and_stores_partial(client: httpx.Client) ->
 
 def test_new_message_supersedes_the_running_answer(client: httpx.Client) -> None:
     first = start(client, model="fake:lorem", params={"stall_after": 1})
-    second = start(client, model="fake:echo", conversation_id=first["conversation_id"],
-                   messages=[{"role": "user", "content": "again"}])
+    second = start(
+        client,
+        model="fake:echo",
+        conversation_id=first["conversation_id"],
+        messages=[{"role": "user", "content": "again"}],
+    )
     events, _ = read_sse(client, "GET", first["events_url"])
     assert events[-1] == {**events[-1], "type": "cancelled", "reason": "superseded"}
     events, _ = read_sse(client, "GET", second["events_url"])
     assert text_of(events) == "again"
-    roles = [m["role"] for m in client.get(f"/v1/conversations/{first['conversation_id']}").json()["messages"]]
+    roles = [
+        m["role"]
+        for m in client.get(f"/v1/conversations/{first['conversation_id']}").json()["messages"]
+    ]
     assert roles == ["user", "assistant", "user", "assistant"]
 
 
@@ -123,10 +142,18 @@ def test_new_message_supersedes_the_running_answer(client: httpx.Client) -> None
         ({"crash_after": 2}, "internal_error"),
     ],
 )
-def test_failures_end_with_exactly_one_error(client: httpx.Client, params: dict[str, Any], code: str) -> None:
+def test_failures_end_with_exactly_one_error(
+    client: httpx.Client, params: dict[str, Any], code: str
+) -> None:
     events, _ = read_sse(
-        client, "POST", "/v1/chat",
-        json={"model": "fake:lorem", "messages": [{"role": "user", "content": "x"}], "params": params},
+        client,
+        "POST",
+        "/v1/chat",
+        json={
+            "model": "fake:lorem",
+            "messages": [{"role": "user", "content": "x"}],
+            "params": params,
+        },
         headers={"accept": "text/event-stream"},
     )
     kinds = [e["type"] for e in events]
@@ -174,7 +201,9 @@ def test_long_poll(client: httpx.Client) -> None:
         ({"messages": [{"role": "user", "content": "x"}], "extra": 1}, "extra"),
     ],
 )
-def test_invalid_bodies_get_422_naming_the_field(client: httpx.Client, body: dict[str, Any], field: str) -> None:
+def test_invalid_bodies_get_422_naming_the_field(
+    client: httpx.Client, body: dict[str, Any], field: str
+) -> None:
     response = client.post("/v1/chat", json=body)
     assert response.status_code == 422
     assert field in str(response.json()["detail"])
@@ -186,15 +215,24 @@ def test_errors_are_4xx_not_500(client: httpx.Client) -> None:
     assert client.post("/v1/streams/unknown/cancel").status_code == 404
     assert client.get("/v1/conversations/unknown").status_code == 404
     assert client.delete("/v1/conversations/unknown").status_code == 404
-    bad = client.post("/v1/chat", content=b"{not json", headers={"content-type": "application/json"})
+    bad = client.post(
+        "/v1/chat", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert bad.status_code == 422
     started = start(client, model="fake:echo")
     assert client.get(started["events_url"], headers={"last-event-id": "abc"}).status_code == 422
     assert client.get(started["events_url"], params={"after": -1}).status_code == 422
-    huge = client.post("/v1/chat", json={"messages": [{"role": "user", "content": "x" * 2_000_000}]})
+    huge = client.post(
+        "/v1/chat", json={"messages": [{"role": "user", "content": "x" * 2_000_000}]}
+    )
     assert huge.status_code == 413
-    assert client.post("/v1/chat", json={"conversation_id": "nope", "messages": [
-        {"role": "user", "content": "x"}]}).status_code == 404
+    assert (
+        client.post(
+            "/v1/chat",
+            json={"conversation_id": "nope", "messages": [{"role": "user", "content": "x"}]},
+        ).status_code
+        == 404
+    )
 
 
 def test_operations_endpoints(client: httpx.Client) -> None:

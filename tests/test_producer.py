@@ -23,7 +23,9 @@ async def run(
 ) -> tuple[Event, list[Event], MemoryStreamLog]:
     log = MemoryStreamLog()
     await log.create("s", {})
-    await log.append("s", [Start(stream_id="s", message_id="m", conversation_id="c", model="x", created_at=0)])
+    await log.append(
+        "s", [Start(stream_id="s", message_id="m", conversation_id="c", model="x", created_at=0)]
+    )
     request = GenerationRequest(model=model, messages=[Message("user", "hi")], params=dict(params))
     generation = Generation(stream_id="s", message_id="m", conversation_id="c", request=request)
     with anyio.fail_after(10):
@@ -53,7 +55,11 @@ async def test_gives_up_after_max_retries() -> None:
     provider = FakeProvider()
     terminal, events, _ = await run(provider, fail_before="overloaded")
     assert provider.calls == 1 + FAST.max_retries
-    assert isinstance(terminal, Error) and terminal.code == "provider_overloaded" and terminal.retryable
+    assert (
+        isinstance(terminal, Error)
+        and terminal.code == "provider_overloaded"
+        and terminal.retryable
+    )
     assert terminals(events) == ["Error"]
 
 
@@ -123,7 +129,9 @@ async def test_stream_without_reader_is_abandoned() -> None:
     config = ProducerConfig(coalesce_ms=0, orphan_timeout=0.01, retry_backoff=0)
     log = MemoryStreamLog()
     await log.create("s", {})
-    request = GenerationRequest(model="lorem", messages=[Message("user", "hi")], params={"stall_after": 1})
+    request = GenerationRequest(
+        model="lorem", messages=[Message("user", "hi")], params={"stall_after": 1}
+    )
     generation = Generation(stream_id="s", message_id="m", conversation_id="c", request=request)
     terminal: list[Event] = []
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tokenwire.events import Cancelled, Finish, Start, TextDelta, TokenUsage, decode_event, with_seq
-from tokenwire.protocol.sse import HEARTBEAT, SSEDecoder, ServerSentEvent, encode_sse
+from tokenwire.protocol.sse import HEARTBEAT, ServerSentEvent, SSEDecoder, encode_sse
 from tokenwire.transports.sse import frame_events
 
 
@@ -25,7 +25,9 @@ def test_encode_sse(kwargs: dict[str, object], expected: bytes) -> None:
     assert encode_sse(**kwargs) == expected  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("bad", [{"data": b"a\nb"}, {"data": b"a\rb"}, {"data": b"x", "event": "a\nb"}])
+@pytest.mark.parametrize(
+    "bad", [{"data": b"a\nb"}, {"data": b"a\rb"}, {"data": b"x", "event": "a\nb"}]
+)
 def test_encode_sse_rejects_line_breaks(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="line breaks"):
         encode_sse(**bad)  # type: ignore[arg-type]
@@ -37,14 +39,17 @@ def test_event_frames_are_the_contract() -> None:
         with_seq(Cancelled(reason="user"), 3),
     ]
     assert frame_events(events) == (
-        b'id: 2\nevent: text-delta\ndata: {"type":"text-delta","part":0,"delta":"\xc3\xa9\\n","seq":2}\n\n'
+        b"id: 2\nevent: text-delta\n"
+        b'data: {"type":"text-delta","part":0,"delta":"\xc3\xa9\\n","seq":2}\n\n'
         b'id: 3\nevent: cancelled\ndata: {"type":"cancelled","reason":"user","seq":3}\n\n'
     )
     assert HEARTBEAT == b": ping\n\n"
 
 
 def test_event_json_round_trip() -> None:
-    start = Start(stream_id="s", message_id="m", conversation_id="c", model="fake:echo", created_at=1.5)
+    start = Start(
+        stream_id="s", message_id="m", conversation_id="c", model="fake:echo", created_at=1.5
+    )
     finish = Finish(finish_reason="stop", usage=TokenUsage(input_tokens=3))
     for event in (start, finish):
         assert decode_event(frame_events([event]).split(b"data: ")[1].strip()) == event
@@ -52,7 +57,7 @@ def test_event_json_round_trip() -> None:
 
 STREAM = (
     ": comment\r\n"
-    "id: 1\r\nevent: text-delta\r\ndata: {\"d\": \"héllo 👋\"}\r\n\r\n"
+    'id: 1\r\nevent: text-delta\r\ndata: {"d": "héllo 👋"}\r\n\r\n'
     "data: line one\ndata:line two\n\n"
     "retry: 3000\rid: 9\rdata: cr only\r\r"
     "event: ignored-without-data\n\n"
@@ -71,7 +76,7 @@ def _decode_in_pieces(data: bytes, cuts: list[int]) -> list[ServerSentEvent]:
     decoder = SSEDecoder()
     out: list[ServerSentEvent] = []
     start = 0
-    for cut in sorted(set(cuts)) + [len(data)]:
+    for cut in [*sorted(set(cuts)), len(data)]:
         out += decoder.decode(data[start:cut])
         start = cut
     return out + decoder.flush()

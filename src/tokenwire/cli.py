@@ -35,7 +35,10 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     model: Annotated[
-        str | None, typer.Option(help="Default model, 'provider:model' (default: local:smollm2 without API keys).")
+        str | None,
+        typer.Option(
+            help="Default model, 'provider:model' (default: local:smollm2 without API keys)."
+        ),
     ] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="SQLite file and local state (env TOKENWIRE_DATA_DIR).")
@@ -49,8 +52,13 @@ def serve(
 
     settings = _settings(host=host, port=port, default_model=model, data_dir=data_dir)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    console.print(f"tokenwire: chat page on http://{host}:{port}/  (default model {settings.resolved_default_model()})")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    console.print(
+        f"tokenwire: chat page on http://{host}:{port}/"
+        f"  (default model {settings.resolved_default_model()})"
+    )
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5
+    )
 
 
 @app.command()
@@ -85,7 +93,9 @@ async def _chat(settings: Settings, question: str, system: str | None) -> int:
                 elif isinstance(event, ReasoningDelta):
                     console.print(event.delta, end="", style="dim italic")
                 elif isinstance(event, ToolCall):
-                    console.print(f"\n[tool call] {event.name}({event.arguments_text or event.arguments})")
+                    console.print(
+                        f"\n[tool call] {event.name}({event.arguments_text or event.arguments})"
+                    )
         except asyncio.CancelledError:
             await stream.cancel("user")
             with contextlib.suppress(Exception):
@@ -98,7 +108,10 @@ async def _chat(settings: Settings, question: str, system: str | None) -> int:
             return 1
         usage = stream.usage
         if usage is not None:
-            console.print(f"[{stream.finish_reason}; {usage.input_tokens} in, {usage.output_tokens} out]", style="dim")
+            console.print(
+                f"[{stream.finish_reason}; {usage.input_tokens} in, {usage.output_tokens} out]",
+                style="dim",
+            )
         return 0
 
 

@@ -56,7 +56,7 @@ class _Base(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Position in the stream, assigned by the log: 1 for the first event."""
 
 
-class Start(_Base, tag="start"):
+class Start(_Base, tag="start", frozen=True):
     """Always the first event of a stream."""
 
     stream_id: str
@@ -67,26 +67,26 @@ class Start(_Base, tag="start"):
     """Unix time in seconds."""
 
 
-class TextDelta(_Base, tag="text-delta"):
+class TextDelta(_Base, tag="text-delta", frozen=True):
     part: int
     delta: str
 
 
-class ReasoningDelta(_Base, tag="reasoning-delta"):
+class ReasoningDelta(_Base, tag="reasoning-delta", frozen=True):
     """Thinking, reasoning summary or ``reasoning_content``: whatever the provider calls it."""
 
     part: int
     delta: str
 
 
-class ToolCallStart(_Base, tag="tool-call-start"):
+class ToolCallStart(_Base, tag="tool-call-start", frozen=True):
     part: int
     tool_call_id: str
     name: str
     provider_executed: bool = False
 
 
-class ToolCallDelta(_Base, tag="tool-call-delta"):
+class ToolCallDelta(_Base, tag="tool-call-delta", frozen=True):
     """Raw argument text as it arrives; the concatenation is the JSON arguments."""
 
     part: int
@@ -94,7 +94,7 @@ class ToolCallDelta(_Base, tag="tool-call-delta"):
     delta: str
 
 
-class ToolCall(_Base, tag="tool-call"):
+class ToolCall(_Base, tag="tool-call", frozen=True):
     """A complete tool call.
 
     When the provider's argument text is not valid JSON (or not an object),
@@ -110,7 +110,7 @@ class ToolCall(_Base, tag="tool-call"):
     invalid: bool = False
 
 
-class Source(_Base, tag="source"):
+class Source(_Base, tag="source", frozen=True):
     """A citation (web search result)."""
 
     part: int
@@ -127,7 +127,7 @@ class TokenUsage(msgspec.Struct, frozen=True, kw_only=True):
     cached_input_tokens: int = 0
 
 
-class Usage(_Base, tag="usage"):
+class Usage(_Base, tag="usage", frozen=True):
     """Cumulative token counts; may repeat, the last one wins."""
 
     input_tokens: int = 0
@@ -144,7 +144,7 @@ class Usage(_Base, tag="usage"):
         )
 
 
-class Finish(_Base, tag="finish"):
+class Finish(_Base, tag="finish", frozen=True):
     """Terminal: the model finished."""
 
     finish_reason: FinishReason
@@ -152,7 +152,7 @@ class Finish(_Base, tag="finish"):
     usage: TokenUsage | None = None
 
 
-class Error(_Base, tag="error"):
+class Error(_Base, tag="error", frozen=True):
     """Terminal: the generation failed. ``message`` never carries our exception text."""
 
     code: str
@@ -160,7 +160,7 @@ class Error(_Base, tag="error"):
     retryable: bool = False
 
 
-class Cancelled(_Base, tag="cancelled"):
+class Cancelled(_Base, tag="cancelled", frozen=True):
     """Terminal: stopped by a user (``user``), a newer message (``superseded``) or
     because no reader was left (``abandoned``)."""
 

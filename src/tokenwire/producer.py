@@ -144,11 +144,16 @@ class _Run:
         pump = asyncio.create_task(self._pump())
         consume = asyncio.create_task(self._consume())
         stop = asyncio.create_task(self._watch_stop())
-        helpers = [asyncio.create_task(self._keep_lease()), asyncio.create_task(self._checkpoints())]
+        helpers = [
+            asyncio.create_task(self._keep_lease()),
+            asyncio.create_task(self._checkpoints()),
+        ]
         terminal: Event
         try:
             done, _ = await asyncio.wait(
-                {consume, stop}, timeout=config.max_stream_seconds, return_when=asyncio.FIRST_COMPLETED
+                {consume, stop},
+                timeout=config.max_stream_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
             )
             if consume in done:
                 terminal = consume.result()
@@ -277,7 +282,9 @@ class _Run:
                 now = time.monotonic()
                 if await self.log.readers(self.stream_id):
                     seen_reader, idle_since = True, now
-                elif now - idle_since >= (limit if seen_reader else max(limit, _FIRST_READER_GRACE)):
+                elif now - idle_since >= (
+                    limit if seen_reader else max(limit, _FIRST_READER_GRACE)
+                ):
                     await self.log.request_cancel(self.stream_id, "abandoned")
                 await asyncio.wait({cancel}, timeout=tick)
             return cancel.result()
@@ -320,7 +327,9 @@ class _Run:
         state = self.state
         fields: dict[str, Any] = {"parts": state.parts_list(), "status": status}
         if status != "streaming":
-            fields.update(finish_reason=state.finish_reason, usage=state.usage_dict(), error=state.error)
+            fields.update(
+                finish_reason=state.finish_reason, usage=state.usage_dict(), error=state.error
+            )
         try:
             await self.sink.update_message(self.generation.message_id, **fields)
         except Exception:
@@ -341,4 +350,3 @@ async def _close(task: asyncio.Task[None]) -> None:
     with contextlib.suppress(asyncio.CancelledError, Exception):
         async with asyncio.timeout(_CLOSE_TIMEOUT):
             await task
-

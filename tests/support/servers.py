@@ -27,7 +27,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_http(
+    url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -62,7 +64,9 @@ def uvicorn_thread(app: Any) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def tokenwire_process(*args: str, env: dict[str, str] | None = None, ready_path: str = "/") -> Iterator[str]:
+def tokenwire_process(
+    *args: str, env: dict[str, str] | None = None, ready_path: str = "/"
+) -> Iterator[str]:
     """Run ``tokenwire <args> --port N`` in a subprocess; yield its base URL."""
     port = free_port()
     cmd = [sys.executable, "-m", "tokenwire", *args, "--host", "127.0.0.1", "--port", str(port)]

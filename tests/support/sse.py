@@ -40,7 +40,9 @@ def read_sse(
                 data = json.loads(sse.data)
                 assert sse.event == data["type"] and sse.id == str(data["seq"])
                 events.append(data)
-                if data["type"] in TERMINAL or (stop_after is not None and len(events) >= stop_after):
+                if data["type"] in TERMINAL or (
+                    stop_after is not None and len(events) >= stop_after
+                ):
                     return events, comments
     return events, comments
 

@@ -61,7 +61,9 @@ class MemoryStreamLog:
             :func:`time.monotonic`.
     """
 
-    def __init__(self, *, retention: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, retention: float = 3600.0, clock: Callable[[], float] = time.time
+    ) -> None:
         self._streams: dict[str, _Stream] = {}
         self._expired: OrderedDict[str, None] = OrderedDict()
         self._retention = retention
@@ -92,7 +94,9 @@ class MemoryStreamLog:
         self._last_sweep = now
         cutoff = now - self._retention
         for stream_id in [
-            sid for sid, s in self._streams.items() if s.finished_at is not None and s.finished_at < cutoff
+            sid
+            for sid, s in self._streams.items()
+            if s.finished_at is not None and s.finished_at < cutoff
         ]:
             self._expire(stream_id)
 
@@ -174,7 +178,13 @@ class MemoryStreamLog:
         if stream.lease_until is not None and time.monotonic() >= stream.lease_until:
             self._append(
                 stream,
-                [Error(code="producer_lost", message="the generation stopped unexpectedly", retryable=True)],
+                [
+                    Error(
+                        code="producer_lost",
+                        message="the generation stopped unexpectedly",
+                        retryable=True,
+                    )
+                ],
             )
 
     async def events(self, stream_id: str, after: int = 0, limit: int | None = None) -> list[Event]:

@@ -1,15 +1,13 @@
 """Provider adapters, chosen by the ``provider:`` prefix of a model name (DESIGN §3).
 
-===================== ============================================ ==================
-prefix                API                                          configured by
-===================== ============================================ ==================
-``openai:``           Chat Completions (and compatible servers)    ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``
-``openai-responses:`` Responses API                                the same
-``anthropic:``        Messages API                                 ``ANTHROPIC_BASE_URL``, ``ANTHROPIC_API_KEY``
-``ollama:``           Ollama's OpenAI-compatible endpoint          ``OLLAMA_HOST`` (default ``http://127.0.0.1:11434``)
-``local:``            the bundled SmolLM2-135M on the CPU          nothing
-``fake:``             scripted, for tests                          nothing
-===================== ============================================ ==================
+- ``openai:`` Chat Completions and compatible servers
+  (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``);
+- ``openai-responses:`` the Responses API (the same variables);
+- ``anthropic:`` the Messages API (``ANTHROPIC_BASE_URL``, ``ANTHROPIC_API_KEY``);
+- ``ollama:`` Ollama's OpenAI-compatible endpoint
+  (``OLLAMA_HOST``, default ``http://127.0.0.1:11434``);
+- ``local:`` the bundled SmolLM2-135M on the CPU;
+- ``fake:`` scripted, for tests.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ __all__ = [
     "Parts",
     "Provider",
     "ProviderEvent",
+    "error_for_code",
     "error_for_status",
     "finish",
     "parse_arguments",
@@ -158,6 +159,33 @@ def error_for_status(status: int, message: str) -> ProviderError:
     if 400 <= status < 500:
         return ProviderError("invalid_request", message, retryable=False, status=status)
     return ProviderError("provider_error", message, retryable=True, status=status)
+
+
+def error_for_code(kind: str | None, message: str | None) -> ProviderError:
+    """Map an in-band error (an error event inside an HTTP 200 stream) to a :class:`ProviderError`.
+
+    Args:
+        kind: the provider's error type or code (``overloaded_error``,
+            ``rate_limit_exceeded``, ``server_error`` …), or ``None``.
+        message: the provider's own message, or ``None``.
+
+    Returns:
+        ``provider_overloaded`` for "overloaded" kinds, ``provider_rate_limited`` for
+        "rate_limit" kinds, ``provider_timeout`` for "timeout" kinds, else
+        ``provider_error``; all retryable.
+    """
+    kind = kind or ""
+    text = message or (f"the provider reported an error ({kind})" if kind else "")
+    text = text or "the provider reported an error"
+    lowered = kind.lower()
+    code = "provider_error"
+    if "overloaded" in lowered:
+        code = "provider_overloaded"
+    elif "rate_limit" in lowered:
+        code = "provider_rate_limited"
+    elif "timeout" in lowered:
+        code = "provider_timeout"
+    return ProviderError(code, text, retryable=True)
 
 
 def finish(reason: FinishReason, provider_reason: str | None, usage: Usage | None) -> Finish:

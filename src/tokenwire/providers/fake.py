@@ -36,10 +36,7 @@ from tokenwire.providers.base import (
 
 __all__ = ["FakeProvider"]
 
-_LOREM = (
-    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
-    "incididunt ut labore et dolore magna aliqua"
-).split()
+_LOREM = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do", "eiusmod", "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna", "aliqua"]
 _FAILURES = {"rate_limited": 429, "overloaded": 529, "error": 500}
 
 

@@ -107,8 +107,10 @@ def build_router(tw: Tokenwire) -> APIRouter:
         (waiting up to ``wait`` seconds for at least one)."""
         if after is not None or wait:
             since = after or 0
-            events = await tw.log.wait(stream_id, since, wait) if wait else await tw.log.events(
-                stream_id, since
+            events = (
+                await tw.log.wait(stream_id, since, wait)
+                if wait
+                else await tw.log.events(stream_id, since)
             )
             info = await tw.log.info(stream_id)
             body = b'{"events":[%s],"last_seq":%d,"status":"%s"}' % (
@@ -189,7 +191,8 @@ def build_router(tw: Tokenwire) -> APIRouter:
         return {
             "object": "list",
             "data": [
-                {"id": n, "object": "model", "owned_by": split_model(n)[0], "created": 0} for n in names
+                {"id": n, "object": "model", "owned_by": split_model(n)[0], "created": 0}
+                for n in names
             ],
             "default": tw.settings.resolved_default_model(),
         }

@@ -3,7 +3,7 @@
 ::
 
     tw = Tokenwire.from_env()
-    async with tw:                                    # opens the store (migrations), stops producers at exit
+    async with tw:  # opens the store (migrations); stops producers at exit
         stream = await tw.start("fake:echo", [Message("user", "hi")])
         async for event in stream: ...
         app.include_router(tw.router, prefix="/ai")   # the native HTTP API
@@ -115,7 +115,10 @@ class Tokenwire:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.aclose()
 
@@ -173,7 +176,11 @@ class Tokenwire:
                 parts=[{"type": "text", "text": message.content}],
             )
         assistant = await store.add_message(
-            conversation_id=conversation.id, role="assistant", parts=[], status="streaming", model=model
+            conversation_id=conversation.id,
+            role="assistant",
+            parts=[],
+            status="streaming",
+            model=model,
         )
         stream_id = uuid.uuid4().hex
         meta = {"conversation_id": conversation.id, "message_id": assistant.id, "model": model}
@@ -198,7 +205,9 @@ class Tokenwire:
             request=request,
         )
         producer = Producer(self.log, store, self.producer_config)
-        task = asyncio.create_task(producer.run(generation, provider), name=f"tokenwire-{stream_id}")
+        task = asyncio.create_task(
+            producer.run(generation, provider), name=f"tokenwire-{stream_id}"
+        )
         self._tasks[stream_id] = task
         self._active[conversation.id] = (stream_id, assistant.id)
         task.add_done_callback(lambda _: self._forget(stream_id, conversation.id))
@@ -368,4 +377,3 @@ def _open_log(settings: Settings) -> StreamLog:
     if url.startswith("memory:"):
         return MemoryStreamLog(retention=settings.retention)
     raise ValueError(f"unsupported TOKENWIRE_LOG_URL {url!r} (supported: memory://)")
-

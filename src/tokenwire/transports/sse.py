@@ -72,7 +72,9 @@ class EventStreamResponse(Response):
         self.heartbeat_interval = heartbeat_interval
         self.status_code = 200
         self.background = None
-        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        extra = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()
+        ]
         self.raw_headers = SSE_HEADERS + extra
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
