@@ -1,0 +1,5 @@
+"""``python -m tokenwire.store``: Alembic's command line for the store's migrations."""
+
+from tokenwire.store.migrate import main
+
+main()

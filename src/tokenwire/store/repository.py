@@ -1,0 +1,442 @@
+"""The conversation store: conversations and their messages (DESIGN §6).
+
+:class:`Store` is the only way the rest of tokenwire reads or writes the
+database. Every method runs in its own short transaction and returns frozen,
+detached records (:class:`~tokenwire.store.models.ConversationRecord`,
+:class:`~tokenwire.store.models.MessageRecord`), never ORM objects, so nothing
+loads lazily after the session is gone.
+
+Errors: invalid arguments raise :class:`ValueError` before the database is
+touched; every failure of the database, its driver or a migration is raised as
+:class:`~tokenwire.errors.StoreError` from one place (:meth:`Store._guard`), with
+a message that names the operation but carries no SQL, URL or parameters (the
+original exception is the ``__cause__``).
+
+Ordering: messages are returned oldest first, conversations most recently
+updated first. A store hands out strictly increasing timestamps (at least 1 µs
+apart), so two writes of one process never tie.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sqlite3
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, cast
+
+import anyio
+import sqlalchemy as sa
+from alembic.util.exc import CommandError
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from tokenwire.errors import StoreError
+from tokenwire.store.engine import create_engine
+from tokenwire.store.fields import (
+    check_parts,
+    check_role,
+    check_status,
+    derive_title,
+    from_unix,
+    json_copy,
+)
+from tokenwire.store.migrate import upgrade_head
+from tokenwire.store.models import (
+    ConversationRecord,
+    ConversationRow,
+    MessageRecord,
+    MessageRow,
+)
+
+__all__ = ["Store"]
+
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions of SQLAlchemy and the drivers that the store translates."""
+    errors: list[type[BaseException]] = [SQLAlchemyError, OSError, sqlite3.Error, CommandError]
+    try:  # optional dependency, raises its own errors while connecting
+        asyncpg: Any = importlib.import_module("asyncpg")
+    except ImportError:
+        pass
+    else:
+        errors += [asyncpg.PostgresError, asyncpg.InterfaceError]
+    return tuple(errors)
+
+
+_DRIVER_ERRORS: Final = _driver_errors()
+
+
+_MIGRATION_LOCK: Final = threading.Lock()
+"""Held while this process migrates: Alembic keeps its migration context in module
+globals, so two migrations may not overlap in one process (other processes wait
+on PostgreSQL's advisory lock in ``env.py``)."""
+
+
+async def _migrate(engine: AsyncEngine) -> None:
+    """Upgrade the database to ``head``, one migration at a time in this process."""
+    # A threading lock can't be awaited, and blocking would stall this event loop
+    # (deadlock if the holder is a task of the same loop): poll, 10 ms apart, only
+    # while another task or thread migrates, which is rare and short.
+    while not _MIGRATION_LOCK.acquire(blocking=False):  # noqa: ASYNC110
+        await anyio.sleep(0.01)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(upgrade_head)
+    finally:
+        _MIGRATION_LOCK.release()
+
+
+class Store:
+    """Conversations and messages in SQLite or PostgreSQL, through SQLAlchemy's asyncio API.
+
+    Create one with :meth:`open`; share it for the life of the process (it
+    holds a connection pool) and :meth:`close` it at shutdown.
+
+    Args:
+        engine: an async engine made by :func:`tokenwire.store.engine.create_engine`
+            (or configured the same way); the store disposes it on :meth:`close`.
+        timeout: seconds :meth:`ping` waits for the database.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, timeout: float = 10.0) -> None:
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._timeout = timeout
+        self._closed = False
+        self._last_time = datetime.fromtimestamp(0, UTC)
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True, connect_timeout: float = 10.0) -> Store:
+        """Create the engine and bring the schema to the newest revision.
+
+        Args:
+            url: SQLAlchemy URL with an async driver: ``sqlite+aiosqlite:///path``
+                (the directory is created if missing) or
+                ``postgresql+asyncpg://user@host:5432/db``.
+            migrate: run Alembic's ``upgrade head`` now (idempotent); ``False``
+                when the operator migrates separately (``python -m tokenwire.store
+                upgrade head``); then nothing connects until the first call.
+            connect_timeout: seconds to wait for a connection (PostgreSQL) or a
+                lock (SQLite); also the limit of :meth:`ping`.
+
+        Returns:
+            The open store.
+
+        Raises:
+            StoreError: the URL is invalid, its driver is not installed, the
+                database is unreachable or a migration failed.
+        """
+        try:
+            engine = create_engine(url, connect_timeout=connect_timeout)
+        except ImportError as exc:
+            raise StoreError("the database driver of the store URL is not installed") from exc
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"invalid store URL ({type(exc).__name__})") from exc
+        store = cls(engine, timeout=connect_timeout)
+        if migrate:
+            try:
+                async with store._guard("migrate the database"):
+                    await _migrate(engine)
+            except BaseException:
+                await store.close()
+                raise
+        return store
+
+    async def close(self) -> None:
+        """Close every pooled connection. Idempotent; the store is unusable afterwards."""
+        if not self._closed:
+            self._closed = True
+            await self._engine.dispose()
+
+    def __repr__(self) -> str:
+        url = self._engine.url.render_as_string(hide_password=True)
+        return f"<Store {url}{' closed' if self._closed else ''}>"
+
+    async def ping(self) -> None:
+        """Check that the database answers (for ``/readyz``).
+
+        Raises:
+            StoreError: no answer within ``timeout`` seconds, or an error.
+        """
+        async with self._guard("reach the database"):
+            with anyio.fail_after(self._timeout):
+                async with self._engine.connect() as connection:
+                    await connection.execute(sa.text("SELECT 1"))
+
+    # -- conversations -------------------------------------------------------
+
+    async def create_conversation(
+        self,
+        *,
+        owner: str | None = None,
+        title: str | None = None,
+        conversation_id: str | None = None,
+    ) -> ConversationRecord:
+        """Create an empty conversation.
+
+        Args:
+            owner: who may see it; ``None`` = nobody in particular.
+            title: its title; ``None`` = derived from the first user message.
+            conversation_id: its id; ``None`` = a new ``uuid4().hex``.
+
+        Returns:
+            The new conversation (``created_at == updated_at``).
+
+        Raises:
+            StoreError: the id is taken, or the database failed.
+        """
+        now = self._now()
+        row = ConversationRow(
+            id=conversation_id or uuid.uuid4().hex,
+            owner=owner,
+            title=title,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self._guard("create the conversation"), self._transaction() as session:
+            session.add(row)
+            await session.flush()
+            return ConversationRecord.from_row(row)
+
+    async def get_conversation(
+        self, conversation_id: str, *, owner: str | None = None
+    ) -> ConversationRecord | None:
+        """One conversation.
+
+        Args:
+            conversation_id: its id.
+            owner: ``None`` = no ownership check; otherwise a conversation of
+                anybody else (or of nobody) is reported as missing.
+
+        Returns:
+            The conversation, or ``None`` if there is none (that you may see).
+        """
+        async with self._guard("read the conversation"), self._transaction() as session:
+            row = await session.get(ConversationRow, conversation_id)
+            if row is None or (owner is not None and row.owner != owner):
+                return None
+            return ConversationRecord.from_row(row)
+
+    async def list_conversations(
+        self, *, owner: str | None = None, limit: int = 50, before: float | None = None
+    ) -> list[ConversationRecord]:
+        """Conversations, most recently updated first.
+
+        Page through them by passing the last record's ``updated_at`` as
+        ``before`` of the next call.
+
+        Args:
+            owner: ``None`` = everybody's; otherwise only this owner's.
+            limit: most records returned, at least 1.
+            before: only conversations with ``updated_at < before`` (Unix
+                seconds); ``None`` = from the newest.
+
+        Returns:
+            Up to ``limit`` conversations.
+
+        Raises:
+            ValueError: ``limit < 1`` or ``before`` is not finite.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        stmt = sa.select(ConversationRow)
+        if owner is not None:
+            stmt = stmt.where(ConversationRow.owner == owner)
+        if before is not None:
+            stmt = stmt.where(ConversationRow.updated_at < from_unix(before, "before"))
+        stmt = stmt.order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
+        async with self._guard("list conversations"), self._transaction() as session:
+            rows = (await session.scalars(stmt.limit(limit))).all()
+            return [ConversationRecord.from_row(row) for row in rows]
+
+    async def delete_conversation(self, conversation_id: str, *, owner: str | None = None) -> bool:
+        """Delete a conversation and, by cascade, all its messages.
+
+        Args:
+            conversation_id: its id.
+            owner: ``None`` = no ownership check; otherwise only this owner's
+                conversation is deleted.
+
+        Returns:
+            Whether a conversation was deleted.
+        """
+        stmt = sa.delete(ConversationRow).where(ConversationRow.id == conversation_id)
+        if owner is not None:
+            stmt = stmt.where(ConversationRow.owner == owner)
+        async with self._guard("delete the conversation"), self._transaction() as session:
+            result = cast(CursorResult[Any], await session.execute(stmt))
+            return result.rowcount > 0
+
+    # -- messages -------------------------------------------------------------
+
+    async def messages(self, conversation_id: str) -> list[MessageRecord]:
+        """Every message of a conversation, oldest first (no ownership check).
+
+        Args:
+            conversation_id: the conversation's id.
+
+        Returns:
+            The messages; empty if there are none or no such conversation.
+        """
+        stmt = (
+            sa.select(MessageRow)
+            .where(MessageRow.conversation_id == conversation_id)
+            .order_by(MessageRow.created_at, MessageRow.id)
+        )
+        async with self._guard("read the messages"), self._transaction() as session:
+            rows = (await session.scalars(stmt)).all()
+            return [MessageRecord.from_row(row) for row in rows]
+
+    async def add_message(
+        self,
+        *,
+        conversation_id: str,
+        role: str,
+        parts: list[dict[str, object]],
+        status: str = "completed",
+        model: str | None = None,
+        message_id: str | None = None,
+    ) -> MessageRecord:
+        """Append a message to a conversation.
+
+        Also sets the conversation's ``updated_at`` to the message's
+        ``created_at`` and, for a user message while the conversation has no
+        title, its title (:func:`derive_title`).
+
+        Args:
+            conversation_id: the conversation, which must exist.
+            role: one of ``system``, ``user``, ``assistant``, ``tool``.
+            parts: the content, a list of JSON objects (copied).
+            status: one of ``pending``, ``streaming``, ``completed``, ``failed``,
+                ``cancelled``.
+            model: ``provider:model`` that writes it; ``None`` for user messages.
+            message_id: its id; ``None`` = a new ``uuid4().hex``.
+
+        Returns:
+            The new message.
+
+        Raises:
+            ValueError: invalid ``role``, ``status`` or ``parts``.
+            StoreError: no such conversation, the id is taken, or the database
+                failed.
+        """
+        check_role(role)
+        check_status(status)
+        parts = check_parts(parts)
+        async with self._guard("add the message"), self._transaction() as session:
+            conversation = await session.get(ConversationRow, conversation_id, with_for_update=True)
+            if conversation is None:
+                raise StoreError(f"no conversation {conversation_id!r}")
+            now = self._now()
+            row = MessageRow(
+                id=message_id or uuid.uuid4().hex,
+                conversation_id=conversation_id,
+                role=role,
+                parts=parts,
+                status=status,
+                model=model,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            conversation.updated_at = now
+            if role == "user" and conversation.title is None:
+                conversation.title = derive_title(parts)
+            await session.flush()
+            return MessageRecord.from_row(row)
+
+    async def update_message(
+        self,
+        message_id: str,
+        *,
+        parts: list[dict[str, object]] | None = None,
+        status: str | None = None,
+        finish_reason: str | None = None,
+        usage: dict[str, int] | None = None,
+        error: dict[str, object] | None = None,
+    ) -> None:
+        """Change some fields of a message (a streaming checkpoint, or its end).
+
+        Only the arguments that are not ``None`` are written (so a field cannot
+        be cleared); ``updated_at`` is set whenever something is. A message that
+        no longer exists (its conversation was deleted meanwhile) is ignored.
+
+        Args:
+            message_id: the message's id.
+            parts: the whole new content, replacing the old (copied).
+            status: the new status (see :meth:`add_message`).
+            finish_reason: ``stop``, ``length``, ``tool_calls`` …
+            usage: token counts, e.g. ``{"input_tokens": 12, "output_tokens": 40}``.
+            error: what went wrong, e.g. ``{"code": "provider_error", "message": "…"}``.
+
+        Raises:
+            ValueError: invalid ``status``, ``parts``, ``usage`` or ``error``.
+            StoreError: the database failed.
+        """
+        values: dict[str, object] = {}
+        if parts is not None:
+            values["parts"] = check_parts(parts)
+        if status is not None:
+            values["status"] = check_status(status)
+        if finish_reason is not None:
+            values["finish_reason"] = finish_reason
+        if usage is not None:
+            values["usage"] = json_copy(usage, "usage")
+        if error is not None:
+            values["error"] = json_copy(error, "error")
+        if not values:
+            return
+        values["updated_at"] = self._now()
+        stmt = (
+            sa.update(MessageRow)
+            .where(MessageRow.id == message_id)
+            .values(values)
+            .execution_options(synchronize_session=False)
+        )
+        async with self._guard("update the message"), self._transaction() as session:
+            await session.execute(stmt)
+
+    async def get_message(self, message_id: str) -> MessageRecord | None:
+        """One message, or ``None`` if there is none (no ownership check)."""
+        async with self._guard("read the message"), self._transaction() as session:
+            row = await session.get(MessageRow, message_id)
+            return None if row is None else MessageRecord.from_row(row)
+
+    # -- internals --------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        """Now in UTC, strictly later (by at least 1 µs) than the previous call's."""
+        now = datetime.now(UTC)
+        if now <= self._last_time:
+            now = self._last_time + timedelta(microseconds=1)
+        self._last_time = now
+        return now
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, else rolled back."""
+        async with self._sessions() as session, session.begin():
+            yield session
+
+    @contextlib.asynccontextmanager
+    async def _guard(self, action: str) -> AsyncIterator[None]:
+        """The boundary where database and driver errors become :class:`StoreError`.
+
+        Args:
+            action: what was being done, for the message ("add the message").
+        """
+        if self._closed:
+            raise StoreError(f"could not {action}: the store is closed")
+        try:
+            yield
+        except IntegrityError as exc:
+            raise StoreError(f"could not {action}: an id is already in use") from exc
+        except TimeoutError as exc:
+            raise StoreError(f"could not {action}: the database did not answer in time") from exc
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(f"could not {action} ({type(exc).__name__})") from exc
