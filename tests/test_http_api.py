@@ -19,7 +19,10 @@ from tokenwire import Settings, create_app
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data_dir: Path = tmp_path_factory.mktemp("data")
-    app = create_app(Settings(data_dir=data_dir, heartbeat_interval=0.2, default_model="fake:echo"))
+    settings = Settings(
+        data_dir=data_dir, heartbeat_interval=0.2, default_model="fake:echo", retry_backoff=0.01
+    )
+    app = create_app(settings)
     with uvicorn_thread(app) as url:
         yield url
 

@@ -178,3 +178,11 @@ async def test_coalescing_never_delays_the_first_delta_and_merges_a_burst() -> N
             rest = [e async for batch in reader for e in batch]
     assert [e.delta for e in rest if isinstance(e, TextDelta)] == ["bcd"]
     assert isinstance(rest[-1], Finish)
+
+
+async def test_silent_provider_ends_with_provider_timeout() -> None:
+    config = ProducerConfig(coalesce_ms=0, orphan_timeout=None, provider_timeout=0.05)
+    terminal, events, _ = await run(FakeProvider(), config, stall_after=2)
+    assert isinstance(terminal, Error) and terminal.code == "provider_timeout"
+    assert [e.delta for e in events if isinstance(e, TextDelta)] == ["lorem", " ipsum"]
+    assert terminals(events) == ["Error"]

@@ -8,7 +8,9 @@ request. Around the provider call, concurrently:
 - the **lease** is renewed every ``lease_ttl / 3`` seconds;
 - **checkpoints** write the partial message to the store every
   ``checkpoint_interval`` seconds while it changes;
-- the whole run is limited to ``max_stream_seconds`` (``error{stream_timeout}``).
+- the whole run is limited to ``max_stream_seconds`` (``error{stream_timeout}``),
+  and a provider silent for ``provider_timeout`` seconds ends it with
+  ``error{provider_timeout}``, whatever the SDK's own timeouts are.
 
 Stopping cancels the task that iterates the provider's async generator, which
 closes the upstream HTTP response, so the provider stops generating.
@@ -84,6 +86,7 @@ class ProducerConfig(msgspec.Struct, frozen=True, kw_only=True):
     coalesce_ms: float = 20.0
     orphan_timeout: float | None = 60.0
     max_stream_seconds: float = 600.0
+    provider_timeout: float = 120.0
     checkpoint_interval: float = 5.0
     lease_ttl: float = 15.0
     max_retries: int = 2
@@ -206,16 +209,22 @@ class _Run:
     async def _consume(self) -> Event:
         """Append provider events with coalescing; return the terminal event to append."""
         try:
+            silent_until = time.monotonic() + self.config.provider_timeout
             while True:
-                timeout = None
-                if self.pending is not None:
-                    timeout = max(0.0, self.pending_deadline - time.monotonic())
+                until = silent_until if self.pending is None else self.pending_deadline
                 try:
-                    async with asyncio.timeout(timeout):
+                    async with asyncio.timeout(max(0.0, until - time.monotonic())):
                         item = await self.queue.get()
                 except TimeoutError:
+                    if self.pending is None:
+                        return Error(
+                            code="provider_timeout",
+                            message="the provider sent nothing for too long",
+                            retryable=True,
+                        )
                     await self._flush()
                     continue
+                silent_until = time.monotonic() + self.config.provider_timeout
                 if item is _END:
                     return Error(
                         code="provider_error",

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     0 = at once, ``None`` = never."""
     max_stream_seconds: float = 600.0
     """A generation still running after this ends with ``error{stream_timeout}``."""
+    provider_timeout: float = 120.0
+    """Seconds without any event from the provider before the generation ends with
+    ``error{provider_timeout}`` (a stalled upstream)."""
     checkpoint_interval: float = 5.0
     """Seconds between store writes of a streaming message."""
     lease_ttl: float = 15.0
@@ -58,6 +61,8 @@ class Settings(BaseSettings):
     """Events a live reader may fall behind before it is moved back to the log."""
     max_retries: int = 2
     """Retries of an upstream call that failed before its first event."""
+    retry_backoff: float = 0.5
+    """Seconds before the first retry; doubled for each next one."""
     max_body_bytes: int = 1_000_000
     """Largest accepted request body (413 beyond)."""
 

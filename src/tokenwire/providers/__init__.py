@@ -116,3 +116,10 @@ class ProviderRegistry:
                 raise UnknownModelError(f"unknown provider {prefix!r} (known: {known})")
             provider = self._built[prefix] = factory()
         return provider, model
+
+    async def aclose(self) -> None:
+        """Close every built provider that holds connections (has ``aclose()``)."""
+        for provider in self._built.values():
+            aclose = getattr(provider, "aclose", None)
+            if aclose is not None:
+                await aclose()

@@ -321,6 +321,14 @@ class AnthropicProvider:
             )
         return self._client
 
+    async def aclose(self) -> None:
+        """Close the SDK client and its connections (and an injected ``http_client``)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+        if self._http_client is not None:
+            await self._http_client.aclose()
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
         """Stream one message; closing this generator closes the HTTP response.
 

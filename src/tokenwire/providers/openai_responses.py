@@ -293,6 +293,14 @@ class OpenAIResponsesProvider:
             self._client = make_openai_client(self._api_key, self._base_url, self._http_client)
         return self._client
 
+    async def aclose(self) -> None:
+        """Close the SDK client and its connections (and an injected ``http_client``)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+        if self._http_client is not None:
+            await self._http_client.aclose()
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
         """Stream one response; closing this generator closes the HTTP response.
 

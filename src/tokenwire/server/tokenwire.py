@@ -74,9 +74,11 @@ class Tokenwire:
             coalesce_ms=s.coalesce_ms,
             orphan_timeout=s.orphan_timeout,
             max_stream_seconds=s.max_stream_seconds,
+            provider_timeout=s.provider_timeout,
             checkpoint_interval=s.checkpoint_interval,
             lease_ttl=s.lease_ttl,
             max_retries=s.max_retries,
+            retry_backoff=s.retry_backoff,
         )
         self._tasks: dict[str, asyncio.Task[Event]] = {}
         self._active: dict[str, tuple[str, str]] = {}
@@ -105,6 +107,7 @@ class Tokenwire:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.registry.aclose()
         await self.log.close()
         if self._store is not None:
             await self._store.close()
