@@ -52,6 +52,7 @@ from tokenwire.providers.base import (
     tool_call,
 )
 from tokenwire.providers.openai_chat import body_error, closed_early
+from tokenwire.providers.sdk import SDKProvider
 
 __all__ = ["AnthropicProvider", "MessagesParser", "translate_anthropic_error"]
 
@@ -284,7 +285,7 @@ def translate_anthropic_error(exc: Exception) -> ProviderError:
     )
 
 
-class AnthropicProvider:
+class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
     """The Messages API over the official ``anthropic`` SDK (``POST /v1/messages``).
 
     Args:
@@ -305,29 +306,16 @@ class AnthropicProvider:
         http_client: httpx2.AsyncClient | None = None,
         max_tokens: int = 4096,
     ) -> None:
-        self._api_key = api_key
-        self._base_url = base_url
-        self._http_client = http_client
+        super().__init__(api_key=api_key, base_url=base_url, http_client=http_client)
         self._max_tokens = max_tokens
-        self._client: anthropic.AsyncAnthropic | None = None
 
-    def _sdk(self) -> anthropic.AsyncAnthropic:
-        if self._client is None:
-            self._client = anthropic.AsyncAnthropic(
-                api_key=self._api_key,
-                base_url=self._base_url,
-                http_client=self._http_client,
-                max_retries=0,
-            )
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the SDK client and its connections (and an injected ``http_client``)."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
-        if self._http_client is not None:
-            await self._http_client.aclose()
+    def _make_client(self) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            api_key=self._api_key,
+            base_url=self._base_url,
+            http_client=self._http_client,
+            max_retries=0,
+        )
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
         """Stream one message; closing this generator closes the HTTP response.

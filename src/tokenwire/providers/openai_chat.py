@@ -51,6 +51,7 @@ from tokenwire.providers.base import (
     finish,
     tool_call,
 )
+from tokenwire.providers.sdk import SDKProvider
 from tokenwire.providers.think import ThinkSplitter
 
 __all__ = [
@@ -317,7 +318,7 @@ SDK_ERRORS = (openai.OpenAIError, httpx2.HTTPError)
 """What :func:`translate_openai_error` translates."""
 
 
-class OpenAIChatProvider:
+class OpenAIChatProvider(SDKProvider[openai.AsyncOpenAI]):
     """Chat Completions over the official ``openai`` SDK (``POST /v1/chat/completions``).
 
     Args:
@@ -328,30 +329,8 @@ class OpenAIChatProvider:
             ``MockTransport``); ``None`` lets the SDK make its own.
     """
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        http_client: httpx2.AsyncClient | None = None,
-    ) -> None:
-        self._api_key = api_key
-        self._base_url = base_url
-        self._http_client = http_client
-        self._client: openai.AsyncOpenAI | None = None
-
-    def _sdk(self) -> openai.AsyncOpenAI:
-        if self._client is None:
-            self._client = make_openai_client(self._api_key, self._base_url, self._http_client)
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the SDK client and its connections (and an injected ``http_client``)."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
-        if self._http_client is not None:
-            await self._http_client.aclose()
+    def _make_client(self) -> openai.AsyncOpenAI:
+        return make_openai_client(self._api_key, self._base_url, self._http_client)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
         """Stream one completion; closing this generator closes the HTTP response.

@@ -30,7 +30,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-import httpx2
 import msgspec
 import openai
 
@@ -58,6 +57,7 @@ from tokenwire.providers.openai_chat import (
     make_openai_client,
     translate_openai_error,
 )
+from tokenwire.providers.sdk import SDKProvider
 
 __all__ = ["OpenAIResponsesProvider", "ResponsesParser"]
 
@@ -265,7 +265,7 @@ class ResponsesParser:
         raise error_for_code(*body_error(event))
 
 
-class OpenAIResponsesProvider:
+class OpenAIResponsesProvider(SDKProvider[openai.AsyncOpenAI]):
     """The Responses API over the official ``openai`` SDK (``POST /v1/responses``).
 
     Args:
@@ -276,30 +276,8 @@ class OpenAIResponsesProvider:
             the SDK make its own.
     """
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        base_url: str | None = None,
-        http_client: httpx2.AsyncClient | None = None,
-    ) -> None:
-        self._api_key = api_key
-        self._base_url = base_url
-        self._http_client = http_client
-        self._client: openai.AsyncOpenAI | None = None
-
-    def _sdk(self) -> openai.AsyncOpenAI:
-        if self._client is None:
-            self._client = make_openai_client(self._api_key, self._base_url, self._http_client)
-        return self._client
-
-    async def aclose(self) -> None:
-        """Close the SDK client and its connections (and an injected ``http_client``)."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
-        if self._http_client is not None:
-            await self._http_client.aclose()
+    def _make_client(self) -> openai.AsyncOpenAI:
+        return make_openai_client(self._api_key, self._base_url, self._http_client)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
         """Stream one response; closing this generator closes the HTTP response.
