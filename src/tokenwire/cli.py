@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, markup=False, highlight=False)
 
 
 def _settings(**flags: Any) -> Settings:
@@ -67,23 +68,40 @@ def chat(
     model: Annotated[str | None, typer.Option(help="'provider:model'.")] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Where the conversation is stored.")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="Provider parameter KEY=VALUE (JSON values), e.g. max_tokens=64."),
+    ] = None,
 ) -> None:
     """Stream one answer to the terminal; Ctrl-C stops the generation."""
     settings = _settings(default_model=model, data_dir=data_dir, orphan_timeout=None)
+    params = dict(_param(p) for p in param or [])
     try:
-        code = asyncio.run(_chat(settings, question, system))
+        code = asyncio.run(_chat(settings, question, system, params))
     except KeyboardInterrupt:
         code = 130
     raise typer.Exit(code)
 
 
-async def _chat(settings: Settings, question: str, system: str | None) -> int:
+def _param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise typer.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint="--param")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+async def _chat(
+    settings: Settings, question: str, system: str | None, params: dict[str, object]
+) -> int:
     from tokenwire.events import ReasoningDelta, TextDelta, ToolCall
     from tokenwire.providers import Message
     from tokenwire.server.tokenwire import Tokenwire
 
     async with Tokenwire(settings) as tw:
-        stream = await tw.start(None, [Message("user", question)], system=system)
+        stream = await tw.start(None, [Message("user", question)], system=system, params=params)
         out = sys.stdout
         try:
             async for event in stream:
