@@ -33,7 +33,14 @@ def test_chat_streams_the_answer(tmp_path: Path) -> None:
 
 def test_ctrl_c_cancels_and_stores_the_partial_answer(tmp_path: Path) -> None:
     proc = tokenwire(
-        "chat", "x", "--model", "fake:lorem", "--param", "stall_after=2", "--data-dir", str(tmp_path)
+        "chat",
+        "x",
+        "--model",
+        "fake:lorem",
+        "--param",
+        "stall_after=2",
+        "--data-dir",
+        str(tmp_path),
     )
     assert proc.stdout is not None
     seen = ""
@@ -42,7 +49,7 @@ def test_ctrl_c_cancels_and_stores_the_partial_answer(tmp_path: Path) -> None:
         assert char, proc.stderr.read() if proc.stderr else ""
         seen += char
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "[cancelled]" in err
 

@@ -35,13 +35,15 @@ async def test_read_replays_then_follows_in_batches() -> None:
     await log.append("s", [delta("a"), delta("b")])
     batches: list[list[Event]] = []
     reader = log.read("s", after=1)
+    assert await log.readers("s") == (0, None)
     batches.append(await reader.__anext__())
-    assert await log.readers("s") == 1
+    assert (await log.readers("s"))[0] == 1
     await log.append("s", [delta("c"), delta("d"), Error(code="provider_error", message="x")])
     async for batch in reader:
         batches.append(batch)
     assert [[e.seq for e in b] for b in batches] == [[2], [3, 4, 5]]
-    assert await log.readers("s") == 0
+    count, left_at = await log.readers("s")
+    assert count == 0 and left_at is not None
 
 
 async def test_batch_size_bounds_each_step() -> None:
@@ -99,13 +101,17 @@ async def test_retention_answers_expired_then_sweeps() -> None:
         await log.info("other")
 
 
-async def test_cancel_is_idempotent_and_wakes_waiter() -> None:
+async def test_cancel_is_idempotent_and_calls_watchers_once() -> None:
     log = MemoryStreamLog()
     await log.create("s", {})
+    seen: list[str] = []
+    log.watch_cancel("s", seen.append)
+    unwatch = log.watch_cancel("s", lambda r: seen.append("unwatched " + r))
+    unwatch()
     assert await log.request_cancel("s", "user")
     assert not await log.request_cancel("s", "superseded")
-    with anyio.fail_after(5):
-        assert await log.wait_cancel("s") == "user"
+    log.watch_cancel("s", lambda r: seen.append("late " + r))
+    assert seen == ["user", "late user"]
 
 
 async def test_long_poll_returns_when_an_event_arrives() -> None:
@@ -119,7 +125,7 @@ async def test_long_poll_returns_when_an_event_arrives() -> None:
 
         tg.start_soon(poll)
         await anyio.wait_all_tasks_blocked()
-        assert await log.readers("s") == 1
+        assert (await log.readers("s"))[0] == 1
         await log.append("s", [delta("x")])
     assert [e.seq for e in result] == [1]
     assert await log.wait("s", 1, timeout=0.01) == []

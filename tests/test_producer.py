@@ -186,3 +186,24 @@ async def test_silent_provider_ends_with_provider_timeout() -> None:
     assert isinstance(terminal, Error) and terminal.code == "provider_timeout"
     assert [e.delta for e in events if isinstance(e, TextDelta)] == ["lorem", " ipsum"]
     assert terminals(events) == ["Error"]
+
+
+async def test_checkpoints_store_the_partial_message_while_streaming(tmp_path: object) -> None:
+    from tokenwire import Settings, Tokenwire
+
+    settings = Settings(data_dir=tmp_path, checkpoint_interval=0.02, coalesce_ms=0)
+    async with Tokenwire(settings) as tw:
+        stream = await tw.start("fake:lorem", [Message("user", "x")], params={"stall_after": 3})
+        assert stream.message_id is not None
+        with anyio.fail_after(10):
+            while True:  # the ticker writes within a few intervals
+                message = await tw.store.get_message(stream.message_id)
+                assert message is not None
+                if message.parts == [{"type": "text", "text": "lorem ipsum dolor"}]:
+                    break
+                await anyio.sleep(0.01)
+        assert message.status == "streaming"
+        await stream.cancel()
+        await tw.wait_idle()
+        final = await tw.store.get_message(stream.message_id)
+    assert final is not None and final.status == "cancelled"

@@ -473,3 +473,52 @@ def test_opens_from_several_threads_at_once(url: str) -> None:
     for t in threads:
         t.join(timeout=60)
     assert errors == []
+
+
+async def test_begin_turn_writes_the_whole_turn_at_once(store: Store) -> None:
+    turn = await store.begin_turn(
+        conversation_id=None, owner="ann", messages=[("user", _text("Hi there"))], model="fake:echo"
+    )
+    assert turn is not None
+    conversation, history, assistant = turn
+    assert history == [] and conversation.title == "Hi there" and conversation.owner == "ann"
+    assert (assistant.role, assistant.status, assistant.parts) == ("assistant", "streaming", [])
+    assert assistant.model == "fake:echo"
+    again = await store.begin_turn(
+        conversation_id=conversation.id,
+        owner="ann",
+        messages=[("user", _text("More"))],
+        model="m:x",
+    )
+    assert again is not None
+    assert [(m.role, m.status) for m in again[1]] == [
+        ("user", "completed"),
+        ("assistant", "streaming"),
+    ]
+    assert again[0].title == "Hi there"
+    assert [m.role for m in await store.messages(conversation.id)] == ["user", "assistant"] * 2
+    assert (
+        await store.begin_turn(
+            conversation_id=conversation.id, owner="bob", messages=[], model="m:x"
+        )
+        is None
+    )
+    assert (
+        await store.begin_turn(conversation_id="nope", owner=None, messages=[], model="m:x") is None
+    )
+
+
+async def test_checkpoint_messages_updates_many_in_one_call(store: Store) -> None:
+    ids = []
+    for text in ("a", "b"):
+        turn = await store.begin_turn(
+            conversation_id=None, owner=None, messages=[("user", _text(text))], model="m:x"
+        )
+        assert turn is not None
+        ids.append(turn[2].id)
+    await store.checkpoint_messages({ids[0]: _text("partial a"), ids[1]: _text("partial b")})
+    for message_id, text in zip(ids, ("partial a", "partial b"), strict=True):
+        message = await store.get_message(message_id)
+        assert message is not None and message.parts == _text(text)
+        assert message.status == "streaming"
+    await store.checkpoint_messages({})

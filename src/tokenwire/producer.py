@@ -1,31 +1,35 @@
-"""The producer: runs one generation from provider to log to store (DESIGN §5).
+"""The producer: runs generations from provider to log to store (DESIGN §5).
 
-A generation runs as an :mod:`asyncio` task of its own, independent of any HTTP
-request. Around the provider call, concurrently:
+Each generation runs as an :mod:`asyncio` task of its own, independent of any
+HTTP request, with one helper task that iterates the provider's async generator
+into a queue. The run task takes *everything* that is waiting in the queue at
+each wake-up and appends it to the log in one call, so a fast provider costs one
+log append (and one wake-up of every reader) per burst, not per token.
 
-- the **stop watch** waits for the log's cancel flag (stop button, superseded) and
-  counts readers for ``orphan_timeout`` (then cancels with reason ``abandoned``);
-- the **lease** is renewed every ``lease_ttl / 3`` seconds;
-- **checkpoints** write the partial message to the store every
-  ``checkpoint_interval`` seconds while it changes;
-- the whole run is limited to ``max_stream_seconds`` (``error{stream_timeout}``),
-  and a provider silent for ``provider_timeout`` seconds ends it with
-  ``error{provider_timeout}``, whatever the SDK's own timeouts are.
+A stop request (stop button, ``superseded``, ``abandoned``) arrives through the
+log's :meth:`~tokenwire.log.base.StreamLog.watch_cancel` as an item in the same
+queue, so events that came before it are kept; the provider task is then
+cancelled, which closes the upstream HTTP response (the provider stops
+generating and billing).
 
-Stopping cancels the task that iterates the provider's async generator, which
-closes the upstream HTTP response, so the provider stops generating.
+One ticker per :class:`Producer`, not per generation, renews the leases of every
+running generation, cancels orphans (no live reader for ``orphan_timeout``
+seconds: reason ``abandoned``) and writes the partial messages of all
+generations that changed every ``checkpoint_interval`` seconds in one
+transaction (never one write per token).
 
 Exactly one terminal event ends every run: the provider's ``finish``; ``error``
-for a provider failure (after retries, which happen only before the first
-provider event), a bug of ours (``internal_error``, no exception text) or the
-time limit; ``cancelled`` for a stop. The log drops anything after a terminal
-event, so a racing ``producer_lost`` cannot make two.
+for a provider failure (retried with backoff only before the first provider
+event), a provider silent for ``provider_timeout`` seconds, the
+``max_stream_seconds`` limit, or a bug of ours (``internal_error``, no exception
+text); ``cancelled`` for a stop. The log drops anything after a terminal event,
+so a racing ``producer_lost`` cannot make two.
 
 Coalescing: consecutive deltas of the same part are merged for at most
-``coalesce_ms``. It is a leading-edge throttle: a delta is appended at once when
-none was appended in the last ``coalesce_ms`` (so the first token is never
+``coalesce_ms``, as a leading-edge throttle: a delta is appended at once when no
+delta was appended in the last ``coalesce_ms`` (so the first token is never
 delayed); otherwise it waits, merged with those that follow, until that window
-ends.
+ends. ``coalesce_ms = 0`` turns merging off: every delta is its own event.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import contextlib
 import logging
 import math
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 
@@ -58,7 +62,6 @@ __all__ = ["Generation", "MessageSink", "Producer", "ProducerConfig"]
 logger = logging.getLogger("tokenwire.producer")
 
 _Delta = TextDelta | ReasoningDelta | ToolCallDelta
-_END = object()
 _FIRST_READER_GRACE = 10.0
 """Seconds a new stream waits for its first reader when ``orphan_timeout`` is shorter."""
 _CLOSE_TIMEOUT = 5.0
@@ -66,7 +69,7 @@ _CLOSE_TIMEOUT = 5.0
 
 
 class MessageSink(Protocol):
-    """Where the producer writes the assistant message (the store, or nothing)."""
+    """Where the producer writes assistant messages (the store)."""
 
     async def update_message(
         self,
@@ -79,9 +82,13 @@ class MessageSink(Protocol):
         error: dict[str, object] | None = None,
     ) -> None: ...
 
+    async def checkpoint_messages(
+        self, parts_by_id: dict[str, list[dict[str, object]]]
+    ) -> None: ...
+
 
 class ProducerConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Timing of a generation; seconds unless named ``_ms``. See :class:`~tokenwire.Settings`."""
+    """Timing of generations; seconds unless named ``_ms``. See :class:`~tokenwire.Settings`."""
 
     coalesce_ms: float = 20.0
     orphan_timeout: float | None = 60.0
@@ -94,7 +101,7 @@ class ProducerConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Generation(msgspec.Struct, frozen=True, kw_only=True):
-    """One generation to run: ids, the provider's request, and the stream to fill."""
+    """One generation to run: ids and the provider's request."""
 
     stream_id: str
     message_id: str
@@ -102,12 +109,30 @@ class Generation(msgspec.Struct, frozen=True, kw_only=True):
     request: GenerationRequest
 
 
+class _End:
+    """Queue item: the provider's generator is exhausted (or failed: ``error``)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+class _Stop:
+    """Queue item: a cancel was requested."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 class Producer:
     """Runs generations into a :class:`~tokenwire.log.base.StreamLog`.
 
     Args:
         log: where events go.
-        sink: where the message is checkpointed and finally written, or ``None``.
+        sink: where messages are checkpointed and finally written, or ``None``.
         config: timing.
     """
 
@@ -115,15 +140,59 @@ class Producer:
         self.log = log
         self.sink = sink
         self.config = config
+        self._runs: dict[str, _Run] = {}
+        self._ticker: asyncio.Task[None] | None = None
 
     async def run(self, generation: Generation, provider: Provider) -> Event:
         """Run to the end; return the terminal event that ended the stream.
 
-        The stream must exist in the log with its ``start`` event. Never raises
-        but :class:`asyncio.CancelledError` (after appending ``cancelled`` with
-        reason ``shutdown``).
+        The stream must exist in the log (normally with its ``start`` event).
+        Raises nothing but :class:`asyncio.CancelledError` (after appending
+        ``cancelled`` with reason ``shutdown``).
         """
-        return await _Run(self, generation, provider).run()
+        run = _Run(self, generation, provider)
+        self._runs[generation.stream_id] = run
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick())
+        try:
+            return await run.run()
+        finally:
+            del self._runs[generation.stream_id]
+
+    async def _tick(self) -> None:
+        """Leases, orphans and checkpoints of every running generation, until none runs."""
+        config = self.config
+        ticks = [1.0, config.lease_ttl / 3, config.checkpoint_interval]
+        if config.orphan_timeout is not None:
+            ticks.append(max(0.01, config.orphan_timeout / 4))
+        tick = min(ticks)
+        next_checkpoint = time.monotonic() + config.checkpoint_interval
+        next_lease = time.monotonic() + config.lease_ttl / 3
+        while self._runs:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            runs = list(self._runs.values())
+            try:
+                if now >= next_lease:
+                    next_lease = now + config.lease_ttl / 3
+                    for run in runs:
+                        await self.log.heartbeat(run.stream_id, config.lease_ttl)
+                if config.orphan_timeout is not None:
+                    for run in runs:
+                        await run.check_orphan(config.orphan_timeout)
+                if now >= next_checkpoint:
+                    next_checkpoint = now + config.checkpoint_interval
+                    await self._checkpoint(runs)
+            except Exception:
+                logger.exception("producer housekeeping failed")
+
+    async def _checkpoint(self, runs: list[_Run]) -> None:
+        changed = {r.message_id: r for r in runs if r.state.last_seq != r.checkpointed_seq}
+        if self.sink is None or not changed:
+            return
+        for run in changed.values():
+            run.checkpointed_seq = run.state.last_seq
+        await self.sink.checkpoint_messages({k: r.state.parts_list() for k, r in changed.items()})
 
 
 class _Run:
@@ -134,140 +203,141 @@ class _Run:
         self.generation = generation
         self.provider = provider
         self.stream_id = generation.stream_id
+        self.message_id = generation.message_id
         self.state = MessageState()
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.pending: _Delta | None = None
         self.pending_deadline = 0.0
         self.last_delta_at = -math.inf
         self.checkpointed_seq = 0
+        self.started = time.monotonic()
+        self.started_at = time.time()
 
     async def run(self) -> Event:
-        config = self.config
-        await self.log.heartbeat(self.stream_id, config.lease_ttl)
+        await self.log.heartbeat(self.stream_id, self.config.lease_ttl)
+        unwatch = self.log.watch_cancel(self.stream_id, lambda r: self.queue.put_nowait(_Stop(r)))
         pump = asyncio.create_task(self._pump())
-        consume = asyncio.create_task(self._consume())
-        stop = asyncio.create_task(self._watch_stop())
-        helpers = [
-            asyncio.create_task(self._keep_lease()),
-            asyncio.create_task(self._checkpoints()),
-        ]
-        terminal: Event
+        terminal: Event = Cancelled(reason="shutdown")
         try:
-            done, _ = await asyncio.wait(
-                {consume, stop},
-                timeout=config.max_stream_seconds,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if consume in done:
-                terminal = consume.result()
-            elif stop in done:
-                terminal = Cancelled(reason=stop.result())
-            else:
-                terminal = Error(code="stream_timeout", message="the generation took too long")
-        except asyncio.CancelledError:
-            terminal = Cancelled(reason="shutdown")
-            raise
+            terminal = await self._consume()
         finally:
-            for task in (consume, stop, *helpers):
-                task.cancel()
+            unwatch()
             await _close(pump)
-            await asyncio.gather(consume, stop, *helpers, return_exceptions=True)
             terminal = await self._finish(terminal)
         return terminal
-
-    # provider → queue -----------------------------------------------------
 
     async def _pump(self) -> None:
         """Iterate the provider into the queue, retrying failures before its first event."""
         attempt = 0
         while True:
             produced = False
+            stream = self.provider.stream(self.generation.request)
             try:
-                stream = self.provider.stream(self.generation.request)
-                try:
-                    async for event in stream:
-                        produced = True
-                        self.queue.put_nowait(event)
-                finally:
-                    aclose = getattr(stream, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
-                self.queue.put_nowait(_END)
-                return
+                async for event in stream:
+                    produced = True
+                    self.queue.put_nowait(event)
             except ProviderError as exc:
                 if produced or not exc.retryable or attempt >= self.config.max_retries:
-                    self.queue.put_nowait(exc)
+                    self.queue.put_nowait(_End(exc))
                     return
                 attempt += 1
                 await asyncio.sleep(self.config.retry_backoff * 2 ** (attempt - 1))
+                continue
             except Exception as exc:
-                self.queue.put_nowait(exc)
+                self.queue.put_nowait(_End(exc))
                 return
-
-    # queue → log ----------------------------------------------------------
+            finally:
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            self.queue.put_nowait(_End())
+            return
 
     async def _consume(self) -> Event:
-        """Append provider events with coalescing; return the terminal event to append."""
+        """Append what the provider sends; return the terminal event to append."""
+        config = self.config
+        stream_deadline = self.started + config.max_stream_seconds
+        silent_until = self.started + config.provider_timeout
         try:
-            silent_until = time.monotonic() + self.config.provider_timeout
             while True:
-                until = silent_until if self.pending is None else self.pending_deadline
-                try:
-                    async with asyncio.timeout(max(0.0, until - time.monotonic())):
-                        item = await self.queue.get()
-                except TimeoutError:
-                    if self.pending is None:
-                        return Error(
-                            code="provider_timeout",
-                            message="the provider sent nothing for too long",
-                            retryable=True,
-                        )
-                    await self._flush()
-                    continue
-                silent_until = time.monotonic() + self.config.provider_timeout
-                if item is _END:
-                    return Error(
-                        code="provider_error",
-                        message="the provider closed the stream before it finished",
-                        retryable=True,
-                    )
-                if isinstance(item, ProviderError):
-                    return Error(code=item.code, message=item.message, retryable=item.retryable)
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, Finish):
-                    return item
-                await self._handle(item)  # type: ignore[arg-type]
+                out: list[Event] = []
+                if self.queue.empty():
+                    until = min(stream_deadline, silent_until)
+                    if self.pending is not None:
+                        until = min(until, self.pending_deadline)
+                    try:
+                        async with asyncio.timeout(max(0.0, until - time.monotonic())):
+                            first = await self.queue.get()
+                    except TimeoutError:
+                        now = time.monotonic()
+                        if now >= stream_deadline:
+                            return Error(
+                                code="stream_timeout", message="the generation took too long"
+                            )
+                        if now >= silent_until:
+                            return Error(
+                                code="provider_timeout",
+                                message="the provider sent nothing for too long",
+                                retryable=True,
+                            )
+                        self._flush(out)
+                        await self._append(out)
+                        continue
+                else:
+                    first = self.queue.get_nowait()
+                silent_until = time.monotonic() + config.provider_timeout
+                terminal = self._take_ready(first, out)
+                if terminal is not None:
+                    self._flush(out)
+                    await self._append(out)
+                    return terminal
+                if out:
+                    await self._append(out)
         except Exception:
             logger.exception("generation %s failed", self.stream_id)
             return Error(code="internal_error", message="internal error")
 
-    async def _handle(self, event: ProviderEvent) -> None:
+    def _take_ready(self, item: object, out: list[Event]) -> Event | None:
+        """Move ``item`` and every item waiting after it into ``out``; return a terminal
+        event if one came (what follows it is dropped)."""
+        while True:
+            if isinstance(item, _Stop):
+                return Cancelled(reason=item.reason)
+            if isinstance(item, _End):
+                return _terminal_for(item.error)
+            if isinstance(item, Finish):
+                return item
+            self._handle(item, out)  # type: ignore[arg-type]
+            if self.queue.empty():
+                return None
+            item = self.queue.get_nowait()
+
+    def _handle(self, event: ProviderEvent, out: list[Event]) -> None:
         if not isinstance(event, _Delta):
-            await self._flush()
-            await self._append([event])
+            self._flush(out)
+            out.append(event)
             return
         now = time.monotonic()
         pending = self.pending
         if pending is not None and _mergeable(pending, event):
             self.pending = msgspec.structs.replace(pending, delta=pending.delta + event.delta)
             if now >= self.pending_deadline:
-                await self._flush()
+                self._flush(out)
             return
-        await self._flush()
+        self._flush(out)
         window = self.config.coalesce_ms / 1000
         if now - self.last_delta_at >= window:
             self.last_delta_at = now
-            await self._append([event])
+            out.append(event)
         else:
             self.pending = event
             self.pending_deadline = self.last_delta_at + window
 
-    async def _flush(self) -> None:
+    def _flush(self, out: list[Event]) -> None:
         if self.pending is not None:
-            event, self.pending = self.pending, None
+            out.append(self.pending)
+            self.pending = None
             self.last_delta_at = time.monotonic()
-            await self._append([event])
 
     async def _append(self, events: list[Event]) -> list[Event]:
         appended = await self.log.append(self.stream_id, events)
@@ -275,82 +345,65 @@ class _Run:
             self.state.apply(event)
         return appended
 
-    # stop, lease, checkpoints -------------------------------------------
-
-    async def _watch_stop(self) -> str:
-        """Return the cancel reason once a cancel is requested or the stream is orphaned."""
-        cancel = asyncio.create_task(self.log.wait_cancel(self.stream_id))
-        try:
-            limit = self.config.orphan_timeout
-            if limit is None:
-                return await cancel
-            tick = min(1.0, max(0.02, limit / 4))
-            idle_since = time.monotonic()
-            seen_reader = False
-            while not cancel.done():
-                now = time.monotonic()
-                if await self.log.readers(self.stream_id):
-                    seen_reader, idle_since = True, now
-                elif now - idle_since >= (
-                    limit if seen_reader else max(limit, _FIRST_READER_GRACE)
-                ):
-                    await self.log.request_cancel(self.stream_id, "abandoned")
-                await asyncio.wait({cancel}, timeout=tick)
-            return cancel.result()
-        finally:
-            cancel.cancel()
-
-    async def _keep_lease(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.lease_ttl / 3)
-            await self.log.heartbeat(self.stream_id, self.config.lease_ttl)
-
-    async def _checkpoints(self) -> None:
-        if self.sink is None:
+    async def check_orphan(self, limit: float) -> None:
+        """Cancel (reason ``abandoned``) once no reader has followed for ``limit`` seconds,
+        or for ``max(limit, 10)`` seconds after the start when none ever came."""
+        count, left_at = await self.log.readers(self.stream_id)
+        if count:
             return
-        while True:
-            await asyncio.sleep(self.config.checkpoint_interval)
-            if self.state.last_seq != self.checkpointed_seq:
-                self.checkpointed_seq = self.state.last_seq
-                await self._write(status="streaming")
+        idle = time.time() - (left_at if left_at is not None else self.started_at)
+        if idle >= (limit if left_at is not None else max(limit, _FIRST_READER_GRACE)):
+            await self.log.request_cancel(self.stream_id, "abandoned")
 
     async def _finish(self, terminal: Event) -> Event:
-        """Flush what is pending, append the terminal event, store the message."""
+        """Append what is pending and the terminal event; store the message."""
+        out: list[Event] = []
+        self._flush(out)
         try:
-            await self._flush()
-            appended = await self._append([terminal])
+            appended = await self._append([*out, terminal])
             if appended:
-                terminal = appended[0]
+                terminal = appended[-1]
             else:  # someone else ended the stream first (producer_lost)
                 for event in await self.log.events(self.stream_id, after=self.state.last_seq):
                     self.state.apply(event)
                     terminal = event
         except Exception:
             logger.exception("could not end stream %s", self.stream_id)
-        await self._write(status=self.state.status)
+        if self.sink is not None:
+            state = self.state
+            try:
+                await self.sink.update_message(
+                    self.message_id,
+                    parts=state.parts_list(),
+                    status=state.status,
+                    finish_reason=state.finish_reason,
+                    usage=state.usage_dict(),
+                    error=state.error,
+                )
+            except Exception:
+                logger.exception("could not store message %s", self.message_id)
         return terminal
 
-    async def _write(self, *, status: str) -> None:
-        if self.sink is None:
-            return
-        state = self.state
-        fields: dict[str, Any] = {"parts": state.parts_list(), "status": status}
-        if status != "streaming":
-            fields.update(
-                finish_reason=state.finish_reason, usage=state.usage_dict(), error=state.error
-            )
-        try:
-            await self.sink.update_message(self.generation.message_id, **fields)
-        except Exception:
-            logger.exception("could not store message %s", self.generation.message_id)
+
+def _terminal_for(error: BaseException | None) -> Event:
+    if error is None:
+        return Error(
+            code="provider_error",
+            message="the provider closed the stream before it finished",
+            retryable=True,
+        )
+    if isinstance(error, ProviderError):
+        return Error(code=error.code, message=error.message, retryable=error.retryable)
+    logger.error("generation failed", exc_info=error)
+    return Error(code="internal_error", message="internal error")
 
 
-def _mergeable(pending: _Delta, event: _Delta) -> bool:
-    if type(pending) is not type(event) or pending.part != event.part:
+def _mergeable(pending: Event, event: _Delta) -> bool:
+    if type(pending) is not type(event) or getattr(pending, "part", None) != event.part:
         return False
-    return not isinstance(event, ToolCallDelta) or (
-        isinstance(pending, ToolCallDelta) and pending.tool_call_id == event.tool_call_id
-    )
+    if isinstance(event, ToolCallDelta) and isinstance(pending, ToolCallDelta):
+        return pending.tool_call_id == event.tool_call_id
+    return True
 
 
 async def _close(task: asyncio.Task[None]) -> None:

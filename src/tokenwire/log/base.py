@@ -13,7 +13,7 @@ sequence number; its memory cost does not grow with its lag.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Protocol
 
 import msgspec
@@ -89,14 +89,16 @@ class StreamLog(Protocol):
     async def request_cancel(self, stream_id: str, reason: str) -> bool:
         """Ask the producer to stop. Idempotent: ``False`` if already asked or ended."""
 
-    async def wait_cancel(self, stream_id: str) -> str:
-        """Block until a cancel is requested; return its reason."""
+    def watch_cancel(self, stream_id: str, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(reason)`` once when a cancel is requested (at once if it
+        already was). Returns a function that stops watching."""
 
     async def heartbeat(self, stream_id: str, ttl: float) -> None:
         """Renew the producer's lease for ``ttl`` seconds."""
 
-    async def readers(self, stream_id: str) -> int:
-        """How many readers follow the stream live now."""
+    async def readers(self, stream_id: str) -> tuple[int, float | None]:
+        """``(live readers now, Unix seconds when the last one left)``; the time is
+        ``None`` while the stream has never had a reader."""
 
     async def close(self) -> None:
         """Release resources."""

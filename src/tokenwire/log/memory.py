@@ -27,8 +27,8 @@ _EXPIRED_KEPT = 100_000
 
 class _Stream:
     __slots__ = (
-        "cancel_event",
         "cancel_reason",
+        "cancel_watchers",
         "changed",
         "created_at",
         "events",
@@ -36,6 +36,7 @@ class _Stream:
         "lease_until",
         "meta",
         "readers",
+        "readers_left_at",
         "status",
     )
 
@@ -47,9 +48,10 @@ class _Stream:
         self.finished_at: float | None = None
         self.changed = asyncio.Event()
         self.cancel_reason: str | None = None
-        self.cancel_event = asyncio.Event()
+        self.cancel_watchers: list[Callable[[str], None]] = []
         self.lease_until: float | None = None
         self.readers = 0
+        self.readers_left_at: float | None = None
 
 
 class MemoryStreamLog:
@@ -123,7 +125,7 @@ class MemoryStreamLog:
                 stream.status = outcome
                 stream.finished_at = self._clock()
                 stream.lease_until = None
-                stream.cancel_event.set()
+                stream.cancel_watchers.clear()
                 break
         if out:
             stream.changed.set()
@@ -156,7 +158,7 @@ class MemoryStreamLog:
                     continue
                 await self._wait_changed(stream, left)
         finally:
-            stream.readers -= 1
+            self._reader_left(stream)
 
     async def _wait_changed(self, stream: _Stream, timeout: float | None = None) -> bool:
         """Wait for an append, at most ``timeout`` s and never past the lease's expiry.
@@ -203,7 +205,7 @@ class MemoryStreamLog:
             try:
                 await self._wait_changed(stream, left)
             finally:
-                stream.readers -= 1
+                self._reader_left(stream)
         return stream.events[after:]
 
     async def info(self, stream_id: str) -> StreamInfo:
@@ -222,21 +224,37 @@ class MemoryStreamLog:
         if stream.status != "running" or stream.cancel_reason is not None:
             return False
         stream.cancel_reason = reason
-        stream.cancel_event.set()
+        watchers, stream.cancel_watchers = stream.cancel_watchers, []
+        for callback in watchers:
+            callback(reason)
         return True
 
-    async def wait_cancel(self, stream_id: str) -> str:
+    def watch_cancel(self, stream_id: str, callback: Callable[[str], None]) -> Callable[[], None]:
         stream = self._get(stream_id)
-        await stream.cancel_event.wait()
-        return stream.cancel_reason or "ended"
+        if stream.cancel_reason is not None:
+            callback(stream.cancel_reason)
+            return lambda: None
+        stream.cancel_watchers.append(callback)
+
+        def unwatch() -> None:
+            if callback in stream.cancel_watchers:
+                stream.cancel_watchers.remove(callback)
+
+        return unwatch
 
     async def heartbeat(self, stream_id: str, ttl: float) -> None:
         stream = self._get(stream_id)
         if stream.status == "running":
             stream.lease_until = time.monotonic() + ttl
 
-    async def readers(self, stream_id: str) -> int:
-        return self._get(stream_id).readers
+    def _reader_left(self, stream: _Stream) -> None:
+        stream.readers -= 1
+        if not stream.readers:
+            stream.readers_left_at = self._clock()
+
+    async def readers(self, stream_id: str) -> tuple[int, float | None]:
+        stream = self._get(stream_id)
+        return stream.readers, stream.readers_left_at
 
     def statistics(self) -> dict[str, int]:
         """Counts for metrics: ``streams``, ``running``, ``events`` held, live ``readers``."""

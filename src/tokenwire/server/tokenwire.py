@@ -80,6 +80,7 @@ class Tokenwire:
             max_retries=s.max_retries,
             retry_backoff=s.retry_backoff,
         )
+        self._producer = Producer(self.log, store, self.producer_config)
         self._tasks: dict[str, asyncio.Task[Event]] = {}
         self._active: dict[str, tuple[str, str]] = {}
         """conversation_id → (stream_id, message_id) of its running generation."""
@@ -100,6 +101,7 @@ class Tokenwire:
         """Open the store (running migrations); idempotent."""
         if self._store is None:
             self._store = await Store.open(self.settings.resolved_store_url())
+        self._producer = Producer(self.log, self._store, self.producer_config)
 
     async def aclose(self) -> None:
         """Stop running generations (``cancelled`` with reason ``shutdown``), close everything."""
@@ -157,34 +159,22 @@ class Tokenwire:
             raise ValueError("messages must not be empty")
         model = model or self.settings.resolved_default_model()
         provider, provider_model = self.registry.resolve(model)
-        store = self.store
-        history: list[Message] = []
-        if conversation_id is None:
-            conversation = await store.create_conversation(owner=owner)
-        else:
-            found = await store.get_conversation(conversation_id, owner=owner)
-            if found is None:
-                raise ConversationNotFoundError(conversation_id)
-            conversation = found
-            await self._supersede(conversation.id)
-            history = [
-                Message(m.role, _text_of(m.parts))  # type: ignore[arg-type]
-                for m in await store.messages(conversation.id)
-                if m.role in ("user", "assistant") and _text_of(m.parts)
-            ]
-        for message in messages:
-            await store.add_message(
-                conversation_id=conversation.id,
-                role=message.role,
-                parts=[{"type": "text", "text": message.content}],
-            )
-        assistant = await store.add_message(
-            conversation_id=conversation.id,
-            role="assistant",
-            parts=[],
-            status="streaming",
+        if conversation_id is not None:
+            await self._supersede(conversation_id)
+        turn = await self.store.begin_turn(
+            conversation_id=conversation_id,
+            owner=owner,
+            messages=[(m.role, [{"type": "text", "text": m.content}]) for m in messages],
             model=model,
         )
+        if turn is None:
+            raise ConversationNotFoundError(conversation_id)
+        conversation, stored, assistant = turn
+        history = [
+            Message(m.role, text)  # type: ignore[arg-type]
+            for m in stored
+            if m.role in ("user", "assistant") and (text := _text_of(m.parts))
+        ]
         stream_id = uuid.uuid4().hex
         meta = {"conversation_id": conversation.id, "message_id": assistant.id, "model": model}
         if owner is not None:
@@ -207,9 +197,8 @@ class Tokenwire:
             conversation_id=conversation.id,
             request=request,
         )
-        producer = Producer(self.log, store, self.producer_config)
         task = asyncio.create_task(
-            producer.run(generation, provider), name=f"tokenwire-{stream_id}"
+            self._producer.run(generation, provider), name=f"tokenwire-{stream_id}"
         )
         self._tasks[stream_id] = task
         self._active[conversation.id] = (stream_id, assistant.id)

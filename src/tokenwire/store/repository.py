@@ -401,6 +401,95 @@ class Store:
         async with self._guard("update the message"), self._transaction() as session:
             await session.execute(stmt)
 
+    async def begin_turn(
+        self,
+        *,
+        conversation_id: str | None,
+        owner: str | None,
+        messages: list[tuple[str, list[dict[str, object]]]],
+        model: str,
+    ) -> tuple[ConversationRecord, list[MessageRecord], MessageRecord] | None:
+        """Start an assistant turn in one transaction (the one write at start, DESIGN §6).
+
+        Creates the conversation when ``conversation_id`` is ``None``, reads its
+        history, appends ``messages`` (``(role, parts)``, e.g. the new user
+        message) and an empty assistant message with status ``streaming``.
+
+        Returns:
+            ``(conversation, history before this turn, assistant message)``, or
+            ``None`` when the conversation does not exist or is not ``owner``'s.
+
+        Raises:
+            ValueError: an invalid role or parts.
+            StoreError: the database failed.
+        """
+        checked = [(check_role(role), check_parts(parts)) for role, parts in messages]
+        async with self._guard("start the turn"), self._transaction() as session:
+            now = self._now()
+            history: list[MessageRecord] = []
+            if conversation_id is None:
+                conversation = ConversationRow(
+                    id=uuid.uuid4().hex, owner=owner, title=None, created_at=now, updated_at=now
+                )
+                session.add(conversation)
+            else:
+                found = await session.get(ConversationRow, conversation_id, with_for_update=True)
+                if found is None or (owner is not None and found.owner != owner):
+                    return None
+                conversation = found
+                stmt = (
+                    sa.select(MessageRow)
+                    .where(MessageRow.conversation_id == conversation.id)
+                    .order_by(MessageRow.created_at, MessageRow.id)
+                )
+                history = [MessageRecord.from_row(r) for r in (await session.scalars(stmt)).all()]
+            turn = [*checked, ("assistant", [])]
+            rows = []
+            for i, (role, parts) in enumerate(turn):
+                created = self._now()
+                last = i == len(turn) - 1
+                rows.append(
+                    MessageRow(
+                        id=uuid.uuid4().hex,
+                        conversation_id=conversation.id,
+                        role=role,
+                        parts=parts,
+                        status="streaming" if last else "completed",
+                        model=model if last else None,
+                        created_at=created,
+                        updated_at=created,
+                    )
+                )
+            session.add_all(rows)
+            conversation.updated_at = rows[-1].created_at
+            if conversation.title is None:
+                user = next((parts for role, parts in checked if role == "user"), None)
+                conversation.title = derive_title(user) if user else None
+            await session.flush()
+            return (
+                ConversationRecord.from_row(conversation),
+                history,
+                MessageRecord.from_row(rows[-1]),
+            )
+
+    async def checkpoint_messages(self, parts_by_id: dict[str, list[dict[str, object]]]) -> None:
+        """Write the partial content of many streaming messages in one transaction.
+
+        Args:
+            parts_by_id: message id → its whole content so far (copied).
+
+        Raises:
+            StoreError: the database failed.
+        """
+        if not parts_by_id:
+            return
+        now = self._now()
+        rows = [
+            {"id": k, "parts": check_parts(v), "updated_at": now} for k, v in parts_by_id.items()
+        ]
+        async with self._guard("checkpoint messages"), self._transaction() as session:
+            await session.execute(sa.update(MessageRow), rows)
+
     async def get_message(self, message_id: str) -> MessageRecord | None:
         """One message, or ``None`` if there is none (no ownership check)."""
         async with self._guard("read the message"), self._transaction() as session:

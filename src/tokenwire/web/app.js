@@ -28,6 +28,8 @@ const state = {
   source: null, // the open EventSource
   active: null, // {stream_id, events_url, cancel_url, conversation_id}
   view: null, // the AssistantView being streamed into
+  sending: false, // POST v1/chat under way: no second send, Stop waits for the stream id
+  stopWanted: false, // Stop clicked while sending: cancel as soon as the stream exists
   stick: true, // keep the newest text in view while streaming
 };
 
@@ -369,6 +371,8 @@ async function send(text) {
   if (els.model.value) body.model = els.model.value;
   if (state.conversationId) body.conversation_id = state.conversationId;
   let started;
+  state.sending = true;
+  state.stopWanted = false;
   try {
     started = await api("v1/chat", { method: "POST", body: JSON.stringify(body) });
   } catch (err) {
@@ -377,6 +381,8 @@ async function send(text) {
     els.status.textContent = "";
     userEl.classList.add("unsent");
     return;
+  } finally {
+    state.sending = false;
   }
   if (!state.conversationId) setConversation(started.conversation_id);
   follow({
@@ -386,13 +392,16 @@ async function send(text) {
     conversation_id: started.conversation_id,
   }, view);
   refreshConversations();
+  if (state.stopWanted) stop();
 }
 
 async function stop() {
   const active = state.active;
-  if (!active) return;
+  if (!active && !state.sending) return;
   els.stop.disabled = true;
   els.status.textContent = "Stopping…";
+  state.stopWanted = !active; // no stream id yet: send() stops it once it has one
+  if (!active) return;
   try {
     await api(active.cancel_url || `v1/streams/${encodeURIComponent(active.stream_id)}/cancel`, { method: "POST" });
   } catch (err) {
@@ -529,7 +538,7 @@ function wire() {
   els.form.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = els.prompt.value.trim();
-    if (!text || state.source) return;
+    if (!text || state.source || state.sending) return; // one answer at a time
     els.prompt.value = "";
     autoGrow();
     send(text);
