@@ -143,7 +143,7 @@ def tokenwire_app() -> object:
         default_model="bench:default",
         models=["bench:default"],
     )
-    return create_app(tokenwire=Tokenwire(settings, registry=registry))
+    return create_app(tokenwire=Tokenwire(settings, registry=registry), freeze_gc=True)
 
 
 def _frame(seq: int, event: str, payload: dict[str, object]) -> bytes:

@@ -58,7 +58,11 @@ def serve(
         f"  (default model {settings.resolved_default_model()})"
     )
     uvicorn.run(
-        create_app(settings), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5
+        create_app(settings, freeze_gc=True),
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
     )
 
 

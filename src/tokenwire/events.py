@@ -4,6 +4,10 @@ Each event is a frozen :class:`msgspec.Struct` tagged on ``type``; on the wire i
 a JSON object with ``type`` and ``seq`` (1, 2, 3 … per stream, no gaps). ``seq`` is
 0 until the stream log assigns it on append.
 
+Events are not tracked by the cyclic garbage collector (``gc=False``: they hold
+only strings, numbers and JSON values, so they cannot form cycles); a log holding
+millions of them then costs no collector time.
+
 Exactly one *terminal* event (:class:`Finish`, :class:`Error` or :class:`Cancelled`)
 ends every stream. New fields are always added with defaults (msgspec "Schema
 Evolution"), so older readers keep decoding newer streams.
@@ -51,7 +55,7 @@ ErrorCode = Literal[
 ]
 
 
-class _Base(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+class _Base(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
     seq: int = 0
     """Position in the stream, assigned by the log: 1 for the first event."""
 

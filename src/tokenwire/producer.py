@@ -118,6 +118,40 @@ class _End:
         self.error = error
 
 
+class _Mailbox:
+    """The run task's inbox: any task or callback puts, the run task takes all at once.
+
+    Lighter than :class:`asyncio.Queue` (no per-item future, no join bookkeeping);
+    unbounded, since a provider produces at most what the model generates.
+    """
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: list[object] = []
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: object) -> None:
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take_all(self) -> list[object]:
+        while not self.items:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        items, self.items = self.items, []
+        return items
+
+
+_FLUSH = object()
+"""Queue item: the coalescing window of the pending delta has ended."""
+
+
 class _Stop:
     """Queue item: a cancel was requested."""
 
@@ -187,12 +221,13 @@ class Producer:
                 logger.exception("producer housekeeping failed")
 
     async def _checkpoint(self, runs: list[_Run]) -> None:
-        changed = {r.message_id: r for r in runs if r.state.last_seq != r.checkpointed_seq}
+        changed = [r for r in runs if r.appended_seq != r.checkpointed_seq]
         if self.sink is None or not changed:
             return
-        for run in changed.values():
+        for run in changed:
+            await run.sync_state()
             run.checkpointed_seq = run.state.last_seq
-        await self.sink.checkpoint_messages({k: r.state.parts_list() for k, r in changed.items()})
+        await self.sink.checkpoint_messages({r.message_id: r.state.parts_list() for r in changed})
 
 
 class _Run:
@@ -205,17 +240,21 @@ class _Run:
         self.stream_id = generation.stream_id
         self.message_id = generation.message_id
         self.state = MessageState()
-        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.queue = _Mailbox()
         self.pending: _Delta | None = None
         self.pending_deadline = 0.0
         self.last_delta_at = -math.inf
+        self.appended_seq = 0
         self.checkpointed_seq = 0
         self.started = time.monotonic()
         self.started_at = time.time()
+        self.last_item_at = self.started
+        self.flush_timer: asyncio.TimerHandle | None = None
+        self.watchdog_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> Event:
         await self.log.heartbeat(self.stream_id, self.config.lease_ttl)
-        unwatch = self.log.watch_cancel(self.stream_id, lambda r: self.queue.put_nowait(_Stop(r)))
+        unwatch = self.log.watch_cancel(self.stream_id, lambda r: self.queue.put(_Stop(r)))
         pump = asyncio.create_task(self._pump())
         terminal: Event = Cancelled(reason="shutdown")
         try:
@@ -235,82 +274,100 @@ class _Run:
             try:
                 async for event in stream:
                     produced = True
-                    self.queue.put_nowait(event)
+                    self.queue.put(event)
             except ProviderError as exc:
                 if produced or not exc.retryable or attempt >= self.config.max_retries:
-                    self.queue.put_nowait(_End(exc))
+                    self.queue.put(_End(exc))
                     return
                 attempt += 1
                 await asyncio.sleep(self.config.retry_backoff * 2 ** (attempt - 1))
                 continue
             except Exception as exc:
-                self.queue.put_nowait(_End(exc))
+                self.queue.put(_End(exc))
                 return
             finally:
                 aclose = getattr(stream, "aclose", None)
                 if aclose is not None:
                     await aclose()
-            self.queue.put_nowait(_End())
+            self.queue.put(_End())
             return
 
     async def _consume(self) -> Event:
-        """Append what the provider sends; return the terminal event to append."""
-        config = self.config
-        stream_deadline = self.started + config.max_stream_seconds
-        silent_until = self.started + config.provider_timeout
+        """Append what the provider sends; return the terminal event to append.
+
+        Waiting costs no timer per event: one watchdog timer per generation checks
+        the time limits (rearmed only when it fires), and a flush timer is armed
+        only while a coalesced delta is pending.
+        """
+        loop = asyncio.get_running_loop()
+        self.last_item_at = time.monotonic()
+        self.watchdog_timer = loop.call_later(self._watchdog_delay(), self._watchdog)
         try:
             while True:
                 out: list[Event] = []
-                if self.queue.empty():
-                    until = min(stream_deadline, silent_until)
-                    if self.pending is not None:
-                        until = min(until, self.pending_deadline)
-                    try:
-                        async with asyncio.timeout(max(0.0, until - time.monotonic())):
-                            first = await self.queue.get()
-                    except TimeoutError:
-                        now = time.monotonic()
-                        if now >= stream_deadline:
-                            return Error(
-                                code="stream_timeout", message="the generation took too long"
-                            )
-                        if now >= silent_until:
-                            return Error(
-                                code="provider_timeout",
-                                message="the provider sent nothing for too long",
-                                retryable=True,
-                            )
-                        self._flush(out)
-                        await self._append(out)
-                        continue
-                else:
-                    first = self.queue.get_nowait()
-                silent_until = time.monotonic() + config.provider_timeout
-                terminal = self._take_ready(first, out)
+                terminal = self._take_ready(await self.queue.take_all(), out)
                 if terminal is not None:
                     self._flush(out)
                     await self._append(out)
                     return terminal
                 if out:
                     await self._append(out)
+                if self.pending is not None and self.flush_timer is None:
+                    self.flush_timer = loop.call_at(
+                        loop.time() + max(0.0, self.pending_deadline - time.monotonic()),
+                        self.queue.put,
+                        _FLUSH,
+                    )
         except Exception:
             logger.exception("generation %s failed", self.stream_id)
             return Error(code="internal_error", message="internal error")
+        finally:
+            if self.watchdog_timer is not None:
+                self.watchdog_timer.cancel()
+            if self.flush_timer is not None:
+                self.flush_timer.cancel()
 
-    def _take_ready(self, item: object, out: list[Event]) -> Event | None:
-        """Move ``item`` and every item waiting after it into ``out``; return a terminal
-        event if one came (what follows it is dropped)."""
-        while True:
+    def _watchdog_delay(self) -> float:
+        """Seconds until the earlier of the stream's deadline and the provider's."""
+        config = self.config
+        until = min(
+            self.started + config.max_stream_seconds, self.last_item_at + config.provider_timeout
+        )
+        return max(0.0, until - time.monotonic())
+
+    def _watchdog(self) -> None:
+        now = time.monotonic()
+        if now >= self.started + self.config.max_stream_seconds:
+            self.queue.put(_End(ProviderError("stream_timeout", "the generation took too long")))
+        elif now >= self.last_item_at + self.config.provider_timeout:
+            self.queue.put(
+                _End(
+                    ProviderError(
+                        "provider_timeout", "the provider sent nothing for too long", retryable=True
+                    )
+                )
+            )
+        else:
+            loop = asyncio.get_running_loop()
+            self.watchdog_timer = loop.call_later(self._watchdog_delay(), self._watchdog)
+
+    def _take_ready(self, items: list[object], out: list[Event]) -> Event | None:
+        """Move ``items`` into ``out``; return a terminal event if one came (what
+        follows it is dropped)."""
+        for item in items:
             if isinstance(item, _Stop):
                 return Cancelled(reason=item.reason)
             if isinstance(item, _End):
                 return _terminal_for(item.error)
             if isinstance(item, Finish):
                 return item
-            self._handle(item, out)  # type: ignore[arg-type]
-            if self.queue.empty():
-                return None
-            item = self.queue.get_nowait()
+            if item is _FLUSH:
+                self.flush_timer = None
+                self._flush(out)
+            else:
+                self.last_item_at = time.monotonic()
+                self._handle(item, out)  # type: ignore[arg-type]
+        return None
 
     def _handle(self, event: ProviderEvent, out: list[Event]) -> None:
         if not isinstance(event, _Delta):
@@ -339,11 +396,18 @@ class _Run:
             self.pending = None
             self.last_delta_at = time.monotonic()
 
-    async def _append(self, events: list[Event]) -> list[Event]:
+    async def _append(self, events: list[Event]) -> None:
         appended = await self.log.append(self.stream_id, events)
-        for event in appended:
-            self.state.apply(event)
-        return appended
+        if appended:
+            self.appended_seq = appended[-1].seq
+
+    async def sync_state(self) -> Event | None:
+        """Fold the events appended since the last call into ``state`` (off the hot
+        path: only for checkpoints and the end); return the last one, if any."""
+        last = None
+        for last in await self.log.events(self.stream_id, after=self.state.last_seq):
+            self.state.apply(last)
+        return last
 
     async def check_orphan(self, limit: float) -> None:
         """Cancel (reason ``abandoned``) once no reader has followed for ``limit`` seconds,
@@ -360,13 +424,13 @@ class _Run:
         out: list[Event] = []
         self._flush(out)
         try:
-            appended = await self._append([*out, terminal])
-            if appended:
-                terminal = appended[-1]
-            else:  # someone else ended the stream first (producer_lost)
-                for event in await self.log.events(self.stream_id, after=self.state.last_seq):
-                    self.state.apply(event)
-                    terminal = event
+            await self.sync_state()
+            appended = await self.log.append(self.stream_id, [*out, terminal])
+            for event in appended:
+                self.state.apply(event)
+            last = appended[-1] if appended else await self.sync_state()
+            if last is not None:  # ours, or the producer_lost that ended the stream first
+                terminal = last
         except Exception:
             logger.exception("could not end stream %s", self.stream_id)
         if self.sink is not None:

@@ -9,6 +9,7 @@ dropped ``retention`` seconds after their terminal event (then 410 for a while).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -38,6 +39,7 @@ class _Stream:
         "readers",
         "readers_left_at",
         "status",
+        "waiters",
     )
 
     def __init__(self, meta: Mapping[str, str], now: float) -> None:
@@ -52,6 +54,49 @@ class _Stream:
         self.lease_until: float | None = None
         self.readers = 0
         self.readers_left_at: float | None = None
+        self.waiters: list[asyncio.Future[None]] = []
+
+
+class _Wake:
+    """How a live reader waits: a future resolved by the next append, or by a timer.
+
+    The timer is armed lazily and not re-armed per wait: when it fires early (the
+    deadline moved on because events came), the reader re-arms it for the new
+    deadline. So following a busy stream costs no timer per event.
+    """
+
+    __slots__ = ("future", "loop", "stream", "timer", "timer_at")
+
+    def __init__(self, stream: _Stream) -> None:
+        self.stream = stream
+        self.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf
+
+    async def wait(self, deadline: float) -> None:
+        """Wait for an append or until ``deadline`` (``time.monotonic()`` seconds)."""
+        if deadline < self.timer_at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = deadline
+            self.timer = (
+                self.loop.call_at(self.loop.time() + (deadline - time.monotonic()), self._fire)
+                if deadline < math.inf
+                else None
+            )
+        future = self.future = self.loop.create_future()
+        self.stream.waiters.append(future)
+        await future
+
+    def _fire(self) -> None:
+        self.timer, self.timer_at = None, math.inf
+        if self.future is not None and not self.future.done():
+            self.future.set_result(None)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 class MemoryStreamLog:
@@ -130,6 +175,10 @@ class MemoryStreamLog:
         if out:
             stream.changed.set()
             stream.changed = asyncio.Event()
+            waiters, stream.waiters = stream.waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         return out
 
     async def read(
@@ -137,8 +186,9 @@ class MemoryStreamLog:
     ) -> AsyncGenerator[list[Event], None]:
         stream = self._get(stream_id)
         stream.readers += 1
+        wake = _Wake(stream)
         try:
-            quiet_until = None if idle is None else time.monotonic() + idle
+            quiet_until = math.inf if idle is None else time.monotonic() + idle
             while True:
                 log = stream.events
                 if len(log) > after:
@@ -147,17 +197,22 @@ class MemoryStreamLog:
                     yield chunk
                     if _OUTCOME.get(type(chunk[-1])) is not None:
                         return
-                    quiet_until = None if idle is None else time.monotonic() + idle
+                    if idle is not None:
+                        quiet_until = time.monotonic() + idle
                     continue
                 if stream.status != "running":
                     return
-                left = None if quiet_until is None else quiet_until - time.monotonic()
-                if left is not None and left <= 0:
+                now = time.monotonic()
+                if now >= quiet_until:
                     yield []
-                    quiet_until = time.monotonic() + (idle or 0.0)
+                    quiet_until = now + (idle or 0.0)
                     continue
-                await self._wait_changed(stream, left)
+                if stream.lease_until is not None and now >= stream.lease_until:
+                    self._check_lease(stream)
+                    continue
+                await wake.wait(min(quiet_until, stream.lease_until or math.inf))
         finally:
+            wake.close()
             self._reader_left(stream)
 
     async def _wait_changed(self, stream: _Stream, timeout: float | None = None) -> bool:
