@@ -1,16 +1,15 @@
 """The producer: runs generations from provider to log to store (DESIGN §5).
 
 Each generation runs as an :mod:`asyncio` task of its own, independent of any
-HTTP request, with one helper task that iterates the provider's async generator
-into a queue. The run task takes *everything* that is waiting in the queue at
-each wake-up and appends it to the log in one call, so a fast provider costs one
-log append (and one wake-up of every reader) per burst, not per token.
-
-A stop request (stop button, ``superseded``, ``abandoned``) arrives through the
-log's :meth:`~tokenwire.log.base.StreamLog.watch_cancel` as an item in the same
-queue, so events that came before it are kept; the provider task is then
-cancelled, which closes the upstream HTTP response (the provider stops
-generating and billing).
+HTTP request. A second task iterates the provider's async generator and appends
+each event to the log as it comes (one append, one wake-up of the readers, per
+provider event; merged deltas, see below, cost less). The first task only waits
+for the end: the provider's terminal event, a stop request (stop button,
+``superseded``, ``abandoned``, delivered by the log's
+:meth:`~tokenwire.log.base.StreamLog.watch_cancel`) or a time limit (one watchdog
+timer per generation, not one per event). On a stop it cancels the provider
+task, which closes the upstream HTTP response: the provider stops generating
+and billing.
 
 One ticker per :class:`Producer`, not per generation, renews the leases of every
 running generation, cancels orphans (no live reader for ``orphan_timeout``
@@ -64,6 +63,8 @@ logger = logging.getLogger("tokenwire.producer")
 _Delta = TextDelta | ReasoningDelta | ToolCallDelta
 _FIRST_READER_GRACE = 10.0
 """Seconds a new stream waits for its first reader when ``orphan_timeout`` is shorter."""
+_CHECKPOINT_BATCH = 64
+"""Messages per checkpoint transaction: small enough not to stall the event loop."""
 _CLOSE_TIMEOUT = 5.0
 """Seconds allowed for closing the upstream response after a stop."""
 
@@ -107,58 +108,6 @@ class Generation(msgspec.Struct, frozen=True, kw_only=True):
     message_id: str
     conversation_id: str
     request: GenerationRequest
-
-
-class _End:
-    """Queue item: the provider's generator is exhausted (or failed: ``error``)."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException | None = None) -> None:
-        self.error = error
-
-
-class _Mailbox:
-    """The run task's inbox: any task or callback puts, the run task takes all at once.
-
-    Lighter than :class:`asyncio.Queue` (no per-item future, no join bookkeeping);
-    unbounded, since a provider produces at most what the model generates.
-    """
-
-    __slots__ = ("items", "waiter")
-
-    def __init__(self) -> None:
-        self.items: list[object] = []
-        self.waiter: asyncio.Future[None] | None = None
-
-    def put(self, item: object) -> None:
-        self.items.append(item)
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def take_all(self) -> list[object]:
-        while not self.items:
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        items, self.items = self.items, []
-        return items
-
-
-_FLUSH = object()
-"""Queue item: the coalescing window of the pending delta has ended."""
-
-
-class _Stop:
-    """Queue item: a cancel was requested."""
-
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
 
 
 class Producer:
@@ -224,10 +173,12 @@ class Producer:
         changed = [r for r in runs if r.appended_seq != r.checkpointed_seq]
         if self.sink is None or not changed:
             return
-        for run in changed:
-            await run.sync_state()
-            run.checkpointed_seq = run.state.last_seq
-        await self.sink.checkpoint_messages({r.message_id: r.state.parts_list() for r in changed})
+        for start in range(0, len(changed), _CHECKPOINT_BATCH):
+            batch = changed[start : start + _CHECKPOINT_BATCH]
+            for run in batch:
+                await run.sync_state()
+                run.checkpointed_seq = run.state.last_seq
+            await self.sink.checkpoint_messages({r.message_id: r.state.parts_list() for r in batch})
 
 
 class _Run:
@@ -240,7 +191,7 @@ class _Run:
         self.stream_id = generation.stream_id
         self.message_id = generation.message_id
         self.state = MessageState()
-        self.queue = _Mailbox()
+        self.lock = asyncio.Lock()
         self.pending: _Delta | None = None
         self.pending_deadline = 0.0
         self.last_delta_at = -math.inf
@@ -250,23 +201,39 @@ class _Run:
         self.started_at = time.time()
         self.last_item_at = self.started
         self.flush_timer: asyncio.TimerHandle | None = None
+        self.flush_task: asyncio.Task[None] | None = None
         self.watchdog_timer: asyncio.TimerHandle | None = None
+        self.stopped: asyncio.Future[Event] | None = None
 
     async def run(self) -> Event:
+        loop = asyncio.get_running_loop()
         await self.log.heartbeat(self.stream_id, self.config.lease_ttl)
-        unwatch = self.log.watch_cancel(self.stream_id, lambda r: self.queue.put(_Stop(r)))
+        stopped = self.stopped = loop.create_future()
+        unwatch = self.log.watch_cancel(self.stream_id, lambda r: self._stop(Cancelled(reason=r)))
+        self.watchdog_timer = loop.call_later(self._watchdog_delay(), self._watchdog)
         pump = asyncio.create_task(self._pump())
         terminal: Event = Cancelled(reason="shutdown")
         try:
-            terminal = await self._consume()
+            await asyncio.wait({pump, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            terminal = stopped.result() if stopped.done() else pump.result()
         finally:
             unwatch()
+            for timer in (self.watchdog_timer, self.flush_timer):
+                if timer is not None:
+                    timer.cancel()
             await _close(pump)
             terminal = await self._finish(terminal)
         return terminal
 
-    async def _pump(self) -> None:
-        """Iterate the provider into the queue, retrying failures before its first event."""
+    def _stop(self, terminal: Event) -> None:
+        if self.stopped is not None and not self.stopped.done():
+            self.stopped.set_result(terminal)
+
+    async def _pump(self) -> Event:
+        """Iterate the provider, appending as events come; return the terminal event.
+
+        A failure before the first provider event is retried with backoff (DESIGN §5).
+        """
         attempt = 0
         while True:
             produced = False
@@ -274,58 +241,53 @@ class _Run:
             try:
                 async for event in stream:
                     produced = True
-                    self.queue.put(event)
+                    self.last_item_at = time.monotonic()
+                    if isinstance(event, Finish):
+                        return event
+                    out: list[Event] = []
+                    self._handle(event, out)
+                    if out:
+                        await self._append(out)
+                    if self.pending is not None and self.flush_timer is None:
+                        self._arm_flush()
             except ProviderError as exc:
                 if produced or not exc.retryable or attempt >= self.config.max_retries:
-                    self.queue.put(_End(exc))
-                    return
+                    return Error(code=exc.code, message=exc.message, retryable=exc.retryable)
                 attempt += 1
                 await asyncio.sleep(self.config.retry_backoff * 2 ** (attempt - 1))
                 continue
-            except Exception as exc:
-                self.queue.put(_End(exc))
-                return
+            except Exception:
+                logger.exception("generation %s failed", self.stream_id)
+                return Error(code="internal_error", message="internal error")
             finally:
                 aclose = getattr(stream, "aclose", None)
                 if aclose is not None:
                     await aclose()
-            self.queue.put(_End())
-            return
+            return Error(
+                code="provider_error",
+                message="the provider closed the stream before it finished",
+                retryable=True,
+            )
 
-    async def _consume(self) -> Event:
-        """Append what the provider sends; return the terminal event to append.
-
-        Waiting costs no timer per event: one watchdog timer per generation checks
-        the time limits (rearmed only when it fires), and a flush timer is armed
-        only while a coalesced delta is pending.
-        """
+    def _arm_flush(self) -> None:
+        """Append the pending delta when its coalescing window ends."""
         loop = asyncio.get_running_loop()
-        self.last_item_at = time.monotonic()
-        self.watchdog_timer = loop.call_later(self._watchdog_delay(), self._watchdog)
+        delay = max(0.0, self.pending_deadline - time.monotonic())
+        self.flush_timer = loop.call_later(delay, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self.flush_timer = None
+        if self.pending is not None and self.flush_task is None:
+            self.flush_task = asyncio.create_task(self._flush_now())
+
+    async def _flush_now(self) -> None:
         try:
-            while True:
-                out: list[Event] = []
-                terminal = self._take_ready(await self.queue.take_all(), out)
-                if terminal is not None:
-                    self._flush(out)
-                    await self._append(out)
-                    return terminal
-                if out:
-                    await self._append(out)
-                if self.pending is not None and self.flush_timer is None:
-                    self.flush_timer = loop.call_at(
-                        loop.time() + max(0.0, self.pending_deadline - time.monotonic()),
-                        self.queue.put,
-                        _FLUSH,
-                    )
-        except Exception:
-            logger.exception("generation %s failed", self.stream_id)
-            return Error(code="internal_error", message="internal error")
+            out: list[Event] = []
+            self._flush(out)
+            if out:
+                await self._append(out)
         finally:
-            if self.watchdog_timer is not None:
-                self.watchdog_timer.cancel()
-            if self.flush_timer is not None:
-                self.flush_timer.cancel()
+            self.flush_task = None
 
     def _watchdog_delay(self) -> float:
         """Seconds until the earlier of the stream's deadline and the provider's."""
@@ -338,36 +300,13 @@ class _Run:
     def _watchdog(self) -> None:
         now = time.monotonic()
         if now >= self.started + self.config.max_stream_seconds:
-            self.queue.put(_End(ProviderError("stream_timeout", "the generation took too long")))
+            self._stop(Error(code="stream_timeout", message="the generation took too long"))
         elif now >= self.last_item_at + self.config.provider_timeout:
-            self.queue.put(
-                _End(
-                    ProviderError(
-                        "provider_timeout", "the provider sent nothing for too long", retryable=True
-                    )
-                )
-            )
+            message = "the provider sent nothing for too long"
+            self._stop(Error(code="provider_timeout", message=message, retryable=True))
         else:
             loop = asyncio.get_running_loop()
             self.watchdog_timer = loop.call_later(self._watchdog_delay(), self._watchdog)
-
-    def _take_ready(self, items: list[object], out: list[Event]) -> Event | None:
-        """Move ``items`` into ``out``; return a terminal event if one came (what
-        follows it is dropped)."""
-        for item in items:
-            if isinstance(item, _Stop):
-                return Cancelled(reason=item.reason)
-            if isinstance(item, _End):
-                return _terminal_for(item.error)
-            if isinstance(item, Finish):
-                return item
-            if item is _FLUSH:
-                self.flush_timer = None
-                self._flush(out)
-            else:
-                self.last_item_at = time.monotonic()
-                self._handle(item, out)  # type: ignore[arg-type]
-        return None
 
     def _handle(self, event: ProviderEvent, out: list[Event]) -> None:
         if not isinstance(event, _Delta):
@@ -397,7 +336,8 @@ class _Run:
             self.last_delta_at = time.monotonic()
 
     async def _append(self, events: list[Event]) -> None:
-        appended = await self.log.append(self.stream_id, events)
+        async with self.lock:  # the flush task and the provider task both append
+            appended = await self.log.append(self.stream_id, events)
         if appended:
             self.appended_seq = appended[-1].seq
 
@@ -421,6 +361,8 @@ class _Run:
 
     async def _finish(self, terminal: Event) -> Event:
         """Append what is pending and the terminal event; store the message."""
+        if self.flush_task is not None:
+            await asyncio.wait({self.flush_task}, timeout=_CLOSE_TIMEOUT)
         out: list[Event] = []
         self._flush(out)
         try:
@@ -449,19 +391,6 @@ class _Run:
         return terminal
 
 
-def _terminal_for(error: BaseException | None) -> Event:
-    if error is None:
-        return Error(
-            code="provider_error",
-            message="the provider closed the stream before it finished",
-            retryable=True,
-        )
-    if isinstance(error, ProviderError):
-        return Error(code=error.code, message=error.message, retryable=error.retryable)
-    logger.error("generation failed", exc_info=error)
-    return Error(code="internal_error", message="internal error")
-
-
 def _mergeable(pending: Event, event: _Delta) -> bool:
     if type(pending) is not type(event) or getattr(pending, "part", None) != event.part:
         return False
@@ -470,7 +399,7 @@ def _mergeable(pending: Event, event: _Delta) -> bool:
     return True
 
 
-async def _close(task: asyncio.Task[None]) -> None:
+async def _close(task: asyncio.Task[Event]) -> None:
     """Cancel the provider task and wait (bounded) for it to close the upstream response."""
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
