@@ -26,6 +26,8 @@ from tokenwire.errors import (
     TokenwireError,
     UnknownModelError,
 )
+from tokenwire.server.aisdk import build_aisdk_router
+from tokenwire.server.openai_compat import build_openai_router
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.settings import Settings
 
@@ -67,6 +69,8 @@ def create_app(
     app.state.tokenwire = tw
     app.add_middleware(BodyLimitMiddleware, max_bytes=tw.settings.max_body_bytes)
     app.include_router(tw.router)
+    app.include_router(build_openai_router(tw))
+    app.include_router(build_aisdk_router(tw))
     _exception_handlers(app)
     _operations(app, tw)
     if WEB_DIR.is_dir():
