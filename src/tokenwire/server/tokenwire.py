@@ -101,7 +101,7 @@ class Tokenwire:
         """Open the store (running migrations); idempotent."""
         if self._store is None:
             self._store = await Store.open(self.settings.resolved_store_url())
-        self._producer = Producer(self.log, self._store, self.producer_config)
+        self._producer.sink = self._store
 
     async def aclose(self) -> None:
         """Stop running generations (``cancelled`` with reason ``shutdown``), close everything."""
@@ -159,8 +159,6 @@ class Tokenwire:
             raise ValueError("messages must not be empty")
         model = model or self.settings.resolved_default_model()
         provider, provider_model = self.registry.resolve(model)
-        if conversation_id is not None:
-            await self._supersede(conversation_id)
         turn = await self.store.begin_turn(
             conversation_id=conversation_id,
             owner=owner,
@@ -170,6 +168,7 @@ class Tokenwire:
         if turn is None:
             raise ConversationNotFoundError(conversation_id)
         conversation, stored, assistant = turn
+        await self._supersede(conversation.id)
         history = [
             Message(m.role, text)  # type: ignore[arg-type]
             for m in stored
