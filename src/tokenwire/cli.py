@@ -33,8 +33,10 @@ def _settings(**flags: Any) -> Settings:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on (env TOKENWIRE_HOST; 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (env TOKENWIRE_PORT; 8000).")] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -54,13 +56,13 @@ def serve(
     settings = _settings(host=host, port=port, default_model=model, data_dir=data_dir)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     console.print(
-        f"tokenwire: chat page on http://{host}:{port}/"
+        f"tokenwire: chat page on http://{settings.host}:{settings.port}/"
         f"  (default model {settings.resolved_default_model()})"
     )
     uvicorn.run(
         create_app(settings, freeze_gc=True),
-        host=host,
-        port=port,
+        host=settings.host,
+        port=settings.port,
         log_level=log_level,
         timeout_graceful_shutdown=5,
     )

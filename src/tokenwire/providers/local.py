@@ -402,6 +402,14 @@ class LocalProvider:
             engine = await anyio.to_thread.run_sync(_load_engine, key)
         return engine
 
+    async def warm_up(self) -> None:
+        """Load the model now (≈1 s in a worker thread) instead of on the first request.
+
+        Raises:
+            ProviderError: the bundled model is not installed.
+        """
+        await self._engine()
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
         """Generate an answer to ``request``; see :class:`~tokenwire.providers.base.Provider`.
 

@@ -1,14 +1,198 @@
-"""OpenAI-compatible ``POST /v1/chat/completions`` (DESIGN §8): not implemented yet."""
+"""OpenAI-compatible ``POST /v1/chat/completions`` (DESIGN §8): the official ``openai``
+SDKs are clients, and every answer is still a logged, resumable, cancellable stream.
+
+Wire format: OpenAI API reference, "Chat → Create chat completion" and "Chat →
+Streaming" (https://platform.openai.com/docs/api-reference/chat); the encoding is
+:mod:`tokenwire.protocol.openai_compat`, this module is its I/O shell.
+
+- Each request starts a new tokenwire conversation (stateless, as OpenAI's
+  endpoint is); ``x-tokenwire-stream-id`` on every answer names the stream, to
+  resume it (``GET /v1/streams/{id}/events``) or stop it
+  (``POST /v1/streams/{id}/cancel``) through the native API.
+- ``stream: true``: ``chat.completion.chunk`` SSE frames, ``: ping`` comments
+  while nothing happens, ``data: [DONE]`` at the end; a failure after the stream
+  started is the in-band ``data: {"error": {…}}`` line, then the body ends.
+  A client disconnect ends the response only; the generation goes on until the
+  producer's ``orphan_timeout`` (DESIGN §5).
+- ``stream: false``: waits for the terminal event; a failed generation is
+  answered with OpenAI's error object and 400/429/502/503/504.
+- Every error of this router, request validation included, has OpenAI's shape
+  ``{"error": {"message", "type", "param", "code"}}`` (a route class scoped to
+  this router, so the native API keeps its ``{"detail": …}`` format). A body over
+  ``max_body_bytes`` is still refused by the app-wide 413 middleware.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
+from fastapi import APIRouter, Body, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from tokenwire.errors import StoreError, StreamExpiredError, StreamNotFoundError, UnknownModelError
+from tokenwire.log.base import StreamLog
+from tokenwire.protocol.openai_compat import (
+    ChunkEncoder,
+    OpenAIRequestError,
+    error_body,
+    error_status,
+    parse_request,
+)
+from tokenwire.protocol.sse import HEARTBEAT
+from tokenwire.providers import Message
 from tokenwire.server.tokenwire import Tokenwire
+from tokenwire.transports.sse import SSE_HEADERS
 
-__all__ = ["build_openai_router"]
+__all__ = ["ChunkStreamResponse", "OpenAIRoute", "build_openai_router"]
+
+STREAM_ID_HEADER = "x-tokenwire-stream-id"
+
+
+def _error(
+    status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    if status == 429:
+        kind = "rate_limit_error"
+    body = error_body(message, type=kind, param=param, code=code)
+    return JSONResponse(body, status_code=status)
+
+
+def _validation_error(exc: RequestValidationError) -> JSONResponse:
+    first: dict[str, Any] = next(iter(exc.errors()), {})
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    param = ".".join(loc) or None
+    message = str(first.get("msg", "invalid request body"))
+    if first.get("type") == "json_invalid":  # its loc is a character position
+        message, param = "the request body is not valid JSON", None
+    elif param is None:
+        message = f"the request body must be a JSON object: {message}"
+    return _error(400, message, param=param)
+
+
+class OpenAIRoute(APIRoute):
+    """A route answering its errors in OpenAI's shape, whatever the app-wide handlers do."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except OpenAIRequestError as exc:
+                return _error(exc.status, exc.message, param=exc.param, code=exc.code)
+            except RequestValidationError as exc:
+                return _validation_error(exc)
+            except UnknownModelError as exc:
+                return _error(404, f"The model does not exist: {exc}", param="model", code=_NF)
+            except (StreamNotFoundError, StreamExpiredError):
+                return _error(404, "stream not found", code="stream_not_found")
+            except StoreError:
+                return _error(503, "the conversation store is unavailable", code="store_error")
+            except HTTPException as exc:
+                return _error(exc.status_code, str(exc.detail))
+
+        return route
+
+
+_NF = "model_not_found"
+
+
+class ChunkStreamResponse(Response):
+    """Streams one tokenwire stream as ``chat.completion.chunk`` SSE, from ``seq`` 1.
+
+    Every event that is ready goes out in one ASGI ``send``; ``: ping`` after
+    ``heartbeat_interval`` seconds of silence. Ends after the terminal event.
+
+    Args:
+        log: the stream log.
+        stream_id: the stream (it exists: it was just started).
+        encoder: the chunk encoder (model name, ``include_usage``).
+        heartbeat_interval: seconds.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, log: StreamLog, stream_id: str, encoder: ChunkEncoder, heartbeat_interval: float
+    ) -> None:
+        self.log = log
+        self.stream_id = stream_id
+        self.encoder = encoder
+        self.heartbeat_interval = heartbeat_interval
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [*SSE_HEADERS, (STREAM_ID_HEADER.encode(), stream_id.encode())]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        writer = asyncio.create_task(self._write(send))
+        watcher = asyncio.create_task(_wait_disconnect(receive))
+        try:
+            await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (writer, watcher):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await writer
+        if writer.done() and not writer.cancelled() and writer.exception() is None:
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _write(self, send: Send) -> None:
+        reader = self.log.read(self.stream_id, 0, idle=self.heartbeat_interval)
+        try:
+            async for batch in reader:
+                body = b"".join(self.encoder.encode(e) for e in batch) if batch else HEARTBEAT
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+        finally:
+            await reader.aclose()
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def build_openai_router(tw: Tokenwire) -> APIRouter:
     """The OpenAI-compatible routes bound to ``tw``."""
-    return APIRouter()
+    router = APIRouter(route_class=OpenAIRoute)
+
+    @router.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: Annotated[dict[str, Any], Body()]) -> Response:
+        """Create a chat completion (streamed when ``stream`` is true)."""
+        chat = parse_request(body)
+        stream = await tw.start(
+            chat.model,
+            [Message(role, text) for role, text in chat.messages],
+            system=chat.system,
+            params=chat.params,
+        )
+        encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
+        if chat.stream:
+            interval = tw.settings.heartbeat_interval
+            return ChunkStreamResponse(tw.log, stream.stream_id, encoder, interval)
+        async for batch in tw.log.read(stream.stream_id, 0):
+            for event in batch:
+                encoder.feed(event)
+        headers = {STREAM_ID_HEADER: stream.stream_id}
+        failed = encoder.error
+        if failed is not None:
+            status = error_status(failed.code)
+            response = _error(status, failed.message, code=failed.code)
+            if status == 429:
+                response.headers["retry-after"] = "1"
+            response.headers.update(headers)
+            return response
+        return JSONResponse(encoder.completion(), headers=headers)
+
+    return router

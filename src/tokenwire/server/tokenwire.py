@@ -82,6 +82,7 @@ class Tokenwire:
         )
         self._producer = Producer(self.log, store, self.producer_config)
         self._tasks: dict[str, asyncio.Task[Event]] = {}
+        self._warm_up: asyncio.Task[None] | None = None
         self._active: dict[str, tuple[str, str]] = {}
         """conversation_id → (stream_id, message_id) of its running generation."""
 
@@ -102,10 +103,25 @@ class Tokenwire:
         if self._store is None:
             self._store = await Store.open(self.settings.resolved_store_url())
         self._producer.sink = self._store
+        if self._warm_up is None:
+            self._warm_up = asyncio.create_task(self._warm_up_default_model())
+
+    async def _warm_up_default_model(self) -> None:
+        """Load the default model's weights now if it is a local one (first token at once)."""
+        try:
+            provider, _ = self.registry.resolve(self.settings.resolved_default_model())
+            warm_up = getattr(provider, "warm_up", None)
+            if warm_up is not None:
+                await warm_up()
+        except Exception:
+            logger.warning("could not load the default model in advance", exc_info=True)
 
     async def aclose(self) -> None:
         """Stop running generations (``cancelled`` with reason ``shutdown``), close everything."""
-        tasks = list(self._tasks.values())
+        tasks: list[asyncio.Task[Any]] = list(self._tasks.values())
+        if self._warm_up is not None:
+            tasks.append(self._warm_up)
+            self._warm_up = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
