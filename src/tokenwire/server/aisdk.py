@@ -1,14 +1,154 @@
-"""Vercel AI SDK UI message stream endpoints (DESIGN §8): not implemented yet."""
+"""Vercel AI SDK UI message stream endpoints, for ``useChat`` (DESIGN §8).
+
+- ``POST /api/chat``: the body ``DefaultChatTransport`` sends; answers the UI
+  message stream of a new tokenwire generation in the conversation whose id is
+  the chat ``id`` (created on first use).
+- ``GET /api/chat/{chat_id}/stream``: the transport's ``reconnectToStream``
+  (``resume: true`` in ``useChat``): the chat's running generation replayed from
+  its ``start`` (same ``messageId``), then followed live; ``204`` when none runs.
+- ``POST /api/chat/{chat_id}/stop``: cancel the chat's running generation; every
+  reader ends with ``abort``. (``useChat``'s own ``stop()`` only aborts the fetch,
+  which is a disconnect, not a stop: DESIGN §5. Call this endpoint too.)
+
+Choices: the model comes from the body field ``model``, else the
+``x-tokenwire-model`` header, else the server's default model; the dialect from
+the ``x-tokenwire-ai-sdk`` header (``5``, ``6`` or ``7``; default ``7``). Bad
+requests answer ``400``/``404``/``422`` with ``{"detail": "<sentence>"}``:
+``DefaultChatTransport`` throws ``new Error(await response.text())`` for any
+non-2xx answer, so the sentence reaches ``useChat``'s ``error``.
+
+Protocol references: https://ai-sdk.dev/docs/ai-sdk-ui/stream-protocol and
+https://ai-sdk.dev/docs/ai-sdk-ui/chatbot-resume-streams; the chunk encoding is
+:mod:`tokenwire.protocol.aisdk`.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+from typing import Annotated
 
-from tokenwire.server.tokenwire import Tokenwire
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse
+
+from tokenwire.errors import StreamExpiredError, StreamNotFoundError, UnknownModelError
+from tokenwire.events import Event, is_terminal
+from tokenwire.protocol.aisdk import (
+    DONE,
+    HEADERS,
+    ChatRequestError,
+    Dialect,
+    UIMessageStreamEncoder,
+    frame_chunks,
+    parse_chat_request,
+    parse_dialect,
+)
+from tokenwire.providers import Message
+from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
+from tokenwire.transports.sse import EventStreamResponse
 
 __all__ = ["build_aisdk_router"]
+
+DIALECT_HEADER = "x-tokenwire-ai-sdk"
+MODEL_HEADER = "x-tokenwire-model"
+
+
+def _detail(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
 
 
 def build_aisdk_router(tw: Tokenwire) -> APIRouter:
     """The ``/api/chat`` routes bound to ``tw``."""
-    return APIRouter()
+    router = APIRouter()
+
+    @router.post("/api/chat", response_model=None)
+    async def chat(
+        request: Request,
+        x_tokenwire_ai_sdk: Annotated[str | None, Header()] = None,
+        x_tokenwire_model: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Start a generation and answer its UI message stream."""
+        try:
+            dialect = parse_dialect(x_tokenwire_ai_sdk)
+            body = parse_chat_request(json.loads(await request.body() or b"null"))
+        except json.JSONDecodeError:
+            return _detail(400, "the body must be JSON")
+        except ChatRequestError as exc:
+            return _detail(422 if "x-tokenwire" not in str(exc) else 400, str(exc))
+        model = body.model or x_tokenwire_model
+        try:  # before the conversation is created, so a bad model leaves nothing behind
+            tw.registry.resolve(model or tw.settings.resolved_default_model())
+        except UnknownModelError as exc:
+            return _detail(422, f"model: {exc}")
+        if await tw.store.get_conversation(body.chat_id) is None:
+            await tw.store.create_conversation(conversation_id=body.chat_id)
+            messages = [Message(role, text) for role, text in body.history]
+        else:
+            messages = []
+        messages.append(Message("user", body.text))
+        try:
+            stream = await tw.start(
+                model,
+                messages,
+                conversation_id=body.chat_id,
+                system=body.system,
+                params=body.params,
+            )
+        except UnknownModelError as exc:
+            return _detail(422, f"model: {exc}")
+        except ConversationNotFoundError:
+            return _detail(404, "chat not found")
+        return _response(tw, stream.stream_id, dialect)
+
+    @router.get("/api/chat/{chat_id}/stream", response_model=None)
+    async def resume(
+        chat_id: str, x_tokenwire_ai_sdk: Annotated[str | None, Header()] = None
+    ) -> Response:
+        """Replay the chat's running generation from ``start``; 204 when none runs."""
+        try:
+            dialect = parse_dialect(x_tokenwire_ai_sdk)
+        except ChatRequestError as exc:
+            return _detail(400, str(exc))
+        stream_id = await _running_stream(tw, chat_id)
+        if stream_id is None:
+            return Response(status_code=204)
+        return _response(tw, stream_id, dialect)
+
+    @router.post("/api/chat/{chat_id}/stop")
+    async def stop(chat_id: str) -> dict[str, object]:
+        """Cancel the chat's running generation (reason ``user``); idempotent."""
+        stream_id = await _running_stream(tw, chat_id)
+        stopped = stream_id is not None and await tw.cancel(stream_id, "user")
+        return {"chat_id": chat_id, "stream_id": stream_id, "stopped": stopped}
+
+    return router
+
+
+async def _running_stream(tw: Tokenwire, chat_id: str) -> str | None:
+    """The chat's generation if it has not logged its terminal event yet."""
+    active = tw.active_stream(chat_id)
+    if active is None:
+        return None
+    try:
+        info = await tw.log.info(active[0])
+    except (StreamNotFoundError, StreamExpiredError):
+        return None
+    return active[0] if info.status == "running" else None
+
+
+def _response(tw: Tokenwire, stream_id: str, dialect: Dialect) -> EventStreamResponse:
+    """The stream from ``seq`` 1 as the UI message stream, ending with ``[DONE]``: the
+    native SSE response's reading, batching, heartbeats (which the SDK's parser
+    ignores) and disconnect handling, with this framing."""
+    encoder = UIMessageStreamEncoder(dialect)
+
+    def frame(batch: list[Event]) -> bytes:
+        body = frame_chunks(encoder.encode(batch))
+        return body + DONE if is_terminal(batch[-1]) else body
+
+    return EventStreamResponse(
+        tw.log,
+        stream_id,
+        heartbeat_interval=tw.settings.heartbeat_interval,
+        headers={**HEADERS, "x-tokenwire-stream-id": stream_id},
+        frame=frame,
+    )

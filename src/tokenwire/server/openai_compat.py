@@ -24,8 +24,6 @@ Streaming" (https://platform.openai.com/docs/api-reference/chat); the encoding i
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -35,10 +33,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from tokenwire.errors import StoreError, StreamExpiredError, StreamNotFoundError, UnknownModelError
-from tokenwire.log.base import StreamLog
 from tokenwire.protocol.openai_compat import (
     ChunkEncoder,
     OpenAIRequestError,
@@ -46,12 +42,11 @@ from tokenwire.protocol.openai_compat import (
     error_status,
     parse_request,
 )
-from tokenwire.protocol.sse import HEARTBEAT
 from tokenwire.providers import Message
 from tokenwire.server.tokenwire import Tokenwire
-from tokenwire.transports.sse import SSE_HEADERS
+from tokenwire.transports.sse import EventStreamResponse
 
-__all__ = ["ChunkStreamResponse", "OpenAIRoute", "build_openai_router"]
+__all__ = ["OpenAIRoute", "build_openai_router"]
 
 STREAM_ID_HEADER = "x-tokenwire-stream-id"
 
@@ -106,63 +101,6 @@ class OpenAIRoute(APIRoute):
 _NF = "model_not_found"
 
 
-class ChunkStreamResponse(Response):
-    """Streams one tokenwire stream as ``chat.completion.chunk`` SSE, from ``seq`` 1.
-
-    Every event that is ready goes out in one ASGI ``send``; ``: ping`` after
-    ``heartbeat_interval`` seconds of silence. Ends after the terminal event.
-
-    Args:
-        log: the stream log.
-        stream_id: the stream (it exists: it was just started).
-        encoder: the chunk encoder (model name, ``include_usage``).
-        heartbeat_interval: seconds.
-    """
-
-    media_type = "text/event-stream"
-
-    def __init__(
-        self, log: StreamLog, stream_id: str, encoder: ChunkEncoder, heartbeat_interval: float
-    ) -> None:
-        self.log = log
-        self.stream_id = stream_id
-        self.encoder = encoder
-        self.heartbeat_interval = heartbeat_interval
-        self.status_code = 200
-        self.background = None
-        self.raw_headers = [*SSE_HEADERS, (STREAM_ID_HEADER.encode(), stream_id.encode())]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        writer = asyncio.create_task(self._write(send))
-        watcher = asyncio.create_task(_wait_disconnect(receive))
-        try:
-            await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (writer, watcher):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await writer
-        if writer.done() and not writer.cancelled() and writer.exception() is None:
-            with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _write(self, send: Send) -> None:
-        reader = self.log.read(self.stream_id, 0, idle=self.heartbeat_interval)
-        try:
-            async for batch in reader:
-                body = b"".join(self.encoder.encode(e) for e in batch) if batch else HEARTBEAT
-                if body:
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-        finally:
-            await reader.aclose()
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 def build_openai_router(tw: Tokenwire) -> APIRouter:
     """The OpenAI-compatible routes bound to ``tw``."""
     router = APIRouter(route_class=OpenAIRoute)
@@ -179,8 +117,13 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
         )
         encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
         if chat.stream:
-            interval = tw.settings.heartbeat_interval
-            return ChunkStreamResponse(tw.log, stream.stream_id, encoder, interval)
+            return EventStreamResponse(
+                tw.log,
+                stream.stream_id,
+                heartbeat_interval=tw.settings.heartbeat_interval,
+                headers={STREAM_ID_HEADER: stream.stream_id},
+                frame=lambda batch: b"".join(encoder.encode(e) for e in batch),
+            )
         async for batch in tw.log.read(stream.stream_id, 0):
             for event in batch:
                 encoder.feed(event)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -53,6 +54,9 @@ class EventStreamResponse(Response):
         after: resume point: events with ``seq > after`` are sent.
         heartbeat_interval: seconds of silence before a ``: ping`` comment.
         headers: extra response headers.
+        frame: turns a batch of events into the bytes to send (default: the native
+            SSE framing); other wire formats (AI SDK, OpenAI chunks) pass their
+            encoder, which may also write a trailer such as ``data: [DONE]``.
     """
 
     media_type = "text/event-stream"
@@ -65,8 +69,10 @@ class EventStreamResponse(Response):
         after: int = 0,
         heartbeat_interval: float = 10.0,
         headers: dict[str, str] | None = None,
+        frame: Callable[[list[Event]], bytes] = frame_events,
     ) -> None:
         self.log = log
+        self.frame = frame
         self.stream_id = stream_id
         self.after = after
         self.heartbeat_interval = heartbeat_interval
@@ -96,8 +102,9 @@ class EventStreamResponse(Response):
         reader = self.log.read(self.stream_id, self.after, idle=self.heartbeat_interval)
         try:
             async for batch in reader:
-                body = frame_events(batch) if batch else HEARTBEAT
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                body = self.frame(batch) if batch else HEARTBEAT
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
         finally:
             await reader.aclose()
 

@@ -1,0 +1,352 @@
+"""Vercel AI SDK UI message stream protocol, sans-I/O (DESIGN §8).
+
+Two halves, both pure:
+
+- :func:`parse_chat_request` turns the JSON body that the AI SDK's
+  ``DefaultChatTransport`` POSTs (``{id, messages, trigger, messageId}``, or the
+  "last message only" variant ``{id, message}``) into :class:`ChatRequest`.
+- :class:`UIMessageStreamEncoder` turns tokenwire events (DESIGN §2) into UI
+  message stream chunks (dicts), and :func:`frame_chunks` frames them as
+  ``data: <json>\\n\\n``; the body ends with :data:`DONE`.
+
+Sources: AI SDK docs, "Stream Protocols" → "UI Message Stream Protocol"
+(https://ai-sdk.dev/docs/ai-sdk-ui/stream-protocol), "Chatbot Resume Streams"
+(https://ai-sdk.dev/docs/ai-sdk-ui/chatbot-resume-streams), "Transport"
+(https://ai-sdk.dev/docs/ai-sdk-ui/transport); and the ``ai`` package source,
+``packages/ai/src/ui-message-stream/ui-message-chunks.ts`` (``uiMessageChunkSchema``,
+the zod union every received chunk is validated against) and
+``packages/ai/src/ui/http-chat-transport.ts`` (request body, reconnect URL),
+as published in ``ai`` 5.0.277, 6.0.322 and 7.0.173.
+
+Dialects (what each version's ``uiMessageChunkSchema`` accepts):
+
+- ``5``: ``finish`` and ``abort`` are sent bare. ``finishReason`` and the abort
+  ``reason`` were added late in the 5.x line and early 5.0 releases validated
+  with strict objects, so the v5 dialect sends neither (deliberately conservative).
+- ``6``: ``finish.finishReason`` ∈ stop, length, content-filter, tool-calls,
+  error, other; ``abort.reason``.
+- ``7``: as 6 (7 adds ``interrupted`` and ``reset-step``, which tokenwire does
+  not need).
+
+Errors are masked as ``streamText``'s default ``onError`` masks them: the
+``error`` chunk carries ``"An error occurred."``, never the provider's message
+(``packages/ai/src/generate-text/stream-text.ts``, ``toUIMessageStream``'s
+``onError`` default). Pass ``mask_errors=False`` to send our error message,
+which never carries stack traces (DESIGN §2).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tokenwire.events import (
+    Cancelled,
+    Error,
+    Event,
+    Finish,
+    ReasoningDelta,
+    Source,
+    Start,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+)
+
+__all__ = [
+    "DEFAULT_DIALECT",
+    "DIALECTS",
+    "DONE",
+    "HEADERS",
+    "MASKED_ERROR",
+    "ChatRequest",
+    "ChatRequestError",
+    "Dialect",
+    "UIMessageStreamEncoder",
+    "frame_chunks",
+    "parse_chat_request",
+    "parse_dialect",
+]
+
+Dialect = Literal["5", "6", "7"]
+DIALECTS: tuple[Dialect, ...] = ("5", "6", "7")
+DEFAULT_DIALECT: Dialect = "7"
+DONE = b"data: [DONE]\n\n"
+"""The last frame of every response (the SDK's ``JsonToSseTransformStream`` ends so)."""
+HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
+"""Response headers the SDK's ``UI_MESSAGE_STREAM_HEADERS`` add to the SSE ones."""
+MASKED_ERROR = "An error occurred."
+"""``errorText`` of ``streamText``'s default ``onError``."""
+
+_FINISH_REASONS = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool-calls",
+    "content_filter": "content-filter",
+    "other": "other",
+}
+
+Chunk = dict[str, Any]
+
+
+class ChatRequestError(ValueError):
+    """The request body is not what ``DefaultChatTransport`` sends (HTTP 400/422)."""
+
+
+def parse_dialect(value: str | None) -> Dialect:
+    """The dialect named by a header value (``"5"``, ``"6"``, ``"7"``, or ``v``-prefixed).
+
+    Args:
+        value: the header value; ``None`` or empty = :data:`DEFAULT_DIALECT`.
+
+    Raises:
+        ChatRequestError: any other value.
+    """
+    if value is None or not value.strip():
+        return DEFAULT_DIALECT
+    name = value.strip().lower().removeprefix("v").split(".")[0]
+    for dialect in DIALECTS:
+        if name == dialect:
+            return dialect
+    raise ChatRequestError(f"x-tokenwire-ai-sdk must be one of 5, 6, 7, not {value!r}")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """What a ``POST /api/chat`` asks for.
+
+    Attributes:
+        chat_id: the chat's ``id`` = the tokenwire conversation id.
+        history: ``(role, text)`` of every message before the last one; used only to
+            seed a conversation tokenwire does not know yet.
+        text: the text of the last (user) message: the new turn.
+        trigger: ``submit-message`` or ``regenerate-message``.
+        message_id: the ``messageId`` field (the message to regenerate), if sent.
+        model: the body's ``model`` field (``"provider:model"``), if sent.
+        system: the body's ``system`` field, if sent.
+        params: the body's ``params`` field (provider parameters), if sent.
+    """
+
+    chat_id: str
+    history: list[tuple[Literal["user", "assistant"], str]]
+    text: str
+    trigger: str = "submit-message"
+    message_id: str | None = None
+    model: str | None = None
+    system: str | None = None
+    params: dict[str, object] = field(default_factory=dict)
+
+
+def parse_chat_request(body: object) -> ChatRequest:
+    """Validate a ``DefaultChatTransport`` request body.
+
+    Accepted: ``{"id", "messages": [UIMessage…], "trigger"?, "messageId"?}`` or
+    ``{"id", "message": UIMessage}``; a UI message is ``{"id"?, "role", "parts":
+    [{"type": "text", "text"}, …]}`` (other part types are ignored). Tokenwire
+    extensions: ``model``, ``system`` (strings) and ``params`` (object).
+
+    Raises:
+        ChatRequestError: with a message naming the offending field.
+    """
+    if not isinstance(body, dict):
+        raise ChatRequestError("the body must be a JSON object")
+    chat_id = body.get("id")
+    if not isinstance(chat_id, str) or not chat_id or len(chat_id) > 200:
+        raise ChatRequestError("id: the chat id must be a non-empty string (at most 200 chars)")
+    if "messages" in body:
+        raw = body["messages"]
+        if not isinstance(raw, list) or not raw:
+            raise ChatRequestError("messages: must be a non-empty list of UI messages")
+    elif "message" in body:
+        raw = [body["message"]]
+    else:
+        raise ChatRequestError("messages: missing (send 'messages' or 'message')")
+    messages = [_ui_message(m, f"messages[{i}]") for i, m in enumerate(raw)]
+    role, text = messages[-1]
+    if role != "user":
+        raise ChatRequestError("messages: the last message must be a user message")
+    if not text:
+        raise ChatRequestError("messages: the last message has no text part")
+    trigger = body.get("trigger", "submit-message")
+    if trigger not in ("submit-message", "regenerate-message"):
+        raise ChatRequestError("trigger: must be 'submit-message' or 'regenerate-message'")
+    history: list[tuple[Literal["user", "assistant"], str]] = []
+    for r, t in messages[:-1]:
+        if t and (r == "user" or r == "assistant"):
+            history.append((r, t))
+    return ChatRequest(
+        chat_id=chat_id,
+        history=history,
+        text=text,
+        trigger=trigger,
+        message_id=_optional_str(body, "messageId"),
+        model=_optional_str(body, "model"),
+        system=_optional_str(body, "system"),
+        params=_params(body),
+    )
+
+
+def _ui_message(value: object, where: str) -> tuple[Literal["user", "assistant", "system"], str]:
+    if not isinstance(value, dict):
+        raise ChatRequestError(f"{where}: must be an object")
+    role = value.get("role")
+    if role != "user" and role != "assistant" and role != "system":
+        raise ChatRequestError(f"{where}.role: must be 'user', 'assistant' or 'system'")
+    parts = value.get("parts")
+    if not isinstance(parts, list):
+        raise ChatRequestError(f"{where}.parts: must be a list of parts")
+    texts: list[str] = []
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise ChatRequestError(f"{where}.parts[{j}]: must be an object with a 'type'")
+        if part["type"] == "text":
+            if not isinstance(part.get("text"), str):
+                raise ChatRequestError(f"{where}.parts[{j}].text: must be a string")
+            texts.append(part["text"])
+    return role, "".join(texts)
+
+
+def _optional_str(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ChatRequestError(f"{key}: must be a string")
+    return value
+
+
+def _params(body: dict[str, Any]) -> dict[str, object]:
+    value = body.get("params")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ChatRequestError("params: must be an object")
+    return dict(value)
+
+
+class UIMessageStreamEncoder:
+    """Events → UI message stream chunks, for one response (it keeps part state).
+
+    Feed every event of a stream from ``seq`` 1 (a resumed response replays from
+    ``start`` too, so the client sees the same ``messageId`` and rebuilds one
+    message). Text and reasoning parts are opened with ``*-start`` on their first
+    delta and closed with ``*-end`` when another part begins or the stream ends;
+    ids are ``text-<part>`` / ``reasoning-<part>``. One step is sent per stream
+    (``start-step`` after ``start``, ``finish-step`` before the terminal chunk),
+    as ``streamText`` does for a single model call.
+
+    Args:
+        dialect: the AI SDK major version to satisfy.
+        mask_errors: send :data:`MASKED_ERROR` instead of the error's message.
+    """
+
+    def __init__(self, dialect: Dialect = DEFAULT_DIALECT, *, mask_errors: bool = True) -> None:
+        self.dialect = dialect
+        self.mask_errors = mask_errors
+        self._open: tuple[str, str] | None = None  # (kind, id) of the open text/reasoning part
+        self._tools: set[str] = set()  # tool calls whose tool-input-start was sent
+        self._stepped = False
+
+    def encode(self, events: Iterable[Event]) -> list[Chunk]:
+        """The chunks for ``events`` (possibly none: usage events map to nothing)."""
+        out: list[Chunk] = []
+        for event in events:
+            self._encode(event, out)
+        return out
+
+    def _encode(self, event: Event, out: list[Chunk]) -> None:
+        if isinstance(event, Start):
+            out.append({"type": "start", "messageId": event.message_id})
+            out.append({"type": "start-step"})
+            self._stepped = True
+        elif isinstance(event, TextDelta | ReasoningDelta):
+            kind = "text" if isinstance(event, TextDelta) else "reasoning"
+            part_id = f"{kind}-{event.part}"
+            if self._open != (kind, part_id):
+                self._close(out)
+                out.append({"type": f"{kind}-start", "id": part_id})
+                self._open = (kind, part_id)
+            out.append({"type": f"{kind}-delta", "id": part_id, "delta": event.delta})
+        elif isinstance(event, ToolCallStart):
+            self._close(out)
+            self._tool_start(event.tool_call_id, event.name, event.provider_executed, out)
+        elif isinstance(event, ToolCallDelta):
+            out.append(
+                {
+                    "type": "tool-input-delta",
+                    "toolCallId": event.tool_call_id,
+                    "inputTextDelta": event.delta,
+                }
+            )
+        elif isinstance(event, ToolCall):
+            self._close(out)
+            self._tool_start(event.tool_call_id, event.name, event.provider_executed, out)
+            out.append(_tool_call(event))
+        elif isinstance(event, Source):
+            self._close(out)
+            chunk: Chunk = {"type": "source-url", "sourceId": f"source-{event.part}"}
+            chunk["url"] = event.url
+            if event.title is not None:
+                chunk["title"] = event.title
+            out.append(chunk)
+        elif isinstance(event, Finish | Error | Cancelled):
+            self._end(event, out)
+
+    def _tool_start(self, call_id: str, name: str, executed: bool, out: list[Chunk]) -> None:
+        if call_id in self._tools:
+            return
+        self._tools.add(call_id)
+        chunk: Chunk = {"type": "tool-input-start", "toolCallId": call_id, "toolName": name}
+        if executed:
+            chunk["providerExecuted"] = True
+        out.append(chunk)
+
+    def _close(self, out: list[Chunk]) -> None:
+        if self._open is not None:
+            kind, part_id = self._open
+            out.append({"type": f"{kind}-end", "id": part_id})
+            self._open = None
+
+    def _end(self, event: Finish | Error | Cancelled, out: list[Chunk]) -> None:
+        self._close(out)
+        if self._stepped:
+            out.append({"type": "finish-step"})
+            self._stepped = False
+        if isinstance(event, Finish):
+            chunk: Chunk = {"type": "finish"}
+            if self.dialect != "5":
+                chunk["finishReason"] = _FINISH_REASONS.get(event.finish_reason, "other")
+            out.append(chunk)
+        elif isinstance(event, Error):
+            text = MASKED_ERROR if self.mask_errors else event.message
+            out.append({"type": "error", "errorText": text})
+        else:
+            abort: Chunk = {"type": "abort"}
+            if self.dialect != "5":
+                abort["reason"] = event.reason
+            out.append(abort)
+
+
+def _tool_call(event: ToolCall) -> Chunk:
+    chunk: Chunk = {"type": "tool-input-available", "toolCallId": event.tool_call_id}
+    chunk["toolName"] = event.name
+    if event.invalid or event.arguments is None:
+        chunk["type"] = "tool-input-error"
+        chunk["input"] = event.arguments_text or ""
+        chunk["errorText"] = "The tool call's arguments are not valid JSON."
+    else:
+        chunk["input"] = event.arguments
+    if event.provider_executed:
+        chunk["providerExecuted"] = True
+    return chunk
+
+
+def frame_chunks(chunks: Iterable[Chunk]) -> bytes:
+    """``data: <json>\\n\\n`` per chunk (compact JSON, UTF-8, no line breaks)."""
+    return b"".join(
+        b"data: %s\n\n" % json.dumps(c, ensure_ascii=False, separators=(",", ":")).encode()
+        for c in chunks
+    )
