@@ -129,3 +129,17 @@ async def test_long_poll_returns_when_an_event_arrives() -> None:
         await log.append("s", [delta("x")])
     assert [e.seq for e in result] == [1]
     assert await log.wait("s", 1, timeout=0.01) == []
+
+
+async def test_active_stream_of_a_conversation() -> None:
+    log = MemoryStreamLog()
+    await log.create("a", {"conversation_id": "c"})
+    await log.create("b", {"conversation_id": "c"})
+    await log.create("x", {})
+    active = await log.active_stream("c")
+    assert active is not None and active.stream_id == "b"
+    await log.append("a", [Finish(finish_reason="stop")])  # an older stream ending changes nothing
+    assert (await log.active_stream("c")).stream_id == "b"  # type: ignore[union-attr]
+    await log.append("b", [Cancelled(reason="user")])
+    assert await log.active_stream("c") is None
+    assert await log.active_stream("other") is None

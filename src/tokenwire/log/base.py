@@ -86,6 +86,10 @@ class StreamLog(Protocol):
     async def info(self, stream_id: str) -> StreamInfo:
         """The stream's status."""
 
+    async def active_stream(self, conversation_id: str) -> StreamInfo | None:
+        """The conversation's running stream: the newest one created with
+        ``meta["conversation_id"]`` equal to it, until its terminal event; else ``None``."""
+
     async def request_cancel(self, stream_id: str, reason: str) -> bool:
         """Ask the producer to stop. Idempotent: ``False`` if already asked or ended."""
 

@@ -112,6 +112,8 @@ class MemoryStreamLog:
         self, *, retention: float = 3600.0, clock: Callable[[], float] = time.time
     ) -> None:
         self._streams: dict[str, _Stream] = {}
+        self._active: dict[str, str] = {}
+        """conversation id → its running stream's id."""
         self._expired: OrderedDict[str, None] = OrderedDict()
         self._retention = retention
         self._clock = clock
@@ -152,6 +154,9 @@ class MemoryStreamLog:
         if stream_id in self._streams:
             raise ValueError(f"stream {stream_id!r} exists")
         self._streams[stream_id] = _Stream(meta, self._clock())
+        conversation_id = meta.get("conversation_id")
+        if conversation_id is not None:
+            self._active[conversation_id] = stream_id
 
     async def append(self, stream_id: str, events: list[Event]) -> list[Event]:
         return self._append(self._get(stream_id), events)
@@ -171,6 +176,12 @@ class MemoryStreamLog:
                 stream.finished_at = self._clock()
                 stream.lease_until = None
                 stream.cancel_watchers.clear()
+                conversation_id = stream.meta.get("conversation_id")
+                if (
+                    conversation_id is not None
+                    and self._streams.get(self._active.get(conversation_id, "")) is stream
+                ):
+                    del self._active[conversation_id]
                 break
         if out:
             stream.changed.set()
@@ -273,6 +284,10 @@ class MemoryStreamLog:
             created_at=stream.created_at,
             finished_at=stream.finished_at,
         )
+
+    async def active_stream(self, conversation_id: str) -> StreamInfo | None:
+        stream_id = self._active.get(conversation_id)
+        return None if stream_id is None else await self.info(stream_id)
 
     async def request_cancel(self, stream_id: str, reason: str) -> bool:
         stream = self._get(stream_id)

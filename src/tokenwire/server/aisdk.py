@@ -30,7 +30,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 
-from tokenwire.errors import StreamExpiredError, StreamNotFoundError, UnknownModelError
+from tokenwire.errors import UnknownModelError
 from tokenwire.events import Event, is_terminal
 from tokenwire.protocol.aisdk import (
     DONE,
@@ -125,14 +125,8 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
 
 async def _running_stream(tw: Tokenwire, chat_id: str) -> str | None:
     """The chat's generation if it has not logged its terminal event yet."""
-    active = tw.active_stream(chat_id)
-    if active is None:
-        return None
-    try:
-        info = await tw.log.info(active[0])
-    except (StreamNotFoundError, StreamExpiredError):
-        return None
-    return active[0] if info.status == "running" else None
+    active = await tw.active_stream(chat_id)
+    return None if active is None else active[0]
 
 
 def _response(tw: Tokenwire, stream_id: str, dialect: Dialect) -> EventStreamResponse:

@@ -157,7 +157,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
         record = await tw.store.get_conversation(conversation_id)
         if record is None:
             raise ConversationNotFoundError(conversation_id)
-        active = tw.active_stream(conversation_id)
+        active = await tw.active_stream(conversation_id)
         messages = []
         for m in await tw.store.messages(conversation_id):
             item = {
@@ -178,7 +178,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
 
     @router.delete("/v1/conversations/{conversation_id}", status_code=204)
     async def delete_conversation(conversation_id: str) -> Response:
-        active = tw.active_stream(conversation_id)
+        active = await tw.active_stream(conversation_id)
         if active is not None:
             await tw.cancel(active[0], "deleted")
         if not await tw.store.delete_conversation(conversation_id):

@@ -83,8 +83,6 @@ class Tokenwire:
         self._producer = Producer(self.log, store, self.producer_config)
         self._tasks: dict[str, asyncio.Task[Event]] = {}
         self._warm_up: asyncio.Task[None] | None = None
-        self._active: dict[str, tuple[str, str]] = {}
-        """conversation_id → (stream_id, message_id) of its running generation."""
 
     @classmethod
     def from_env(cls) -> Tokenwire:
@@ -216,23 +214,21 @@ class Tokenwire:
             self._producer.run(generation, provider), name=f"tokenwire-{stream_id}"
         )
         self._tasks[stream_id] = task
-        self._active[conversation.id] = (stream_id, assistant.id)
-        task.add_done_callback(lambda _: self._forget(stream_id, conversation.id))
+        task.add_done_callback(lambda _: self._tasks.pop(stream_id, None))
         return Stream(self, stream_id, start=start)
 
-    def _forget(self, stream_id: str, conversation_id: str) -> None:
-        self._tasks.pop(stream_id, None)
-        if self._active.get(conversation_id, ("", ""))[0] == stream_id:
-            del self._active[conversation_id]
-
     async def _supersede(self, conversation_id: str) -> None:
-        active = self._active.get(conversation_id)
+        active = await self.active_stream(conversation_id)
         if active is not None:
             await self.log.request_cancel(active[0], "superseded")
 
-    def active_stream(self, conversation_id: str) -> tuple[str, str] | None:
-        """``(stream_id, message_id)`` of the conversation's running generation, if any."""
-        return self._active.get(conversation_id)
+    async def active_stream(self, conversation_id: str) -> tuple[str, str] | None:
+        """``(stream_id, message_id)`` of the conversation's running generation, if any
+        (wherever it runs: the log knows)."""
+        info = await self.log.active_stream(conversation_id)
+        if info is None:
+            return None
+        return info.stream_id, info.meta["message_id"]
 
     async def stream(self, stream_id: str) -> Stream:
         """A handle on an existing stream.
