@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.recordings import expected, recordings
 from tests.support.servers import tokenwire_process, uvicorn_thread
-from tests.support.sse import read_sse, text_of
+from tests.support.sse import chat_sse, read_sse, text_of
 from tokenwire import ProviderRegistry, Settings, Tokenwire, create_app
 from tokenwire.providers.anthropic import AnthropicProvider
 from tokenwire.providers.openai_chat import OpenAIChatProvider
@@ -60,14 +60,7 @@ def rebuild(events: list[dict[str, Any]]) -> dict[str, Any]:
 def test_recording_through_tokenwire_equals_independent_reading(server: str, path: Path) -> None:
     api = path.parent.name
     model = f"{PREFIX[api]}:{api}/{path.stem}"
-    with httpx.Client(base_url=server, timeout=60) as client:
-        events, _ = read_sse(
-            client,
-            "POST",
-            "/v1/chat",
-            json={"model": model, "messages": [{"role": "user", "content": "replay"}]},
-            headers={"accept": "text/event-stream"},
-        )
+    events = chat_sse(server, model)
     want = expected(path)
     got = rebuild(events)
     assert got["text"] == want.text
@@ -144,18 +137,6 @@ RECORDING = {
     "openai-responses": "openai-responses/o3-mini_reasoning_summary_text_676events",
     "anthropic": "anthropic-messages/claude-sonnet-4_thinking_signature_text_118events",
 }
-
-
-def chat_sse(base: str, model: str) -> list[dict[str, Any]]:
-    with httpx.Client(base_url=base, timeout=60) as client:
-        events, _ = read_sse(
-            client,
-            "POST",
-            "/v1/chat",
-            json={"model": model, "messages": [{"role": "user", "content": "x"}]},
-            headers={"accept": "text/event-stream"},
-        )
-    return events
 
 
 @pytest.mark.parametrize("kind", list(API_OF))

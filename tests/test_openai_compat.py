@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.recordings import recordings
 from tests.support.servers import uvicorn_thread
-from tests.support.sse import read_sse
+from tests.support.sse import chat_sse, read_sse
 from tokenwire import ProviderRegistry, Settings, Tokenwire, create_app
 from tokenwire.events import (
     Cancelled,
@@ -438,14 +438,7 @@ def sdk(server: str) -> Iterator[openai.OpenAI]:
 
 def native(server: str, model: str) -> dict[str, Any]:
     """What the native SSE stream of the same generation says."""
-    with httpx.Client(base_url=server, timeout=60) as client:
-        events, _ = read_sse(
-            client,
-            "POST",
-            "/v1/chat",
-            json={"model": model, "messages": [{"role": "user", "content": "replay"}]},
-            headers={"accept": "text/event-stream"},
-        )
+    events = chat_sse(server, model)
     hidden = {e["tool_call_id"] for e in events if e.get("provider_executed")}
     usage = next((e for e in reversed(events) if e["type"] == "usage"), None)
     last = events[-1]

@@ -49,3 +49,16 @@ def read_sse(
 
 def text_of(events: list[dict[str, Any]]) -> str:
     return "".join(e["delta"] for e in events if e["type"] == "text-delta")
+
+
+def chat_sse(base: str, model: str, content: str = "replay", **body: Any) -> list[dict[str, Any]]:
+    """Start a generation with ``POST /v1/chat`` (SSE) on ``base``; its events to the end."""
+    with httpx.Client(base_url=base, timeout=60) as client:
+        events, _ = read_sse(
+            client,
+            "POST",
+            "/v1/chat",
+            json={"model": model, "messages": [{"role": "user", "content": content}], **body},
+            headers={"accept": "text/event-stream"},
+        )
+    return events
