@@ -95,3 +95,31 @@ async def test_library_api_with_a_scripted_provider(tmp_path: Path) -> None:
     assert provider.requests[0].messages == [Message("user", "hi")]
     assert seen == [type(e).__struct_config__.tag for e in events]
     assert done == ["café 👋"]
+
+
+def test_router_embedded_in_a_users_app(tmp_path: Path) -> None:
+    """The README's library example: the native API under a prefix of your own app."""
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    import httpx
+    from fastapi import FastAPI
+
+    from tests.support.servers import uvicorn_thread
+    from tests.support.sse import read_sse, text_of
+
+    tw = Tokenwire(Settings(data_dir=tmp_path, default_model="fake:echo"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with tw:
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    app.include_router(tw.router, prefix="/ai")
+    with uvicorn_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        started = client.post("/ai/v1/chat", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert started.status_code == 202
+        assert started.json()["events_url"].startswith(base + "/ai/v1/streams/")
+        events, _ = read_sse(client, "GET", started.json()["events_url"])
+    assert text_of(events) == "hi" and events[-1]["type"] == "finish"
