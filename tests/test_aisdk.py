@@ -618,6 +618,27 @@ def test_chat_id_is_a_conversation_with_history(server: tuple[str, Tokenwire]) -
     ]
 
 
+def test_regenerate_replaces_the_answer(server: tuple[str, Tokenwire]) -> None:
+    base, _ = server
+    with httpx.Client(base_url=base, timeout=30) as client:
+        body: dict[str, Any] = {"id": "regen", "message": _ui("user", "once"), "model": "fake:echo"}
+        chunks, _ = _ui_chunks(client, "POST", "/api/chat", json=body)
+        first = next(c for c in chunks if c and c["type"] == "start")["messageId"]
+        body = {
+            "id": "regen",
+            "messages": [_ui("user", "once")],
+            "trigger": "regenerate-message",
+            "messageId": first,
+            "model": "fake:think",
+        }
+        chunks, _ = _ui_chunks(client, "POST", "/api/chat", json=body)
+        again = next(c for c in chunks if c and c["type"] == "start")["messageId"]
+        stored = client.get("/v1/conversations/regen").json()["messages"]
+    assert again != first
+    assert [(m["role"], m["id"] == again) for m in stored] == [("user", False), ("assistant", True)]
+    assert stored[1]["parts"][-1] == {"type": "text", "text": "once"}
+
+
 @pytest.mark.parametrize(
     ("content", "headers", "status", "needle"),
     [

@@ -522,3 +522,19 @@ async def test_checkpoint_messages_updates_many_in_one_call(store: Store) -> Non
         assert message is not None and message.parts == _text(text)
         assert message.status == "streaming"
     await store.checkpoint_messages({})
+
+
+async def test_delete_messages_from_drops_that_message_and_later_ones(store: Store) -> None:
+    turn = await store.begin_turn(
+        conversation_id=None, owner=None, messages=[("user", _text("q1"))], model="m:x"
+    )
+    assert turn is not None
+    conversation, _, first_answer = turn
+    again = await store.begin_turn(
+        conversation_id=conversation.id, owner=None, messages=[("user", _text("q2"))], model="m:x"
+    )
+    assert again is not None
+    other = await store.create_conversation()
+    assert await store.delete_messages_from(other.id, first_answer.id) == 0
+    assert await store.delete_messages_from(conversation.id, first_answer.id) == 3
+    assert [m.parts for m in await store.messages(conversation.id)] == [_text("q1")]

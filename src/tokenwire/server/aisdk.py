@@ -79,12 +79,16 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
             tw.registry.resolve(model or tw.settings.resolved_default_model())
         except UnknownModelError as exc:
             return _detail(422, f"model: {exc}")
+        regenerate = body.trigger == "regenerate-message"
         if await tw.store.get_conversation(body.chat_id) is None:
             await tw.store.create_conversation(conversation_id=body.chat_id)
             messages = [Message(role, text) for role, text in body.history]
+            messages.append(Message("user", body.text))
         else:
-            messages = []
-        messages.append(Message("user", body.text))
+            if regenerate and body.message_id is not None:  # drop the answer it replaces
+                await tw.store.delete_messages_from(body.chat_id, body.message_id)
+            answer_again = regenerate and await _ends_with_user(tw, body.chat_id)
+            messages = [] if answer_again else [Message("user", body.text)]
         try:
             stream = await tw.start(
                 model,
@@ -121,6 +125,11 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         return {"chat_id": chat_id, "stream_id": stream_id, "stopped": stopped}
 
     return router
+
+
+async def _ends_with_user(tw: Tokenwire, chat_id: str) -> bool:
+    stored = await tw.store.messages(chat_id)
+    return bool(stored) and stored[-1].role == "user"
 
 
 async def _running_stream(tw: Tokenwire, chat_id: str) -> str | None:

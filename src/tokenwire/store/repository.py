@@ -490,6 +490,24 @@ class Store:
         async with self._guard("checkpoint messages"), self._transaction() as session:
             await session.execute(sa.update(MessageRow), rows)
 
+    async def delete_messages_from(self, conversation_id: str, message_id: str) -> int:
+        """Delete a message and every later one of its conversation (to regenerate it).
+
+        Returns:
+            How many messages were deleted (0 if ``message_id`` is not in the
+            conversation).
+        """
+        async with self._guard("delete messages"), self._transaction() as session:
+            row = await session.get(MessageRow, message_id)
+            if row is None or row.conversation_id != conversation_id:
+                return 0
+            stmt = sa.delete(MessageRow).where(
+                MessageRow.conversation_id == conversation_id,
+                MessageRow.created_at >= row.created_at,
+            )
+            result = cast(CursorResult[Any], await session.execute(stmt))
+            return result.rowcount
+
     async def get_message(self, message_id: str) -> MessageRecord | None:
         """One message, or ``None`` if there is none (no ownership check)."""
         async with self._guard("read the message"), self._transaction() as session:
