@@ -207,3 +207,36 @@ async def test_checkpoints_store_the_partial_message_while_streaming(tmp_path: o
         await tw.wait_idle()
         final = await tw.store.get_message(stream.message_id)
     assert final is not None and final.status == "cancelled"
+
+
+async def test_a_lost_producer_leaves_a_failed_message_with_its_partial_text(
+    tmp_path: object,
+) -> None:
+    from tokenwire import Settings, Tokenwire
+
+    async with Tokenwire(Settings(data_dir=tmp_path, default_model="fake:echo")) as tw:
+        turn = await tw.store.begin_turn(
+            conversation_id=None,
+            owner=None,
+            messages=[("user", [{"type": "text", "text": "q"}])],
+            model="fake:echo",
+        )
+        assert turn is not None
+        conversation, _, message = turn
+        # A stream whose producer renewed its lease once and then died.
+        await tw.log.create("s", {"conversation_id": conversation.id, "message_id": message.id})
+        await tw.log.append("s", [TextDelta(part=0, delta="partial")])
+        await tw.log.heartbeat("s", 0.02)
+        with anyio.fail_after(10):
+            events = [e async for batch in tw.log.read("s") for e in batch]
+            assert isinstance(events[-1], Error) and events[-1].code == "producer_lost"
+            while (stored := await tw.store.get_message(message.id)) is not None:
+                if stored.status != "streaming":
+                    break
+                await anyio.sleep(0.01)  # the log's hook stores it in a task of its own
+    assert stored is not None and stored.status == "failed"
+    assert stored.parts == [{"type": "text", "text": "partial"}]
+    assert stored.error == {
+        "code": "producer_lost",
+        "message": "the generation stopped unexpectedly",
+    }

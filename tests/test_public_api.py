@@ -33,7 +33,7 @@ LAYERS = [
     {"log"},
     {"producer"},
     {"transports"},
-    {"server", "mock_provider", "mock_provider_faults"},
+    {"server", "mock_provider", "mock_provider_faults", "queue", "worker"},  # + scale-out
     {"cli", "testing", "__init__", "__main__"},
 ]
 IO_LIBRARIES = {"asyncio", "anyio", "httpx", "httpx2", "socket", "starlette", "fastapi", "trio"}

@@ -2,6 +2,7 @@
 cancellable event stream, served over SSE and more (see DESIGN.md)."""
 
 from tokenwire.errors import (
+    LogUnavailableError,
     ProviderError,
     StoreError,
     StreamExpiredError,
@@ -38,6 +39,7 @@ __all__ = [
     "Event",
     "Finish",
     "GenerationRequest",
+    "LogUnavailableError",
     "Message",
     "Provider",
     "ProviderError",

@@ -1,4 +1,4 @@
-"""The ``tokenwire`` command: ``serve``, ``chat`` and ``mock-provider``.
+"""The ``tokenwire`` command: ``serve``, ``worker``, ``chat`` and ``mock-provider``.
 
 Every setting can also come from a ``TOKENWIRE_*`` environment variable
 (``TOKENWIRE_DATA_DIR``, ``TOKENWIRE_LOG_URL``, ``TOKENWIRE_STORE_URL`` …); flags win.
@@ -47,13 +47,27 @@ def serve(
         Path | None, typer.Option(help="SQLite file and local state (env TOKENWIRE_DATA_DIR).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    no_producers: Annotated[
+        bool,
+        typer.Option(
+            "--no-producers",
+            help="Gateway only: queue generations for 'tokenwire worker' processes "
+            "(env TOKENWIRE_PRODUCERS=queue; needs a Redis log or TOKENWIRE_QUEUE_URL).",
+        ),
+    ] = False,
 ) -> None:
     """Run the HTTP server: native API, SSE, and the chat page at http://HOST:PORT/."""
     import uvicorn
 
     from tokenwire.server.app import create_app
 
-    settings = _settings(host=host, port=port, default_model=model, data_dir=data_dir)
+    settings = _settings(
+        host=host,
+        port=port,
+        default_model=model,
+        data_dir=data_dir,
+        producers="queue" if no_producers else None,
+    )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     console.print(
         f"tokenwire: chat page on http://{settings.host}:{settings.port}/"
@@ -66,6 +80,31 @@ def serve(
         log_level=log_level,
         timeout_graceful_shutdown=5,
     )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="Generations run at once (env TOKENWIRE_WORKER_CONCURRENCY; 64)."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="SQLite file and local state (env TOKENWIRE_DATA_DIR).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Run queued generations (from 'serve --no-producers' nodes) until SIGINT/SIGTERM."""
+    from tokenwire.worker import GenerationWorker
+
+    settings = _settings(data_dir=data_dir)
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        runner = GenerationWorker(settings, concurrency=concurrency)
+    except ValueError as exc:
+        console.print(f"tokenwire worker: {exc}", style="red")
+        raise typer.Exit(2) from exc
+    console.print(f"tokenwire worker {runner.id}: queue {settings.queue_name!r}")
+    asyncio.run(runner.run())
 
 
 @app.command()

@@ -6,12 +6,14 @@ at one boundary with ``raise X(...) from exc``::
     ├── UnknownModelError      "provider:model" names no configured provider
     ├── StreamNotFoundError    no such stream (or not yours)
     ├── StreamExpiredError     the stream's events are past retention
-    └── StoreError             the conversation store failed
+    ├── StoreError             the conversation store failed
+    └── LogUnavailableError    the stream log's backend (Redis) cannot be reached
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "LogUnavailableError",
     "ProviderError",
     "StoreError",
     "StreamExpiredError",
@@ -62,3 +64,7 @@ class StreamExpiredError(TokenwireError):
 
 class StoreError(TokenwireError):
     """The conversation store failed."""
+
+
+class LogUnavailableError(TokenwireError):
+    """The stream log's backend (Redis) cannot be reached or failed (HTTP 503)."""

@@ -143,31 +143,45 @@ class Producer:
             del self._runs[generation.stream_id]
 
     async def _tick(self) -> None:
-        """Leases, orphans and checkpoints of every running generation, until none runs."""
-        config = self.config
-        ticks = [1.0, config.lease_ttl / 3, config.checkpoint_interval]
-        if config.orphan_timeout is not None:
-            ticks.append(max(0.01, config.orphan_timeout / 4))
-        tick = min(ticks)
-        next_checkpoint = time.monotonic() + config.checkpoint_interval
-        next_lease = time.monotonic() + config.lease_ttl / 3
-        while self._runs:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            runs = list(self._runs.values())
-            try:
-                if now >= next_lease:
-                    next_lease = now + config.lease_ttl / 3
-                    for run in runs:
-                        await self.log.heartbeat(run.stream_id, config.lease_ttl)
-                if config.orphan_timeout is not None:
-                    for run in runs:
-                        await run.check_orphan(config.orphan_timeout)
-                if now >= next_checkpoint:
-                    next_checkpoint = now + config.checkpoint_interval
-                    await self._checkpoint(runs)
-            except Exception:
-                logger.exception("producer housekeeping failed")
+        """Leases, orphans and checkpoints of every running generation, until none runs.
+
+        Leases are renewed by a loop of their own, all at once, so slow checkpoint
+        writes never delay them past their expiry.
+        """
+        leases = asyncio.create_task(self._renew_leases())
+        try:
+            config = self.config
+            ticks = [1.0, config.checkpoint_interval]
+            if config.orphan_timeout is not None:
+                ticks.append(max(0.01, config.orphan_timeout / 4))
+            tick = min(ticks)
+            next_checkpoint = time.monotonic() + config.checkpoint_interval
+            while self._runs:
+                await asyncio.sleep(tick)
+                runs = list(self._runs.values())
+                try:
+                    if config.orphan_timeout is not None:
+                        for run in runs:
+                            await run.check_orphan(config.orphan_timeout)
+                    if time.monotonic() >= next_checkpoint:
+                        next_checkpoint = time.monotonic() + config.checkpoint_interval
+                        await self._checkpoint(runs)
+                except Exception:
+                    logger.exception("producer housekeeping failed")
+        finally:
+            leases.cancel()
+
+    async def _renew_leases(self) -> None:
+        ttl = self.config.lease_ttl
+        while True:
+            await asyncio.sleep(ttl / 3)
+            ids = list(self._runs)
+            results = await asyncio.gather(
+                *(self.log.heartbeat(i, ttl) for i in ids), return_exceptions=True
+            )
+            for stream_id, result in zip(ids, results, strict=True):
+                if isinstance(result, Exception) and stream_id in self._runs:
+                    logger.warning("could not renew the lease of %s: %r", stream_id, result)
 
     async def _checkpoint(self, runs: list[_Run]) -> None:
         changed = [r for r in runs if r.appended_seq != r.checkpointed_seq]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field
@@ -31,7 +32,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     """SQLite file and other local state."""
     log_url: str = "memory://"
-    """Stream log backend: ``memory://`` (one process)."""
+    """Stream log backend: ``memory://`` (one process) or ``redis://host:port/db``
+    (``rediss://`` for TLS; several processes)."""
+    log_prefix: str = "tw:"
+    """Prefix of every Redis key and channel of the stream log."""
     store_url: str | None = None
     """SQLAlchemy async URL; ``None`` = SQLite file ``tokenwire.db`` in ``data_dir``."""
     default_model: str | None = None
@@ -66,11 +70,39 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_000_000
     """Largest accepted request body (413 beyond)."""
 
+    # job queue and worker processes (docs/scale-out.md)
+    producers: Literal["local", "queue"] = "local"
+    """Where generations run: ``local`` = a task of the process that started them;
+    ``queue`` = enqueued for ``tokenwire worker`` processes (``serve --no-producers``)."""
+    queue_url: str | None = None
+    """Redis URL of the job queue; ``None`` = ``log_url`` when it is ``redis://``."""
+    queue_name: str = "tokenwire"
+    """Name of the queue; its Redis keys start with ``saq:<queue_name>:``."""
+    queue_timeout: float = 60.0
+    """Seconds a queued generation may wait for a worker before it ends with
+    ``error{producer_lost}`` (its lease until a worker takes it)."""
+    worker_concurrency: int = 64
+    """Generations one ``tokenwire worker`` process runs at once."""
+
     def resolved_store_url(self) -> str:
         """The store URL, defaulting to an SQLite file in ``data_dir``."""
         if self.store_url:
             return self.store_url
         return f"sqlite+aiosqlite:///{self.data_dir / 'tokenwire.db'}"
+
+    def resolved_queue_url(self) -> str:
+        """The job queue's Redis URL.
+
+        Raises:
+            ValueError: no ``queue_url`` and ``log_url`` is not a Redis URL.
+        """
+        url = self.queue_url or self.log_url
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "producers='queue' needs a Redis job queue: set TOKENWIRE_QUEUE_URL "
+                "or a redis:// TOKENWIRE_LOG_URL"
+            )
+        return url
 
     def resolved_models(self) -> list[str]:
         """The configured models: explicit, or the default model plus one per provider

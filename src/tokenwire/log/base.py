@@ -13,8 +13,8 @@ sequence number; its memory cost does not grow with its lag.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import Protocol
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
+from typing import Any, Protocol
 
 import msgspec
 
@@ -46,10 +46,16 @@ class StreamInfo(msgspec.Struct, frozen=True, kw_only=True):
 class StreamLog(Protocol):
     """Ordered, durable-while-retained event storage with live tail.
 
+    ``on_producer_lost``, when set, is awaited (in a task of its own) with the
+    stream id each time this process appended a ``producer_lost`` event, so the
+    owner can finish the stored message of a generation whose producer died.
+
     Every method raises :class:`~tokenwire.errors.StreamNotFoundError` for an
     unknown stream and :class:`~tokenwire.errors.StreamExpiredError` for one past
     retention, unless documented otherwise.
     """
+
+    on_producer_lost: Callable[[str], Coroutine[Any, Any, None]] | None
 
     async def create(self, stream_id: str, meta: Mapping[str, str]) -> None:
         """Create an empty running stream. Raises ``ValueError`` if it exists."""

@@ -12,7 +12,7 @@ import asyncio
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from typing import Any
 
 from tokenwire.errors import StreamExpiredError, StreamNotFoundError
@@ -39,10 +39,12 @@ class _Stream:
         "readers",
         "readers_left_at",
         "status",
+        "stream_id",
         "waiters",
     )
 
-    def __init__(self, meta: Mapping[str, str], now: float) -> None:
+    def __init__(self, stream_id: str, meta: Mapping[str, str], now: float) -> None:
+        self.stream_id = stream_id
         self.events: list[Event] = []
         self.status = "running"
         self.meta = dict(meta)
@@ -112,6 +114,8 @@ class MemoryStreamLog:
         self, *, retention: float = 3600.0, clock: Callable[[], float] = time.time
     ) -> None:
         self._streams: dict[str, _Stream] = {}
+        self.on_producer_lost: Callable[[str], Coroutine[Any, Any, None]] | None = None
+        self._lost_tasks: set[asyncio.Task[None]] = set()
         self._active: dict[str, str] = {}
         """conversation id → its running stream's id."""
         self._expired: OrderedDict[str, None] = OrderedDict()
@@ -153,7 +157,7 @@ class MemoryStreamLog:
         self._sweep()
         if stream_id in self._streams:
             raise ValueError(f"stream {stream_id!r} exists")
-        self._streams[stream_id] = _Stream(meta, self._clock())
+        self._streams[stream_id] = _Stream(stream_id, meta, self._clock())
         conversation_id = meta.get("conversation_id")
         if conversation_id is not None:
             self._active[conversation_id] = stream_id
@@ -244,16 +248,15 @@ class MemoryStreamLog:
 
     def _check_lease(self, stream: _Stream) -> None:
         if stream.lease_until is not None and time.monotonic() >= stream.lease_until:
-            self._append(
-                stream,
-                [
-                    Error(
-                        code="producer_lost",
-                        message="the generation stopped unexpectedly",
-                        retryable=True,
-                    )
-                ],
+            lost = Error(
+                code="producer_lost", message="the generation stopped unexpectedly", retryable=True
             )
+            if self._append(stream, [lost]) and self.on_producer_lost is not None:
+                task = asyncio.get_running_loop().create_task(
+                    self.on_producer_lost(stream.stream_id)
+                )
+                self._lost_tasks.add(task)
+                task.add_done_callback(self._lost_tasks.discard)
 
     async def events(self, stream_id: str, after: int = 0, limit: int | None = None) -> list[Event]:
         log = self._get(stream_id).events

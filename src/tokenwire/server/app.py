@@ -6,6 +6,7 @@ Mounts the native API, operations endpoints (``/healthz``, ``/readyz``,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -20,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenwire.errors import (
+    LogUnavailableError,
     StoreError,
     StreamExpiredError,
     StreamNotFoundError,
@@ -84,6 +86,7 @@ def _exception_handlers(app: FastAPI) -> None:
         (ConversationNotFoundError, 404, "conversation not found"),
         (StreamExpiredError, 410, "the stream's events have expired; the message is in the store"),
         (StoreError, 503, "the conversation store is unavailable"),
+        (LogUnavailableError, 503, "the stream log is unavailable"),
     ]
     for exc_type, status, message in statuses:
 
@@ -119,10 +122,9 @@ def _operations(app: FastAPI, tw: Tokenwire) -> None:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        try:
-            await tw.store.ping()
-        except (StoreError, RuntimeError):
-            return JSONResponse({"status": "unavailable", "store": "unreachable"}, status_code=503)
+        down = await _unreachable(tw)
+        if down:
+            return JSONResponse({"status": "unavailable", **down}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", include_in_schema=False)
@@ -133,6 +135,30 @@ def _operations(app: FastAPI, tw: Tokenwire) -> None:
                 if name in gauges:
                     gauges[name].set(value)
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+
+_PING_TIMEOUT = 3.0
+"""Seconds ``/readyz`` waits for the stream log's and the job queue's Redis."""
+
+
+async def _unreachable(tw: Tokenwire) -> dict[str, str]:
+    """``{"store" | "log" | "queue": "unreachable"}`` for each dependency that does not
+    answer (the log and the queue only when they have a ``ping()``: Redis)."""
+    down: dict[str, str] = {}
+    try:
+        await tw.store.ping()
+    except (StoreError, RuntimeError):
+        down["store"] = "unreachable"
+    pings = {"log": getattr(tw.log, "ping", None), "queue": getattr(tw.queue, "ping", None)}
+    for name, ping in pings.items():
+        if ping is None:
+            continue
+        try:
+            async with asyncio.timeout(_PING_TIMEOUT):
+                await ping()
+        except Exception:  # any client error or the timeout: not ready
+            down[name] = "unreachable"
+    return down
 
 
 class BodyLimitMiddleware:

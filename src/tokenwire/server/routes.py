@@ -16,13 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.accumulate import MessageState
 from tokenwire.errors import UnknownModelError
-from tokenwire.events import encode_event
+from tokenwire.events import encode_event, is_terminal
 from tokenwire.providers import Message, split_model
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
 
 __all__ = ["build_router"]
 
+_OUTCOME = {"finish": "completed", "error": "failed", "cancelled": "cancelled"}
 MAX_WAIT = 30.0
 """Longest long-poll wait, seconds."""
 
@@ -107,16 +108,18 @@ def build_router(tw: Tokenwire) -> APIRouter:
         (waiting up to ``wait`` seconds for at least one)."""
         if after is not None or wait:
             since = after or 0
-            events = (
-                await tw.log.wait(stream_id, since, wait)
-                if wait
-                else await tw.log.events(stream_id, since)
-            )
-            info = await tw.log.info(stream_id)
+            info = await tw.log.info(stream_id)  # before waiting: the events decide after
+            if wait:
+                events = await tw.log.wait(stream_id, since, wait)
+            else:
+                events = await tw.log.events(stream_id, since)
+            status = info.status
+            if events and is_terminal(events[-1]):
+                status = _OUTCOME[str(events[-1].__struct_config__.tag)]
             body = b'{"events":[%s],"last_seq":%d,"status":"%s"}' % (
                 b",".join(encode_event(e) for e in events),
-                info.last_seq,
-                info.status.encode(),
+                max(info.last_seq, events[-1].seq if events else 0),
+                status.encode(),
             )
             return Response(body, media_type="application/json")
         info = await tw.log.info(stream_id)

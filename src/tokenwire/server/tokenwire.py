@@ -35,6 +35,8 @@ from tokenwire.transports.sse import EventStreamResponse
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
+    from tokenwire.queue import GenerationQueue
+
 __all__ = ["ConversationNotFoundError", "Stream", "Tokenwire"]
 
 logger = logging.getLogger("tokenwire")
@@ -83,6 +85,12 @@ class Tokenwire:
         self._producer = Producer(self.log, store, self.producer_config)
         self._tasks: dict[str, asyncio.Task[Event]] = {}
         self._warm_up: asyncio.Task[None] | None = None
+        # with producers="queue", start() enqueues for workers
+        self.queue: GenerationQueue | None = None
+        if self.settings.producers == "queue":
+            from tokenwire.queue import GenerationQueue
+
+            self.queue = GenerationQueue.from_settings(self.settings)
 
     @classmethod
     def from_env(cls) -> Tokenwire:
@@ -101,8 +109,27 @@ class Tokenwire:
         if self._store is None:
             self._store = await Store.open(self.settings.resolved_store_url())
         self._producer.sink = self._store
+        self.log.on_producer_lost = self._finish_lost_message
         if self._warm_up is None:
             self._warm_up = asyncio.create_task(self._warm_up_default_model())
+
+    async def _finish_lost_message(self, stream_id: str) -> None:
+        """Store the message of a stream whose producer died (``producer_lost``) as
+        ``failed``, with everything the log holds of it."""
+        try:
+            info = await self.log.info(stream_id)
+            state = MessageState()
+            for event in await self.log.events(stream_id):
+                state.apply(event)
+            await self.store.update_message(
+                info.meta["message_id"],
+                parts=state.parts_list(),
+                status=state.status,
+                usage=state.usage_dict(),
+                error=state.error,
+            )
+        except Exception:
+            logger.exception("could not store the message of lost stream %s", stream_id)
 
     async def _warm_up_default_model(self) -> None:
         """Load the default model's weights now if it is a local one (first token at once)."""
@@ -125,6 +152,8 @@ class Tokenwire:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.registry.aclose()
         await self.log.close()
+        if self.queue is not None:
+            await self.queue.close()
         if self._store is not None:
             await self._store.close()
             self._store = None
@@ -161,15 +190,16 @@ class Tokenwire:
         """Start a generation and return its stream at once (the ``start`` event is logged).
 
         ``messages`` are the new messages; when the conversation exists, its stored
-        history comes first. A generation still running in the conversation is
+        history comes first (and ``messages`` may be empty: a new answer to it, as
+        for "regenerate"). A generation still running in the conversation is
         cancelled with reason ``superseded``.
 
         Raises:
             UnknownModelError: ``model`` names no provider.
             ConversationNotFoundError: ``conversation_id`` is unknown or not ``owner``'s.
-            ValueError: ``messages`` is empty.
+            ValueError: ``messages`` is empty and there is no ``conversation_id``.
         """
-        if not messages:
+        if not messages and conversation_id is None:
             raise ValueError("messages must not be empty")
         model = model or self.settings.resolved_default_model()
         provider, provider_model = self.registry.resolve(model)
@@ -210,6 +240,14 @@ class Tokenwire:
             conversation_id=conversation.id,
             request=request,
         )
+        # A worker process runs it (tokenwire.queue, docs/scale-out.md).
+        if self.queue is not None:
+            from tokenwire.queue import GenerationJob
+
+            # The lease covers the wait for a worker: none in time -> producer_lost.
+            await self.log.heartbeat(stream_id, self.settings.queue_timeout)
+            await self.queue.enqueue(GenerationJob(model=model, generation=generation))
+            return Stream(self, stream_id, start=start)
         task = asyncio.create_task(
             self._producer.run(generation, provider), name=f"tokenwire-{stream_id}"
         )
@@ -379,4 +417,12 @@ def _open_log(settings: Settings) -> StreamLog:
     url = settings.log_url
     if url.startswith("memory:"):
         return MemoryStreamLog(retention=settings.retention)
-    raise ValueError(f"unsupported TOKENWIRE_LOG_URL {url!r} (supported: memory://)")
+    if url.startswith(("redis://", "rediss://")):
+        from tokenwire.log.redis import RedisStreamLog
+
+        return RedisStreamLog.from_url(
+            url, prefix=settings.log_prefix, retention=settings.retention
+        )
+    raise ValueError(
+        f"unsupported TOKENWIRE_LOG_URL {url!r} (supported: memory://, redis://, rediss://)"
+    )

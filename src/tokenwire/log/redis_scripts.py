@@ -1,0 +1,231 @@
+"""Key layout and server-side Lua scripts of the Redis stream log.
+
+Every state change of a stream is one script, run with ``EVALSHA`` (redis-py's
+``register_script`` falls back to ``SCRIPT LOAD`` after a server restart). Redis
+runs a script atomically: no other command runs while it does ("Scripting with
+Lua", https://redis.io/docs/latest/develop/interact/programmability/eval-intro/),
+so numbering, the single terminal event, the cancel flag and the reader counts
+never race between processes.
+
+Scripts reply with a status code first: ``1`` done, ``0`` refused (stream not
+running, already cancelled, lease not expired …), ``-1`` no such stream,
+``-2`` stream expired (its tombstone key still exists).
+
+Some scripts build key names from a prefix passed in ``ARGV`` (the conversation's
+active-stream key, the process keys). That is fine on a single Redis server or a
+primary with replicas, but not on Redis Cluster, where every key must be declared.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "APPEND",
+    "CANCEL",
+    "CREATE",
+    "HEARTBEAT",
+    "JOIN",
+    "LEAVE",
+    "READERS",
+    "Keys",
+]
+
+
+class Keys:
+    """Names of every key, under one prefix (default ``tw:``).
+
+    Args:
+        prefix: prepended to every key and channel name.
+    """
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def events(self, stream_id: str) -> str:
+        """The Redis Stream of events; entry id ``<seq>-0``, field ``e`` = event JSON."""
+        return f"{self.prefix}s:{stream_id}:events"
+
+    def meta(self, stream_id: str) -> str:
+        """Hash: ``status``, ``last_seq``, ``created_at``, ``finished_at``, ``meta``
+        (JSON), ``conv``, ``leased``, ``cancel`` (reason), ``readers_left_at``."""
+        return f"{self.prefix}s:{stream_id}:meta"
+
+    def lease(self, stream_id: str) -> str:
+        """The producer's lease: exists while valid (``PX`` expiry)."""
+        return f"{self.prefix}s:{stream_id}:lease"
+
+    def readers(self, stream_id: str) -> str:
+        """Hash: process id → live readers of this stream in that process."""
+        return f"{self.prefix}s:{stream_id}:readers"
+
+    def gone(self, stream_id: str) -> str:
+        """Tombstone: exists for a while after the stream expired (410, not 404)."""
+        return f"{self.prefix}s:{stream_id}:gone"
+
+    def conv_prefix(self) -> str:
+        return f"{self.prefix}conv:"
+
+    def active(self, conversation_id: str) -> str:
+        """String: the conversation's running stream id."""
+        return f"{self.conv_prefix()}{conversation_id}:active"
+
+    def proc_prefix(self) -> str:
+        return f"{self.prefix}proc:"
+
+    def proc(self, process_id: str) -> str:
+        """A process's liveness key (``PX`` expiry, renewed while it has readers)."""
+        return f"{self.proc_prefix()}{process_id}"
+
+    def wake(self, process_id: str) -> str:
+        """A process's wake-up stream: interrupts its own blocked ``XREAD``."""
+        return f"{self.proc_prefix()}{process_id}:wake"
+
+    def cancel_channel(self) -> str:
+        """Pub/sub channel of cancel requests; message = JSON ``[stream_id, reason]``."""
+        return f"{self.prefix}cancel"
+
+
+_MISSING = """
+local function missing(gone)
+  if redis.call('EXISTS', gone) == 1 then return -2 end
+  return -1
+end
+"""
+
+CREATE = """
+-- KEYS: meta, events, gone. ARGV: now, meta JSON, conversation id or '', active key or '',
+-- stream id.
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('HSET', KEYS[1], 'status', 'running', 'last_seq', 0, 'created_at', ARGV[1],
+  'meta', ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'conv', ARGV[3])
+  redis.call('SET', ARGV[4], ARGV[5])
+end
+return 1
+"""
+
+APPEND = (
+    _MISSING
+    + """
+-- KEYS: events, meta, lease, readers, gone.
+-- ARGV: stream id, now (Unix s), retention (ms), tombstone (ms),
+--   only_if_lease_expired ('1'/'0'), conversation key prefix,
+--   then per event: outcome ('' or completed/failed/cancelled), JSON head, JSON tail
+--   (the event's JSON is head .. seq .. tail).
+local status = redis.call('HGET', KEYS[2], 'status')
+if not status then return {missing(KEYS[5]), 0, 0} end
+if status ~= 'running' then return {0, 0, 0} end
+if ARGV[5] == '1' and (redis.call('HGET', KEYS[2], 'leased') ~= '1'
+    or redis.call('EXISTS', KEYS[3]) == 1) then
+  return {0, 0, 0}
+end
+local seq = tonumber(redis.call('HGET', KEYS[2], 'last_seq'))
+local first = seq + 1
+local n = 0
+for i = 7, #ARGV, 3 do
+  seq = seq + 1
+  n = n + 1
+  local id = string.format('%d', seq)
+  redis.call('XADD', KEYS[1], id .. '-0', 'e', ARGV[i + 1] .. id .. ARGV[i + 2])
+  if ARGV[i] ~= '' then
+    redis.call('HSET', KEYS[2], 'status', ARGV[i], 'finished_at', ARGV[2], 'last_seq', seq)
+    redis.call('DEL', KEYS[3])
+    local conv = redis.call('HGET', KEYS[2], 'conv')
+    if conv then
+      local active = ARGV[6] .. conv .. ':active'
+      if redis.call('GET', active) == ARGV[1] then redis.call('DEL', active) end
+    end
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+    redis.call('PEXPIRE', KEYS[4], ARGV[3])
+    redis.call('SET', KEYS[5], '1', 'PX', ARGV[4])
+    return {1, first, n}
+  end
+end
+redis.call('HSET', KEYS[2], 'last_seq', seq)
+return {1, first, n}
+"""
+)
+
+HEARTBEAT = (
+    _MISSING
+    + """
+-- KEYS: meta, lease, gone. ARGV: ttl (ms).
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return missing(KEYS[3]) end
+if status ~= 'running' then return 0 end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+redis.call('HSET', KEYS[1], 'leased', '1')
+return 1
+"""
+)
+
+CANCEL = (
+    _MISSING
+    + """
+-- KEYS: meta, gone. ARGV: reason, channel, message.
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return missing(KEYS[2]) end
+if status ~= 'running' or redis.call('HEXISTS', KEYS[1], 'cancel') == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'cancel', ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+)
+
+_LIVE_TOTAL = """
+-- Sum the counts of live processes (their key exists); drop dead or empty entries.
+local function live_total(readers, proc_prefix)
+  local total, dropped = 0, false
+  local flat = redis.call('HGETALL', readers)
+  for i = 1, #flat, 2 do
+    local count = tonumber(flat[i + 1])
+    if count > 0 and redis.call('EXISTS', proc_prefix .. flat[i]) == 1 then
+      total = total + count
+    else
+      redis.call('HDEL', readers, flat[i])
+      dropped = true
+    end
+  end
+  return total, dropped
+end
+"""
+
+JOIN = (
+    _MISSING
+    + """
+-- KEYS: readers, proc, meta, gone. ARGV: process id, process ttl (ms).
+if redis.call('EXISTS', KEYS[3]) == 0 then return missing(KEYS[4]) end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+return 1
+"""
+)
+
+LEAVE = (
+    _LIVE_TOTAL
+    + """
+-- KEYS: readers, meta. ARGV: process id, now (Unix s), process key prefix.
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+local total = live_total(KEYS[1], ARGV[3])
+if total == 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'readers_left_at', ARGV[2])
+end
+return total
+"""
+)
+
+READERS = (
+    _MISSING
+    + _LIVE_TOTAL
+    + """
+-- KEYS: readers, meta, gone. ARGV: process key prefix, now (Unix s).
+if redis.call('EXISTS', KEYS[2]) == 0 then return {missing(KEYS[3]), 0, ''} end
+local total, dropped = live_total(KEYS[1], ARGV[1])
+if dropped and total == 0 then redis.call('HSET', KEYS[2], 'readers_left_at', ARGV[2]) end
+return {1, total, redis.call('HGET', KEYS[2], 'readers_left_at') or ''}
+"""
+)

@@ -1,0 +1,124 @@
+"""``tokenwire worker``: runs queued generations (scale-out, DESIGN §11).
+
+A worker takes :class:`~tokenwire.queue.GenerationJob`\\ s from the Redis queue
+and runs each with a :class:`~tokenwire.producer.Producer`, with the same settings
+as ``tokenwire serve`` (stream log, store, providers, timing). Any number of
+workers on any machines share one queue; each runs up to ``concurrency``
+generations at once.
+
+Cancellation needs nothing from the queue: the producer watches the stream's
+cancel flag in the log (:meth:`~tokenwire.log.base.StreamLog.watch_cancel`), which
+any node sets. A worker that dies stops renewing its leases, and readers end its
+streams with ``error{producer_lost}``; its jobs are never run again (see
+:mod:`tokenwire.queue`). SIGINT/SIGTERM stop the worker: running generations end
+with ``cancelled{reason: "shutdown"}``, as in ``tokenwire serve``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import msgspec
+from saq import Worker
+from saq.types import PartialTimersDict
+
+from tokenwire.errors import StreamExpiredError, StreamNotFoundError, UnknownModelError
+from tokenwire.events import Error
+from tokenwire.producer import Generation, Producer
+from tokenwire.queue import JOB_FUNCTION, GenerationQueue, decode_job
+from tokenwire.server.tokenwire import Tokenwire
+from tokenwire.settings import Settings
+
+__all__ = ["GenerationWorker", "worker_id"]
+
+logger = logging.getLogger("tokenwire.worker")
+
+_TIMERS: PartialTimersDict = {"schedule": 1, "worker_info": 10, "sweep": 30, "abort": 1}
+"""saq's upkeep periods in seconds, its defaults but for ``sweep`` (looking for jobs
+whose worker vanished: 30 instead of 60)."""
+
+
+def worker_id() -> str:
+    """This process's worker id, ``<host>-<pid>`` (saq records it on each job it runs)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class GenerationWorker:
+    """Takes generation jobs from the queue and runs them until stopped.
+
+    Args:
+        settings: the same settings as the gateways (``log_url``, ``store_url``,
+            ``queue_url``/``queue_name``, timing); ``producers`` is ignored.
+        concurrency: generations run at once; ``None`` = ``settings.worker_concurrency``.
+        tokenwire: an instance whose log, store and providers to use instead of
+            one built from ``settings`` (it is opened and closed here).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        concurrency: int | None = None,
+        tokenwire: Tokenwire | None = None,
+    ) -> None:
+        self.settings = settings
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.tw = tokenwire or Tokenwire(settings.model_copy(update={"producers": "local"}))
+        self.queue = GenerationQueue.from_settings(settings)
+        self.producer = Producer(self.tw.log, None, self.tw.producer_config)
+        self.id = worker_id()
+
+    async def run(self) -> None:
+        """Work until SIGINT/SIGTERM (or cancellation); then close everything."""
+        await self.tw.open()
+        self.producer.sink = self.tw.store
+        worker = Worker(
+            self.queue.saq,
+            functions=[(JOB_FUNCTION, self._generate)],
+            id=self.id,
+            concurrency=self.concurrency,
+            timers=_TIMERS,
+        )
+        logger.info("worker %s: %d generations at once", self.id, self.concurrency)
+        try:
+            await worker.start()
+        finally:
+            await self.queue.close()
+            await self.tw.aclose()
+
+    async def _generate(self, ctx: Any, *, job: str) -> str:
+        """The saq job function: run one generation; return how it ended."""
+        try:
+            item = decode_job(job)
+        except msgspec.ValidationError:
+            logger.error("dropping a job this version cannot read")
+            return "invalid"
+        generation = item.generation
+        try:
+            info = await self.tw.log.info(generation.stream_id)
+        except (StreamNotFoundError, StreamExpiredError):
+            return "gone"
+        if info.status != "running":  # cancelled/lost while queued: nothing to do
+            return "ended"
+        if not await self.queue.claim(generation.stream_id):
+            return "claimed"  # a second delivery: the first run owns the stream
+        try:
+            provider, _ = self.tw.registry.resolve(item.model)
+        except UnknownModelError:
+            await self._fail(generation, "the model is not available on the workers")
+            return "failed"
+        terminal = await self.producer.run(generation, provider)
+        return str(terminal.__struct_config__.tag)
+
+    async def _fail(self, generation: Generation, message: str) -> None:
+        """End a stream the worker cannot run with ``error{internal_error}``."""
+        error = Error(code="internal_error", message=message)
+        await self.tw.log.append(generation.stream_id, [error])
+        await self.tw.store.update_message(
+            generation.message_id,
+            status="failed",
+            error={"code": error.code, "message": message, "retryable": False},
+        )

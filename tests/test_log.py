@@ -1,0 +1,608 @@
+"""The stream log contract, run against every backend (memory and Redis), plus what
+only Redis does: several processes sharing streams, connection bounds, outages."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
+from tokenwire.events import Cancelled, Error, Event, Finish, TextDelta, encode_event
+from tokenwire.log.base import StreamLog
+from tokenwire.log.memory import MemoryStreamLog
+from tokenwire.log.redis import RedisStreamLog
+
+pytestmark = pytest.mark.anyio
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+MakeLog = Callable[..., Awaitable[StreamLog]]
+"""``await make_log(retention=…)``: a fresh log of the backend under test."""
+
+
+def delta(text: str) -> TextDelta:
+    return TextDelta(part=0, delta=text)
+
+
+async def _redis_or_skip() -> aioredis.Redis:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        with anyio.fail_after(2):
+            await client.ping()
+    except Exception:
+        await client.aclose()
+        pytest.skip("no Redis server on 127.0.0.1:6379")
+    return client
+
+
+@contextlib.asynccontextmanager
+async def _namespace() -> AsyncIterator[str]:
+    """A unique key prefix; every key under it is deleted afterwards."""
+    prefix = f"twtest:{uuid.uuid4().hex[:12]}:"
+    client = await _redis_or_skip()
+    try:
+        yield prefix
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _redis_logs(prefix: str) -> AsyncIterator[Callable[..., RedisStreamLog]]:
+    made: list[RedisStreamLog] = []
+
+    def make(*, retention: float = 3600.0, **private: object) -> RedisStreamLog:
+        log = RedisStreamLog.from_url(REDIS_URL, prefix=prefix, retention=retention)
+        for name, value in private.items():
+            setattr(log, f"_{name}", value)
+        made.append(log)
+        return log
+
+    try:
+        yield make
+    finally:
+        for log in made:
+            await log.close()
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    async with _namespace() as prefix:
+        yield prefix
+
+
+@pytest.fixture
+async def redis_logs(redis_prefix: str) -> AsyncIterator[Callable[..., RedisStreamLog]]:
+    """``make(**kwargs)``: a new :class:`RedisStreamLog` (a "process") on the test prefix."""
+    async with _redis_logs(redis_prefix) as make:
+        yield make
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_log(request: pytest.FixtureRequest) -> AsyncIterator[MakeLog]:
+    """``await make_log(retention=…)``: a fresh log of the backend under test."""
+    async with contextlib.AsyncExitStack() as stack:
+        make_redis = None
+        if request.param == "redis":
+            prefix = await stack.enter_async_context(_namespace())
+            make_redis = await stack.enter_async_context(_redis_logs(prefix))
+
+        async def make(*, retention: float = 3600.0) -> StreamLog:
+            if make_redis is not None:
+                return make_redis(retention=retention)
+            memory = MemoryStreamLog(retention=retention)
+            stack.push_async_callback(memory.close)
+            return memory
+
+        yield make
+
+
+@pytest.fixture
+async def log(make_log: MakeLog) -> StreamLog:
+    return await make_log()
+
+
+# -- the contract ------------------------------------------------------------------------
+
+
+async def test_append_numbers_and_stops_at_terminal(log: StreamLog) -> None:
+    await log.create("s", {"k": "v"})
+    with pytest.raises(ValueError):
+        await log.create("s", {})
+    first = await log.append("s", [delta("a"), delta("b")])
+    assert [e.seq for e in first] == [1, 2]
+    ended = await log.append("s", [Finish(finish_reason="stop"), delta("late")])
+    assert [type(e) for e in ended] == [Finish]
+    assert await log.append("s", [Cancelled(reason="user")]) == []
+    info = await log.info("s")
+    assert (info.status, info.last_seq, info.meta["k"]) == ("completed", 3, "v")
+    assert info.finished_at is not None and info.finished_at >= info.created_at
+    assert not await log.request_cancel("s", "user")
+    stored = await log.events("s")
+    assert [encode_event(e) for e in stored] == [encode_event(e) for e in [*first, *ended]]
+    assert [e.seq for e in await log.events("s", after=1, limit=1)] == [2]
+
+
+async def test_unknown_stream_is_not_found(log: StreamLog) -> None:
+    with pytest.raises(StreamNotFoundError):
+        await log.info("nope")
+    with pytest.raises(StreamNotFoundError):
+        await log.append("nope", [delta("a")])
+    with pytest.raises(StreamNotFoundError):
+        await log.events("nope")
+    with pytest.raises(StreamNotFoundError):
+        await log.read("nope").__anext__()
+    with pytest.raises(StreamNotFoundError):
+        await log.request_cancel("nope", "user")
+    with pytest.raises(StreamNotFoundError):
+        await log.readers("nope")
+
+
+async def test_read_replays_then_follows_in_batches(log: StreamLog) -> None:
+    await log.create("s", {})
+    await log.append("s", [delta("a"), delta("b")])
+    batches: list[list[Event]] = []
+    reader = log.read("s", after=1)
+    assert await log.readers("s") == (0, None)
+    with anyio.fail_after(5):
+        batches.append(await reader.__anext__())
+        assert (await log.readers("s"))[0] == 1
+        await log.append("s", [delta("c"), delta("d"), Error(code="provider_error", message="x")])
+        async for batch in reader:
+            batches.append(batch)
+    assert [[e.seq for e in b] for b in batches] == [[2], [3, 4, 5]]
+    count, left_at = await log.readers("s")
+    assert count == 0 and left_at is not None
+
+
+async def test_live_reader_gets_one_append_as_one_batch(log: StreamLog) -> None:
+    await log.create("s", {})
+    reader = log.read("s")
+    got: list[list[Event]] = []
+
+    async def follow() -> None:
+        async for batch in reader:
+            got.append(batch)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            await _until(lambda: _count(log, "s", 1))
+            await log.append("s", [delta("a"), delta("b"), delta("c")])
+            await _until(lambda: _has(got, 1))
+            await log.append("s", [delta("d"), Finish(finish_reason="stop")])
+    assert [[e.seq for e in b] for b in got] == [[1, 2, 3], [4, 5]]
+
+
+async def test_batch_size_bounds_each_step(log: StreamLog) -> None:
+    await log.create("s", {})
+    events: list[Event] = [delta(str(i)) for i in range(10)]
+    await log.append("s", [*events, Finish(finish_reason="stop")])
+    sizes = [len(b) async for b in log.read("s", batch=4)]
+    assert sizes == [4, 4, 3]
+
+
+async def test_idle_reader_gets_empty_batches_for_heartbeats(log: StreamLog) -> None:
+    await log.create("s", {})
+    reader = log.read("s", idle=0.01)
+    with anyio.fail_after(5):
+        assert await reader.__anext__() == []
+        assert await reader.__anext__() == []
+        await log.append("s", [Finish(finish_reason="stop")])
+        batch = await reader.__anext__()
+        while not batch:  # a heartbeat may be due before the tail delivers
+            batch = await reader.__anext__()
+    assert [e.seq for e in batch] == [1]
+    await reader.aclose()
+
+
+async def test_expired_lease_ends_stream_with_producer_lost_once(log: StreamLog) -> None:
+    lost: list[str] = []
+    log.on_producer_lost = _lost_recorder(lost)
+    await log.create("s", {})
+    await log.append("s", [delta("a")])
+    await log.heartbeat("s", ttl=0.02)
+    seen: list[list[Event]] = [[], []]
+
+    async def read(i: int) -> None:
+        async for batch in log.read("s"):
+            seen[i] += batch
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read, 0)
+            tg.start_soon(read, 1)
+    for events in seen:
+        assert [e.seq for e in events] == [1, 2]
+        assert isinstance(events[-1], Error) and events[-1].code == "producer_lost"
+    assert (await log.info("s")).status == "failed"
+    with anyio.fail_after(5):
+        await _until(lambda: _true(lost == ["s"]))
+
+
+async def test_heartbeat_keeps_the_lease(log: StreamLog) -> None:
+    await log.create("s", {})
+    await log.heartbeat("s", ttl=0.2)
+    got: list[Event] = []
+
+    async def follow() -> None:
+        async for batch in log.read("s"):
+            got.extend(batch)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            end = time.monotonic() + 0.5
+            while time.monotonic() < end:  # renewing past the first ttl: no producer_lost
+                await log.heartbeat("s", ttl=0.2)
+                await anyio.sleep(0.05)
+            await log.append("s", [Finish(finish_reason="stop")])
+    assert [type(e) for e in got] == [Finish]
+
+
+async def test_retention_answers_expired(make_log: MakeLog) -> None:
+    log = await make_log(retention=0.2)
+    await log.create("s", {})
+    await log.append("s", [Finish(finish_reason="stop")])
+    assert (await log.info("s")).status == "completed"
+    with anyio.fail_after(5):
+        while True:  # retention is real time here: wait for it
+            try:
+                await log.info("s")
+            except StreamExpiredError:
+                break
+            await anyio.sleep(0.02)
+    with pytest.raises(StreamExpiredError):
+        await log.events("s")
+    with pytest.raises(StreamExpiredError):
+        await log.read("s").__anext__()
+    with pytest.raises(StreamNotFoundError):
+        await log.info("other")
+
+
+async def test_retention_with_injected_clock_then_sweeps() -> None:
+    now = [1000.0]
+    log = MemoryStreamLog(retention=60, clock=lambda: now[0])
+    await log.create("s", {})
+    await log.append("s", [Finish(finish_reason="stop")])
+    now[0] += 59
+    assert (await log.info("s")).status == "completed"
+    now[0] += 2
+    with pytest.raises(StreamExpiredError):
+        await log.events("s")
+    with pytest.raises(StreamExpiredError):
+        await log.info("s")
+    with pytest.raises(StreamNotFoundError):
+        await log.info("other")
+
+
+async def test_cancel_is_idempotent_and_calls_watchers_once(log: StreamLog) -> None:
+    await log.create("s", {})
+    seen: list[str] = []
+    late = anyio.Event()
+    log.watch_cancel("s", seen.append)
+    unwatch = log.watch_cancel("s", lambda r: seen.append("unwatched " + r))
+    unwatch()
+    assert await log.request_cancel("s", "user")
+    assert not await log.request_cancel("s", "superseded")
+    with anyio.fail_after(5):
+        await _until(lambda: _true(seen == ["user"]))
+        log.watch_cancel("s", _recorder(seen, late, "late "))
+        await late.wait()
+    assert seen == ["user", "late user"]
+
+
+async def test_long_poll_returns_when_an_event_arrives(log: StreamLog) -> None:
+    await log.create("s", {})
+    result: list[Event] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+
+            async def poll() -> None:
+                result.extend(await log.wait("s", 0, timeout=30))
+
+            tg.start_soon(poll)
+            await _until(lambda: _count(log, "s", 1))
+            await log.append("s", [delta("x")])
+    assert [e.seq for e in result] == [1]
+    assert await log.wait("s", 1, timeout=0.01) == []
+    assert [e.seq for e in await log.wait("s", 0, timeout=0.01)] == [1]
+
+
+async def test_active_stream_of_a_conversation(log: StreamLog) -> None:
+    await log.create("a", {"conversation_id": "c"})
+    await log.create("b", {"conversation_id": "c"})
+    await log.create("x", {})
+    active = await log.active_stream("c")
+    assert active is not None and active.stream_id == "b"
+    await log.append("a", [Finish(finish_reason="stop")])  # an older stream ending changes nothing
+    active = await log.active_stream("c")
+    assert active is not None and active.stream_id == "b"
+    await log.append("b", [Cancelled(reason="user")])
+    assert await log.active_stream("c") is None
+    assert await log.active_stream("other") is None
+
+
+# -- Redis only: several processes on one Redis -----------------------------------------
+
+
+async def test_append_on_one_process_read_live_on_another(
+    redis_logs: Callable[..., RedisStreamLog],
+) -> None:
+    a, b = redis_logs(), redis_logs()
+    await a.create("s", {})
+    await a.append("s", [delta("a")])
+    live: list[Event] = []
+
+    async def follow() -> None:
+        async for batch in b.read("s"):
+            live.extend(batch)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            await _until(lambda: _has(live, 1))
+            await a.append("s", [delta("b"), delta("c")])
+            await _until(lambda: _has(live, 3))
+            await a.append("s", [Finish(finish_reason="stop")])
+        late = [e async for batch in b.read("s") for e in batch]
+    assert [e.seq for e in live] == [1, 2, 3, 4]
+    assert [encode_event(e) for e in late] == [encode_event(e) for e in live]
+    assert [encode_event(e) for e in await a.events("s")] == [encode_event(e) for e in live]
+
+
+async def test_cancel_reaches_a_watcher_in_another_process(
+    redis_logs: Callable[..., RedisStreamLog],
+) -> None:
+    a, b = redis_logs(), redis_logs()
+    await a.create("s", {})
+    reasons: list[str] = []
+    got = anyio.Event()
+    b.watch_cancel("s", _recorder(reasons, got))
+    with anyio.fail_after(5):
+        await _until(lambda: _true(b._subscribed.is_set()))
+        assert await a.request_cancel("s", "user")
+        await got.wait()
+    assert reasons == ["user"]
+
+
+async def test_readers_counted_across_processes(
+    redis_logs: Callable[..., RedisStreamLog],
+) -> None:
+    a, b = redis_logs(), redis_logs()
+    await a.create("s", {})
+    ra, rb = a.read("s", idle=60), b.read("s", idle=60)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_drain, ra)
+            tg.start_soon(_drain, rb)
+            await _until(lambda: _count(a, "s", 2))
+            assert await b.readers("s") == (2, None)
+            tg.cancel_scope.cancel()
+    count, left_at = await b.readers("s")
+    assert count == 0 and left_at is not None
+
+
+async def test_readers_of_a_dead_process_stop_counting(
+    redis_logs: Callable[..., RedisStreamLog],
+) -> None:
+    a, dead = redis_logs(), redis_logs(process_ttl=0.1)
+    await a.create("s", {})
+    reader = dead.read("s", idle=60)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_drain, reader)
+            await _until(lambda: _count(a, "s", 1))
+            assert dead._alive is not None
+            dead._alive.cancel()  # the process stops renewing its liveness key: "killed"
+            await _until(lambda: _count(a, "s", 0))
+            tg.cancel_scope.cancel()
+    assert (await a.readers("s"))[1] is not None
+
+
+async def test_lease_expiry_races_across_processes_give_one_producer_lost(
+    redis_logs: Callable[..., RedisStreamLog],
+) -> None:
+    a, b = redis_logs(), redis_logs()
+    lost: list[str] = []
+    a.on_producer_lost = b.on_producer_lost = _lost_recorder(lost)
+    await a.create("s", {})
+    await a.append("s", [delta("a")])
+    await a.heartbeat("s", ttl=0.05)
+    seen: list[list[Event]] = [[] for _ in range(6)]
+
+    async def read(i: int, log: RedisStreamLog) -> None:
+        async for batch in log.read("s"):
+            seen[i] += batch
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(read, i, (a, b)[i % 2])
+    for events in seen:
+        assert [e.seq for e in events] == [1, 2]
+        assert isinstance(events[-1], Error) and events[-1].code == "producer_lost"
+    assert [e.seq for e in await b.events("s")] == [1, 2]
+    await a.close()  # waits for the on_producer_lost tasks
+    await b.close()
+    assert lost == ["s"]
+
+
+async def test_many_readers_use_few_connections(redis_prefix: str) -> None:
+    name = f"twtest-{uuid.uuid4().hex[:8]}"
+    log = RedisStreamLog.from_url(
+        REDIS_URL, prefix=redis_prefix, max_connections=4, client_name=name
+    )
+    admin = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await log.create("s", {})
+        await log.append("s", [delta("a")])
+        counts: list[int] = []
+
+        async def read() -> None:
+            counts.append(sum([len(b) async for b in log.read("s", idle=60)]))
+
+        with anyio.fail_after(15):
+            async with anyio.create_task_group() as tg:
+                for _ in range(100):
+                    tg.start_soon(read)
+                await _until(lambda: _count(log, "s", 100))
+                clients = await admin.client_list()
+                assert 1 <= sum(1 for c in clients if c.get("name") == name) <= 4
+                await log.append("s", [delta("b"), delta("c")])
+                await log.append("s", [Finish(finish_reason="stop")])
+        assert counts == [4] * 100
+    finally:
+        await log.close()
+        await admin.aclose()
+
+
+async def test_ping_against_a_closed_port_fails_fast() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again when the with block ends
+    log = RedisStreamLog.from_url(f"redis://127.0.0.1:{port}/0")
+    try:
+        started = time.monotonic()
+        with pytest.raises(LogUnavailableError):
+            await log.ping()
+        assert time.monotonic() - started < 3
+        with pytest.raises(LogUnavailableError):
+            await log.info("s")
+    finally:
+        await log.close()
+
+
+async def test_ping_answers(redis_logs: Callable[..., RedisStreamLog]) -> None:
+    await redis_logs().ping()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+async def _until(check: Callable[[], Awaitable[bool]]) -> None:
+    """Poll ``check`` until true (callers guard with ``fail_after``).
+
+    For state that lives in Redis or in another "process" (reader counts, a
+    subscription), where there is no local event to wait on."""
+    while not await check():  # noqa: ASYNC110 - no event exists across processes
+        await anyio.sleep(0.005)
+
+
+async def _count(log: StreamLog, stream_id: str, n: int) -> bool:
+    return (await log.readers(stream_id))[0] == n
+
+
+async def _has(events: list[Event] | list[list[Event]], n: int) -> bool:
+    return len(events) >= n
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def _lost_recorder(into: list[str]) -> Callable[[str], Coroutine[Any, Any, None]]:
+    async def record(stream_id: str) -> None:
+        into.append(stream_id)
+
+    return record
+
+
+def _recorder(into: list[str], done: anyio.Event, tag: str = "") -> Callable[[str], None]:
+    """A cancel callback that records the reason and sets ``done``."""
+
+    def record(reason: str) -> None:
+        into.append(tag + reason)
+        done.set()
+
+    return record
+
+
+async def _drain(reader: AsyncIterator[list[Event]]) -> None:
+    with contextlib.suppress(StopAsyncIteration):
+        async for _ in reader:
+            pass
+
+
+@contextlib.contextmanager
+def _private_redis(port: int, directory: str) -> Iterator[Callable[[], None]]:
+    """A ``redis-server`` of our own (AOF on, so a restart keeps the data);
+    yields ``restart()``, which stops it and starts it again on the same port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server binary")
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", directory]
+    processes = [subprocess.Popen(args, stdout=subprocess.DEVNULL)]
+
+    def wait_up() -> None:
+        deadline = time.monotonic() + 5
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.01)
+
+    def restart() -> None:
+        processes[-1].terminate()  # SIGTERM: Redis flushes the AOF and exits
+        processes[-1].wait(5)
+        processes.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
+        wait_up()
+
+    wait_up()
+    try:
+        yield restart
+    finally:
+        processes[-1].terminate()
+        processes[-1].wait(5)
+
+
+async def test_background_tasks_and_readers_survive_a_redis_restart(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with _private_redis(port, str(tmp_path)) as restart:
+        url = f"redis://127.0.0.1:{port}/0"
+        a, b = RedisStreamLog.from_url(url), RedisStreamLog.from_url(url)
+        try:
+            await a.create("s", {})
+            await a.append("s", [delta("a")])
+            got: list[list[Event]] = []
+            reasons: list[str] = []
+            cancelled = anyio.Event()
+            b.watch_cancel("s", _recorder(reasons, cancelled))
+
+            async def follow() -> None:
+                async for batch in b.read("s", idle=0.05):
+                    got.append(batch)
+
+            with anyio.fail_after(15):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(follow)
+                    await _until(lambda: _has(got, 1))
+                    await _until(lambda: _true(b._subscribed.is_set()))
+                    await anyio.to_thread.run_sync(restart)
+                    heartbeats = sum(1 for batch in got if not batch)
+                    await _until(lambda: _true(sum(1 for x in got if not x) > heartbeats))
+                    assert await a.request_cancel("s", "user")
+                    await cancelled.wait()
+                    await a.append("s", [delta("b"), Finish(finish_reason="stop")])
+            assert reasons == ["user"]
+            assert [e.seq for batch in got for e in batch] == [1, 2, 3]
+        finally:
+            await a.close()
+            await b.close()
