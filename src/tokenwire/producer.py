@@ -52,6 +52,7 @@ from tokenwire.events import (
     ReasoningDelta,
     TextDelta,
     ToolCallDelta,
+    with_seq,
 )
 from tokenwire.log.base import StreamLog
 from tokenwire.providers.base import GenerationRequest, Provider, ProviderEvent
@@ -387,8 +388,10 @@ class _Run:
             last = appended[-1] if appended else await self.sync_state()
             if last is not None:  # ours, or the producer_lost that ended the stream first
                 terminal = last
-        except Exception:
+        except Exception:  # the log is gone (e.g. Redis lost it): end the message here
             logger.exception("could not end stream %s", self.stream_id)
+            if self.state.status in ("pending", "streaming"):
+                self.state.apply(with_seq(terminal, self.state.last_seq + 1))
         if self.sink is not None:
             state = self.state
             try:
