@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
 from tokenwire.events import Event, encode_event
 from tokenwire.log.base import StreamLog
 from tokenwire.protocol.sse import HEARTBEAT
@@ -31,6 +33,7 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _TAGS: dict[type, bytes] = {}
+logger = logging.getLogger("tokenwire.sse")
 
 
 def frame_events(events: list[Event]) -> bytes:
@@ -105,6 +108,10 @@ class EventStreamResponse(Response):
                 body = self.frame(batch) if batch else HEARTBEAT
                 if body:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
+        except (StreamNotFoundError, StreamExpiredError, LogUnavailableError) as exc:
+            # The log lost the stream mid-response (a Redis restart without persistence):
+            # end the body; a reconnect with Last-Event-ID then gets its 404 or 410.
+            logger.warning("stream %s ended without its terminal event: %r", self.stream_id, exc)
         finally:
             await reader.aclose()
 
