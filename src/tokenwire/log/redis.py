@@ -359,7 +359,7 @@ class RedisStreamLog:
         *,
         prefix: str = "tw:",
         retention: float = 3600.0,
-        max_connections: int = 32,
+        max_connections: int = 64,
         client_name: str | None = None,
     ) -> RedisStreamLog:
         """A log with its own client (closed by :meth:`close`).
@@ -369,13 +369,14 @@ class RedisStreamLog:
             prefix: prepended to every key and channel.
             retention: seconds a finished stream stays readable.
             max_connections: connections at most; callers wait for a free one
-                (``BlockingConnectionPool``).
+                (``BlockingConnectionPool``, no time limit: under overload an append
+                waits its turn instead of failing the generation).
             client_name: ``CLIENT SETNAME`` of every connection (``None``: none).
         """
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
-            timeout=10,
+            timeout=None,
             client_name=client_name,
             socket_connect_timeout=2.0,
             # No socket_timeout: with one, redis-py sends through asyncio.wait_for,
