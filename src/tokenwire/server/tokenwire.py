@@ -71,16 +71,8 @@ class Tokenwire:
         self.log: StreamLog = log or _open_log(self.settings)
         self._store = store
         self.registry = registry or ProviderRegistry()
-        s = self.settings
-        self.producer_config = ProducerConfig(
-            coalesce_ms=s.coalesce_ms,
-            orphan_timeout=s.orphan_timeout,
-            max_stream_seconds=s.max_stream_seconds,
-            provider_timeout=s.provider_timeout,
-            checkpoint_interval=s.checkpoint_interval,
-            lease_ttl=s.lease_ttl,
-            max_retries=s.max_retries,
-            retry_backoff=s.retry_backoff,
+        self.producer_config = ProducerConfig(  # the settings of the same names
+            **{name: getattr(self.settings, name) for name in ProducerConfig.__struct_fields__}
         )
         self._producer = Producer(self.log, store, self.producer_config)
         self._tasks: dict[str, asyncio.Task[Event]] = {}
