@@ -22,6 +22,7 @@ import re
 import resource
 import time
 from array import array
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -219,29 +220,49 @@ def _request(port: int, model: str, params: dict[str, float]) -> bytes:
     return head.encode() + body
 
 
-async def _one_stream(
-    spec: LoadSpec, start_at: float, result: LoadResult, opening: asyncio.Semaphore
+async def read_stream(
+    result: LoadResult,
+    opening: asyncio.Semaphore,
+    port: int,
+    paced: bool,
+    make_request: Callable[[], Awaitable[bytes]],
+    errors: tuple[type[BaseException], ...] = (OSError, ConnectionError),
 ) -> None:
+    """Open one connection to ``port``, send ``await make_request()`` and read the SSE
+    response to its end into ``result``; ``errors`` count as a failed stream.
+
+    ``opening`` bounds how many streams are being opened at once (request made,
+    response head not received yet).
+    """
     loop = asyncio.get_running_loop()
-    params = {"n": spec.n, "interval_ms": spec.interval_ms, "start_at": start_at}
-    request = _request(spec.port, spec.model, params)
-    paced = spec.interval_ms > 0
     protocol: _StreamProtocol | None = None
     try:
         async with opening:
+            request = await make_request()
             _, protocol = await loop.create_connection(
-                lambda: _StreamProtocol(request, result, paced), "127.0.0.1", spec.port
+                lambda: _StreamProtocol(request, result, paced), "127.0.0.1", port
             )
             await protocol.head_received
         await protocol.done
         result.streams_ok += 1
-    except (OSError, ConnectionError) as exc:
+    except errors as exc:
         result.streams_failed += 1
         if len(result.errors) < 5:
             result.errors.append(repr(exc))
     finally:
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
+
+
+async def _one_stream(
+    spec: LoadSpec, start_at: float, result: LoadResult, opening: asyncio.Semaphore
+) -> None:
+    params = {"n": spec.n, "interval_ms": spec.interval_ms, "start_at": start_at}
+
+    async def request() -> bytes:
+        return _request(spec.port, spec.model, params)
+
+    await read_stream(result, opening, spec.port, spec.interval_ms > 0, request)
 
 
 async def run_load(spec: LoadSpec) -> LoadResult:

@@ -52,8 +52,8 @@ from bench.client import (
     LoadResult,
     LoadSpec,
     _one_stream,
-    _StreamProtocol,
     prepare_process,
+    read_stream,
     run_load_in_process,
 )
 from bench.sse_bench import (
@@ -256,30 +256,17 @@ async def _cross_stream(
     opening: asyncio.Semaphore,
 ) -> None:
     """Start a stream on ``spec.port``, read it over SSE from the node on ``read_port``."""
-    loop = asyncio.get_running_loop()
     params = {"n": spec.n, "interval_ms": spec.interval_ms, "start_at": start_at}
-    paced = spec.interval_ms > 0
-    protocol: _StreamProtocol | None = None
-    try:
-        async with opening:
-            stream_id = await _start_stream(spec.port, spec.model, params)
-            request = (
-                f"GET /v1/streams/{stream_id}/events HTTP/1.1\r\n"
-                f"Host: 127.0.0.1:{read_port}\r\nAccept: text/event-stream\r\n\r\n"
-            ).encode()
-            _, protocol = await loop.create_connection(
-                lambda: _StreamProtocol(request, result, paced), "127.0.0.1", read_port
-            )
-            await protocol.head_received
-        await protocol.done
-        result.streams_ok += 1
-    except (OSError, ConnectionError, EOFError, ValueError, KeyError) as exc:
-        result.streams_failed += 1
-        if len(result.errors) < 5:
-            result.errors.append(repr(exc))
-    finally:
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.close()
+
+    async def request() -> bytes:
+        stream_id = await _start_stream(spec.port, spec.model, params)
+        return (
+            f"GET /v1/streams/{stream_id}/events HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{read_port}\r\nAccept: text/event-stream\r\n\r\n"
+        ).encode()
+
+    errors = (OSError, ConnectionError, EOFError, ValueError, KeyError)
+    await read_stream(result, opening, read_port, spec.interval_ms > 0, request, errors)
 
 
 async def run_mixed(spec: MixedSpec) -> LoadResult:

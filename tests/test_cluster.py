@@ -26,7 +26,14 @@ import anyio
 import httpx
 import pytest
 
-from tests.support.cluster import REDIS_URL, Cluster, pg_admin, poll, unavailable
+from tests.support.cluster import (
+    REDIS_URL,
+    Cluster,
+    pg_admin,
+    poll,
+    start_lorem,
+    unavailable,
+)
 from tests.support.sse import TERMINAL, read_sse, text_of
 from tokenwire import Message, Settings, Tokenwire, create_app
 from tokenwire.events import TextDelta
@@ -212,18 +219,6 @@ def nodes(cluster: Cluster) -> Cluster:
     return cluster
 
 
-def start(base: str, tokens: int, delay_ms: float) -> dict[str, str]:
-    """``POST /v1/chat`` (202) for a paced ``fake:lorem`` answer."""
-    body = {
-        "model": "fake:lorem",
-        "messages": [{"role": "user", "content": "hi"}],
-        "params": {"tokens": tokens, "delay_ms": delay_ms},
-    }
-    response = httpx.post(base + "/v1/chat", json=body, timeout=10)
-    assert response.status_code == 202, response.text
-    return dict(response.json())
-
-
 def read(base: str, stream_id: str, after: int = 0) -> list[dict[str, Any]]:
     with httpx.Client(base_url=base, timeout=30) as client:
         events, _ = read_sse(client, "GET", f"/v1/streams/{stream_id}/events?after={after}")
@@ -255,7 +250,7 @@ def wait_stored(
 
 def test_stream_started_on_a_is_read_live_and_late_on_b(nodes: Cluster) -> None:
     a, b = nodes.nodes[:2]
-    started = start(a.url, tokens=40, delay_ms=20)
+    started = start_lorem(a.url, tokens=40, delay_ms=20)
     live = read(b.url, started["stream_id"])
     late = read(b.url, started["stream_id"])
     assert live == late
@@ -265,7 +260,7 @@ def test_stream_started_on_a_is_read_live_and_late_on_b(nodes: Cluster) -> None:
 
 def test_gateway_killed_client_resumes_on_another(nodes: Cluster) -> None:
     a, b = nodes.nodes[:2]
-    started = start(a.url, tokens=60, delay_ms=20)
+    started = start_lorem(a.url, tokens=60, delay_ms=20)
     seen: list[dict[str, Any]] = []
     decoder = SSEDecoder()
     url = f"{a.url}/v1/streams/{started['stream_id']}/events"
@@ -290,7 +285,7 @@ def test_gateway_killed_client_resumes_on_another(nodes: Cluster) -> None:
 
 def test_cancel_on_b_stops_the_worker(nodes: Cluster) -> None:
     a, b = nodes.nodes[:2]
-    started = start(a.url, tokens=1000, delay_ms=20)
+    started = start_lorem(a.url, tokens=1000, delay_ms=20)
     stream_id = started["stream_id"]
     nodes.worker_of(stream_id)  # running on a worker, not on a gateway
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -318,7 +313,7 @@ def worker_killed(cluster: Cluster) -> dict[str, Any]:
     """A generation whose worker is SIGKILLed mid-stream, read on both gateways."""
     cluster.heal()
     a, b = cluster.nodes[:2]
-    started = start(a.url, tokens=1000, delay_ms=20)
+    started = start_lorem(a.url, tokens=1000, delay_ms=20)
     stream_id = started["stream_id"]
     owner = cluster.worker_of(stream_id)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:

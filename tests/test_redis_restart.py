@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.cluster import poll
+from tests.support.cluster import poll, start_lorem
 from tests.support.servers import free_port, tokenwire_process
 from tests.support.sse import TERMINAL, read_sse, text_of
 from tokenwire.protocol.sse import SSEDecoder
@@ -121,17 +121,6 @@ def _readyz(base: str) -> tuple[int, dict[str, Any]]:
     return response.status_code, response.json()
 
 
-def start(base: str, tokens: int, delay_ms: float) -> dict[str, str]:
-    body = {
-        "model": "fake:lorem",
-        "messages": [{"role": "user", "content": "hi"}],
-        "params": {"tokens": tokens, "delay_ms": delay_ms},
-    }
-    response = httpx.post(base + "/v1/chat", json=body, timeout=10)
-    assert response.status_code == 202, response.text
-    return dict(response.json())
-
-
 def assistant(base: str, conversation_id: str) -> dict[str, Any]:
     response = httpx.get(f"{base}/v1/conversations/{conversation_id}", timeout=10)
     response.raise_for_status()
@@ -182,7 +171,7 @@ def restarted(private_redis: PrivateRedis, node: str) -> dict[str, Any]:
     """The scenario, run once: a generation read over SSE while Redis is SIGKILLed and
     started again; what was observed, for the tests below to check one by one."""
     seen: dict[str, Any] = {}
-    started = seen["started"] = start(node, tokens=400, delay_ms=25)  # 10 s
+    started = seen["started"] = start_lorem(node, tokens=400, delay_ms=25)  # 10 s
     reader = seen["reader"] = Reader(started["events_url"])
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         reading = pool.submit(reader)
@@ -218,7 +207,7 @@ def restarted(private_redis: PrivateRedis, node: str) -> dict[str, Any]:
     # recovery of the same node, never restarted
     poll(lambda: _readyz(node)[0] == 200, 10, "/readyz 200 after the restart")
     seen["readyz_after"] = _readyz(node)
-    again = seen["again"] = start(node, tokens=20, delay_ms=5)
+    again = seen["again"] = start_lorem(node, tokens=20, delay_ms=5)
     with httpx.Client(timeout=30) as client:
         seen["again_events"], _ = read_sse(client, "GET", again["events_url"])
     poll(

@@ -30,6 +30,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 
+from tests.support.cluster import PG_ADMIN_URL, pg_admin
 from tests.support.servers import free_port
 from tokenwire.errors import StoreError
 from tokenwire.store import TITLE_LENGTH, Store, derive_title
@@ -40,10 +41,6 @@ from tokenwire.store.models import Base
 
 pytestmark = pytest.mark.anyio
 
-PG_ADMIN_URL = os.environ.get(
-    "TOKENWIRE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -53,23 +50,13 @@ def anyio_backend() -> str:
 # -- databases ------------------------------------------------------------------
 
 
-async def _pg_admin(sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped,unused-ignore]
-
-    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=3)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def pg_available() -> None:
     """Skip the PostgreSQL runs, saying why, if the server cannot be used."""
     if importlib.util.find_spec("asyncpg") is None:
         pytest.skip("asyncpg is not installed: PostgreSQL store tests skipped")
     try:
-        asyncio.run(_pg_admin("SELECT 1"))
+        asyncio.run(pg_admin("SELECT 1"))
     except Exception as exc:
         pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} does not answer ({exc!r})")
 
@@ -82,14 +69,14 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     request.getfixturevalue("pg_available")
     name = f"tw_test_{uuid.uuid4().hex[:16]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(pg_admin(f'CREATE DATABASE "{name}"'))
     try:
         admin = make_url(PG_ADMIN_URL)
         yield admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(
             hide_password=False
         )
     finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

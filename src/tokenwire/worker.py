@@ -27,7 +27,7 @@ from saq.types import PartialTimersDict
 
 from tokenwire.errors import StreamExpiredError, StreamNotFoundError, UnknownModelError
 from tokenwire.events import Error
-from tokenwire.producer import Generation, Producer
+from tokenwire.producer import Generation
 from tokenwire.queue import JOB_FUNCTION, GenerationQueue, decode_job
 from tokenwire.server.tokenwire import Tokenwire
 from tokenwire.settings import Settings
@@ -68,13 +68,11 @@ class GenerationWorker:
         self.concurrency = concurrency or settings.worker_concurrency
         self.tw = tokenwire or Tokenwire(settings.model_copy(update={"producers": "local"}))
         self.queue = GenerationQueue.from_settings(settings)
-        self.producer = Producer(self.tw.log, None, self.tw.producer_config)
         self.id = worker_id()
 
     async def run(self) -> None:
         """Work until SIGINT/SIGTERM (or cancellation); then close everything."""
         await self.tw.open()
-        self.producer.sink = self.tw.store
         worker = Worker(
             self.queue.saq,
             functions=[(JOB_FUNCTION, self._generate)],
@@ -110,7 +108,7 @@ class GenerationWorker:
         except UnknownModelError:
             await self._fail(generation, "the model is not available on the workers")
             return "failed"
-        terminal = await self.producer.run(generation, provider)
+        terminal = await self.tw.producer.run(generation, provider)
         return str(terminal.__struct_config__.tag)
 
     async def _fail(self, generation: Generation, message: str) -> None:

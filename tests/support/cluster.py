@@ -184,3 +184,15 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 process.kill()
         self.redis.close()
+
+
+def start_lorem(base: str, tokens: int, delay_ms: float) -> dict[str, str]:
+    """``POST /v1/chat`` (202) on ``base`` for a paced ``fake:lorem`` answer."""
+    body = {
+        "model": "fake:lorem",
+        "messages": [{"role": "user", "content": "hi"}],
+        "params": {"tokens": tokens, "delay_ms": delay_ms},
+    }
+    response = httpx.post(base + "/v1/chat", json=body, timeout=10)
+    assert response.status_code == 202, response.text
+    return dict(response.json())

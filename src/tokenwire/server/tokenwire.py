@@ -74,7 +74,8 @@ class Tokenwire:
         self.producer_config = ProducerConfig(  # the settings of the same names
             **{name: getattr(self.settings, name) for name in ProducerConfig.__struct_fields__}
         )
-        self._producer = Producer(self.log, store, self.producer_config)
+        self.producer = Producer(self.log, store, self.producer_config)
+        """Runs this instance's generations (and a worker's); its store is set by :meth:`open`."""
         self._tasks: dict[str, asyncio.Task[Event]] = {}
         self._warm_up: asyncio.Task[None] | None = None
         # with producers="queue", start() enqueues for workers
@@ -100,7 +101,7 @@ class Tokenwire:
         """Open the store (running migrations); idempotent."""
         if self._store is None:
             self._store = await Store.open(self.settings.resolved_store_url())
-        self._producer.sink = self._store
+        self.producer.sink = self._store
         self.log.on_producer_lost = self._finish_lost_message
         if self._warm_up is None:
             self._warm_up = asyncio.create_task(self._warm_up_default_model())
@@ -241,7 +242,7 @@ class Tokenwire:
             await self.queue.enqueue(GenerationJob(model=model, generation=generation))
             return Stream(self, stream_id, start=start)
         task = asyncio.create_task(
-            self._producer.run(generation, provider), name=f"tokenwire-{stream_id}"
+            self.producer.run(generation, provider), name=f"tokenwire-{stream_id}"
         )
         self._tasks[stream_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(stream_id, None))
