@@ -351,6 +351,7 @@ async def test_hundred_concurrent_streams(nodes: Cluster) -> None:
     # No keep-alive: a pooled connection that a node closes as idle (uvicorn's 5 s) at the
     # moment it is reused fails with "Server disconnected" under load.
     limits = httpx.Limits(max_connections=2 * count + 10, max_keepalive_connections=0)
+    seen: dict[int, tuple[str, list[dict[str, Any]]]] = {}  # to say what hung, if any
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
 
         async def one(index: int) -> list[dict[str, Any]]:
@@ -363,6 +364,7 @@ async def test_hundred_concurrent_streams(nodes: Cluster) -> None:
             assert response.status_code == 202, response.text
             stream_id = response.json()["stream_id"]
             events: list[dict[str, Any]] = []
+            seen[index] = (stream_id, events)
             decoder = SSEDecoder()
             url = f"{urls[(index + 1) % 2]}/v1/streams/{stream_id}/events"
             async with client.stream("GET", url) as stream:
@@ -374,8 +376,17 @@ async def test_hundred_concurrent_streams(nodes: Cluster) -> None:
                         break
             return events
 
-        with anyio.fail_after(40):
-            results = await asyncio.gather(*(one(i) for i in range(count)))
+        try:
+            with anyio.fail_after(40):
+                results = await asyncio.gather(*(one(i) for i in range(count)))
+        except TimeoutError:
+            unfinished = {
+                stream_id: (len(events), events[-1]["type"] if events else None)
+                for stream_id, events in seen.values()
+                if not events or events[-1]["type"] not in TERMINAL
+            }
+            started = len(seen)
+            raise AssertionError(f"{started}/{count} started; unfinished: {unfinished}") from None
     assert len({r[0]["stream_id"] for r in results}) == count
     ends = [(e[-1]["type"], e[-1].get("code"), e[-1].get("message"), len(e)) for e in results]
     assert all(end[0] == "finish" for end in ends), ends
