@@ -7,15 +7,57 @@ variables (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, ``ANTHROPIC_BASE_URL``,
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import secrets
 from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+__all__ = ["PusherApp", "Settings"]
+
+
+class PusherApp(BaseModel):
+    """One Pusher Channels app served on ``/app/{key}`` (docs/websockets.md)."""
+
+    id: str
+    """``app_id`` of the HTTP publishing API (``/apps/{id}/…``)."""
+    key: str
+    """Public key the clients connect with (``new Pusher(key, …)``)."""
+    secret: str
+    """Signs channel auth, ``pusher:signin`` and HTTP API requests."""
+    encryption_master_key_base64: str | None = None
+    """32 bytes, base64, for ``private-encrypted-`` channels' shared secrets."""
+    max_message_size: int = 100_000
+    """Largest event ``data`` (HTTP API, client events) and client frame, bytes."""
+    max_connections: int | None = None
+    """Connections per node beyond which new ones are closed with 4100 (``None``: no limit)."""
+    client_event_rate: int = 10
+    """Client events one connection may send per second (4301 beyond)."""
+    activity_timeout: int = 120
+    """Seconds of client silence before the server sends ``pusher:ping``."""
+
+    @field_validator("encryption_master_key_base64")
+    @classmethod
+    def _thirty_two_bytes(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                key = base64.b64decode(value, validate=True)
+            except binascii.Error:
+                raise ValueError("not base64") from None
+            if len(key) != 32:
+                raise ValueError("must decode to 32 bytes")
+        return value
+
+
+def _default_pusher_apps() -> list[PusherApp]:
+    # A secret of this process only: set TOKENWIRE_PUSHER_APPS for several nodes
+    # or to use the HTTP publishing API from elsewhere.
+    return [PusherApp(id="tokenwire", key="tokenwire", secret=secrets.token_hex(16))]
 
 
 def _default_data_dir() -> Path:
@@ -70,6 +112,19 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_000_000
     """Largest accepted request body (413 beyond)."""
 
+    auth_tokens: dict[str, str] = Field(default_factory=dict)
+    """Bearer tokens and the user id each stands for (``{"token": "alice"}``): the
+    server's default way to know who calls (``tokenwire.server.identity``)."""
+
+    # WebSockets: Pusher Channels protocol 7 (docs/websockets.md)
+    pusher_apps: list[PusherApp] = Field(default_factory=_default_pusher_apps)
+    """Apps served on ``/app/{key}``; the first carries the conversations' broadcasts.
+    JSON in ``TOKENWIRE_PUSHER_APPS``. Default: app ``tokenwire``, key ``tokenwire``
+    and a random secret of this process."""
+    pusher_url: str | None = None
+    """Redis URL for fan-out and presence across nodes; ``None`` = ``log_url`` when
+    it is ``redis://``, else this process only."""
+
     # job queue and worker processes (docs/scale-out.md)
     producers: Literal["local", "queue"] = "local"
     """Where generations run: ``local`` = a task of the process that started them;
@@ -103,6 +158,11 @@ class Settings(BaseSettings):
                 "or a redis:// TOKENWIRE_LOG_URL"
             )
         return url
+
+    def resolved_pusher_url(self) -> str | None:
+        """Redis URL of the Pusher fan-out, or ``None`` for one process."""
+        url = self.pusher_url or self.log_url
+        return url if url.startswith(("redis://", "rediss://", "unix://")) else None
 
     def resolved_models(self) -> list[str]:
         """The configured models: explicit, or the default model plus one per provider

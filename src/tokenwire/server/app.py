@@ -1,7 +1,9 @@
 """``create_app(settings) -> FastAPI``: the server ``tokenwire serve`` runs.
 
-Mounts the native API, operations endpoints (``/healthz``, ``/readyz``,
-``/metrics`` in the Prometheus text format) and the chat page at ``/``.
+Mounts the native API, the AI SDK and OpenAI-compatible adapters, the Pusher
+protocol server (WebSocket ``/app/{key}``, ``/broadcasting/auth``, ``/apps/…``),
+operations endpoints (``/healthz``, ``/readyz``, ``/metrics`` in the Prometheus
+text format) and the chat page at ``/``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from starlette.responses import Response
+from starlette.routing import WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,6 +33,8 @@ from tokenwire.errors import (
 )
 from tokenwire.server.aisdk import build_aisdk_router
 from tokenwire.server.openai_compat import build_openai_router
+from tokenwire.server.pusher import PusherHub
+from tokenwire.server.pusher_http import build_pusher_router
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.settings import Settings
 
@@ -55,24 +60,30 @@ def create_app(
             collections stop scanning them; for a process that only serves this app.
     """
     tw = tokenwire or Tokenwire(settings)
+    hub = PusherHub(tw, tw.settings.pusher_apps)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await tw.open()
+        await hub.start()
         if freeze_gc:
             gc.collect()
             gc.freeze()
         try:
             yield
         finally:
+            await hub.close()
             await tw.aclose()
 
     app = FastAPI(title="tokenwire", lifespan=lifespan)
     app.state.tokenwire = tw
+    app.state.pusher = hub
     app.add_middleware(BodyLimitMiddleware, max_bytes=tw.settings.max_body_bytes)
     app.include_router(tw.router)
     app.include_router(build_openai_router(tw))
     app.include_router(build_aisdk_router(tw))
+    app.include_router(build_pusher_router(hub))
+    app.router.routes.append(WebSocketRoute("/app/{key}", hub))  # a raw ASGI app
     _exception_handlers(app)
     _operations(app, tw)
     if WEB_DIR.is_dir():

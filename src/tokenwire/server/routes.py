@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.accumulate import MessageState
-from tokenwire.errors import UnknownModelError
+from tokenwire.errors import StreamNotFoundError, UnknownModelError
 from tokenwire.events import encode_event, is_terminal
+from tokenwire.log.base import StreamInfo
 from tokenwire.providers import Message, split_model
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
@@ -51,8 +52,29 @@ def _field_error(field: str, message: str) -> JSONResponse:
 
 
 def build_router(tw: Tokenwire) -> APIRouter:
-    """The native API routes, bound to ``tw``."""
+    """The native API routes, bound to ``tw``.
+
+    Ownership: what an identified caller (``tw.identify``) starts is theirs; a stream
+    or conversation with an owner answers 404 to anyone else, as if it did not exist.
+    """
     router = APIRouter()
+
+    async def caller(request: Request) -> str | None:
+        identity = await tw.identify(request)
+        return identity.id if identity is not None else None
+
+    async def visible_stream(request: Request, stream_id: str) -> StreamInfo:
+        info = await tw.log.info(stream_id)
+        owner = info.meta.get("owner")
+        if owner is not None and owner != await caller(request):
+            raise StreamNotFoundError(stream_id)
+        return info
+
+    async def visible_conversation(request: Request, conversation_id: str) -> Any:
+        record = await tw.store.get_conversation(conversation_id)
+        if record is None or (record.owner is not None and record.owner != await caller(request)):
+            raise ConversationNotFoundError(conversation_id)
+        return record
 
     @router.post("/v1/chat", status_code=202, response_model=None)
     async def chat(
@@ -66,6 +88,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 conversation_id=body.conversation_id,
                 system=body.system,
                 params=body.params,
+                owner=await caller(request),
             )
         except UnknownModelError as exc:
             return _field_error("model", str(exc))
@@ -84,6 +107,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
 
     @router.get("/v1/streams/{stream_id}/events", name="stream_events", response_model=None)
     async def stream_events(
+        request: Request,
         stream_id: str,
         after: Annotated[int, Query(ge=0, description="send events with seq > after")] = 0,
         last_event_id: Annotated[str | None, Header()] = None,
@@ -93,22 +117,23 @@ def build_router(tw: Tokenwire) -> APIRouter:
             if not last_event_id.strip().isdigit():
                 return JSONResponse({"detail": "Last-Event-ID must be a sequence number"}, 422)
             after = int(last_event_id)
-        await tw.log.info(stream_id)
+        await visible_stream(request, stream_id)
         return EventStreamResponse(
             tw.log, stream_id, after=after, heartbeat_interval=tw.settings.heartbeat_interval
         )
 
     @router.get("/v1/streams/{stream_id}")
     async def stream_snapshot(
+        request: Request,
         stream_id: str,
         after: Annotated[int | None, Query(ge=0)] = None,
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT, description="seconds")] = 0.0,
     ) -> Response:
         """Polling: the message so far, or with ``after``, events with ``seq > after``
         (waiting up to ``wait`` seconds for at least one)."""
+        info = await visible_stream(request, stream_id)
         if after is not None or wait:
             since = after or 0
-            info = await tw.log.info(stream_id)  # before waiting: the events decide after
             if wait:
                 events = await tw.log.wait(stream_id, since, wait)
             else:
@@ -122,7 +147,6 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 status.encode(),
             )
             return Response(body, media_type="application/json")
-        info = await tw.log.info(stream_id)
         state = MessageState()
         for event in await tw.log.events(stream_id):
             state.apply(event)
@@ -141,25 +165,28 @@ def build_router(tw: Tokenwire) -> APIRouter:
         )
 
     @router.post("/v1/streams/{stream_id}/cancel", name="cancel_stream", status_code=202)
-    async def cancel_stream(stream_id: str) -> dict[str, Any]:
+    async def cancel_stream(request: Request, stream_id: str) -> dict[str, Any]:
         """Stop the stream; idempotent. Every reader then receives ``cancelled``."""
+        await visible_stream(request, stream_id)
         requested = await tw.cancel(stream_id, "user")
         info = await tw.log.info(stream_id)
         return {"stream_id": stream_id, "cancel_requested": requested, "status": info.status}
 
     @router.get("/v1/conversations")
     async def list_conversations(
+        request: Request,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         before: Annotated[float | None, Query(description="updated_at, Unix seconds")] = None,
     ) -> dict[str, Any]:
-        records = await tw.store.list_conversations(limit=limit, before=before)
+        owner = await caller(request)
+        records = await tw.store.list_conversations(owner=owner, limit=limit, before=before)
+        if owner is None:  # an anonymous caller sees only conversations nobody owns
+            records = [r for r in records if r.owner is None]
         return {"data": [_conversation(r) for r in records]}
 
     @router.get("/v1/conversations/{conversation_id}")
-    async def get_conversation(conversation_id: str) -> dict[str, Any]:
-        record = await tw.store.get_conversation(conversation_id)
-        if record is None:
-            raise ConversationNotFoundError(conversation_id)
+    async def get_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
+        record = await visible_conversation(request, conversation_id)
         active = await tw.active_stream(conversation_id)
         messages = []
         for m in await tw.store.messages(conversation_id):
@@ -180,7 +207,8 @@ def build_router(tw: Tokenwire) -> APIRouter:
         return {**_conversation(record), "messages": messages}
 
     @router.delete("/v1/conversations/{conversation_id}", status_code=204)
-    async def delete_conversation(conversation_id: str) -> Response:
+    async def delete_conversation(request: Request, conversation_id: str) -> Response:
+        await visible_conversation(request, conversation_id)
         active = await tw.active_stream(conversation_id)
         if active is not None:
             await tw.cancel(active[0], "deleted")

@@ -28,6 +28,7 @@ from tokenwire.log.base import StreamLog
 from tokenwire.log.memory import MemoryStreamLog
 from tokenwire.producer import Generation, Producer, ProducerConfig
 from tokenwire.providers import GenerationRequest, Message, ProviderRegistry
+from tokenwire.server.identity import Identify, bearer_tokens
 from tokenwire.settings import Settings
 from tokenwire.store import Store
 from tokenwire.transports.sse import EventStreamResponse
@@ -57,6 +58,8 @@ class Tokenwire:
         log: a stream log to use instead of the one ``settings.log_url`` names.
         store: an opened store to use instead of opening ``settings.store_url``.
         registry: providers; ``None`` = the built-in ones.
+        identify: finds the caller of an HTTP request (owner of what they start);
+            ``None`` = ``Authorization: Bearer`` tokens of ``settings.auth_tokens``.
     """
 
     def __init__(
@@ -66,8 +69,12 @@ class Tokenwire:
         log: StreamLog | None = None,
         store: Store | None = None,
         registry: ProviderRegistry | None = None,
+        identify: Identify | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        self.identify: Identify = identify or bearer_tokens(self.settings.auth_tokens)
+        self.stream_started: list[Callable[[Start], Awaitable[None]]] = []
+        """Awaited with each new stream's ``start`` event (the Pusher hub relays it)."""
         self.log: StreamLog = log or _open_log(self.settings)
         self._store = store
         self.registry = registry or ProviderRegistry()
@@ -224,6 +231,8 @@ class Tokenwire:
             created_at=time.time(),
         )
         await self.log.append(stream_id, [start])
+        for announce in self.stream_started:
+            await announce(start)
         request = GenerationRequest(
             model=provider_model, messages=[*history, *messages], system=system, params=params or {}
         )

@@ -1,0 +1,712 @@
+"""The Pusher Channels protocol 7 server: WebSocket connections on ``/app/{key}``.
+
+:class:`PusherHub` is a raw ASGI WebSocket app mounted in the same app as the
+HTTP API (``create_app`` does it). It keeps this node's connections and
+subscriptions, delivers publishes to them and shares the rest with the other
+nodes through a :class:`~tokenwire.server.pusher_bus.Bus`. The protocol rules
+(frames, names, signatures, error codes) are in :mod:`tokenwire.protocol.pusher`.
+
+Conversations: every stream of conversation ``X`` is broadcast on
+``private-conversation.X``, with the Pusher event name equal to the event's
+``type`` and ``data`` the event JSON with ``stream_id`` and ``seq``. A node reads
+those events from the stream log (as an SSE response would) while it has
+subscribers of that channel, so they arrive in order, from whichever process
+runs the generation; a client that missed some fetches them from
+``GET /v1/streams/{id}/events?after=N`` (``web/tokenwire-pusher.js``).
+
+Delivery: one frame is encoded per publish and written to each subscriber at
+once; a subscriber whose socket is not draining gets a backlog of at most
+``MAX_BACKLOG`` frames, then is closed with 4100 (reconnect after backing off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import msgspec
+from limits import RateLimitItemPerSecond
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from starlette.types import Message, Receive, Scope, Send
+
+from tokenwire.errors import TokenwireError
+from tokenwire.events import Event, Start, encode_event
+from tokenwire.protocol.pusher import (
+    PROTOCOL_VERSION,
+    USER_CHANNEL_PREFIX,
+    ChannelKind,
+    ClientFrame,
+    ErrorCode,
+    PusherError,
+    channel_auth,
+    channel_kind,
+    encode_frame,
+    error_frame,
+    new_socket_id,
+    parse_frame,
+    user_auth,
+    verify_auth,
+)
+from tokenwire.server.identity import Identity
+from tokenwire.server.pusher_bus import Bus, BusMessage, MemoryBus, RedisBus
+from tokenwire.settings import PusherApp
+
+if TYPE_CHECKING:
+    from tokenwire.server.tokenwire import Tokenwire
+
+__all__ = [
+    "CONVERSATION_CHANNEL",
+    "MAX_BACKLOG",
+    "PONG_TIMEOUT",
+    "ChannelAuthorizer",
+    "Connection",
+    "PusherHub",
+]
+
+logger = logging.getLogger("tokenwire.pusher")
+
+CONVERSATION_CHANNEL = re.compile(r"private-conversation\.([A-Za-z0-9_\-]+)")
+"""The channel of a conversation's broadcasts; group 1 is the conversation id."""
+MAX_BACKLOG = 1024
+"""Frames a connection whose socket is not draining may have waiting before it is closed."""
+PONG_TIMEOUT = 30.0
+"""Seconds the server waits for any frame after its ``pusher:ping`` (then closes 4201)."""
+ChannelAuthorizer = Callable[[Identity | None, "re.Match[str]"], Awaitable[bool]]
+"""``async (identity, match) -> allowed``: decides a private or presence channel
+whose name matches the pattern it was registered with (:meth:`PusherHub.channel`)."""
+_PONG = encode_frame("pusher:pong", {})
+_PING = encode_frame("pusher:ping", {})
+
+
+class Connection:
+    """One client connection: its ``socket_id``, subscriptions and outgoing frames."""
+
+    __slots__ = (
+        "_backlog",
+        "_send",
+        "_writer",
+        "app",
+        "channels",
+        "closed",
+        "last_seen",
+        "members",
+        "pinged",
+        "socket_id",
+        "user_id",
+    )
+
+    def __init__(self, app: PusherApp, socket_id: str, send: Send, now: float) -> None:
+        self.app = app
+        self.socket_id = socket_id
+        self.channels: dict[str, ChannelKind] = {}
+        self.user_id: str | None = None
+        """Set by ``pusher:signin``."""
+        self.members: dict[str, str] = {}
+        """Presence channel -> the ``user_id`` this connection joined it as."""
+        self.last_seen = now
+        self.pinged = False
+        self.closed = False
+        self._send = send
+        self._backlog: deque[str] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    def send(self, text: str) -> None:
+        """Write a frame without waiting: at once when the socket takes it (the usual
+        case), else behind the frames already waiting, in order."""
+        if self.closed:
+            return
+        if self._backlog is not None:
+            if len(self._backlog) >= MAX_BACKLOG:
+                self.closed = True
+                self._writer = asyncio.create_task(
+                    self._close_now(ErrorCode.OVER_CAPACITY, "too slow to read")
+                )
+                return
+            self._backlog.append(text)
+            return
+        coro = _coroutine(self._send({"type": "websocket.send", "text": text}))
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:  # the client is gone: the receive loop ends the connection
+            self.closed = True
+            return
+        # The server's send is waiting for the socket to drain: finish it in a task.
+        self._backlog = deque()
+        self._writer = asyncio.create_task(self._drain(coro, waiting))
+
+    async def _drain(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        try:
+            await _resume(coro, waiting)
+            while self._backlog:
+                await self._send({"type": "websocket.send", "text": self._backlog.popleft()})
+        except Exception:
+            self.closed = True
+        finally:
+            self._backlog = None
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send ``pusher:error`` with ``code`` and close the WebSocket with it."""
+        self.send(error_frame(code, reason))
+        self.closed = True
+        if self._writer is not None and not self._writer.done():
+            with contextlib.suppress(Exception):
+                await self._writer
+        await self._close_now(code, reason)
+
+    async def _close_now(self, code: int, reason: str) -> None:
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+
+
+def _coroutine(awaitable: Awaitable[None]) -> Coroutine[Any, Any, None]:
+    if inspect.iscoroutine(awaitable):
+        return awaitable
+
+    async def wrapper() -> None:
+        await awaitable
+
+    return wrapper()
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Run a coroutine that was started with ``coro.send(None)`` and suspended on
+    ``waiting`` (what it yielded) to its end, as a task would (Python 3.12's eager
+    tasks do this for every new task)."""
+    while True:
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                await _Yield(waiting)
+        except BaseException as exc:
+            try:
+                waiting = coro.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+
+
+class _Yield:
+    """Awaitable that re-yields a future another coroutine yielded, to this task."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: Any) -> None:
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if not self._future.done():
+            self._future._asyncio_future_blocking = True
+            yield self._future
+
+
+class PusherHub:
+    """This node's Pusher server.
+
+    Args:
+        tw: the instance whose conversations are broadcast and whose store decides
+            ownership.
+        apps: the apps served; the first carries the conversations' broadcasts.
+        bus: shared state; ``None`` = :class:`RedisBus` on ``Settings.resolved_pusher_url``
+            when there is one, else :class:`MemoryBus`.
+    """
+
+    def __init__(self, tw: Tokenwire, apps: list[PusherApp], bus: Bus | None = None) -> None:
+        if not apps:
+            raise ValueError("at least one Pusher app is needed")
+        self.tw = tw
+        self.apps = apps
+        self.apps_by_key = {app.key: app for app in apps}
+        self.apps_by_id = {app.id: app for app in apps}
+        self.node = uuid.uuid4().hex[:12]
+        self.bus = bus or _default_bus(tw, self._member_gone)
+        self.connections: dict[str, Connection] = {}
+        self._channels: dict[str, dict[str, dict[str, Connection]]] = {a.id: {} for a in apps}
+        """app id -> channel -> socket_id -> connection (this node's)."""
+        self._relays: dict[str, dict[str, asyncio.Task[None]]] = {}
+        """conversation id -> stream id -> the task relaying it to local subscribers."""
+        self.authorizers: list[tuple[re.Pattern[str], ChannelAuthorizer]] = []
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._ticker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._started = False
+
+    @property
+    def broadcast_app(self) -> PusherApp:
+        """The app the conversations are broadcast on (the first)."""
+        return self.apps[0]
+
+    def channel(self, pattern: str) -> Callable[[ChannelAuthorizer], ChannelAuthorizer]:
+        r"""Register who may join the private and presence channels whose whole name
+        matches the regular expression ``pattern`` (Laravel's ``Broadcast::channel``)::
+
+            @hub.channel(r"presence-room\.(\w+)")
+            async def room(identity, match):
+                return identity is not None
+        """
+
+        def register(authorizer: ChannelAuthorizer) -> ChannelAuthorizer:
+            self.authorizers.append((re.compile(pattern), authorizer))
+            return authorizer
+
+        return register
+
+    async def start(self) -> None:
+        """Join the other nodes and begin the activity checks; idempotent."""
+        if self._started:
+            return
+        self._started = True
+        await self.bus.start(self.node, self._dispatch)
+        self.tw.stream_started.append(self._announce)
+        self._ticker = asyncio.create_task(self._check_activity(), name="tokenwire-pusher-ping")
+
+    async def close(self) -> None:
+        """Close every connection with 4200 (reconnect at once: another node or this
+        one restarted will answer), stop relays, leave the other nodes."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for conn in list(self.connections.values()):
+            await conn.close(ErrorCode.RECONNECT, "server shutting down, reconnect")
+            await self._forget(conn)
+        for relays in list(self._relays.values()):
+            for task in list(relays.values()):
+                task.cancel()
+        if self._announce in self.tw.stream_started:
+            self.tw.stream_started.remove(self._announce)
+        await self.bus.close()
+
+    # -- publishing -------------------------------------------------------------
+
+    async def publish(
+        self, app_id: str, channel: str, event: str, data: str, exclude: str | None = None
+    ) -> None:
+        """Deliver an event on a channel on every node, except to connection ``exclude``.
+
+        ``data`` is sent as it is (the protocol's JSON-encoded string)."""
+        self.deliver(app_id, channel, encode_frame(event, data, channel), exclude)
+        await self.bus.publish(
+            BusMessage(
+                kind="publish",
+                app_id=app_id,
+                channel=channel,
+                event=event,
+                data=data,
+                exclude=exclude,
+            )
+        )
+
+    def deliver(self, app_id: str, channel: str, frame: str, exclude: str | None = None) -> int:
+        """Write a frame to this node's subscribers of a channel; return how many."""
+        subscribers = self._channels.get(app_id, {}).get(channel)
+        if not subscribers:
+            return 0
+        for socket_id, conn in subscribers.items():
+            if socket_id != exclude:
+                conn.send(frame)
+        return len(subscribers)
+
+    async def terminate(self, app_id: str, user_id: str) -> None:
+        """Close every connection signed in as ``user_id``, on every node (4009)."""
+        self._terminate(app_id, user_id)
+        await self.bus.publish(BusMessage(kind="terminate", app_id=app_id, data=user_id))
+
+    def _terminate(self, app_id: str, user_id: str) -> None:
+        for conn in list(self.connections.values()):
+            if conn.app.id == app_id and conn.user_id == user_id:
+                self._spawn(conn.close(ErrorCode.UNAUTHORIZED, "connection terminated"))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _dispatch(self, message: BusMessage) -> None:
+        if message.kind == "publish":
+            frame = encode_frame(message.event, message.data, message.channel)
+            self.deliver(message.app_id, message.channel, frame, message.exclude)
+        elif message.kind == "stream":
+            self._relay(message.channel, message.data, after=0)
+        elif message.kind == "terminate":
+            self._terminate(message.app_id, message.data)
+
+    def _member_gone(self, app_id: str, channel: str, user_id: str) -> None:
+        """A node died with the last connection of a presence member (bus sweep)."""
+        data = msgspec.json.encode({"user_id": user_id}).decode()
+        self._spawn(self.publish(app_id, channel, "pusher_internal:member_removed", data))
+
+    # -- conversations ------------------------------------------------------------
+
+    async def _announce(self, start: Start) -> None:
+        """A stream started here: relay it where its conversation has subscribers."""
+        self._relay(start.conversation_id, start.stream_id, after=0)
+        with contextlib.suppress(Exception):  # a bus outage must not fail the generation
+            await self.bus.publish(
+                BusMessage(
+                    kind="stream",
+                    app_id=self.broadcast_app.id,
+                    channel=start.conversation_id,
+                    data=start.stream_id,
+                )
+            )
+
+    def _relay(self, conversation_id: str, stream_id: str, after: int) -> None:
+        channel = f"private-conversation.{conversation_id}"
+        if channel not in self._channels[self.broadcast_app.id]:
+            return  # nobody here watches it
+        relays = self._relays.setdefault(conversation_id, {})
+        if stream_id not in relays:
+            relays[stream_id] = asyncio.create_task(
+                self._run_relay(channel, conversation_id, stream_id, after),
+                name=f"tokenwire-pusher-relay-{stream_id}",
+            )
+
+    async def _run_relay(
+        self, channel: str, conversation_id: str, stream_id: str, after: int
+    ) -> None:
+        app_id = self.broadcast_app.id
+        try:
+            async for batch in self.tw.log.read(stream_id, after=after):
+                for event in batch:
+                    self.deliver(app_id, channel, _event_frame(channel, stream_id, event))
+        except TokenwireError as exc:  # expired, unknown, log down: clients fill gaps over HTTP
+            logger.warning("stopped relaying stream %s: %s", stream_id, exc)
+        finally:
+            relays = self._relays.get(conversation_id, {})
+            relays.pop(stream_id, None)
+            if not relays:
+                self._relays.pop(conversation_id, None)
+
+    async def _watch_conversation(self, conversation_id: str) -> None:
+        """First subscriber here: relay the conversation's running stream from now on."""
+        try:
+            info = await self.tw.log.active_stream(conversation_id)
+        except TokenwireError:
+            return
+        if info is not None:
+            self._relay(conversation_id, info.stream_id, after=info.last_seq)
+
+    # -- the WebSocket shell ------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI app of ``GET /app/{key}`` (WebSocket)."""
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        key = scope.get("path_params", {}).get("key") or scope["path"].rsplit("/", 1)[-1]
+        app = self.apps_by_key.get(key)
+        refusal = self._refusal(app, scope)
+        if refusal is not None:
+            code, reason = refusal
+            await send({"type": "websocket.send", "text": error_frame(code, reason)})
+            await send({"type": "websocket.close", "code": code, "reason": reason})
+            return
+        assert app is not None
+        conn = Connection(app, new_socket_id(), send, time.monotonic())
+        self.connections[conn.socket_id] = conn
+        try:
+            conn.send(
+                encode_frame(
+                    "pusher:connection_established",
+                    {"socket_id": conn.socket_id, "activity_timeout": app.activity_timeout},
+                )
+            )
+            await self._serve(conn, receive)
+        finally:
+            await self._forget(conn)
+
+    def _refusal(self, app: PusherApp | None, scope: Scope) -> tuple[int, str] | None:
+        if app is None:
+            return ErrorCode.APP_NOT_FOUND, "no app with this key"
+        protocol = parse_qs(scope.get("query_string", b"").decode()).get("protocol", [""])[0]
+        if not protocol:
+            return ErrorCode.NO_PROTOCOL, "no protocol version given (?protocol=7)"
+        if not protocol.isdigit():
+            return ErrorCode.INVALID_VERSION, f"invalid protocol version {protocol!r}"
+        if int(protocol) != PROTOCOL_VERSION:
+            return ErrorCode.UNSUPPORTED_PROTOCOL, f"protocol {protocol} not supported (7 is)"
+        if app.max_connections is not None:
+            count = sum(1 for c in self.connections.values() if c.app is app)
+            if count >= app.max_connections:
+                return ErrorCode.OVER_CAPACITY, "over connection quota, retry later"
+        return None
+
+    async def _serve(self, conn: Connection, receive: Receive) -> None:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "websocket.disconnect" or conn.closed:
+                return
+            conn.last_seen = time.monotonic()
+            conn.pinged = False
+            text = message.get("text")
+            if text is None:
+                text = (message.get("bytes") or b"").decode("utf-8", "replace")
+            try:
+                if len(text) > conn.app.max_message_size:
+                    raise PusherError(
+                        ErrorCode.MESSAGE_TOO_LARGE,
+                        f"frame larger than {conn.app.max_message_size} bytes",
+                    )
+                await self._handle(conn, parse_frame(text))
+            except PusherError as exc:
+                if exc.close and exc.code is not None:
+                    await conn.close(exc.code, exc.message)
+                    return
+                conn.send(error_frame(exc.code, exc.message))
+
+    async def _handle(self, conn: Connection, frame: ClientFrame) -> None:
+        event = frame.event
+        if event == "pusher:ping":
+            conn.send(_PONG)
+        elif event == "pusher:pong":
+            pass
+        elif event == "pusher:subscribe":
+            await self._subscribe(conn, frame.data_object())
+        elif event == "pusher:unsubscribe":
+            channel = frame.data_object().get("channel")
+            if isinstance(channel, str):
+                await self._unsubscribe(conn, channel)
+        elif event == "pusher:signin":
+            self._signin(conn, frame.data_object())
+        elif event.startswith("client-"):
+            await self._client_event(conn, frame)
+        else:
+            raise PusherError(ErrorCode.INVALID_FRAME, f"unknown event {event[:50]!r}")
+
+    async def _subscribe(self, conn: Connection, data: dict[str, Any]) -> None:
+        channel = data.get("channel")
+        try:
+            kind = channel_kind(channel)
+        except ValueError as exc:
+            if isinstance(channel, str):
+                _subscription_error(conn, channel, "InvalidChannel", str(exc), 400)
+                return
+            raise PusherError(ErrorCode.INVALID_FRAME, f"pusher:subscribe: {exc}") from None
+        assert isinstance(channel, str)
+        app = conn.app
+        member: tuple[str, Any] | None = None
+        if kind is ChannelKind.USER:
+            if conn.user_id is None or channel != f"{USER_CHANNEL_PREFIX}{conn.user_id}":
+                _subscription_error(conn, channel, "AuthError", "not signed in as this user", 403)
+                return
+        elif kind.needs_auth:
+            channel_data = data.get("channel_data") if kind is ChannelKind.PRESENCE else None
+            if kind is ChannelKind.PRESENCE:
+                member = _presence_member(channel_data)
+                if member is None:
+                    _subscription_error(
+                        conn, channel, "AuthError", "channel_data must name a user_id", 400
+                    )
+                    return
+            expected = channel_auth(app.key, app.secret, conn.socket_id, channel, channel_data)
+            if not verify_auth(data.get("auth"), expected):
+                _subscription_error(conn, channel, "AuthError", "invalid auth signature", 401)
+                return
+        if channel in conn.channels:
+            await self._unsubscribe(conn, channel)  # a re-subscription starts afresh
+        conn.channels[channel] = kind
+        subscribers = self._channels[app.id].setdefault(channel, {})
+        subscribers[conn.socket_id] = conn
+        await _quietly(self.bus.count(app.id, channel, 1))
+        if member is None:
+            conn.send(encode_frame("pusher_internal:subscription_succeeded", "{}", channel))
+        else:
+            user_id, user_info = member
+            conn.members[channel] = user_id
+            added, members = await self.bus.join(
+                app.id, channel, conn.socket_id, user_id, user_info
+            )
+            presence = {"presence": {"ids": list(members), "hash": members, "count": len(members)}}
+            conn.send(encode_frame("pusher_internal:subscription_succeeded", presence, channel))
+            if added:
+                data_added = msgspec.json.encode({"user_id": user_id, "user_info": user_info})
+                await self.publish(
+                    app.id,
+                    channel,
+                    "pusher_internal:member_added",
+                    data_added.decode(),
+                    conn.socket_id,
+                )
+        match = CONVERSATION_CHANNEL.fullmatch(channel)
+        if match and app is self.broadcast_app and len(subscribers) == 1:
+            await self._watch_conversation(match.group(1))
+
+    async def _unsubscribe(self, conn: Connection, channel: str) -> None:
+        kind = conn.channels.pop(channel, None)
+        if kind is None:
+            return
+        app_id = conn.app.id
+        subscribers = self._channels[app_id].get(channel, {})
+        subscribers.pop(conn.socket_id, None)
+        if not subscribers:
+            self._channels[app_id].pop(channel, None)
+            match = CONVERSATION_CHANNEL.fullmatch(channel)
+            if match and app_id == self.broadcast_app.id:
+                for task in self._relays.pop(match.group(1), {}).values():
+                    task.cancel()
+        await _quietly(self.bus.count(app_id, channel, -1))
+        if kind is ChannelKind.PRESENCE:
+            conn.members.pop(channel, None)
+            user_id = await _quietly(self.bus.leave(app_id, channel, conn.socket_id))
+            if user_id is not None:
+                data = msgspec.json.encode({"user_id": user_id}).decode()
+                await _quietly(
+                    self.publish(app_id, channel, "pusher_internal:member_removed", data)
+                )
+
+    def _signin(self, conn: Connection, data: dict[str, Any]) -> None:
+        user_data = data.get("user_data")
+        user_id = None
+        if isinstance(user_data, str):
+            with contextlib.suppress(msgspec.DecodeError):
+                decoded = msgspec.json.decode(user_data)
+                if isinstance(decoded, dict) and isinstance(decoded.get("id"), str | int):
+                    user_id = str(decoded["id"])
+        if not user_id:
+            raise PusherError(ErrorCode.UNAUTHORIZED, "pusher:signin: user_data must name an id")
+        assert isinstance(user_data, str)
+        expected = user_auth(conn.app.key, conn.app.secret, conn.socket_id, user_data)
+        if not verify_auth(data.get("auth"), expected):
+            raise PusherError(ErrorCode.UNAUTHORIZED, "pusher:signin: invalid auth signature")
+        conn.user_id = user_id
+        conn.send(encode_frame("pusher:signin_success", {"user_data": user_data}))
+
+    async def _client_event(self, conn: Connection, frame: ClientFrame) -> None:
+        channel = frame.channel
+        kind = conn.channels.get(channel) if channel is not None else None
+        if kind is None:
+            raise PusherError(
+                ErrorCode.CLIENT_EVENT_REJECTED,
+                f"client event on channel {channel!r}, which this connection is not subscribed to",
+            )
+        if not kind.allows_client_events:
+            raise PusherError(
+                ErrorCode.CLIENT_EVENT_REJECTED,
+                "client events are only allowed on private- and presence- channels",
+            )
+        assert channel is not None
+        app = conn.app
+        item = RateLimitItemPerSecond(app.client_event_rate)
+        if not self._limiter.hit(item, app.id, conn.socket_id):
+            raise PusherError(
+                ErrorCode.CLIENT_EVENT_RATE_LIMIT,
+                f"client event rejected: more than {app.client_event_rate} per second",
+            )
+        data = (
+            frame.data if isinstance(frame.data, str) else msgspec.json.encode(frame.data).decode()
+        )
+        if len(data) > app.max_message_size:
+            raise PusherError(
+                ErrorCode.MESSAGE_TOO_LARGE,
+                f"client event data larger than {app.max_message_size} bytes",
+            )
+        outgoing: dict[str, Any] = {"event": frame.event, "channel": channel, "data": data}
+        if kind is ChannelKind.PRESENCE:
+            outgoing["user_id"] = conn.members[channel]
+        text = msgspec.json.encode(outgoing).decode()
+        self.deliver(app.id, channel, text, conn.socket_id)
+        await self.bus.publish(
+            BusMessage(
+                kind="publish",
+                app_id=app.id,
+                channel=channel,
+                event=frame.event,
+                data=data,
+                exclude=conn.socket_id,
+            )
+        )
+
+    # -- connection end and liveness ----------------------------------------------
+
+    async def _forget(self, conn: Connection) -> None:
+        if self.connections.pop(conn.socket_id, None) is None:
+            return
+        conn.closed = True
+        for channel in list(conn.channels):
+            await self._unsubscribe(conn, channel)
+        self._limiter.clear(
+            RateLimitItemPerSecond(conn.app.client_event_rate), conn.app.id, conn.socket_id
+        )
+
+    async def _check_activity(self) -> None:
+        """Ping connections silent for their app's ``activity_timeout``; close those
+        still silent ``PONG_TIMEOUT`` seconds later (4201: reconnect at once)."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for conn in list(self.connections.values()):
+                silent = now - conn.last_seen
+                if silent >= conn.app.activity_timeout + PONG_TIMEOUT and conn.pinged:
+                    self._spawn(conn.close(ErrorCode.PONG_TIMEOUT, "pong reply not received"))
+                elif silent >= conn.app.activity_timeout and not conn.pinged:
+                    conn.pinged = True
+                    conn.send(_PING)
+
+
+def _event_frame(channel: str, stream_id: str, event: Event) -> str:
+    """A stream event as a frame: event name = its ``type``; ``data`` = its JSON with
+    ``stream_id`` (``start`` has it already) and ``seq``."""
+    body = encode_event(event)
+    if not isinstance(event, Start):
+        body = b'{"stream_id":' + msgspec.json.encode(stream_id) + b"," + body[1:]
+    return encode_frame(str(event.__struct_config__.tag), body.decode(), channel)
+
+
+def _subscription_error(
+    conn: Connection, channel: str, type_: str, error: str, status: int
+) -> None:
+    """``pusher:subscription_error`` on ``channel`` only (Echo's ``.error()`` gets it);
+    the connection and its other subscriptions go on."""
+    data = {"type": type_, "error": error, "status": status}
+    conn.send(encode_frame("pusher:subscription_error", data, channel))
+
+
+def _presence_member(channel_data: object) -> tuple[str, Any] | None:
+    """``(user_id, user_info)`` from a presence subscription's ``channel_data``."""
+    if not isinstance(channel_data, str):
+        return None
+    try:
+        decoded = msgspec.json.decode(channel_data)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(decoded, dict):
+        return None
+    user_id = decoded.get("user_id")
+    if isinstance(user_id, bool) or not isinstance(user_id, str | int) or user_id == "":
+        return None
+    return str(user_id), decoded.get("user_info")
+
+
+async def _quietly(awaitable: Coroutine[Any, Any, Any]) -> Any:
+    """Await a bus call whose failure (Redis down) must not end the connection."""
+    try:
+        return await awaitable
+    except Exception:
+        logger.warning("pusher bus call failed", exc_info=True)
+        return None
+
+
+def _default_bus(tw: Tokenwire, on_member_removed: Any) -> Bus:
+    url = tw.settings.resolved_pusher_url()
+    if url is None:
+        return MemoryBus()
+    return RedisBus(
+        url, prefix=f"{tw.settings.log_prefix}pusher:", on_member_removed=on_member_removed
+    )

@@ -1,0 +1,328 @@
+"""HTTP side of the Pusher server: the auth endpoints clients call and the publishing
+API servers call (Pusher "HTTP API reference"; the Python ``pusher`` library's paths).
+
+- ``POST /broadcasting/auth`` (form ``socket_id``, ``channel_name``: Laravel Echo's
+  and ``pusher-js``'s channel authorization request) → ``{"auth", "channel_data"?,
+  "shared_secret"?}``; 401 without an identity where one is needed, 403 refused.
+- ``POST /broadcasting/user-auth`` (form ``socket_id``: ``pusher.signin()``) →
+  ``{"auth", "user_data"}``.
+- ``POST /apps/{app_id}/events``, ``/batch_events``, ``GET /apps/{app_id}/channels``,
+  ``/channels/{name}``, ``/channels/{name}/users``,
+  ``POST /apps/{app_id}/users/{user_id}/terminate_connections``, signed with the
+  app secret. Errors are JSON ``{"error": message}``: 400 bad request, 401 bad
+  signature or ``auth_timestamp`` more than 600 s off, 404 unknown app, 413 event
+  data over the app's ``max_message_size``.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from tokenwire.protocol.pusher import (
+    ApiAuthError,
+    ChannelKind,
+    channel_auth,
+    channel_kind,
+    check_event_name,
+    check_socket_id,
+    shared_secret,
+    user_auth,
+    verify_api_request,
+)
+from tokenwire.server.identity import Identity
+from tokenwire.server.pusher import PusherHub
+from tokenwire.settings import PusherApp
+
+__all__ = ["build_pusher_router"]
+
+_CONVERSATION = re.compile(
+    r"(?:private-|private-encrypted-|presence-)conversation\.([A-Za-z0-9_\-]+)"
+)
+MAX_CHANNELS = 100
+"""Channels one ``events`` request may name (HTTP API reference)."""
+MAX_BATCH = 10
+"""Events one ``batch_events`` request may carry (HTTP API reference)."""
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def build_pusher_router(hub: PusherHub) -> APIRouter:
+    """The auth endpoints and the HTTP publishing API of ``hub``.
+
+    ``private-conversation.{id}`` (also ``presence-`` and ``private-encrypted-``)
+    only the conversation's owner may join (anyone, if it has no owner); other
+    private and presence channels are decided by the authorizers registered with
+    :meth:`PusherHub.channel`; a channel nobody decides is refused (403), as
+    Laravel does.
+    """
+    router = APIRouter()
+    tw = hub.tw
+
+    async def allowed(identity: Identity | None, channel: str) -> None:
+        match = _CONVERSATION.fullmatch(channel)
+        if match is not None:
+            conversation = await tw.store.get_conversation(match.group(1))
+            if conversation is None:
+                raise _Refused(403, "no such conversation")
+            if conversation.owner is not None:
+                if identity is None:
+                    raise _Refused(401, "authentication required")
+                if identity.id != conversation.owner:
+                    raise _Refused(403, "not your conversation")
+            return
+        for pattern, authorizer in hub.authorizers:
+            found = pattern.fullmatch(channel)
+            if found is not None:
+                if not await authorizer(identity, found):
+                    raise _Refused(403 if identity else 401, f"not allowed on {channel}")
+                return
+        raise _Refused(403, f"no authorizer for channel {channel}")
+
+    @router.post("/broadcasting/auth", tags=["pusher"])
+    async def broadcasting_auth(request: Request) -> JSONResponse:
+        form = await request.form()
+        socket_id, channel = form.get("socket_id"), form.get("channel_name")
+        try:
+            check_socket_id(socket_id)
+            kind = channel_kind(channel)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        assert isinstance(socket_id, str) and isinstance(channel, str)
+        if not kind.needs_auth:
+            return _error(400, f"{channel} is not a private, encrypted or presence channel")
+        identity = await tw.identify(request)
+        app = hub.broadcast_app
+        try:
+            if kind is ChannelKind.PRESENCE and identity is None:
+                raise _Refused(401, "presence channels need an authenticated user")
+            await allowed(identity, channel)
+        except _Refused as exc:
+            return _error(exc.status, exc.message)
+        body: dict[str, str] = {}
+        channel_data = None
+        if kind is ChannelKind.PRESENCE:
+            assert identity is not None
+            member = {"user_id": identity.id, "user_info": identity.info}
+            channel_data = body["channel_data"] = msgspec.json.encode(member).decode()
+        if kind is ChannelKind.ENCRYPTED:
+            if app.encryption_master_key_base64 is None:
+                return _error(400, "encrypted channels need the app's encryption_master_key_base64")
+            master = base64.b64decode(app.encryption_master_key_base64)
+            body["shared_secret"] = shared_secret(master, channel)
+        body["auth"] = channel_auth(app.key, app.secret, socket_id, channel, channel_data)
+        return JSONResponse(body)
+
+    @router.post("/broadcasting/user-auth", tags=["pusher"])
+    async def user_authentication(request: Request) -> JSONResponse:
+        form = await request.form()
+        socket_id = form.get("socket_id")
+        try:
+            check_socket_id(socket_id)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        assert isinstance(socket_id, str)
+        identity = await tw.identify(request)
+        if identity is None:
+            return _error(401, "authentication required")
+        app = hub.broadcast_app
+        user_data = msgspec.json.encode({"id": identity.id, "user_info": identity.info}).decode()
+        return JSONResponse(
+            {"auth": user_auth(app.key, app.secret, socket_id, user_data), "user_data": user_data}
+        )
+
+    # -- the HTTP publishing API ------------------------------------------------
+
+    async def signed(request: Request, app_id: str) -> tuple[PusherApp, bytes]:
+        app = hub.apps_by_id.get(app_id)
+        if app is None:
+            raise _Refused(404, f"unknown app_id {app_id}")
+        body = await request.body()
+        try:
+            verify_api_request(
+                key=app.key,
+                secret=app.secret,
+                method=request.method,
+                path=request.url.path,
+                params=dict(request.query_params),
+                body=body,
+                now=time.time(),
+            )
+        except ApiAuthError as exc:
+            raise _Refused(exc.status, exc.message) from None
+        return app, body
+
+    def api(
+        handler: Callable[[Request, PusherApp, bytes], Awaitable[dict[str, Any]]],
+    ) -> Callable[[Request], Awaitable[JSONResponse]]:
+        async def endpoint(request: Request) -> JSONResponse:
+            try:
+                app, body = await signed(request, request.path_params["app_id"])
+                return JSONResponse(await handler(request, app, body))
+            except _Refused as exc:
+                return _error(exc.status, exc.message)
+
+        return endpoint
+
+    async def trigger(app: PusherApp, item: dict[str, Any], channels: list[str]) -> dict[str, Any]:
+        """Publish one event (already validated) and return the requested ``info``."""
+        for channel in channels:
+            await hub.publish(app.id, channel, item["name"], item["data"], item.get("socket_id"))
+        wanted = _info(item.get("info"))
+        if not wanted:
+            return {}
+        counts = await hub.bus.channels(app.id)
+        result = {}
+        for channel in channels:
+            result[channel] = await _channel_info(hub, app, channel, wanted, counts)
+        return result
+
+    async def events(request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
+        item = _event(app, _json_object(body))
+        channels = item.get("channels", [item["channel"]] if "channel" in item else None)
+        if not isinstance(channels, list) or not channels:
+            raise _Refused(400, "channels must be a non-empty list (or give channel)")
+        if len(channels) > MAX_CHANNELS:
+            raise _Refused(400, f"at most {MAX_CHANNELS} channels per event")
+        _check_channels(channels)
+        info = await trigger(app, item, channels)
+        return {"channels": info} if info else {}
+
+    async def batch_events(request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
+        batch = _json_object(body).get("batch")
+        if not isinstance(batch, list) or not batch:
+            raise _Refused(400, "batch must be a non-empty list of events")
+        if len(batch) > MAX_BATCH:
+            raise _Refused(400, f"at most {MAX_BATCH} events per batch")
+        items = [_event(app, item) for item in batch]
+        for item in items:
+            _check_channels([item.get("channel")])
+        results = [
+            (await trigger(app, item, [item["channel"]])).get(item["channel"], {}) for item in items
+        ]
+        return {"batch": results} if any(results) else {}
+
+    async def channels_index(request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
+        prefix = request.query_params.get("filter_by_prefix", "")
+        wanted = _info(request.query_params.get("info"))
+        if "user_count" in wanted and not prefix.startswith("presence-"):
+            raise _Refused(400, "info=user_count needs filter_by_prefix=presence-")
+        counts = await hub.bus.channels(app.id)
+        found = {}
+        for channel in sorted(counts):
+            if channel.startswith(prefix):
+                found[channel] = await _channel_info(
+                    hub, app, channel, wanted & {"user_count"}, counts
+                )
+        return {"channels": found}
+
+    async def channel_show(request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
+        channel = request.path_params["channel_name"]
+        _check_channels([channel])
+        wanted = _info(request.query_params.get("info"))
+        if "user_count" in wanted and channel_kind(channel) is not ChannelKind.PRESENCE:
+            raise _Refused(400, "user_count is only for presence channels")
+        counts = await hub.bus.channels(app.id)
+        return {
+            "occupied": counts.get(channel, 0) > 0,
+            **await _channel_info(hub, app, channel, wanted, counts),
+        }
+
+    async def channel_users(request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
+        channel = request.path_params["channel_name"]
+        _check_channels([channel])
+        if channel_kind(channel) is not ChannelKind.PRESENCE:
+            raise _Refused(400, "users are listed for presence channels only")
+        return {"users": [{"id": user_id} for user_id in await hub.bus.members(app.id, channel)]}
+
+    async def terminate(request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
+        await hub.terminate(app.id, request.path_params["user_id"])
+        return {}
+
+    routes: list[
+        tuple[str, str, Callable[[Request, PusherApp, bytes], Awaitable[dict[str, Any]]]]
+    ] = [
+        ("POST", "/apps/{app_id}/events", events),
+        ("POST", "/apps/{app_id}/batch_events", batch_events),
+        ("GET", "/apps/{app_id}/channels", channels_index),
+        ("GET", "/apps/{app_id}/channels/{channel_name}", channel_show),
+        ("GET", "/apps/{app_id}/channels/{channel_name}/users", channel_users),
+        ("POST", "/apps/{app_id}/users/{user_id}/terminate_connections", terminate),
+    ]
+    for method, path, handler in routes:
+        router.add_api_route(
+            path, api(handler), methods=[method], tags=["pusher"], response_model=None
+        )
+    return router
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raise _Refused(400, "the body is not JSON") from None
+    if not isinstance(decoded, dict):
+        raise _Refused(400, "the body must be a JSON object")
+    return decoded
+
+
+def _event(app: PusherApp, item: object) -> dict[str, Any]:
+    """One event of ``events`` or ``batch_events``, checked; ``data`` stays a string."""
+    if not isinstance(item, dict):
+        raise _Refused(400, "an event must be a JSON object")
+    try:
+        check_event_name(item.get("name"))
+        if "socket_id" in item:
+            check_socket_id(item["socket_id"])
+    except ValueError as exc:
+        raise _Refused(400, str(exc)) from None
+    data = item.get("data")
+    if not isinstance(data, str):
+        raise _Refused(400, "data must be a string (JSON-encode objects first)")
+    size = len(data.encode())
+    if size > app.max_message_size:
+        raise _Refused(413, f"event data is {size} bytes; the limit is {app.max_message_size}")
+    return item
+
+
+def _check_channels(channels: list[Any]) -> None:
+    for channel in channels:
+        try:
+            channel_kind(channel)
+        except ValueError as exc:
+            raise _Refused(400, str(exc)) from None
+
+
+def _info(value: object) -> set[str]:
+    wanted = {part for part in str(value or "").split(",") if part}
+    unknown = wanted - {"user_count", "subscription_count"}
+    if unknown:
+        raise _Refused(400, f"unknown info attribute {sorted(unknown)[0]}")
+    return wanted
+
+
+async def _channel_info(
+    hub: PusherHub, app: PusherApp, channel: str, wanted: set[str], counts: dict[str, int]
+) -> dict[str, int]:
+    info: dict[str, int] = {}
+    if "subscription_count" in wanted:
+        info["subscription_count"] = counts.get(channel, 0)
+    if "user_count" in wanted and channel_kind(channel) is ChannelKind.PRESENCE:
+        info["user_count"] = len(await hub.bus.members(app.id, channel))
+    return info
