@@ -277,14 +277,21 @@ class PusherHub:
         self.tw.stream_started.append(self._announce)
         self._ticker = asyncio.create_task(self._check_activity(), name="tokenwire-pusher-ping")
 
+    async def disconnect_all(self) -> None:
+        """Close every connection with 4200: reconnect at once (another node, or this
+        one restarted, will answer)."""
+        conns = list(self.connections.values())
+        await asyncio.gather(
+            *(c.close(ErrorCode.RECONNECT, "server shutting down, reconnect") for c in conns)
+        )
+        for conn in conns:
+            await self._forget(conn)
+
     async def close(self) -> None:
-        """Close every connection with 4200 (reconnect at once: another node or this
-        one restarted will answer), stop relays, leave the other nodes."""
+        """:meth:`disconnect_all`, stop relays, leave the other nodes."""
         if self._ticker is not None:
             self._ticker.cancel()
-        for conn in list(self.connections.values()):
-            await conn.close(ErrorCode.RECONNECT, "server shutting down, reconnect")
-            await self._forget(conn)
+        await self.disconnect_all()
         for relays in list(self._relays.values()):
             for task in list(relays.values()):
                 task.cancel()
