@@ -466,7 +466,7 @@ class PusherHub:
             if text is None:
                 text = (message.get("bytes") or b"").decode("utf-8", "replace")
             try:
-                if len(text) > conn.app.max_message_size:
+                if len(text.encode()) > conn.app.max_message_size:
                     raise PusherError(
                         ErrorCode.MESSAGE_TOO_LARGE,
                         f"frame larger than {conn.app.max_message_size} bytes",
@@ -619,7 +619,7 @@ class PusherHub:
         data = (
             frame.data if isinstance(frame.data, str) else msgspec.json.encode(frame.data).decode()
         )
-        if len(data) > app.max_message_size:
+        if len(data.encode()) > app.max_message_size:
             raise PusherError(
                 ErrorCode.MESSAGE_TOO_LARGE,
                 f"client event data larger than {app.max_message_size} bytes",
