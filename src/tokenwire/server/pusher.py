@@ -128,6 +128,7 @@ class Connection:
         if self._backlog is not None:
             if len(self._backlog) >= MAX_BACKLOG:
                 self.closed = True
+                self._backlog.clear()  # what it has not read is dropped; it reconnects
                 self._writer = asyncio.create_task(
                     self._close_now(ErrorCode.OVER_CAPACITY, "too slow to read")
                 )
@@ -156,13 +157,17 @@ class Connection:
         finally:
             self._backlog = None
 
+    async def flush(self) -> None:
+        """Wait until every frame sent so far has been handed to the server."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                await self._writer
+
     async def close(self, code: int, reason: str) -> None:
         """Send ``pusher:error`` with ``code`` and close the WebSocket with it."""
         self.send(error_frame(code, reason))
         self.closed = True
-        if self._writer is not None and not self._writer.done():
-            with contextlib.suppress(Exception):
-                await self._writer
+        await self.flush()
         await self._close_now(code, reason)
 
     async def _close_now(self, code: int, reason: str) -> None:
