@@ -482,6 +482,9 @@ class PusherHub:
                     await conn.close(exc.code, exc.message)
                     return
                 conn.send(error_frame(exc.code, exc.message))
+            except Exception:  # a bug or Redis down: this frame fails, the connection stays
+                logger.exception("pusher frame failed on connection %s", conn.socket_id)
+                conn.send(error_frame(None, "internal error; try again"))
 
     async def _handle(self, conn: Connection, frame: ClientFrame) -> None:
         event = frame.event
