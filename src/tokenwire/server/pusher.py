@@ -595,11 +595,15 @@ class PusherHub:
                 if isinstance(decoded, dict) and isinstance(decoded.get("id"), str | int):
                     user_id = str(decoded["id"])
         if not user_id:
-            raise PusherError(ErrorCode.UNAUTHORIZED, "pusher:signin: user_data must name an id")
+            raise PusherError(
+                ErrorCode.UNAUTHORIZED, "pusher:signin: user_data must name an id", close=True
+            )
         assert isinstance(user_data, str)
         expected = user_auth(conn.app.key, conn.app.secret, conn.socket_id, user_data)
         if not verify_auth(data.get("auth"), expected):
-            raise PusherError(ErrorCode.UNAUTHORIZED, "pusher:signin: invalid auth signature")
+            raise PusherError(
+                ErrorCode.UNAUTHORIZED, "pusher:signin: invalid auth signature", close=True
+            )
         conn.user_id = user_id
         conn.send(encode_frame("pusher:signin_success", {"user_data": user_data}))
 

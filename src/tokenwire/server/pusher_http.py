@@ -149,8 +149,14 @@ def build_pusher_router(hub: PusherHub) -> APIRouter:
 
     # -- the HTTP publishing API ------------------------------------------------
 
-    async def signed(request: Request, app_id: str) -> tuple[PusherApp, bytes]:
-        app = hub.apps_by_id.get(app_id)
+    async def signed(request: Request, app_id: str | None) -> tuple[PusherApp, bytes]:
+        if app_id is None:  # a path without /apps/{app_id}: the app is the key's
+            key = request.query_params.get("auth_key", "")
+            app = hub.apps_by_key.get(key)
+            if app is None:
+                raise _Refused(401, "unknown auth_key")
+        else:
+            app = hub.apps_by_id.get(app_id)
         if app is None:
             raise _Refused(404, f"unknown app_id {app_id}")
         body = await request.body()
@@ -173,7 +179,7 @@ def build_pusher_router(hub: PusherHub) -> APIRouter:
     ) -> Callable[[Request], Awaitable[JSONResponse]]:
         async def endpoint(request: Request) -> JSONResponse:
             try:
-                app, body = await signed(request, request.path_params["app_id"])
+                app, body = await signed(request, request.path_params.get("app_id"))
                 return JSONResponse(await handler(request, app, body))
             except _Refused as exc:
                 return _error(exc.status, exc.message)
@@ -264,6 +270,8 @@ def build_pusher_router(hub: PusherHub) -> APIRouter:
         ("GET", "/apps/{app_id}/channels/{channel_name}", channel_show),
         ("GET", "/apps/{app_id}/channels/{channel_name}/users", channel_users),
         ("POST", "/apps/{app_id}/users/{user_id}/terminate_connections", terminate),
+        # the Python `pusher` library (3.3) posts here, without /apps/{app_id}
+        ("POST", "/users/{user_id}/terminate_connections", terminate),
     ]
     for method, path, handler in routes:
         router.add_api_route(
