@@ -158,9 +158,9 @@ export function followConversation(channel, options) {
       while (!caughtUp(s) && !controller.signal.aborted) {
         try {
           if (await replay(s, controller.signal)) failures = 0;
-        } catch (error) {
+        } catch (thrown) {
           if (controller.signal.aborted) break;
-          error.streamId = s.id;
+          const error = Object.assign(thrown instanceof Error ? thrown : new Error(String(thrown)), { streamId: s.id });
           report(error);
           if (error.status >= 400 && error.status < 500 && error.status !== 429) {
             s.ended = true; // gone for good: nothing more will line up
