@@ -57,7 +57,8 @@ class PusherApp(BaseModel):
 def _default_pusher_apps() -> list[PusherApp]:
     # A secret of this process only: set TOKENWIRE_PUSHER_APPS for several nodes
     # or to use the HTTP publishing API from elsewhere.
-    return [PusherApp(id="tokenwire", key="tokenwire", secret=secrets.token_hex(16))]
+    # app id "1": the Python `pusher` library accepts only digits.
+    return [PusherApp(id="1", key="tokenwire", secret=secrets.token_hex(16))]
 
 
 def _default_data_dir() -> Path:
@@ -119,7 +120,7 @@ class Settings(BaseSettings):
     # WebSockets: Pusher Channels protocol 7 (docs/websockets.md)
     pusher_apps: list[PusherApp] = Field(default_factory=_default_pusher_apps)
     """Apps served on ``/app/{key}``; the first carries the conversations' broadcasts.
-    JSON in ``TOKENWIRE_PUSHER_APPS``. Default: app ``tokenwire``, key ``tokenwire``
+    JSON in ``TOKENWIRE_PUSHER_APPS``. Default: app id ``1``, key ``tokenwire``
     and a random secret of this process."""
     pusher_url: str | None = None
     """Redis URL for fan-out and presence across nodes; ``None`` = ``log_url`` when

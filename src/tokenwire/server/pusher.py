@@ -252,6 +252,7 @@ class PusherHub:
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._started = False
+        self._closing = False
 
     @property
     def broadcast_app(self) -> PusherApp:
@@ -285,6 +286,7 @@ class PusherHub:
     async def disconnect_all(self) -> None:
         """Close every connection with 4200: reconnect at once (another node, or this
         one restarted, will answer)."""
+        self._closing = True  # and refuse new ones with 4200 from now on
         conns = list(self.connections.values())
         await asyncio.gather(
             *(c.close(ErrorCode.RECONNECT, "server shutting down, reconnect") for c in conns)
@@ -447,6 +449,8 @@ class PusherHub:
     def _refusal(self, app: PusherApp | None, scope: Scope) -> tuple[int, str] | None:
         if app is None:
             return ErrorCode.APP_NOT_FOUND, "no app with this key"
+        if self._closing:
+            return ErrorCode.RECONNECT, "server shutting down, reconnect"
         protocol = parse_qs(scope.get("query_string", b"").decode()).get("protocol", [""])[0]
         if not protocol:
             return ErrorCode.NO_PROTOCOL, "no protocol version given (?protocol=7)"
