@@ -5,7 +5,6 @@ against a real tokenwire server on 127.0.0.1 fed by the mock provider."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import httpx
 import httpx2
 import pytest
 
+from tests.support.node import node_with
 from tests.support.recordings import expected
 from tests.support.servers import RECORDINGS, uvicorn_thread
 from tests.support.sse import read_sse
@@ -305,13 +305,7 @@ def test_parse_dialect() -> None:
 @pytest.fixture(scope="session")
 def node() -> str:
     """``node`` with the pinned ``ai`` versions installed in tests/aisdk (npm ci once)."""
-    exe = shutil.which("node")
-    npm = shutil.which("npm")
-    if exe is None or npm is None:
-        pytest.skip("node/npm not installed")
-    if not (AISDK_DIR / "node_modules" / "ai7").is_dir():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=AISDK_DIR, check=True)
-    return exe
+    return node_with(AISDK_DIR, "ai7")
 
 
 def run_node(node: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ from pusher.http import POST, Request
 from pusher.pusher import Pusher
 from pusher.pusher_client import PusherClient
 
-from tests.support.pusher_node import node_with_pusher, start_node
+from tests.support.node import node_with_pusher, start_node
 from tests.support.servers import free_port, uvicorn_thread, wait_for_http
 from tokenwire import Settings, create_app
 from tokenwire.settings import PusherApp

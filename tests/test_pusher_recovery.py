@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.pusher_node import node_with_pusher, start_node
+from tests.support.node import node_with_pusher, start_node
 from tests.support.servers import uvicorn_thread
 from tokenwire import Settings, create_app
 from tokenwire.settings import PusherApp

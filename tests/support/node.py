@@ -1,5 +1,6 @@
-"""Run Node scripts of ``tests/pusher/`` (unmodified ``pusher-js`` and ``laravel-echo``
-from npm, pinned in its package-lock) against a real server."""
+"""Node for the tests: the npm packages of ``tests/aisdk/`` (the AI SDK) and
+``tests/pusher/`` (unmodified ``pusher-js`` and ``laravel-echo``), pinned in their
+package-locks, and scripts run against a real server."""
 
 from __future__ import annotations
 
@@ -14,15 +15,21 @@ import pytest
 PUSHER_DIR = Path(__file__).resolve().parents[1] / "pusher"
 
 
-def node_with_pusher() -> str:
-    """``node``, with ``tests/pusher`` installed (``npm ci`` the first time)."""
+def node_with(directory: Path, package: str) -> str:
+    """``node``, with the packages of ``directory`` installed (``npm ci`` the first
+    time, when ``node_modules/<package>`` is missing)."""
     exe = shutil.which("node")
     npm = shutil.which("npm")
     if exe is None or npm is None:
         pytest.skip("node/npm not installed")
-    if not (PUSHER_DIR / "node_modules" / "pusher-js").is_dir():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=PUSHER_DIR, check=True)
+    if not (directory / "node_modules" / package).is_dir():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=directory, check=True)
     return exe
+
+
+def node_with_pusher() -> str:
+    """``node``, with ``tests/pusher`` installed."""
+    return node_with(PUSHER_DIR, "pusher-js")
 
 
 def start_node(node: str, script: str, config: dict[str, Any]) -> subprocess.Popen[str]:
