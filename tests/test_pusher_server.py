@@ -1166,3 +1166,22 @@ async def test_conversation_events_fetchable_over_sse_after_a_gap(
         assert fields["id"] == str(data["seq"]) and fields["event"] == data["type"]
         fetched.append(data)
     assert fetched == as_logged(live[3:])
+
+
+# -- operations ---------------------------------------------------------------------------
+
+
+def metric(text: str, name: str) -> float:
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+async def test_metrics_count_connections_and_channels(tmp_path: Path) -> None:
+    with uvicorn_thread(create_app(settings_for(tmp_path))) as own:  # no other test's sockets
+        async with httpx.AsyncClient(base_url=own) as http:
+            before = (await http.get("/metrics")).text
+            async with pusher_socket(own) as sock:
+                await subscribe(sock, unique("gauged-"))
+                during = (await http.get("/metrics")).text
+    for name in ("tokenwire_pusher_connections", "tokenwire_pusher_channels"):
+        assert metric(before, name) == 0, name
+        assert metric(during, name) == 1, name

@@ -85,7 +85,7 @@ def create_app(
     app.include_router(build_pusher_router(hub))
     app.router.routes.append(WebSocketRoute("/app/{key}", hub))  # a raw ASGI app
     _exception_handlers(app)
-    _operations(app, tw)
+    _operations(app, tw, hub)
     if WEB_DIR.is_dir():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app
@@ -120,11 +120,15 @@ def _exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TokenwireError, bad_value)
 
 
-def _operations(app: FastAPI, tw: Tokenwire) -> None:
+def _operations(app: FastAPI, tw: Tokenwire, hub: PusherHub) -> None:
     registry = CollectorRegistry()
     gauges = {
         name: Gauge(f"tokenwire_log_{name}", f"stream log: {name}", registry=registry)
         for name in ("streams", "running", "events", "readers")
+    }
+    pusher_gauges = {
+        name: Gauge(f"tokenwire_pusher_{name}", f"this node's Pusher {name}", registry=registry)
+        for name in ("connections", "channels", "relays")
     }
 
     @app.get("/healthz", include_in_schema=False)
@@ -145,6 +149,8 @@ def _operations(app: FastAPI, tw: Tokenwire) -> None:
             for name, value in statistics().items():
                 if name in gauges:
                     gauges[name].set(value)
+        for name, value in hub.statistics().items():
+            pusher_gauges[name].set(value)
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
 

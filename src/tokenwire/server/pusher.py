@@ -259,6 +259,14 @@ class PusherHub:
         """The app the conversations are broadcast on (the first)."""
         return self.apps[0]
 
+    def statistics(self) -> dict[str, int]:
+        """This node's ``connections``, occupied ``channels`` and stream ``relays``."""
+        return {
+            "connections": len(self.connections),
+            "channels": sum(len(channels) for channels in self._channels.values()),
+            "relays": sum(len(relays) for relays in self._relays.values()),
+        }
+
     def channel(self, pattern: str) -> Callable[[ChannelAuthorizer], ChannelAuthorizer]:
         r"""Register who may join the private and presence channels whose whole name
         matches the regular expression ``pattern`` (Laravel's ``Broadcast::channel``)::
