@@ -7,16 +7,24 @@ paused."""
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
+import anyio
+import pusher
 import pytest
+import websockets
 
+from tests.support.servers import uvicorn_thread
+from tokenwire.server.app import create_app
 from tokenwire.server.pusher import MAX_BACKLOG, Connection
-from tokenwire.settings import PusherApp
+from tokenwire.server.serving import FanoutWebSocketProtocol
+from tokenwire.settings import PusherApp, Settings
 
 pytestmark = pytest.mark.anyio
 
-APP = PusherApp(id="a", key="k", secret="s")
+APP = PusherApp(id="1", key="k", secret="s")
 
 
 class Socket:
@@ -80,3 +88,81 @@ async def test_a_send_to_a_gone_client_marks_the_connection_closed() -> None:
     conn = Connection(APP, "1.1", gone, 0.0)
     conn.send("x")
     assert conn.closed
+
+
+async def test_send_prepared_writes_the_frame_or_falls_back_to_send() -> None:
+    socket = Socket()
+    written: list[bytes] = []
+    accept = True
+
+    def write_frame(frame: bytes) -> bool:
+        if accept:
+            written.append(frame)
+        return accept
+
+    conn = Connection(APP, "1.1", socket.send, 0.0, write_frame)
+    conn.send_prepared("a", b"frame-a")
+    assert written == [b"frame-a"] and socket.texts() == []
+    accept = False  # e.g. compression negotiated: the server sends it through ASGI
+    conn.send_prepared("b", b"frame-b")
+    assert written == [b"frame-a"] and socket.texts() == ["b"]
+    accept = True
+    socket.writable.clear()
+    conn.send("c")  # waits: later frames must queue behind it, not jump ahead
+    conn.send_prepared("d", b"frame-d")
+    socket.writable.set()
+    await conn.flush()
+    assert written == [b"frame-a"] and socket.texts() == ["b", "c", "d"]
+
+
+# -- the server tokenwire serve runs (tokenwire.server.serving) ---------------------------
+
+
+@pytest.mark.parametrize("compression", [False, True])
+async def test_fanout_protocol_delivers_one_encoded_frame_to_every_subscriber(
+    tmp_path: Path, compression: bool
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        default_model="fake:echo",
+        pusher_apps=[APP],
+        websocket_compression=compression,
+    )
+    app = create_app(settings)
+    options = {"ws": FanoutWebSocketProtocol, "ws_per_message_deflate": compression}
+    with uvicorn_thread(app, **options) as base:
+        url = base.replace("http", "ws") + "/app/k?protocol=7"
+        async with websockets.connect(url) as one, websockets.connect(url) as two:
+            for ws in (one, two):
+                json.loads(await ws.recv())  # connection_established
+                await ws.send(
+                    json.dumps({"event": "pusher:subscribe", "data": {"channel": "news"}})
+                )
+                assert (
+                    json.loads(await ws.recv())["event"] == "pusher_internal:subscription_succeeded"
+                )
+            conns = list(app.state.pusher.connections.values())  # another thread's objects
+            assert len(conns) == 2 and all(c.write_frame is not None for c in conns)
+            results: list[bool] = []
+            for conn in conns:  # record what the server's writes return
+                conn.write_frame = _recording(conn.write_frame, results)
+            assert {bool(ws.protocol.extensions) for ws in (one, two)} == {compression}
+            library = pusher.Pusher(
+                app_id=APP.id, key=APP.key, secret=APP.secret, host="127.0.0.1",
+                port=int(base.rsplit(":", 1)[1]), ssl=False,
+            )  # fmt: skip
+            await anyio.to_thread.run_sync(library.trigger, "news", "headline", {"n": 1})
+            for ws in (one, two):
+                frame = json.loads(await ws.recv())
+                assert (frame["event"], frame["channel"]) == ("headline", "news")
+                assert json.loads(frame["data"]) == {"n": 1}
+    # without compression both got the one encoded frame; with it, both went through ASGI
+    assert results == [not compression] * 2
+
+
+def _recording(write: Any, results: list[bool]) -> Any:
+    def recorded(frame: bytes) -> bool:
+        results.append(write(frame))
+        return results[-1]
+
+    return recorded

@@ -57,9 +57,8 @@ def serve(
     ] = False,
 ) -> None:
     """Run the HTTP server: native API, SSE, and the chat page at http://HOST:PORT/."""
-    import uvicorn
-
     from tokenwire.server.app import create_app
+    from tokenwire.server.serving import run
 
     settings = _settings(
         host=host,
@@ -73,24 +72,7 @@ def serve(
         f"tokenwire: chat page on http://{settings.host}:{settings.port}/"
         f"  (default model {settings.resolved_default_model()})"
     )
-    asgi_app = create_app(settings, freeze_gc=True)
-    hub = asgi_app.state.pusher
-
-    class Server(uvicorn.Server):
-        async def shutdown(self, sockets: Any = None) -> None:
-            # Before uvicorn closes the WebSockets with 1012: Pusher clients get 4200
-            # (reconnect at once, to another node or to this one restarted).
-            await hub.disconnect_all()
-            await super().shutdown(sockets)
-
-    config = uvicorn.Config(
-        asgi_app,
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level,
-        timeout_graceful_shutdown=5,
-    )
-    Server(config).run()
+    run(create_app(settings, freeze_gc=True), log_level=log_level)
 
 
 @app.command()

@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     """Apps served on ``/app/{key}``; the first carries the conversations' broadcasts.
     JSON in ``TOKENWIRE_PUSHER_APPS``. Default: app id ``1``, key ``tokenwire``
     and a random secret of this process."""
+    websocket_compression: bool = False
+    """Accept permessage-deflate on WebSockets (``tokenwire serve``). Off: token frames
+    are small, and compressing costs CPU and memory per connection and rules out
+    writing one encoded frame to every subscriber (docs/performance.md)."""
     pusher_url: str | None = None
     """Redis URL for fan-out and presence across nodes; ``None`` = ``log_url`` when
     it is ``redis://``, else this process only."""

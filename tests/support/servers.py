@@ -43,10 +43,13 @@ def wait_for_http(
 
 
 @contextlib.contextmanager
-def uvicorn_thread(app: Any) -> Iterator[str]:
-    """Serve ``app`` on a free port of 127.0.0.1 in a thread; yield its base URL."""
+def uvicorn_thread(app: Any, **options: Any) -> Iterator[str]:
+    """Serve ``app`` on a free port of 127.0.0.1 in a thread; yield its base URL.
+    ``options`` go to ``uvicorn.Config``."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -38,6 +38,7 @@ from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from starlette.types import Message, Receive, Scope, Send
+from websockets.frames import Frame, Opcode
 
 from tokenwire.errors import TokenwireError
 from tokenwire.events import Event, Start, encode_event
@@ -68,6 +69,7 @@ __all__ = [
     "CONVERSATION_CHANNEL",
     "MAX_BACKLOG",
     "PONG_TIMEOUT",
+    "WRITE_FRAME",
     "ChannelAuthorizer",
     "Connection",
     "PusherHub",
@@ -79,6 +81,10 @@ CONVERSATION_CHANNEL = re.compile(r"private-conversation\.([A-Za-z0-9_\-]+)")
 """The channel of a conversation's broadcasts; group 1 is the conversation id."""
 MAX_BACKLOG = 1024
 """Frames a connection whose socket is not draining may have waiting before it is closed."""
+WRITE_FRAME = "tokenwire.write_frame"
+"""Key in ``scope["extensions"]`` a server may offer (:mod:`tokenwire.server.serving`):
+``(frame: bytes) -> bool`` writes a complete, unmasked WebSocket frame at once, or
+returns ``False`` having written nothing (compression, socket not draining, closing)."""
 PONG_TIMEOUT = 30.0
 """Seconds the server waits for any frame after its ``pusher:ping`` (then closes 4201)."""
 ChannelAuthorizer = Callable[[Identity | None, "re.Match[str]"], Awaitable[bool]]
@@ -103,10 +109,21 @@ class Connection:
         "pinged",
         "socket_id",
         "user_id",
+        "write_frame",
     )
 
-    def __init__(self, app: PusherApp, socket_id: str, send: Send, now: float) -> None:
+    def __init__(
+        self,
+        app: PusherApp,
+        socket_id: str,
+        send: Send,
+        now: float,
+        write_frame: Callable[[bytes], bool] | None = None,
+    ) -> None:
         self.app = app
+        self.write_frame = write_frame
+        """The server's ``tokenwire.write_frame`` extension, if it has one
+        (:mod:`tokenwire.server.serving`)."""
         self.socket_id = socket_id
         self.channels: dict[str, ChannelKind] = {}
         self.user_id: str | None = None
@@ -119,6 +136,13 @@ class Connection:
         self._send = send
         self._backlog: deque[str] | None = None
         self._writer: asyncio.Task[None] | None = None
+
+    def send_prepared(self, text: str, frame: bytes) -> None:
+        """Send ``text`` whose whole WebSocket frame is ``frame``: written as it is when
+        the server allows (nothing waiting before it), else as :meth:`send` does."""
+        write = self.write_frame
+        if write is None or self._backlog is not None or self.closed or not write(frame):
+            self.send(text)
 
     def send(self, text: str) -> None:
         """Write a frame without waiting: at once when the socket takes it (the usual
@@ -339,9 +363,11 @@ class PusherHub:
         subscribers = self._channels.get(app_id, {}).get(channel)
         if not subscribers:
             return 0
+        # One encoding for all: the same unmasked frame bytes suit every subscriber.
+        prepared = Frame(Opcode.TEXT, frame.encode()).serialize(mask=False)
         for socket_id, conn in subscribers.items():
             if socket_id != exclude:
-                conn.send(frame)
+                conn.send_prepared(frame, prepared)
         return len(subscribers)
 
     async def terminate(self, app_id: str, user_id: str) -> None:
@@ -441,7 +467,8 @@ class PusherHub:
             await send({"type": "websocket.close", "code": code, "reason": reason})
             return
         assert app is not None
-        conn = Connection(app, new_socket_id(), send, time.monotonic())
+        write_frame = scope.get("extensions", {}).get(WRITE_FRAME)
+        conn = Connection(app, new_socket_id(), send, time.monotonic(), write_frame)
         self.connections[conn.socket_id] = conn
         try:
             conn.send(
