@@ -14,22 +14,21 @@ subscribers of that channel, so they arrive in order, from whichever process
 runs the generation; a client that missed some fetches them from
 ``GET /v1/streams/{id}/events?after=N`` (``web/tokenwire-pusher.js``).
 
-Delivery: one frame is encoded per publish and written to each subscriber at
-once; a subscriber whose socket is not draining gets a backlog of at most
-``MAX_BACKLOG`` frames, then is closed with 4100 (reconnect after backing off).
+Delivery (:class:`~tokenwire.transports.websocket.Connection`): one frame is
+encoded per publish and written to each subscriber at once; a subscriber whose
+socket is not draining gets a backlog of at most ``MAX_BACKLOG`` frames, then is
+closed with 4100 (reconnect after backing off).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import re
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -61,17 +60,15 @@ from tokenwire.protocol.pusher import (
 from tokenwire.server.identity import Identity
 from tokenwire.server.pusher_bus import Bus, BusMessage, MemoryBus, RedisBus
 from tokenwire.settings import PusherApp
+from tokenwire.transports.websocket import WRITE_FRAME, Connection
 
 if TYPE_CHECKING:
     from tokenwire.server.tokenwire import Tokenwire
 
 __all__ = [
     "CONVERSATION_CHANNEL",
-    "MAX_BACKLOG",
     "PONG_TIMEOUT",
-    "WRITE_FRAME",
     "ChannelAuthorizer",
-    "Connection",
     "PusherHub",
 ]
 
@@ -79,12 +76,6 @@ logger = logging.getLogger("tokenwire.pusher")
 
 CONVERSATION_CHANNEL = re.compile(r"private-conversation\.([A-Za-z0-9_\-]+)")
 """The channel of a conversation's broadcasts; group 1 is the conversation id."""
-MAX_BACKLOG = 1024
-"""Frames a connection whose socket is not draining may have waiting before it is closed."""
-WRITE_FRAME = "tokenwire.write_frame"
-"""Key in ``scope["extensions"]`` a server may offer (:mod:`tokenwire.server.serving`):
-``(frame: bytes) -> bool`` writes a complete, unmasked WebSocket frame at once, or
-returns ``False`` having written nothing (compression, socket not draining, closing)."""
 PONG_TIMEOUT = 30.0
 """Seconds the server waits for any frame after its ``pusher:ping`` (then closes 4201)."""
 ChannelAuthorizer = Callable[[Identity | None, "re.Match[str]"], Awaitable[bool]]
@@ -92,158 +83,6 @@ ChannelAuthorizer = Callable[[Identity | None, "re.Match[str]"], Awaitable[bool]
 whose name matches the pattern it was registered with (:meth:`PusherHub.channel`)."""
 _PONG = encode_frame("pusher:pong", {})
 _PING = encode_frame("pusher:ping", {})
-
-
-class Connection:
-    """One client connection: its ``socket_id``, subscriptions and outgoing frames."""
-
-    __slots__ = (
-        "_backlog",
-        "_send",
-        "_writer",
-        "app",
-        "channels",
-        "closed",
-        "last_seen",
-        "members",
-        "pinged",
-        "socket_id",
-        "user_id",
-        "write_frame",
-    )
-
-    def __init__(
-        self,
-        app: PusherApp,
-        socket_id: str,
-        send: Send,
-        now: float,
-        write_frame: Callable[[bytes], bool] | None = None,
-    ) -> None:
-        self.app = app
-        self.write_frame = write_frame
-        """The server's ``tokenwire.write_frame`` extension, if it has one
-        (:mod:`tokenwire.server.serving`)."""
-        self.socket_id = socket_id
-        self.channels: dict[str, ChannelKind] = {}
-        self.user_id: str | None = None
-        """Set by ``pusher:signin``."""
-        self.members: dict[str, str] = {}
-        """Presence channel -> the ``user_id`` this connection joined it as."""
-        self.last_seen = now
-        self.pinged = False
-        self.closed = False
-        self._send = send
-        self._backlog: deque[str] | None = None
-        self._writer: asyncio.Task[None] | None = None
-
-    def send_prepared(self, text: str, frame: bytes) -> None:
-        """Send ``text`` whose whole WebSocket frame is ``frame``: written as it is when
-        the server allows (nothing waiting before it), else as :meth:`send` does."""
-        write = self.write_frame
-        if write is None or self._backlog is not None or self.closed or not write(frame):
-            self.send(text)
-
-    def send(self, text: str) -> None:
-        """Write a frame without waiting: at once when the socket takes it (the usual
-        case), else behind the frames already waiting, in order."""
-        if self.closed:
-            return
-        if self._backlog is not None:
-            if len(self._backlog) >= MAX_BACKLOG:
-                self.closed = True
-                self._backlog.clear()  # what it has not read is dropped; it reconnects
-                self._writer = asyncio.create_task(
-                    self._close_now(ErrorCode.OVER_CAPACITY, "too slow to read")
-                )
-                return
-            self._backlog.append(text)
-            return
-        coro = _coroutine(self._send({"type": "websocket.send", "text": text}))
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
-        except Exception:  # the client is gone: the receive loop ends the connection
-            self.closed = True
-            return
-        # The server's send is waiting for the socket to drain: finish it in a task.
-        self._backlog = deque()
-        self._writer = asyncio.create_task(self._drain(coro, waiting))
-
-    async def _drain(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-        try:
-            await _resume(coro, waiting)
-            while self._backlog:
-                await self._send({"type": "websocket.send", "text": self._backlog.popleft()})
-        except Exception:
-            self.closed = True
-        finally:
-            self._backlog = None
-
-    async def flush(self) -> None:
-        """Wait until every frame sent so far has been handed to the server."""
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                await self._writer
-
-    async def close(self, code: int, reason: str) -> None:
-        """Send ``pusher:error`` with ``code`` and close the WebSocket with it."""
-        self.send(error_frame(code, reason))
-        self.closed = True
-        await self.flush()
-        await self._close_now(code, reason)
-
-    async def _close_now(self, code: int, reason: str) -> None:
-        self.closed = True
-        with contextlib.suppress(Exception):
-            await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
-
-
-def _coroutine(awaitable: Awaitable[None]) -> Coroutine[Any, Any, None]:
-    if inspect.iscoroutine(awaitable):
-        return awaitable
-
-    async def wrapper() -> None:
-        await awaitable
-
-    return wrapper()
-
-
-async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-    """Run a coroutine that was started with ``coro.send(None)`` and suspended on
-    ``waiting`` (what it yielded) to its end, as a task would (Python 3.12's eager
-    tasks do this for every new task)."""
-    while True:
-        try:
-            if waiting is None:
-                await asyncio.sleep(0)
-            else:
-                await _Yield(waiting)
-        except BaseException as exc:
-            try:
-                waiting = coro.throw(exc)
-            except StopIteration:
-                return
-            continue
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
-
-
-class _Yield:
-    """Awaitable that re-yields a future another coroutine yielded, to this task."""
-
-    __slots__ = ("_future",)
-
-    def __init__(self, future: Any) -> None:
-        self._future = future
-
-    def __await__(self) -> Generator[Any, None, None]:
-        if not self._future.done():
-            self._future._asyncio_future_blocking = True
-            yield self._future
 
 
 class PusherHub:

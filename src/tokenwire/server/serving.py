@@ -21,8 +21,8 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from tokenwire.server.pusher import WRITE_FRAME
 from tokenwire.settings import Settings
+from tokenwire.transports.websocket import WRITE_FRAME
 
 __all__ = ["FanoutWebSocketProtocol", "run"]
 

@@ -1,0 +1,188 @@
+"""One WebSocket connection of the Pusher server, and how frames reach it.
+
+A publish must not wait on any one subscriber. :meth:`Connection.send` runs the
+ASGI server's ``send`` at once (it completes without suspending while the socket
+drains, the usual case); only when it would wait does the connection get a writer
+task and a backlog, behind which later frames queue in order. A backlog over
+:data:`MAX_BACKLOG` frames closes the connection with 4100 (reconnect after
+backing off); the client then fills the gap from the stream log.
+
+When the server offers the :data:`WRITE_FRAME` extension
+(:mod:`tokenwire.server.serving`), :meth:`Connection.send_prepared` writes one
+frame encoded once per publish, as ``websockets.broadcast()`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any
+
+from starlette.types import Send
+
+from tokenwire.protocol.pusher import ChannelKind, ErrorCode, error_frame
+from tokenwire.settings import PusherApp
+
+__all__ = ["MAX_BACKLOG", "WRITE_FRAME", "Connection"]
+
+MAX_BACKLOG = 1024
+"""Frames a connection whose socket is not draining may have waiting before it is closed."""
+WRITE_FRAME = "tokenwire.write_frame"
+"""Key in ``scope["extensions"]`` a server may offer (:mod:`tokenwire.server.serving`):
+``(frame: bytes) -> bool`` writes a complete, unmasked WebSocket frame at once, or
+returns ``False`` having written nothing (compression, socket not draining, closing)."""
+
+
+class Connection:
+    """One client connection: its ``socket_id``, subscriptions and outgoing frames."""
+
+    __slots__ = (
+        "_backlog",
+        "_send",
+        "_writer",
+        "app",
+        "channels",
+        "closed",
+        "last_seen",
+        "members",
+        "pinged",
+        "socket_id",
+        "user_id",
+        "write_frame",
+    )
+
+    def __init__(
+        self,
+        app: PusherApp,
+        socket_id: str,
+        send: Send,
+        now: float,
+        write_frame: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        self.app = app
+        self.write_frame = write_frame
+        """The server's ``tokenwire.write_frame`` extension, if it has one
+        (:mod:`tokenwire.server.serving`)."""
+        self.socket_id = socket_id
+        self.channels: dict[str, ChannelKind] = {}
+        self.user_id: str | None = None
+        """Set by ``pusher:signin``."""
+        self.members: dict[str, str] = {}
+        """Presence channel -> the ``user_id`` this connection joined it as."""
+        self.last_seen = now
+        self.pinged = False
+        self.closed = False
+        self._send = send
+        self._backlog: deque[str] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    def send_prepared(self, text: str, frame: bytes) -> None:
+        """Send ``text`` whose whole WebSocket frame is ``frame``: written as it is when
+        the server allows (nothing waiting before it), else as :meth:`send` does."""
+        write = self.write_frame
+        if write is None or self._backlog is not None or self.closed or not write(frame):
+            self.send(text)
+
+    def send(self, text: str) -> None:
+        """Write a frame without waiting: at once when the socket takes it (the usual
+        case), else behind the frames already waiting, in order."""
+        if self.closed:
+            return
+        if self._backlog is not None:
+            if len(self._backlog) >= MAX_BACKLOG:
+                self.closed = True
+                self._backlog.clear()  # what it has not read is dropped; it reconnects
+                self._writer = asyncio.create_task(
+                    self._close_now(ErrorCode.OVER_CAPACITY, "too slow to read")
+                )
+                return
+            self._backlog.append(text)
+            return
+        coro = _coroutine(self._send({"type": "websocket.send", "text": text}))
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:  # the client is gone: the receive loop ends the connection
+            self.closed = True
+            return
+        # The server's send is waiting for the socket to drain: finish it in a task.
+        self._backlog = deque()
+        self._writer = asyncio.create_task(self._drain(coro, waiting))
+
+    async def _drain(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        try:
+            await _resume(coro, waiting)
+            while self._backlog:
+                await self._send({"type": "websocket.send", "text": self._backlog.popleft()})
+        except Exception:
+            self.closed = True
+        finally:
+            self._backlog = None
+
+    async def flush(self) -> None:
+        """Wait until every frame sent so far has been handed to the server."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                await self._writer
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send ``pusher:error`` with ``code`` and close the WebSocket with it."""
+        self.send(error_frame(code, reason))
+        self.closed = True
+        await self.flush()
+        await self._close_now(code, reason)
+
+    async def _close_now(self, code: int, reason: str) -> None:
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+
+
+def _coroutine(awaitable: Awaitable[None]) -> Coroutine[Any, Any, None]:
+    if inspect.iscoroutine(awaitable):
+        return awaitable
+
+    async def wrapper() -> None:
+        await awaitable
+
+    return wrapper()
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Run a coroutine that was started with ``coro.send(None)`` and suspended on
+    ``waiting`` (what it yielded) to its end, as a task would (Python 3.12's eager
+    tasks do this for every new task)."""
+    while True:
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                await _Yield(waiting)
+        except BaseException as exc:
+            try:
+                waiting = coro.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+
+
+class _Yield:
+    """Awaitable that re-yields a future another coroutine yielded, to this task."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: Any) -> None:
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if not self._future.done():
+            self._future._asyncio_future_blocking = True
+            yield self._future
