@@ -1185,3 +1185,22 @@ async def test_metrics_count_connections_and_channels(tmp_path: Path) -> None:
     for name in ("tokenwire_pusher_connections", "tokenwire_pusher_channels"):
         assert metric(before, name) == 0, name
         assert metric(during, name) == 1, name
+
+
+def test_browser_pages_of_allowed_origins_may_call_the_auth_endpoint(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path).model_copy(update={"cors_origins": ["https://app.example"]})
+    with uvicorn_thread(create_app(settings)) as own:
+        preflight = {
+            "origin": "https://app.example",
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization",
+        }
+        allowed = httpx.options(own + "/broadcasting/auth", headers=preflight)
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        other = httpx.options(
+            own + "/broadcasting/auth", headers={**preflight, "origin": "https://evil.example"}
+        )
+        assert "access-control-allow-origin" not in other.headers
+        module = httpx.get(own + "/tokenwire-pusher.js", headers={"origin": "https://app.example"})
+        assert module.headers["access-control-allow-origin"] == "https://app.example"

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_000_000
     """Largest accepted request body (413 beyond)."""
 
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins whose pages may call this server from the browser (``["https://app.example"]``,
+    ``["*"]``): the auth endpoints, gap filling, the native API. Empty: same origin only."""
     auth_tokens: dict[str, str] = Field(default_factory=dict)
     """Bearer tokens and the user id each stands for (``{"token": "alice"}``): the
     server's default way to know who calls (``tokenwire.server.identity``)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -82,6 +83,14 @@ def create_app(
     app.include_router(build_openai_router(tw))
     app.include_router(build_aisdk_router(tw))
     app.include_router(build_pusher_router(hub))
+    if tw.settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=tw.settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["x-tokenwire-stream-id"],
+        )
     app.add_middleware(PusherFirstMiddleware, hub=hub)  # added last: the outermost
     _exception_handlers(app)
     _operations(app, tw, hub)
