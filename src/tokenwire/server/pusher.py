@@ -297,7 +297,7 @@ class PusherHub:
         if message["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
-        key = scope.get("path_params", {}).get("key") or scope["path"].rsplit("/", 1)[-1]
+        key = scope.get("path_params", {}).get("key", "")
         app = self.apps_by_key.get(key)
         refusal = self._refusal(app, scope)
         if refusal is not None:
