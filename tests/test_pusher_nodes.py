@@ -215,6 +215,14 @@ async def test_client_events_cross_nodes(
         frame = await on_b.next_on(channel)
         assert (frame["event"], payload(frame)) == ("client-typing", {"from": "a"})
         await on_a.ping()  # not echoed to the sender by the other node either
+    presence = f"presence-conversation.{await conversation(http_a, None)}"
+    async with pusher_socket(a) as alice, pusher_socket(b) as bob:
+        await join(http_a, alice, presence, ALICE)
+        await join(http_b, bob, presence, BOB)
+        await alice.send("client-typing", {"from": "a"}, presence)
+        while (frame := await bob.next_on(presence))["event"] != "client-typing":
+            pass  # member_added of alice's join may come first
+        assert frame["user_id"] == "alice"  # the sender, carried to the other node
 
 
 async def test_conversation_stream_started_on_a_reaches_b(

@@ -328,15 +328,23 @@ def parse_frame(text: str | bytes) -> ClientFrame:
         raise PusherError(ErrorCode.INVALID_FRAME, "invalid frame: not JSON") from None
 
 
-def encode_frame(event: str, data: str | Mapping[str, Any], channel: str | None = None) -> str:
+def encode_frame(
+    event: str,
+    data: str | Mapping[str, Any],
+    channel: str | None = None,
+    user_id: str | None = None,
+) -> str:
     """A server frame. ``data`` that is not a string is JSON-encoded first (the
-    protocol's double encoding); a string is sent as it is."""
+    protocol's double encoding); a string is sent as it is. ``user_id``: the sender
+    of a client event on a presence channel."""
     if not isinstance(data, str):
         data = _encode(data).decode()
     frame: dict[str, str] = {"event": event}
     if channel is not None:
         frame["channel"] = channel
     frame["data"] = data
+    if user_id is not None:
+        frame["user_id"] = user_id
     return _encode(frame).decode()
 
 

@@ -180,12 +180,19 @@ class PusherHub:
     # -- publishing -------------------------------------------------------------
 
     async def publish(
-        self, app_id: str, channel: str, event: str, data: str, exclude: str | None = None
+        self,
+        app_id: str,
+        channel: str,
+        event: str,
+        data: str,
+        exclude: str | None = None,
+        user_id: str | None = None,
     ) -> None:
         """Deliver an event on a channel on every node, except to connection ``exclude``.
 
-        ``data`` is sent as it is (the protocol's JSON-encoded string)."""
-        self.deliver(app_id, channel, encode_frame(event, data, channel), exclude)
+        ``data`` is sent as it is (the protocol's JSON-encoded string); ``user_id``
+        names the sender of a client event on a presence channel."""
+        self.deliver(app_id, channel, encode_frame(event, data, channel, user_id), exclude)
         await self.bus.publish(
             BusMessage(
                 kind="publish",
@@ -194,6 +201,7 @@ class PusherHub:
                 event=event,
                 data=data,
                 exclude=exclude,
+                user_id=user_id,
             )
         )
 
@@ -226,7 +234,7 @@ class PusherHub:
 
     def _dispatch(self, message: BusMessage) -> None:
         if message.kind == "publish":
-            frame = encode_frame(message.event, message.data, message.channel)
+            frame = encode_frame(message.event, message.data, message.channel, message.user_id)
             self.deliver(message.app_id, message.channel, frame, message.exclude)
         elif message.kind == "stream":
             self._relay(message.channel, message.data, after=0)
@@ -514,21 +522,8 @@ class PusherHub:
                 ErrorCode.MESSAGE_TOO_LARGE,
                 f"client event data larger than {app.max_message_size} bytes",
             )
-        outgoing: dict[str, Any] = {"event": frame.event, "channel": channel, "data": data}
-        if kind is ChannelKind.PRESENCE:
-            outgoing["user_id"] = conn.members[channel]
-        text = msgspec.json.encode(outgoing).decode()
-        self.deliver(app.id, channel, text, conn.socket_id)
-        await self.bus.publish(
-            BusMessage(
-                kind="publish",
-                app_id=app.id,
-                channel=channel,
-                event=frame.event,
-                data=data,
-                exclude=conn.socket_id,
-            )
-        )
+        user_id = conn.members[channel] if kind is ChannelKind.PRESENCE else None
+        await self.publish(app.id, channel, frame.event, data, conn.socket_id, user_id)
 
     # -- connection end and liveness ----------------------------------------------
 

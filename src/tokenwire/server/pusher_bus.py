@@ -44,6 +44,8 @@ class BusMessage(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     event: str = ""
     data: str = ""
     exclude: str | None = None
+    user_id: str | None = None
+    """Sender of a client event on a presence channel."""
     node: str = ""
 
 
