@@ -243,8 +243,11 @@ class PusherHub:
 
     def _member_gone(self, app_id: str, channel: str, user_id: str) -> None:
         """A node died with the last connection of a presence member (bus sweep)."""
+        self._spawn(self._member_removed(app_id, channel, user_id))
+
+    async def _member_removed(self, app_id: str, channel: str, user_id: str) -> None:
         data = msgspec.json.encode({"user_id": user_id}).decode()
-        self._spawn(self.publish(app_id, channel, "pusher_internal:member_removed", data))
+        await self.publish(app_id, channel, "pusher_internal:member_removed", data)
 
     # -- conversations ------------------------------------------------------------
 
@@ -467,10 +470,7 @@ class PusherHub:
             conn.members.pop(channel, None)
             user_id = await _quietly(self.bus.leave(app_id, channel, conn.socket_id))
             if user_id is not None:
-                data = msgspec.json.encode({"user_id": user_id}).decode()
-                await _quietly(
-                    self.publish(app_id, channel, "pusher_internal:member_removed", data)
-                )
+                await _quietly(self._member_removed(app_id, channel, user_id))
 
     def _signin(self, conn: Connection, data: dict[str, Any]) -> None:
         user_data = data.get("user_data")
