@@ -4,7 +4,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.recordings import RECORDINGS
 from tests.support.servers import tokenwire_process
 
 
@@ -15,8 +14,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def mock_provider() -> Iterator[str]:
-    """``tokenwire mock-provider`` serving the shared recordings, as a real process."""
-    with tokenwire_process(
-        "mock-provider", "--recordings", str(RECORDINGS), ready_path="/_mock/health"
-    ) as url:
+    """``tokenwire mock-provider`` serving its bundled recordings (the default
+    ``--recordings``), as a real process."""
+    with tokenwire_process("mock-provider", ready_path="/_mock/health") as url:
         yield url

@@ -16,8 +16,8 @@ import httpx2
 import pytest
 
 from tests.support.node import node_with
-from tests.support.recordings import expected
-from tests.support.servers import RECORDINGS, uvicorn_thread
+from tests.support.recordings import RECORDINGS, expected
+from tests.support.servers import uvicorn_thread
 from tests.support.sse import read_sse
 from tokenwire import ProviderRegistry, Settings, Tokenwire, create_app
 from tokenwire.events import (

@@ -14,7 +14,8 @@ import httpx
 import openai
 import pytest
 
-from tests.support.servers import RECORDINGS, uvicorn_thread
+from tests.support.recordings import RECORDINGS
+from tests.support.servers import uvicorn_thread
 from tokenwire.mock_provider import create_app, load_recordings, split_events
 from tokenwire.mock_provider_faults import FaultHeaderError, parse_faults
 

@@ -2,7 +2,9 @@
 
 DESIGN §10 (a contract). The recordings under a directory (``<api>/<name>.sse``
 with ``<name>.meta.json``, see ``recordings/README.md``) are replayed over the
-providers' HTTP APIs, so the official SDKs can point at this server:
+providers' HTTP APIs, so the official SDKs can point at this server. The default
+directory is :data:`BUNDLED_RECORDINGS`, the copy that ships inside the package
+(each recording's source and license in its ``NOTICE``):
 
 - ``POST /v1/chat/completions``: recordings whose ``api`` is ``openai-chat``
   (``AsyncOpenAI(base_url="http://HOST:PORT/v1")``);
@@ -94,6 +96,7 @@ from tokenwire.mock_provider_faults import (
 )
 
 __all__ = [
+    "BUNDLED_RECORDINGS",
     "Outcome",
     "Recording",
     "RequestRecord",
@@ -102,6 +105,10 @@ __all__ = [
     "serve",
     "split_events",
 ]
+
+BUNDLED_RECORDINGS = Path(__file__).parent / "recordings"
+"""The recordings shipped with tokenwire (real provider responses; sources and
+licenses in ``NOTICE`` beside them)."""
 
 _BODY_SUFFIXES = (".sse", ".ndjson", ".json")
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)")
@@ -355,7 +362,7 @@ def _ids(record: RequestRecord) -> dict[str, str]:
     return {"x-mock-request-id": value, "x-request-id": value, "request-id": f"req_mock_{value}"}
 
 
-def create_app(recordings: Path, *, pace_ms: float = 0) -> Starlette:
+def create_app(recordings: Path = BUNDLED_RECORDINGS, *, pace_ms: float = 0) -> Starlette:
     """Build the mock provider's ASGI app (the endpoints and headers of the module
     docstring).
 
@@ -387,7 +394,12 @@ def create_app(recordings: Path, *, pace_ms: float = 0) -> Starlette:
     return app
 
 
-def serve(recordings: Path, host: str = "127.0.0.1", port: int = 8100, pace_ms: float = 0) -> None:
+def serve(
+    recordings: Path = BUNDLED_RECORDINGS,
+    host: str = "127.0.0.1",
+    port: int = 8100,
+    pace_ms: float = 0,
+) -> None:
     """Run the mock provider under uvicorn until interrupted.
 
     Args:

@@ -16,8 +16,8 @@ from typing import Any, cast
 
 __all__ = ["RECORDINGS", "Expected", "expected", "recordings", "sse_events"]
 
-RECORDINGS = Path(__file__).resolve().parents[2].parent / "shared" / "recordings"
-"""The shared recordings directory (``<api>/<name>.sse`` + ``<name>.meta.json``)."""
+RECORDINGS = Path(__file__).resolve().parents[2] / "src" / "tokenwire" / "recordings"
+"""The recordings bundled with tokenwire (``<api>/<name>.sse`` + ``<name>.meta.json``)."""
 
 _APIS = ("openai-chat", "openai-responses", "anthropic-messages")
 

@@ -12,13 +12,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
-
-RECORDINGS = Path(__file__).resolve().parents[2].parent / "shared" / "recordings"
 
 
 def free_port() -> int:
