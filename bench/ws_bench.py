@@ -134,9 +134,10 @@ def tokenwire_app() -> Any:
     from tokenwire.server.tokenwire import Tokenwire
     from tokenwire.settings import PusherApp, Settings
 
-    registry = ProviderRegistry()
+    registry = ProviderRegistry(fake=True)
     registry.register("bench", BenchProvider())  # type: ignore[arg-type]
     settings = Settings(
+        fake_provider=True,
         data_dir=Path(os.environ["BENCH_DATA_DIR"]),
         coalesce_ms=0.0,
         orphan_timeout=None,

@@ -328,10 +328,12 @@ def _client(headers: dict[str, str] | None = None) -> httpx2.AsyncClient:
 def server(
     mock_provider: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Tokenwire]]:
-    registry = ProviderRegistry()
+    registry = ProviderRegistry(fake=True)
     registry.register("openai", OpenAIChatProvider(base_url=mock_provider + "/v1", api_key="k"))
     registry.register("anthropic", AnthropicProvider(base_url=mock_provider, api_key="k"))
-    settings = Settings(data_dir=tmp_path_factory.mktemp("aisdk"), max_retries=0)
+    settings = Settings(
+        fake_provider=True, data_dir=tmp_path_factory.mktemp("aisdk"), max_retries=0
+    )
     tw = Tokenwire(settings, registry=registry)
     with uvicorn_thread(create_app(tokenwire=tw)) as url:
         yield url, tw

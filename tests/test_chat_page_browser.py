@@ -144,9 +144,12 @@ MODELS = ["fake:lorem", *(f"test:{name}" for name in SCRIPTS)]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = Settings(
-        data_dir=tmp_path_factory.mktemp("chat-page"), default_model="fake:lorem", models=MODELS
+        fake_provider=True,
+        data_dir=tmp_path_factory.mktemp("chat-page"),
+        default_model="fake:lorem",
+        models=MODELS,
     )
-    registry = ProviderRegistry()
+    registry = ProviderRegistry(fake=True)
     registry.register("test", GatedProvider(SCRIPTS))
     with uvicorn_thread(create_app(tokenwire=Tokenwire(settings, registry=registry))) as base:
         yield base

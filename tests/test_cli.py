@@ -18,7 +18,7 @@ def tokenwire(*args: str, **kwargs: object) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENWIRE_FAKE_PROVIDER": "1"},
         **kwargs,  # type: ignore[arg-type]
     )
 

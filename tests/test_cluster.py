@@ -85,7 +85,12 @@ def assert_whole(events: list[dict[str, Any]], terminal: str = "finish") -> None
 async def test_queue_round_trip_in_one_process(tmp_path: Path) -> None:
     name = f"tw-test-{uuid.uuid4().hex[:8]}"
     settings = Settings(
-        data_dir=tmp_path, producers="queue", queue_url=REDIS_URL, queue_name=name, coalesce_ms=0
+        fake_provider=True,
+        data_dir=tmp_path,
+        producers="queue",
+        queue_url=REDIS_URL,
+        queue_name=name,
+        coalesce_ms=0,
     )
     tw = Tokenwire(settings)
     worker = GenerationWorker(settings, concurrency=2, tokenwire=tw)
@@ -139,7 +144,9 @@ async def _drop_keys(name: str) -> None:
 @needs_services
 @pytest.mark.anyio
 async def test_readyz_names_the_unreachable_queue(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, producers="queue", queue_url="redis://127.0.0.1:1/0")
+    settings = Settings(
+        fake_provider=True, data_dir=tmp_path, producers="queue", queue_url="redis://127.0.0.1:1/0"
+    )
     tw = Tokenwire(settings)
     app = create_app(tokenwire=tw)
     await tw.open()
@@ -183,6 +190,7 @@ def cluster(mock_provider: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "TOKENWIRE_STORE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
         "TOKENWIRE_DATA_DIR": str(tmp_path_factory.mktemp("cluster")),
         "TOKENWIRE_DEFAULT_MODEL": "fake:lorem",
+        "TOKENWIRE_FAKE_PROVIDER": "1",
         "TOKENWIRE_LEASE_TTL": str(LEASE_TTL),
         "TOKENWIRE_CHECKPOINT_INTERVAL": "1",
         "TOKENWIRE_ORPHAN_TIMEOUT": "600",

@@ -415,7 +415,7 @@ NONEMPTY = {
 
 @pytest.fixture(scope="module")
 def server(mock_provider: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    registry = ProviderRegistry()
+    registry = ProviderRegistry(fake=True)
     http = httpx2.AsyncClient(timeout=httpx2.Timeout(10.0))
     registry.register(
         "openai", OpenAIChatProvider(base_url=mock_provider + "/v1", api_key="k", http_client=http)
@@ -423,7 +423,9 @@ def server(mock_provider: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     registry.register(
         "anthropic", AnthropicProvider(base_url=mock_provider, api_key="k", http_client=http)
     )
-    settings = Settings(data_dir=tmp_path_factory.mktemp("openai-compat"), max_retries=0)
+    settings = Settings(
+        fake_provider=True, data_dir=tmp_path_factory.mktemp("openai-compat"), max_retries=0
+    )
     with uvicorn_thread(create_app(tokenwire=Tokenwire(settings, registry=registry))) as url:
         yield url
 

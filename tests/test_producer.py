@@ -191,7 +191,9 @@ async def test_silent_provider_ends_with_provider_timeout() -> None:
 async def test_checkpoints_store_the_partial_message_while_streaming(tmp_path: object) -> None:
     from tokenwire import Settings, Tokenwire
 
-    settings = Settings(data_dir=tmp_path, checkpoint_interval=0.02, coalesce_ms=0)
+    settings = Settings(
+        fake_provider=True, data_dir=tmp_path, checkpoint_interval=0.02, coalesce_ms=0
+    )
     async with Tokenwire(settings) as tw:
         stream = await tw.start("fake:lorem", [Message("user", "x")], params={"stall_after": 3})
         assert stream.message_id is not None
@@ -214,7 +216,9 @@ async def test_a_lost_producer_leaves_a_failed_message_with_its_partial_text(
 ) -> None:
     from tokenwire import Settings, Tokenwire
 
-    async with Tokenwire(Settings(data_dir=tmp_path, default_model="fake:echo")) as tw:
+    async with Tokenwire(
+        Settings(fake_provider=True, data_dir=tmp_path, default_model="fake:echo")
+    ) as tw:
         turn = await tw.store.begin_turn(
             conversation_id=None,
             owner=None,

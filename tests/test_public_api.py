@@ -74,10 +74,12 @@ def test_nothing_imports_to_its_right(path: Path) -> None:
 @pytest.mark.anyio
 async def test_library_api_with_a_scripted_provider(tmp_path: Path) -> None:
     provider = ScriptedProvider([TextDelta(part=0, delta="caf"), TextDelta(part=0, delta="é 👋")])
-    registry = ProviderRegistry()
+    registry = ProviderRegistry(fake=True)
     registry.register("script", provider)
     seen: list[str] = []
-    async with Tokenwire(Settings(data_dir=tmp_path, coalesce_ms=0), registry=registry) as tw:
+    async with Tokenwire(
+        Settings(fake_provider=True, data_dir=tmp_path, coalesce_ms=0), registry=registry
+    ) as tw:
         stream = await tw.start("script:any", [Message("user", "hi")], system="be brief")
         done: list[str] = []
         ended = anyio.Event()
@@ -108,7 +110,7 @@ def test_router_embedded_in_a_users_app(tmp_path: Path) -> None:
     from tests.support.servers import uvicorn_thread
     from tests.support.sse import read_sse, text_of
 
-    tw = Tokenwire(Settings(data_dir=tmp_path, default_model="fake:echo"))
+    tw = Tokenwire(Settings(fake_provider=True, data_dir=tmp_path, default_model="fake:echo"))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

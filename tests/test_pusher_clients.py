@@ -63,6 +63,7 @@ delays (0 s for 4200-4299, 1 s for 4100-4199 and after an unexpected close)."""
 
 def settings_for(data_dir: Path, **app: Any) -> Settings:
     return Settings(
+        fake_provider=True,
         data_dir=data_dir,
         default_model="fake:echo",
         models=["fake:echo", "fake:lorem"],
@@ -596,6 +597,7 @@ def _serve(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
     env |= {
         "TOKENWIRE_DATA_DIR": str(data_dir),
         "TOKENWIRE_DEFAULT_MODEL": "fake:echo",
+        "TOKENWIRE_FAKE_PROVIDER": "1",
         "TOKENWIRE_MODELS": json.dumps(["fake:echo", "fake:lorem"]),
         "TOKENWIRE_PUSHER_APPS": json.dumps([{"id": APP_ID, "key": KEY, "secret": SECRET}]),
         "TOKENWIRE_AUTH_TOKENS": json.dumps(TOKENS),

@@ -123,6 +123,7 @@ async def test_fanout_protocol_delivers_one_encoded_frame_to_every_subscriber(
     tmp_path: Path, compression: bool
 ) -> None:
     settings = Settings(
+        fake_provider=True,
         data_dir=tmp_path,
         default_model="fake:echo",
         pusher_apps=[APP],

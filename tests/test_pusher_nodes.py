@@ -119,6 +119,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
         "TOKENWIRE_PUSHER_APPS": json.dumps([app.model_dump()]),
         "TOKENWIRE_AUTH_TOKENS": json.dumps(TOKENS),
         "TOKENWIRE_DEFAULT_MODEL": "fake:echo",
+        "TOKENWIRE_FAKE_PROVIDER": "1",
         "TOKENWIRE_MODELS": json.dumps(["fake:echo", "fake:lorem"]),
         "TOKENWIRE_COALESCE_MS": "0",
     }

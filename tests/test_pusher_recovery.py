@@ -235,6 +235,7 @@ def live_seqs(lines: list[Line], stream_id: str) -> list[int]:
 @pytest.fixture
 def base(tmp_path: Path) -> Iterator[str]:
     settings = Settings(
+        fake_provider=True,
         data_dir=tmp_path,
         default_model="fake:echo",
         models=["fake:echo", "fake:lorem"],

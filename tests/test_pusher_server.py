@@ -65,6 +65,7 @@ def apps() -> list[PusherApp]:
 
 def settings_for(data_dir: Path) -> Settings:
     return Settings(
+        fake_provider=True,
         data_dir=data_dir,
         default_model="fake:echo",
         models=["fake:echo", "fake:lorem"],
@@ -420,6 +421,7 @@ async def test_server_shutdown_closes_4200(tmp_path: Path) -> None:
     env = {
         "TOKENWIRE_DATA_DIR": str(tmp_path),
         "TOKENWIRE_DEFAULT_MODEL": "fake:echo",
+        "TOKENWIRE_FAKE_PROVIDER": "1",
         "TOKENWIRE_MODELS": json.dumps(["fake:echo"]),
         "TOKENWIRE_PUSHER_APPS": json.dumps([app.model_dump() for app in apps()]),
         "TOKENWIRE_AUTH_TOKENS": json.dumps(TOKENS),

@@ -101,6 +101,7 @@ def node(private_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory) 
         "TOKENWIRE_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         "TOKENWIRE_PRODUCERS": "local",
         "TOKENWIRE_DEFAULT_MODEL": "fake:lorem",
+        "TOKENWIRE_FAKE_PROVIDER": "1",
         "TOKENWIRE_LEASE_TTL": str(LEASE_TTL),
         "TOKENWIRE_CHECKPOINT_INTERVAL": "1",
         "TOKENWIRE_HEARTBEAT_INTERVAL": "1",

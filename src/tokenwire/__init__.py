@@ -2,6 +2,7 @@
 cancellable event stream, served over SSE and more (see DESIGN.md)."""
 
 from tokenwire.errors import (
+    InvalidRequestError,
     LogUnavailableError,
     ProviderError,
     StoreError,
@@ -39,6 +40,7 @@ __all__ = [
     "Event",
     "Finish",
     "GenerationRequest",
+    "InvalidRequestError",
     "LogUnavailableError",
     "Message",
     "Provider",

@@ -4,6 +4,7 @@ at one boundary with ``raise X(...) from exc``::
     TokenwireError
     ├── ProviderError          an upstream model API failed (carries an ErrorCode)
     ├── UnknownModelError      "provider:model" names no configured provider
+    ├── InvalidRequestError    a request to start a generation is invalid (field, message)
     ├── StreamNotFoundError    no such stream (or not yours)
     ├── StreamExpiredError     the stream's events are past retention
     ├── StoreError             the conversation store failed
@@ -13,6 +14,7 @@ at one boundary with ``raise X(...) from exc``::
 from __future__ import annotations
 
 __all__ = [
+    "InvalidRequestError",
     "LogUnavailableError",
     "ProviderError",
     "StoreError",
@@ -52,6 +54,20 @@ class ProviderError(TokenwireError):
 
 class UnknownModelError(TokenwireError):
     """The model name is not ``provider:model`` with a configured provider."""
+
+
+class InvalidRequestError(TokenwireError):
+    """A request to start a generation is invalid (HTTP 422 naming the field).
+
+    Args:
+        field: where, as the request spells it (``messages``, ``params.tokens``).
+        message: what is wrong, for the caller (never an exception's text).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 class StreamNotFoundError(TokenwireError):

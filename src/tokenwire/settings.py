@@ -111,7 +111,15 @@ class Settings(BaseSettings):
     retry_backoff: float = 0.5
     """Seconds before the first retry; doubled for each next one."""
     max_body_bytes: int = 1_000_000
-    """Largest accepted request body (413 beyond)."""
+    """Largest accepted request body, bytes, declared or chunked (413 beyond)."""
+    max_messages: int = 1000
+    """Most messages one request may send to start a generation (422 beyond)."""
+    max_message_chars: int = 100_000
+    """Longest content of one message or system prompt of a request, characters
+    (422 beyond)."""
+    fake_provider: bool = False
+    """Serve the scripted ``fake:`` models (tests, benchmarks, demos); off: ``fake:``
+    is an unknown provider (422)."""
 
     cors_origins: list[str] = Field(default_factory=list)
     """Origins whose pages may call this server from the browser (``["https://app.example"]``,

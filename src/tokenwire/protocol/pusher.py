@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import re
 import secrets
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "JSON_ERRORS",
     "MAX_CHANNEL_LENGTH",
     "MAX_EVENT_NAME_LENGTH",
     "PROTOCOL_VERSION",
@@ -268,6 +270,8 @@ def verify_api_request(
         timestamp = float(params["auth_timestamp"])
     except ValueError:
         raise ApiAuthError("auth_timestamp must be Unix seconds") from None
+    if not math.isfinite(timestamp):  # nan would pass the comparison below
+        raise ApiAuthError("auth_timestamp must be Unix seconds")
     if abs(now - timestamp) > max_age:
         raise ApiAuthError(
             f"auth_timestamp expired: {now - timestamp:.0f} s from the server's clock "
@@ -303,12 +307,16 @@ class ClientFrame(msgspec.Struct, frozen=True):
         if isinstance(data, str):
             try:
                 data = msgspec.json.decode(data)
-            except msgspec.DecodeError:
+            except JSON_ERRORS:
                 data = None
         if not isinstance(data, dict):
             raise PusherError(ErrorCode.INVALID_FRAME, f"{self.event}: data must be an object")
         return data
 
+
+JSON_ERRORS = (msgspec.DecodeError, RecursionError)
+"""What decoding client JSON raises: malformed, or nested deeper than Python's
+recursion limit (about 1,000 levels) allows."""
 
 _frame_decoder = msgspec.json.Decoder(ClientFrame)
 _encode = msgspec.json.Encoder().encode
@@ -326,6 +334,8 @@ def parse_frame(text: str | bytes) -> ClientFrame:
         raise PusherError(ErrorCode.INVALID_FRAME, f"invalid frame: {exc}") from None
     except msgspec.DecodeError:
         raise PusherError(ErrorCode.INVALID_FRAME, "invalid frame: not JSON") from None
+    except RecursionError:
+        raise PusherError(ErrorCode.INVALID_FRAME, "invalid frame: nested too deeply") from None
 
 
 def encode_frame(

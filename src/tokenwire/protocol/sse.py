@@ -17,9 +17,40 @@ from __future__ import annotations
 import codecs
 from dataclasses import dataclass
 
-__all__ = ["HEARTBEAT", "SSEDecoder", "ServerSentEvent", "encode_sse"]
+__all__ = [
+    "HEARTBEAT",
+    "MAX_SEQ",
+    "SSEDecoder",
+    "ServerSentEvent",
+    "encode_sse",
+    "parse_last_event_id",
+]
 
 HEARTBEAT = b": ping\n\n"
+MAX_SEQ = 2**53 - 1
+"""Largest sequence number a client may name (``Last-Event-ID``, ``?after=``): the
+largest integer JSON numbers carry exactly."""
+
+
+def parse_last_event_id(value: str | None) -> int | None:
+    """The sequence number a ``Last-Event-ID`` header names (the ``id:`` of the last
+    event the client saw; events with ``seq >`` it are to be sent).
+
+    Args:
+        value: the header's value; ``None`` or blank = no header.
+
+    Returns:
+        The number, or ``None`` when there is no (or a blank) header.
+
+    Raises:
+        ValueError: not ASCII digits, or above :data:`MAX_SEQ` (our message, for a 400).
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 16 or int(text) > MAX_SEQ:
+        raise ValueError(f"Last-Event-ID must be a sequence number from 0 to {MAX_SEQ}")
+    return int(text)
 
 
 def encode_sse(data: bytes, *, event: str | None = None, id: int | str | None = None) -> bytes:

@@ -7,7 +7,8 @@
 - ``ollama:`` Ollama's OpenAI-compatible endpoint
   (``OLLAMA_HOST``, default ``http://127.0.0.1:11434``);
 - ``local:`` the bundled SmolLM2-135M on the CPU;
-- ``fake:`` scripted, for tests.
+- ``fake:`` scripted, for tests, benchmarks and demos: only when asked
+  (``ProviderRegistry(fake=True)``; the server's ``TOKENWIRE_FAKE_PROVIDER=1``).
 """
 
 from __future__ import annotations
@@ -90,10 +91,17 @@ _FACTORIES: dict[str, Callable[[], Provider]] = {
 
 
 class ProviderRegistry:
-    """Builds each provider once, on first use; extra providers can be registered."""
+    """Builds each provider once, on first use; extra providers can be registered.
 
-    def __init__(self) -> None:
+    Args:
+        fake: serve the scripted ``fake:`` models (:mod:`tokenwire.providers.fake`);
+            off, ``fake:`` is an unknown provider unless registered explicitly.
+    """
+
+    def __init__(self, *, fake: bool = False) -> None:
         self._factories = dict(_FACTORIES)
+        if not fake:
+            del self._factories["fake"]
         self._built: dict[str, Provider] = {}
 
     def register(self, prefix: str, provider: Provider) -> None:
@@ -113,7 +121,8 @@ class ProviderRegistry:
             factory = self._factories.get(prefix)
             if factory is None:
                 known = ", ".join(sorted(self._factories))
-                raise UnknownModelError(f"unknown provider {prefix!r} (known: {known})")
+                hint = " ('fake:' needs TOKENWIRE_FAKE_PROVIDER=1)" if prefix == "fake" else ""
+                raise UnknownModelError(f"unknown provider {prefix!r} (known: {known}){hint}")
             provider = self._built[prefix] = factory()
         return provider, model
 

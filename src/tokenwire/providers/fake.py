@@ -15,15 +15,23 @@ only, default every call); ``fail_after`` (int N: a retryable ``provider_error``
 after N deltas); ``crash_after`` (int N: a plain ``RuntimeError``, standing for a
 bug in our code); ``stall_after`` (int N: wait forever after N deltas, until
 cancelled). Deltas are cut at character boundaries, so multi-byte text is safe.
+
+Bounds (:data:`LIMITS`, checked by :meth:`FakeProvider.check_params` before a
+generation is created, so the server answers 422): ``tokens`` 0 … 10,000,
+``delay_ms`` 0 … 5,000, ``text`` at most 20,000 characters, the ``*_after`` and
+``fail_times`` counts 0 … 1,000,000; numbers must be finite. The script yields to
+the event loop after every delta, so even 10,000 deltas without delay never
+hold the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Mapping
 
-from tokenwire.errors import ProviderError
+from tokenwire.errors import InvalidRequestError, ProviderError
 from tokenwire.events import ReasoningDelta, TextDelta, ToolCallDelta, ToolCallStart, Usage
 from tokenwire.providers.base import (
     GenerationRequest,
@@ -34,7 +42,19 @@ from tokenwire.providers.base import (
     tool_call,
 )
 
-__all__ = ["FakeProvider"]
+__all__ = ["LIMITS", "MAX_TEXT_CHARS", "FakeProvider"]
+
+LIMITS: dict[str, tuple[float, float]] = {
+    "tokens": (0, 10_000),
+    "delay_ms": (0, 5_000),
+    "fail_times": (0, 1_000_000),
+    "fail_after": (0, 1_000_000),
+    "crash_after": (0, 1_000_000),
+    "stall_after": (0, 1_000_000),
+}
+"""Inclusive bounds of the numeric params."""
+MAX_TEXT_CHARS = 20_000
+"""Longest ``text`` param, characters."""
 
 _LOREM = [
     "lorem",
@@ -70,9 +90,38 @@ class FakeProvider:
     def __init__(self) -> None:
         self.calls = 0
 
+    def check_params(self, model: str, params: Mapping[str, object]) -> None:
+        """Refuse params out of their bounds (module docstring) before anything starts.
+
+        Raises:
+            InvalidRequestError: naming the param (``params.tokens`` …).
+        """
+        for key, (low, high) in LIMITS.items():
+            value = params.get(key)
+            if value is None:
+                continue
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or not low <= value <= high
+            ):
+                raise InvalidRequestError(
+                    f"params.{key}", f"must be a number from {low:g} to {high:g}"
+                )
+        text = params.get("text")
+        if text is not None and (not isinstance(text, str) or len(text) > MAX_TEXT_CHARS):
+            raise InvalidRequestError(
+                "params.text", f"must be a string of at most {MAX_TEXT_CHARS} characters"
+            )
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
         self.calls += 1
         params = request.params
+        try:
+            self.check_params(request.model, params)
+        except InvalidRequestError as exc:
+            raise ProviderError("invalid_request", str(exc)) from None
         failure = params.get("fail_before")
         if isinstance(failure, str) and self.calls <= _int(params, "fail_times", 1_000_000):
             raise error_for_status(_FAILURES.get(failure, 500), f"fake {failure}")
@@ -88,8 +137,7 @@ class FakeProvider:
                 if count == _int(params, "crash_after", -1):
                     raise RuntimeError("fake crash")
                 count += 1
-                if delay:
-                    await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # sleep(0) too: let the loop run between deltas
             yield event
         usage = Usage(input_tokens=_words(request), output_tokens=count)
         yield usage

@@ -30,7 +30,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 
-from tokenwire.errors import UnknownModelError
+from tokenwire.errors import InvalidRequestError, UnknownModelError
 from tokenwire.events import Event, is_terminal
 from tokenwire.protocol.aisdk import (
     DONE,
@@ -70,20 +70,28 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         try:
             dialect = parse_dialect(x_tokenwire_ai_sdk)
             body = parse_chat_request(json.loads(await request.body() or b"null"))
-        except json.JSONDecodeError:
-            return _detail(400, "the body must be JSON")
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            return _detail(400, "the body must be JSON (UTF-8, nested at most ~1000 levels)")
         except ChatRequestError as exc:
             return _detail(422 if "x-tokenwire" not in str(exc) else 400, str(exc))
-        model = body.model or x_tokenwire_model
-        try:  # before the conversation is created, so a bad model leaves nothing behind
-            tw.registry.resolve(model or tw.settings.resolved_default_model())
+        model = body.model if body.model is not None else x_tokenwire_model
+        history = [Message(role, text) for role, text in body.history]
+        try:  # before the conversation is created, so a bad request leaves nothing behind
+            tw.check(
+                model,
+                [*history, Message("user", body.text)],
+                system=body.system,
+                params=body.params,
+            )
         except UnknownModelError as exc:
             return _detail(422, f"model: {exc}")
+        except InvalidRequestError as exc:
+            return _detail(422, str(exc))
         regenerate = body.trigger == "regenerate-message"
-        if await tw.store.get_conversation(body.chat_id) is None:
-            await tw.store.create_conversation(conversation_id=body.chat_id)
-            messages = [Message(role, text) for role, text in body.history]
-            messages.append(Message("user", body.text))
+        if await tw.store.get_conversation(
+            body.chat_id
+        ) is None and await tw.store.create_conversation_if_absent(body.chat_id):
+            messages = [*history, Message("user", body.text)]
         else:
             if regenerate and body.message_id is not None:  # drop the answer it replaces
                 await tw.store.delete_messages_from(body.chat_id, body.message_id)
@@ -99,6 +107,8 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
             )
         except UnknownModelError as exc:
             return _detail(422, f"model: {exc}")
+        except InvalidRequestError as exc:
+            return _detail(422, str(exc))
         except ConversationNotFoundError:
             return _detail(404, "chat not found")
         return _response(tw, stream.stream_id, dialect)

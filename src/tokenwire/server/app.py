@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenwire.errors import (
+    InvalidRequestError,
     LogUnavailableError,
     StoreError,
     StreamExpiredError,
@@ -120,11 +121,24 @@ def _exception_handlers(app: FastAPI) -> None:
         detail = [{"loc": ["body", "model"], "msg": str(exc), "type": "value_error"}]
         return JSONResponse({"detail": detail}, status_code=422)
 
+    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, InvalidRequestError)
+        loc = ["body", *exc.field.split(".")]
+        detail = [{"loc": loc, "msg": exc.message, "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
     async def bad_value(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    async def python_value_error(request: Request, exc: Exception) -> JSONResponse:
+        # A ValueError that escaped a route: its text is Python's (``invalid literal
+        # for int()``), not a message for the caller.
+        logger.info("invalid value in %s %s: %r", request.method, request.url.path, exc)
+        return JSONResponse({"detail": "invalid value in the request"}, status_code=422)
+
     app.add_exception_handler(UnknownModelError, unknown_model)
-    app.add_exception_handler(ValueError, bad_value)
+    app.add_exception_handler(InvalidRequestError, invalid_request)
+    app.add_exception_handler(ValueError, python_value_error)
     app.add_exception_handler(TokenwireError, bad_value)
 
 
@@ -204,7 +218,13 @@ class PusherFirstMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Answer 413 to request bodies over ``max_bytes`` (declared or streamed)."""
+    """Answer 413 to request bodies over ``max_bytes``, declared (``Content-Length``)
+    or sent chunked.
+
+    The body is read here, before the route runs (at most ``max_bytes`` are held),
+    and handed on in one message: a body found too large halfway can then still
+    be answered 413, which a route's own body parsing would turn into a 400.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -218,24 +238,30 @@ class BodyLimitMiddleware:
         if declared.isdigit() and int(declared) > self.max_bytes:
             await _too_large(self.max_bytes)(scope, receive, send)
             return
+        chunks: list[bytes] = []
         received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
-            received += len(message.get("body", b""))
+            if message["type"] != "http.request":  # http.disconnect: nobody to answer
+                return
+            chunk = message.get("body", b"")
+            received += len(chunk)
             if received > self.max_bytes:
-                raise _BodyTooLarge
-            return message
+                await _too_large(self.max_bytes)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        pending: Message | None = {"type": "http.request", "body": b"".join(chunks)}
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:  # raised while the body is read, before any response
-            await _too_large(self.max_bytes)(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal pending
+            if pending is not None:
+                message, pending = pending, None
+                return message
+            return await receive()
 
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 def _too_large(limit: int) -> Response:

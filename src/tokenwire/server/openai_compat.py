@@ -34,7 +34,13 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from tokenwire.errors import StoreError, StreamExpiredError, StreamNotFoundError, UnknownModelError
+from tokenwire.errors import (
+    InvalidRequestError,
+    StoreError,
+    StreamExpiredError,
+    StreamNotFoundError,
+    UnknownModelError,
+)
 from tokenwire.protocol.openai_compat import (
     ChunkEncoder,
     OpenAIRequestError,
@@ -88,6 +94,8 @@ class OpenAIRoute(APIRoute):
                 return _validation_error(exc)
             except UnknownModelError as exc:
                 return _error(404, f"The model does not exist: {exc}", param="model", code=_NF)
+            except InvalidRequestError as exc:
+                return _error(400, str(exc), param=exc.field)
             except (StreamNotFoundError, StreamExpiredError):
                 return _error(404, "stream not found", code="stream_not_found")
             except StoreError:

@@ -42,6 +42,7 @@ from websockets.frames import Frame, Opcode
 from tokenwire.errors import TokenwireError
 from tokenwire.events import Event, Start, encode_event
 from tokenwire.protocol.pusher import (
+    JSON_ERRORS,
     PROTOCOL_VERSION,
     USER_CHANNEL_PREFIX,
     ChannelKind,
@@ -476,7 +477,7 @@ class PusherHub:
         user_data = data.get("user_data")
         user_id = None
         if isinstance(user_data, str):
-            with contextlib.suppress(msgspec.DecodeError):
+            with contextlib.suppress(*JSON_ERRORS):
                 decoded = msgspec.json.decode(user_data)
                 if isinstance(decoded, dict) and isinstance(decoded.get("id"), str | int):
                     user_id = str(decoded["id"])
@@ -576,7 +577,7 @@ def _presence_member(channel_data: object) -> tuple[str, Any] | None:
         return None
     try:
         decoded = msgspec.json.decode(channel_data)
-    except msgspec.DecodeError:
+    except JSON_ERRORS:
         return None
     if not isinstance(decoded, dict):
         return None

@@ -27,6 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from tokenwire.protocol.pusher import (
+    JSON_ERRORS,
     ApiAuthError,
     ChannelKind,
     channel_auth,
@@ -283,7 +284,7 @@ def build_pusher_router(hub: PusherHub) -> APIRouter:
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         decoded = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except JSON_ERRORS:
         raise _Refused(400, "the body is not JSON") from None
     if not isinstance(decoded, dict):
         raise _Refused(400, "the body must be a JSON object")

@@ -1,9 +1,10 @@
 """The native HTTP API (DESIGN §3, a contract for its paths and SSE framing).
 
 Errors are JSON ``{"detail": …}``: 404 unknown stream or conversation, 410 stream
-past retention, 422 invalid body naming the field (FastAPI's validation format,
-or ``{"detail": [{"loc": ["body", "model"], "msg": …}]}`` for an unknown model),
-413 body too large.
+past retention, 422 invalid body or query naming the field (FastAPI's validation
+format, or ``{"detail": [{"loc": ["body", "model"], "msg": …}]}`` for an unknown
+model, too many messages, a content too long), 400 malformed ``Last-Event-ID``,
+413 body too large. Each route lists its statuses in the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -15,18 +16,35 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.accumulate import MessageState
-from tokenwire.errors import StreamNotFoundError, UnknownModelError
+from tokenwire.errors import InvalidRequestError, StreamNotFoundError, UnknownModelError
 from tokenwire.events import encode_event, is_terminal
 from tokenwire.log.base import StreamInfo
+from tokenwire.protocol.sse import MAX_SEQ, parse_last_event_id
 from tokenwire.providers import Message, split_model
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
-from tokenwire.transports.sse import EventStreamResponse
+from tokenwire.transports.sse import EventStreamResponse, resume_point
 
 __all__ = ["build_router"]
 
 _OUTCOME = {"finish": "completed", "error": "failed", "cancelled": "cancelled"}
 MAX_WAIT = 30.0
 """Longest long-poll wait, seconds."""
+MAX_UNIX = 253_402_300_799.0
+"""Largest Unix time a query may name (9999-12-31T23:59:59Z), seconds."""
+
+_DESCRIPTIONS = {
+    400: "Malformed header",
+    404: "Unknown stream or conversation (or not yours)",
+    410: "The stream's events have expired; the message is in the store",
+    413: "Request body too large",
+    422: "Invalid body or query, naming the field",
+    503: "The store or the stream log is unavailable",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for the error statuses a route answers (``{"detail": …}``)."""
+    return {status: {"description": _DESCRIPTIONS[status]} for status in statuses}
 
 
 class ChatMessage(BaseModel):
@@ -37,7 +55,9 @@ class ChatMessage(BaseModel):
 
 class ChatBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str | None = Field(None, description="'provider:model'; default: the server's default")
+    model: str | None = Field(
+        None, min_length=1, description="'provider:model'; default: the server's default"
+    )
     messages: list[ChatMessage] = Field(min_length=1)
     system: str | None = None
     conversation_id: str | None = None
@@ -45,9 +65,10 @@ class ChatBody(BaseModel):
 
 
 def _field_error(field: str, message: str) -> JSONResponse:
+    """422 in FastAPI's validation format; ``field`` may be dotted (``params.tokens``)."""
+    loc = ["body", *field.split(".")]
     return JSONResponse(
-        {"detail": [{"loc": ["body", field], "msg": message, "type": "value_error"}]},
-        status_code=422,
+        {"detail": [{"loc": loc, "msg": message, "type": "value_error"}]}, status_code=422
     )
 
 
@@ -76,7 +97,9 @@ def build_router(tw: Tokenwire) -> APIRouter:
             raise ConversationNotFoundError(conversation_id)
         return record
 
-    @router.post("/v1/chat", status_code=202, response_model=None)
+    @router.post(
+        "/v1/chat", status_code=202, response_model=None, responses=responses(404, 413, 422, 503)
+    )
     async def chat(
         body: ChatBody, request: Request, accept: Annotated[str, Header()] = ""
     ) -> Response | dict[str, str]:
@@ -92,6 +115,8 @@ def build_router(tw: Tokenwire) -> APIRouter:
             )
         except UnknownModelError as exc:
             return _field_error("model", str(exc))
+        except InvalidRequestError as exc:
+            return _field_error(exc.field, exc.message)
         except ConversationNotFoundError:
             return JSONResponse({"detail": "conversation not found"}, status_code=404)
         if "text/event-stream" in accept:
@@ -105,29 +130,46 @@ def build_router(tw: Tokenwire) -> APIRouter:
             "cancel_url": str(request.url_for("cancel_stream", stream_id=stream.stream_id)),
         }
 
-    @router.get("/v1/streams/{stream_id}/events", name="stream_events", response_model=None)
+    @router.get(
+        "/v1/streams/{stream_id}/events",
+        name="stream_events",
+        response_model=None,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "The events, as SSE"},
+            **responses(400, 404, 410, 422, 503),
+        },
+    )
     async def stream_events(
         request: Request,
         stream_id: str,
-        after: Annotated[int, Query(ge=0, description="send events with seq > after")] = 0,
+        after: Annotated[
+            int, Query(ge=0, le=MAX_SEQ, description="send events with seq > after")
+        ] = 0,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> Any:
-        """SSE: replay events with ``seq > N`` (``Last-Event-ID`` or ``?after=N``), then follow."""
-        if last_event_id is not None and last_event_id.strip():
-            if not last_event_id.strip().isdigit():
-                return JSONResponse({"detail": "Last-Event-ID must be a sequence number"}, 422)
-            after = int(last_event_id)
-        await visible_stream(request, stream_id)
+        """SSE: replay events with ``seq > N`` (``Last-Event-ID`` or ``?after=N``), then
+        follow. A resume point at or past the end of a finished stream replays its
+        terminal event (:func:`~tokenwire.transports.sse.resume_point`)."""
+        try:
+            seq = parse_last_event_id(last_event_id)
+        except ValueError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+        info = await visible_stream(request, stream_id)
         return EventStreamResponse(
-            tw.log, stream_id, after=after, heartbeat_interval=tw.settings.heartbeat_interval
+            tw.log,
+            stream_id,
+            after=resume_point(info, after if seq is None else seq),
+            heartbeat_interval=tw.settings.heartbeat_interval,
         )
 
-    @router.get("/v1/streams/{stream_id}")
+    @router.get("/v1/streams/{stream_id}", responses=responses(404, 410, 422, 503))
     async def stream_snapshot(
         request: Request,
         stream_id: str,
-        after: Annotated[int | None, Query(ge=0)] = None,
-        wait: Annotated[float, Query(ge=0, le=MAX_WAIT, description="seconds")] = 0.0,
+        after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
+        wait: Annotated[
+            float, Query(ge=0, le=MAX_WAIT, allow_inf_nan=False, description="seconds")
+        ] = 0.0,
     ) -> Response:
         """Polling: the message so far, or with ``after``, events with ``seq > after``
         (waiting up to ``wait`` seconds for at least one)."""
@@ -164,7 +206,12 @@ def build_router(tw: Tokenwire) -> APIRouter:
             }
         )
 
-    @router.post("/v1/streams/{stream_id}/cancel", name="cancel_stream", status_code=202)
+    @router.post(
+        "/v1/streams/{stream_id}/cancel",
+        name="cancel_stream",
+        status_code=202,
+        responses=responses(404, 410, 503),
+    )
     async def cancel_stream(request: Request, stream_id: str) -> dict[str, Any]:
         """Stop the stream; idempotent. Every reader then receives ``cancelled``."""
         await visible_stream(request, stream_id)
@@ -172,11 +219,14 @@ def build_router(tw: Tokenwire) -> APIRouter:
         info = await tw.log.info(stream_id)
         return {"stream_id": stream_id, "cancel_requested": requested, "status": info.status}
 
-    @router.get("/v1/conversations")
+    @router.get("/v1/conversations", responses=responses(422, 503))
     async def list_conversations(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        before: Annotated[float | None, Query(description="updated_at, Unix seconds")] = None,
+        before: Annotated[
+            float | None,
+            Query(ge=0, le=MAX_UNIX, allow_inf_nan=False, description="updated_at, Unix seconds"),
+        ] = None,
     ) -> dict[str, Any]:
         owner = await caller(request)
         records = await tw.store.list_conversations(owner=owner, limit=limit, before=before)
@@ -184,7 +234,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
             records = [r for r in records if r.owner is None]
         return {"data": [_conversation(r) for r in records]}
 
-    @router.get("/v1/conversations/{conversation_id}")
+    @router.get("/v1/conversations/{conversation_id}", responses=responses(404, 503))
     async def get_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
         record = await visible_conversation(request, conversation_id)
         active = await tw.active_stream(conversation_id)
@@ -206,7 +256,9 @@ def build_router(tw: Tokenwire) -> APIRouter:
             messages.append(item)
         return {**_conversation(record), "messages": messages}
 
-    @router.delete("/v1/conversations/{conversation_id}", status_code=204)
+    @router.delete(
+        "/v1/conversations/{conversation_id}", status_code=204, responses=responses(404, 503)
+    )
     async def delete_conversation(request: Request, conversation_id: str) -> Response:
         await visible_conversation(request, conversation_id)
         active = await tw.active_stream(conversation_id)

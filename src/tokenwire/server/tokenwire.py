@@ -15,19 +15,20 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
 from tokenwire.accumulate import MessageState
-from tokenwire.errors import TokenwireError
+from tokenwire.errors import InvalidRequestError, TokenwireError
 from tokenwire.events import Event, Start, is_terminal
 from tokenwire.log.base import StreamLog
 from tokenwire.log.memory import MemoryStreamLog
 from tokenwire.producer import Generation, Producer, ProducerConfig
-from tokenwire.providers import GenerationRequest, Message, ProviderRegistry
+from tokenwire.protocol.sse import parse_last_event_id
+from tokenwire.providers import GenerationRequest, Message, Provider, ProviderRegistry
 from tokenwire.server.identity import Identify, bearer_tokens
 from tokenwire.settings import Settings
 from tokenwire.store import Store
@@ -57,7 +58,8 @@ class Tokenwire:
         settings: configuration; ``None`` = :class:`Settings` from the environment.
         log: a stream log to use instead of the one ``settings.log_url`` names.
         store: an opened store to use instead of opening ``settings.store_url``.
-        registry: providers; ``None`` = the built-in ones.
+        registry: providers; ``None`` = the built-in ones (``fake:`` only with
+            ``settings.fake_provider``).
         identify: finds the caller of an HTTP request (owner of what they start);
             ``None`` = ``Authorization: Bearer`` tokens of ``settings.auth_tokens``.
     """
@@ -77,7 +79,7 @@ class Tokenwire:
         """Awaited with each new stream's ``start`` event (the Pusher hub relays it)."""
         self.log: StreamLog = log or _open_log(self.settings)
         self._store = store
-        self.registry = registry or ProviderRegistry()
+        self.registry = registry or ProviderRegistry(fake=self.settings.fake_provider)
         self.producer_config = ProducerConfig(  # the settings of the same names
             **{name: getattr(self.settings, name) for name in ProducerConfig.__struct_fields__}
         )
@@ -177,6 +179,49 @@ class Tokenwire:
 
         return build_router(self)
 
+    def check(
+        self,
+        model: str | None,
+        messages: Sequence[Message],
+        *,
+        system: str | None = None,
+        params: Mapping[str, object] | None = None,
+    ) -> tuple[Provider, str, str]:
+        """Validate a request to start a generation, before anything is created.
+
+        Args:
+            model: ``provider:model``; ``None`` = the default model (an empty string
+                is an error, not the default).
+            messages: the request's messages: at most ``settings.max_messages``,
+                each of at most ``settings.max_message_chars`` characters (and
+                ``system`` too).
+            params: checked by the provider when it has ``check_params(model, params)``.
+
+        Returns:
+            ``(provider, the provider's model name, the full model name)``.
+
+        Raises:
+            UnknownModelError: ``model`` is empty, malformed or names no provider.
+            InvalidRequestError: too many messages, a content too long, or params
+                the provider refuses.
+        """
+        name = self.settings.resolved_default_model() if model is None else model
+        provider, provider_model = self.registry.resolve(name)
+        limit, chars = self.settings.max_messages, self.settings.max_message_chars
+        if len(messages) > limit:
+            raise InvalidRequestError("messages", f"at most {limit} messages per request")
+        for i, message in enumerate(messages):
+            if len(message.content) > chars:
+                raise InvalidRequestError(
+                    f"messages[{i}].content", f"longer than {chars} characters"
+                )
+        if system is not None and len(system) > chars:
+            raise InvalidRequestError("system", f"longer than {chars} characters")
+        check_params = getattr(provider, "check_params", None)
+        if check_params is not None:
+            check_params(provider_model, params or {})
+        return provider, provider_model, name
+
     async def start(
         self,
         model: str | None,
@@ -195,14 +240,14 @@ class Tokenwire:
         cancelled with reason ``superseded``.
 
         Raises:
-            UnknownModelError: ``model`` names no provider.
+            UnknownModelError: ``model`` is empty or names no provider.
+            InvalidRequestError: as :meth:`check` says, or ``messages`` is empty and
+                there is no ``conversation_id``.
             ConversationNotFoundError: ``conversation_id`` is unknown or not ``owner``'s.
-            ValueError: ``messages`` is empty and there is no ``conversation_id``.
         """
         if not messages and conversation_id is None:
-            raise ValueError("messages must not be empty")
-        model = model or self.settings.resolved_default_model()
-        provider, provider_model = self.registry.resolve(model)
+            raise InvalidRequestError("messages", "must not be empty")
+        provider, provider_model, model = self.check(model, messages, system=system, params=params)
         turn = await self.store.begin_turn(
             conversation_id=conversation_id,
             owner=owner,
@@ -407,8 +452,13 @@ async def _call(callback: Callable[[Any], Awaitable[None] | None], arg: Any) -> 
 
 
 def _last_event_id(request: Request, default: int) -> int:
-    value = request.headers.get("last-event-id", "").strip()
-    return int(value) if value.isdigit() else default
+    """The request's ``Last-Event-ID``, or ``default`` without one or with a malformed
+    one (the native API's route answers 400 to a malformed one instead)."""
+    try:
+        seq = parse_last_event_id(request.headers.get("last-event-id"))
+    except ValueError:
+        return default
+    return default if seq is None else seq
 
 
 def _text_of(parts: list[dict[str, object]]) -> str:

@@ -85,7 +85,14 @@ def check_role(role: str) -> str:
 
 
 def from_unix(seconds: float, name: str) -> datetime:
-    """The aware UTC datetime of a Unix time in seconds (``name`` is for the error)."""
+    """The aware UTC datetime of a Unix time in seconds (``name`` is for the error).
+
+    Raises:
+        ValueError: not finite, or outside what :class:`datetime` holds.
+    """
     if not math.isfinite(seconds):
         raise ValueError(f"{name} must be a finite number of seconds")
-    return datetime.fromtimestamp(seconds, UTC)
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):  # before year 1 or after 9999
+        raise ValueError(f"{name} is out of range (Unix seconds of years 1970 to 9999)") from None

@@ -203,6 +203,30 @@ class Store:
             await session.flush()
             return ConversationRecord.from_row(row)
 
+    async def create_conversation_if_absent(
+        self, conversation_id: str, *, owner: str | None = None, title: str | None = None
+    ) -> bool:
+        """Create an empty conversation with this id unless one exists.
+
+        Safe against a concurrent creation of the same id (the unique-key conflict
+        means "it exists"), so requests racing to start one new conversation never fail.
+
+        Returns:
+            ``True`` when this call created it, ``False`` when it existed already.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        try:
+            await self.create_conversation(
+                owner=owner, title=title, conversation_id=conversation_id
+            )
+        except StoreError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                return False
+            raise
+        return True
+
     async def get_conversation(
         self, conversation_id: str, *, owner: str | None = None
     ) -> ConversationRecord | None:

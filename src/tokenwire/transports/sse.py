@@ -22,10 +22,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
 from tokenwire.events import Event, encode_event
-from tokenwire.log.base import StreamLog
+from tokenwire.log.base import StreamInfo, StreamLog
 from tokenwire.protocol.sse import HEARTBEAT
 
-__all__ = ["SSE_HEADERS", "EventStreamResponse", "frame_events"]
+__all__ = ["SSE_HEADERS", "EventStreamResponse", "frame_events", "resume_point"]
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -46,6 +46,18 @@ def frame_events(events: list[Event]) -> bytes:
             tag = _TAGS[cls] = str(cls.__struct_config__.tag).encode()
         out.append(b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, tag, encode_event(event)))
     return b"".join(out)
+
+
+def resume_point(info: StreamInfo, after: int) -> int:
+    """Where a reader resuming after ``after`` starts (events with ``seq >`` the result).
+
+    A resume point past the stream's last event would read nothing: it is moved
+    back to the last event, and for a finished stream to just before its terminal
+    event, so the reader always ends with the terminal event (replayed), never
+    with an empty body.
+    """
+    last = info.last_seq if info.status == "running" else info.last_seq - 1
+    return max(0, min(after, last))
 
 
 class EventStreamResponse(Response):
