@@ -112,6 +112,12 @@ class Settings(BaseSettings):
     """Seconds before the first retry; doubled for each next one."""
     max_body_bytes: int = 1_000_000
     """Largest accepted request body, bytes, declared or chunked (413 beyond)."""
+    header_timeout: float = 10.0
+    """Seconds a connection may take to send a request's complete headers, from its
+    start or the previous response's end (``tokenwire serve``; slowloris). Closed after."""
+    body_timeout: float = 30.0
+    """Seconds a request may take to send its whole body once its headers are in
+    (408 after)."""
     max_messages: int = 1000
     """Most messages one request may send to start a generation (422 beyond)."""
     max_message_chars: int = 100_000

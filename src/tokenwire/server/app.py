@@ -79,7 +79,11 @@ def create_app(
     app = FastAPI(title="tokenwire", lifespan=lifespan)
     app.state.tokenwire = tw
     app.state.pusher = hub
-    app.add_middleware(BodyLimitMiddleware, max_bytes=tw.settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=tw.settings.max_body_bytes,
+        timeout=tw.settings.body_timeout,
+    )
     app.include_router(tw.router)
     app.include_router(build_openai_router(tw))
     app.include_router(build_aisdk_router(tw))
@@ -223,12 +227,15 @@ class BodyLimitMiddleware:
 
     The body is read here, before the route runs (at most ``max_bytes`` are held),
     and handed on in one message: a body found too large halfway can then still
-    be answered 413, which a route's own body parsing would turn into a 400.
+    be answered 413, which a route's own body parsing would turn into a 400. A body
+    still incomplete ``timeout`` seconds after the headers is answered 408 (a
+    slowloris sending its body byte by byte).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -238,21 +245,19 @@ class BodyLimitMiddleware:
         if declared.isdigit() and int(declared) > self.max_bytes:
             await _too_large(self.max_bytes)(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        received = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # http.disconnect: nobody to answer
-                return
-            chunk = message.get("body", b"")
-            received += len(chunk)
-            if received > self.max_bytes:
-                await _too_large(self.max_bytes)(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        pending: Message | None = {"type": "http.request", "body": b"".join(chunks)}
+        try:
+            async with asyncio.timeout(self.timeout):
+                body = await self._read(receive)
+        except _BodyTooLarge:
+            await _too_large(self.max_bytes)(scope, receive, send)
+            return
+        except TimeoutError:
+            message = f"request body not received within {self.timeout:g} s"
+            await JSONResponse({"detail": message}, status_code=408)(scope, receive, send)
+            return
+        if body is None:  # http.disconnect: nobody to answer
+            return
+        pending: Message | None = {"type": "http.request", "body": body}
 
         async def replay() -> Message:
             nonlocal pending
@@ -262,6 +267,30 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body, or ``None`` when the client left.
+
+        Raises:
+            _BodyTooLarge: more than ``max_bytes``.
+        """
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_bytes:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+class _BodyTooLarge(Exception):
+    pass
 
 
 def _too_large(limit: int) -> Response:

@@ -11,20 +11,34 @@ Two additions to plain ``uvicorn.run``:
   server the hub sends each frame through ASGI instead.
 - A shutdown that first closes the Pusher connections with 4200 (reconnect at
   once), before uvicorn closes every WebSocket with 1012.
+- :class:`HeaderTimeoutProtocol`, uvicorn's httptools HTTP protocol with a
+  deadline for the request head: a connection that has not sent a request's
+  complete headers ``header_timeout`` seconds after it opened (or after the
+  previous response on a kept-alive connection) is closed (slowloris). uvicorn has
+  no such deadline: its ``timeout_keep_alive`` is disarmed by the first byte of
+  a request, and ``h11_max_incomplete_event_size`` bounds size, not time. The
+  body is bounded separately, by ``body_timeout`` in
+  :class:`~tokenwire.server.app.BodyLimitMiddleware` (under any server).
+  Limits: it covers HTTP/1.1 through httptools (what ``tokenwire serve`` runs);
+  the WebSocket handshake is an HTTP request and is covered too; a client that
+  sends its headers in time and then reads the response slowly is not (the
+  SSE/Pusher buffers are bounded elsewhere).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from tokenwire.settings import Settings
 from tokenwire.transports.websocket import WRITE_FRAME
 
-__all__ = ["FanoutWebSocketProtocol", "run"]
+__all__ = ["FanoutWebSocketProtocol", "HeaderTimeoutProtocol", "run"]
 
 
 class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -49,6 +63,54 @@ class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
         return True
 
 
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol closing connections whose request head takes
+    longer than :attr:`header_timeout` seconds (module docstring)."""
+
+    header_timeout: float = 10.0
+    """Seconds from the connection's start (or the previous response's end) to the
+    end of the request's headers; a subclass sets it (:func:`run`)."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            self._arm_head_timer()  # the next request's head, on a kept-alive connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def header_timeout_protocol(seconds: float) -> type[HeaderTimeoutProtocol]:
+    """:class:`HeaderTimeoutProtocol` with ``header_timeout = seconds`` (uvicorn's
+    ``http=`` option takes a class)."""
+    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": seconds})
+
+
 def run(app: FastAPI, **options: Any) -> None:
     """Serve ``app`` (from :func:`~tokenwire.server.app.create_app`) until SIGINT or
     SIGTERM, on its settings' ``host``, ``port`` and ``websocket_compression``.
@@ -65,6 +127,7 @@ def run(app: FastAPI, **options: Any) -> None:
         "host": settings.host,
         "port": settings.port,
         "ws": FanoutWebSocketProtocol,
+        "http": header_timeout_protocol(settings.header_timeout),
         "ws_per_message_deflate": settings.websocket_compression,
         "timeout_graceful_shutdown": 5,
     }

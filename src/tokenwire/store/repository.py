@@ -109,6 +109,10 @@ class Store:
         self._timeout = timeout
         self._closed = False
         self._last_time = datetime.fromtimestamp(0, UTC)
+        # SQLite has one writer at a time: writes of this process queue here, in
+        # order, instead of contending for the file lock, which a write transaction
+        # that read first cannot wait for ("database is locked" under load).
+        self._write_lock = anyio.Lock() if engine.dialect.name == "sqlite" else None
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, connect_timeout: float = 10.0) -> Store:
@@ -198,7 +202,7 @@ class Store:
             created_at=now,
             updated_at=now,
         )
-        async with self._guard("create the conversation"), self._transaction() as session:
+        async with self._guard("create the conversation"), self._transaction(write=True) as session:
             session.add(row)
             await session.flush()
             return ConversationRecord.from_row(row)
@@ -292,7 +296,7 @@ class Store:
         stmt = sa.delete(ConversationRow).where(ConversationRow.id == conversation_id)
         if owner is not None:
             stmt = stmt.where(ConversationRow.owner == owner)
-        async with self._guard("delete the conversation"), self._transaction() as session:
+        async with self._guard("delete the conversation"), self._transaction(write=True) as session:
             result = cast(CursorResult[Any], await session.execute(stmt))
             return result.rowcount > 0
 
@@ -352,7 +356,7 @@ class Store:
         check_role(role)
         check_status(status)
         parts = check_parts(parts)
-        async with self._guard("add the message"), self._transaction() as session:
+        async with self._guard("add the message"), self._transaction(write=True) as session:
             conversation = await session.get(ConversationRow, conversation_id, with_for_update=True)
             if conversation is None:
                 raise StoreError(f"no conversation {conversation_id!r}")
@@ -422,7 +426,7 @@ class Store:
             .values(values)
             .execution_options(synchronize_session=False)
         )
-        async with self._guard("update the message"), self._transaction() as session:
+        async with self._guard("update the message"), self._transaction(write=True) as session:
             await session.execute(stmt)
 
     async def begin_turn(
@@ -448,7 +452,7 @@ class Store:
             StoreError: the database failed.
         """
         checked = [(check_role(role), check_parts(parts)) for role, parts in messages]
-        async with self._guard("start the turn"), self._transaction() as session:
+        async with self._guard("start the turn"), self._transaction(write=True) as session:
             now = self._now()
             history: list[MessageRecord] = []
             if conversation_id is None:
@@ -511,7 +515,7 @@ class Store:
         rows = [
             {"id": k, "parts": check_parts(v), "updated_at": now} for k, v in parts_by_id.items()
         ]
-        async with self._guard("checkpoint messages"), self._transaction() as session:
+        async with self._guard("checkpoint messages"), self._transaction(write=True) as session:
             await session.execute(sa.update(MessageRow), rows)
 
     async def delete_messages_from(self, conversation_id: str, message_id: str) -> int:
@@ -521,7 +525,7 @@ class Store:
             How many messages were deleted (0 if ``message_id`` is not in the
             conversation).
         """
-        async with self._guard("delete messages"), self._transaction() as session:
+        async with self._guard("delete messages"), self._transaction(write=True) as session:
             row = await session.get(MessageRow, message_id)
             if row is None or row.conversation_id != conversation_id:
                 return 0
@@ -549,10 +553,18 @@ class Store:
         return now
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session inside one transaction: committed on success, else rolled back."""
-        async with self._sessions() as session, session.begin():
-            yield session
+    async def _transaction(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, else rolled back.
+
+        ``write``: the transaction writes; on SQLite, it waits for this process's
+        other writes to end first (``_write_lock``).
+        """
+        if write and self._write_lock is not None:
+            async with self._write_lock, self._sessions() as session, session.begin():
+                yield session
+        else:
+            async with self._sessions() as session, session.begin():
+                yield session
 
     @contextlib.asynccontextmanager
     async def _guard(self, action: str) -> AsyncIterator[None]:
