@@ -43,6 +43,7 @@ from tokenwire.protocol.aisdk import (
     parse_dialect,
 )
 from tokenwire.providers import Message
+from tokenwire.server.routes import responses
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
 
@@ -60,7 +61,14 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
     """The ``/api/chat`` routes bound to ``tw``."""
     router = APIRouter()
 
-    @router.post("/api/chat", response_model=None)
+    @router.post(
+        "/api/chat",
+        response_model=None,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "UI message stream"},
+            **responses(400, 404, 422, 503),
+        },
+    )
     async def chat(
         request: Request,
         x_tokenwire_ai_sdk: Annotated[str | None, Header()] = None,
@@ -113,7 +121,14 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
             return _detail(404, "chat not found")
         return _response(tw, stream.stream_id, dialect)
 
-    @router.get("/api/chat/{chat_id}/stream", response_model=None)
+    @router.get(
+        "/api/chat/{chat_id}/stream",
+        response_model=None,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "UI message stream"},
+            **responses(204, 400, 503),
+        },
+    )
     async def resume(
         chat_id: str, x_tokenwire_ai_sdk: Annotated[str | None, Header()] = None
     ) -> Response:
@@ -127,7 +142,7 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
             return Response(status_code=204)
         return _response(tw, stream_id, dialect)
 
-    @router.post("/api/chat/{chat_id}/stop")
+    @router.post("/api/chat/{chat_id}/stop", responses=responses(503))
     async def stop(chat_id: str) -> dict[str, object]:
         """Cancel the chat's running generation (reason ``user``); idempotent."""
         stream_id = await _running_stream(tw, chat_id)

@@ -36,6 +36,7 @@ from tokenwire.server.aisdk import build_aisdk_router
 from tokenwire.server.openai_compat import build_openai_router
 from tokenwire.server.pusher import PusherHub
 from tokenwire.server.pusher_http import build_pusher_router
+from tokenwire.server.routes import EVERY_ROUTE, responses
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.settings import Settings
 
@@ -84,10 +85,11 @@ def create_app(
         max_bytes=tw.settings.max_body_bytes,
         timeout=tw.settings.body_timeout,
     )
-    app.include_router(tw.router)
-    app.include_router(build_openai_router(tw))
-    app.include_router(build_aisdk_router(tw))
-    app.include_router(build_pusher_router(hub))
+    every = responses(*EVERY_ROUTE)
+    app.include_router(tw.router, responses=every)
+    app.include_router(build_openai_router(tw), responses=every)
+    app.include_router(build_aisdk_router(tw), responses=every)
+    app.include_router(build_pusher_router(hub), responses=every)
     if tw.settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -49,6 +49,7 @@ from tokenwire.protocol.openai_compat import (
     parse_request,
 )
 from tokenwire.providers import Message
+from tokenwire.server.routes import responses
 from tokenwire.server.tokenwire import Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
 
@@ -113,7 +114,14 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
     """The OpenAI-compatible routes bound to ``tw``."""
     router = APIRouter(route_class=OpenAIRoute)
 
-    @router.post("/v1/chat/completions", response_model=None)
+    @router.post(
+        "/v1/chat/completions",
+        response_model=None,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "A completion"},
+            **responses(400, 404, 429, 502, 503, 504),
+        },
+    )
     async def chat_completions(body: Annotated[dict[str, Any], Body()]) -> Response:
         """Create a chat completion (streamed when ``stream`` is true)."""
         chat = parse_request(body)

@@ -40,6 +40,7 @@ from tokenwire.protocol.pusher import (
 )
 from tokenwire.server.identity import Identity
 from tokenwire.server.pusher import PusherHub
+from tokenwire.server.routes import responses
 from tokenwire.settings import PusherApp
 
 __all__ = ["build_pusher_router"]
@@ -96,7 +97,7 @@ def build_pusher_router(hub: PusherHub) -> APIRouter:
                 return
         raise _Refused(403, f"no authorizer for channel {channel}")
 
-    @router.post("/broadcasting/auth", tags=["pusher"])
+    @router.post("/broadcasting/auth", tags=["pusher"], responses=responses(400, 401, 403))
     async def broadcasting_auth(request: Request) -> JSONResponse:
         form = await request.form()
         socket_id, channel = form.get("socket_id"), form.get("channel_name")
@@ -130,7 +131,7 @@ def build_pusher_router(hub: PusherHub) -> APIRouter:
         body["auth"] = channel_auth(app.key, app.secret, socket_id, channel, channel_data)
         return JSONResponse(body)
 
-    @router.post("/broadcasting/user-auth", tags=["pusher"])
+    @router.post("/broadcasting/user-auth", tags=["pusher"], responses=responses(400, 401))
     async def user_authentication(request: Request) -> JSONResponse:
         form = await request.form()
         socket_id = form.get("socket_id")
@@ -276,7 +277,12 @@ def build_pusher_router(hub: PusherHub) -> APIRouter:
     ]
     for method, path, handler in routes:
         router.add_api_route(
-            path, api(handler), methods=[method], tags=["pusher"], response_model=None
+            path,
+            api(handler),
+            methods=[method],
+            tags=["pusher"],
+            response_model=None,
+            responses=responses(400, 401, 404, 413),
         )
     return router
 

@@ -33,17 +33,28 @@ MAX_UNIX = 253_402_300_799.0
 """Largest Unix time a query may name (9999-12-31T23:59:59Z), seconds."""
 
 _DESCRIPTIONS = {
-    400: "Malformed header",
-    404: "Unknown stream or conversation (or not yours)",
+    204: "Nothing to send",
+    400: "Malformed request: body not JSON, or a malformed header",
+    401: "Authentication required or invalid",
+    403: "Not allowed",
+    404: "Unknown stream, conversation, model or app (or not yours)",
+    408: "Request body not received in time",
     410: "The stream's events have expired; the message is in the store",
     413: "Request body too large",
     422: "Invalid body or query, naming the field",
-    503: "The store or the stream log is unavailable",
+    429: "Rate-limited (Retry-After)",
+    502: "The model provider failed",
+    503: "The store, the stream log or the provider is unavailable",
+    504: "The model provider timed out",
 }
+
+EVERY_ROUTE = (408, 413)
+"""What any route may answer before it runs (the body middleware of ``create_app``)."""
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` for the error statuses a route answers (``{"detail": …}``)."""
+    """OpenAPI ``responses=`` for the error statuses a route answers, for the
+    document to list every status an operation really returns (schemathesis checks it)."""
     return {status: {"description": _DESCRIPTIONS[status]} for status in statuses}
 
 
@@ -98,7 +109,10 @@ def build_router(tw: Tokenwire) -> APIRouter:
         return record
 
     @router.post(
-        "/v1/chat", status_code=202, response_model=None, responses=responses(404, 413, 422, 503)
+        "/v1/chat",
+        status_code=202,
+        response_model=None,
+        responses=responses(400, 404, 413, 422, 503),
     )
     async def chat(
         body: ChatBody, request: Request, accept: Annotated[str, Header()] = ""
