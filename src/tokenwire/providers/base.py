@@ -72,6 +72,11 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
 class Provider(Protocol):
     """A model API. ``stream`` yields events and ends with :class:`Finish`.
 
+    A provider may also have ``check_params(model: str, params: Mapping[str, object])
+    -> None`` raising :class:`~tokenwire.errors.InvalidRequestError`:
+    :meth:`tokenwire.Tokenwire.check` calls it before anything is created, so a
+    request the provider would refuse is a 422 (the ``fake:`` models bound theirs).
+
     Raises:
         ProviderError: from ``stream``'s iteration, for every upstream failure,
             including in-band errors after HTTP 200.

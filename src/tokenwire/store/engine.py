@@ -6,9 +6,9 @@ if missing; every connection gets ``PRAGMA foreign_keys=ON`` (needed for
 ``synchronous=NORMAL`` (safe with WAL), and waits up to ``busy_timeout`` for a
 lock; a :class:`~tokenwire.store.Store` also queues its own write transactions on
 one lock, so writers of one process never contend for the file (a deferred
-transaction that read first cannot wait for the lock: "database is locked"). PostgreSQL (``postgresql+asyncpg://user@host:port/db``): connections are
-checked before use (``pool_pre_ping``) and connecting gives up after
-``connect_timeout``.
+transaction that read first cannot wait for the lock: "database is locked").
+PostgreSQL (``postgresql+asyncpg://user@host:port/db``): connections are checked
+before use (``pool_pre_ping``) and connecting gives up after ``connect_timeout``.
 """
 
 from __future__ import annotations
