@@ -480,6 +480,10 @@ def test_half_sent_headers_are_dropped_by_tokenwire_serve(tmp_path: Path) -> Non
         closed, _ = _closed_within(sock, 8)
         assert closed and time.monotonic() - start < 8
         sock.close()
+        sock = _raw(port, b"")  # sends nothing at all
+        closed, _ = _closed_within(sock, 8)
+        assert closed
+        sock.close()
         # a complete request is served; the next, half-sent one on the same connection is not
         sock = _raw(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\n")
         closed, received = _closed_within(sock, 8)

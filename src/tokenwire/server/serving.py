@@ -13,10 +13,11 @@ Two additions to plain ``uvicorn.run``:
   once), before uvicorn closes every WebSocket with 1012.
 - :class:`HeaderTimeoutProtocol`, uvicorn's httptools HTTP protocol with a
   deadline for the request head: a connection that has not sent a request's
-  complete headers ``header_timeout`` seconds after it opened (or after the
-  previous response on a kept-alive connection) is closed (slowloris). uvicorn has
-  no such deadline: its ``timeout_keep_alive`` is disarmed by the first byte of
-  a request, and ``h11_max_incomplete_event_size`` bounds size, not time. The
+  complete headers ``header_timeout`` seconds after it opened, or after the first
+  byte of a request on a kept-alive connection, is closed (slowloris). uvicorn
+  has no such deadline: its ``timeout_keep_alive`` (5 s, idle time between
+  requests, which stays in charge there) is disarmed by the first byte of a
+  request, and ``h11_max_incomplete_event_size`` bounds size, not time. The
   body is bounded separately, by ``body_timeout`` in
   :class:`~tokenwire.server.app.BodyLimitMiddleware` (under any server).
   Limits: it covers HTTP/1.1 through httptools (what ``tokenwire serve`` runs);
@@ -68,8 +69,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     longer than :attr:`header_timeout` seconds (module docstring)."""
 
     header_timeout: float = 10.0
-    """Seconds from the connection's start (or the previous response's end) to the
-    end of the request's headers; a subclass sets it (:func:`run`)."""
+    """Seconds from the connection's start, or from the first byte of a later
+    request, to the end of the request's headers; a subclass sets it (:func:`run`)."""
 
     _head_timer: asyncio.TimerHandle | None = None
 
@@ -77,14 +78,14 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._arm_head_timer()
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_timer is None:  # a later request on a kept-alive connection
+            self._arm_head_timer()
+
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
         super().on_headers_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing() and not self.pipeline:
-            self._arm_head_timer()  # the next request's head, on a kept-alive connection
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
