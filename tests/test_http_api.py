@@ -292,6 +292,7 @@ async def test_expired_stream_answers_410_and_store_keeps_message(tmp_path: Path
     async with tw:
         stream = await tw.start("fake:echo", [Message("user", "kept")])
         await stream.wait()
+        await tw.wait_idle()  # the producer stores the message after logging the terminal
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://tw") as client:
             assert (await client.get(f"/v1/streams/{stream.stream_id}/events")).status_code == 410
