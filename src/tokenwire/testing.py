@@ -1,6 +1,8 @@
 """Helpers for testing code that uses tokenwire.
 
-- :class:`FakeProvider`: the scripted ``fake:`` models (see :mod:`tokenwire.providers.fake`).
+- :class:`FakeProvider`: the scripted ``fake:`` models (see :mod:`tokenwire.providers.fake`),
+  served by a :class:`~tokenwire.Tokenwire` only with ``Settings(fake_provider=True)``
+  (``TOKENWIRE_FAKE_PROVIDER=1``) or ``ProviderRegistry(fake=True)``.
 - :class:`ScriptedProvider`: yields exactly the events you give it.
 - :func:`parse_sse`: turn SSE bytes (from any client, in any pieces) back into events.
 - :func:`collect`: read a :class:`~tokenwire.Stream` to its terminal event.
