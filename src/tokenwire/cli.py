@@ -12,11 +12,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from rich.console import Console
 
+from tokenwire.errors import TokenwireError
 from tokenwire.settings import Settings
 
 app = typer.Typer(
@@ -68,11 +71,12 @@ def serve(
         producers="queue" if no_producers else None,
     )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    asgi_app = create_app(settings, freeze_gc=True)
     console.print(
         f"tokenwire: chat page on http://{settings.host}:{settings.port}/"
         f"  (default model {settings.resolved_default_model()})"
     )
-    run(create_app(settings, freeze_gc=True), log_level=log_level)
+    run(asgi_app, log_level=log_level)
 
 
 @app.command()
@@ -91,11 +95,7 @@ def worker(
 
     settings = _settings(data_dir=data_dir)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    try:
-        runner = GenerationWorker(settings, concurrency=concurrency)
-    except ValueError as exc:
-        console.print(f"tokenwire worker: {exc}", style="red")
-        raise typer.Exit(2) from exc
+    runner = GenerationWorker(settings, concurrency=concurrency)
     console.print(f"tokenwire worker {runner.id}: queue {settings.queue_name!r}")
     asyncio.run(runner.run())
 
@@ -173,17 +173,43 @@ async def _chat(
 
 @app.command("mock-provider")
 def mock_provider(
-    recordings: Annotated[Path, typer.Option(help="Folder of recordings (<api>/<name>.sse …).")],
+    recordings: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of recordings (<api>/<name>.sse …); default: the ones bundled "
+            "with tokenwire (GET /_mock/models lists them)."
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8100,
     pace_ms: Annotated[float, typer.Option(help="Milliseconds between replayed events.")] = 0.0,
 ) -> None:
     """Serve recorded provider responses over the providers' real HTTP APIs."""
+    from tokenwire.mock_provider import BUNDLED_RECORDINGS
     from tokenwire.mock_provider import serve as serve_mock
 
-    serve_mock(recordings, host=host, port=port, pace_ms=pace_ms)
+    serve_mock(recordings or BUNDLED_RECORDINGS, host=host, port=port, pace_ms=pace_ms)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. A user's mistake (a bad setting, an unknown
+    model, a missing folder) prints one line on stderr and exits with status 2;
+    a bug still shows its traceback."""
+    try:
+        app()
+    except (TokenwireError, NotADirectoryError) as exc:
+        _fail(str(exc))
+    except ValidationError as exc:
+        _fail("; ".join(_setting_error(error) for error in exc.errors()))
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"tokenwire: {message}", style="red", soft_wrap=True)
+    raise SystemExit(2)
+
+
+def _setting_error(error: ErrorDetails) -> str:
+    """``TOKENWIRE_PORT='abc': Input should be a valid integer …`` for one error of
+    :class:`Settings`."""
+    name = "TOKENWIRE_" + "_".join(str(part) for part in error["loc"]).upper()
+    return f"{name}={error.get('input')!r}: {error['msg']}"

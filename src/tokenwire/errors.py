@@ -7,12 +7,14 @@ at one boundary with ``raise X(...) from exc``::
     ├── StreamNotFoundError    no such stream (or not yours)
     ├── StreamExpiredError     the stream's events are past retention
     ├── StoreError             the conversation store failed
-    └── LogUnavailableError    the stream log's backend (Redis) cannot be reached
+    ├── LogUnavailableError    the stream log's backend (Redis) cannot be reached
+    └── ConfigurationError     a setting names something tokenwire cannot use (also a ValueError)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ConfigurationError",
     "LogUnavailableError",
     "ProviderError",
     "StoreError",
@@ -68,3 +70,8 @@ class StoreError(TokenwireError):
 
 class LogUnavailableError(TokenwireError):
     """The stream log's backend (Redis) cannot be reached or failed (HTTP 503)."""
+
+
+class ConfigurationError(TokenwireError, ValueError):
+    """A setting names something tokenwire cannot use (an unsupported log URL, a
+    queue without Redis …); the message names the setting."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -375,13 +376,19 @@ class _Run:
             await self.log.request_cancel(self.stream_id, "abandoned")
 
     async def _finish(self, terminal: Event) -> Event:
-        """Append what is pending and the terminal event; store the message."""
+        """Store the message, then append what is pending and the terminal event: a
+        reader that sees the terminal event finds the message stored as it ended."""
         if self.flush_task is not None:
             await asyncio.wait({self.flush_task}, timeout=_CLOSE_TIMEOUT)
         out: list[Event] = []
         self._flush(out)
+        ended: MessageState | None = None  # what was stored before the append
         try:
             await self.sync_state()
+            ended = copy.deepcopy(self.state)
+            for seq, event in enumerate([*out, terminal], start=ended.last_seq + 1):
+                ended.apply(with_seq(event, seq))
+            await self._store(ended)
             appended = await self.log.append(self.stream_id, [*out, terminal])
             for event in appended:
                 self.state.apply(event)
@@ -392,20 +399,24 @@ class _Run:
             logger.exception("could not end stream %s", self.stream_id)
             if self.state.status in ("pending", "streaming"):
                 self.state.apply(with_seq(terminal, self.state.last_seq + 1))
-        if self.sink is not None:
-            state = self.state
-            try:
-                await self.sink.update_message(
-                    self.message_id,
-                    parts=state.parts_list(),
-                    status=state.status,
-                    finish_reason=state.finish_reason,
-                    usage=state.usage_dict(),
-                    error=state.error,
-                )
-            except Exception:
-                logger.exception("could not store message %s", self.message_id)
+        if ended is None or (ended.status, ended.error) != (self.state.status, self.state.error):
+            await self._store(self.state)  # not stored yet, or another terminal event won
         return terminal
+
+    async def _store(self, state: MessageState) -> None:
+        if self.sink is None:
+            return
+        try:
+            await self.sink.update_message(
+                self.message_id,
+                parts=state.parts_list(),
+                status=state.status,
+                finish_reason=state.finish_reason,
+                usage=state.usage_dict(),
+                error=state.error,
+            )
+        except Exception:
+            logger.exception("could not store message %s", self.message_id)
 
 
 def _mergeable(pending: Event, event: _Delta) -> bool:

@@ -18,6 +18,8 @@ import platformdirs
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tokenwire.errors import ConfigurationError
+
 __all__ = ["PusherApp", "Settings"]
 
 
@@ -157,11 +159,11 @@ class Settings(BaseSettings):
         """The job queue's Redis URL.
 
         Raises:
-            ValueError: no ``queue_url`` and ``log_url`` is not a Redis URL.
+            ConfigurationError: no ``queue_url`` and ``log_url`` is not a Redis URL.
         """
         url = self.queue_url or self.log_url
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
+            raise ConfigurationError(
                 "producers='queue' needs a Redis job queue: set TOKENWIRE_QUEUE_URL "
                 "or a redis:// TOKENWIRE_LOG_URL"
             )

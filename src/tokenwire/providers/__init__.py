@@ -16,7 +16,13 @@ import os
 from collections.abc import Callable
 
 from tokenwire.errors import UnknownModelError
-from tokenwire.providers.base import GenerationRequest, Message, Provider, ProviderEvent
+from tokenwire.providers.base import (
+    CheckedProvider,
+    GenerationRequest,
+    Message,
+    Provider,
+    ProviderEvent,
+)
 
 __all__ = [
     "GenerationRequest",
@@ -105,7 +111,9 @@ class ProviderRegistry:
         """Return the provider for ``"provider:model"`` and the provider's model name.
 
         Raises:
-            UnknownModelError: malformed name or unknown provider prefix.
+            UnknownModelError: malformed name, unknown provider prefix, or a
+                :class:`~tokenwire.providers.base.CheckedProvider` that cannot serve
+                the model (unknown to it, or its API key is not set).
         """
         prefix, model = split_model(name)
         provider = self._built.get(prefix)
@@ -115,6 +123,8 @@ class ProviderRegistry:
                 known = ", ".join(sorted(self._factories))
                 raise UnknownModelError(f"unknown provider {prefix!r} (known: {known})")
             provider = self._built[prefix] = factory()
+        if isinstance(provider, CheckedProvider):
+            provider.check(model)
         return provider, model
 
     async def aclose(self) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 from tokenwire.accumulate import MessageState
-from tokenwire.errors import TokenwireError
+from tokenwire.errors import ConfigurationError, TokenwireError
 from tokenwire.events import Event, Start, is_terminal
 from tokenwire.log.base import StreamLog
 from tokenwire.log.memory import MemoryStreamLog
@@ -425,6 +425,6 @@ def _open_log(settings: Settings) -> StreamLog:
         return RedisStreamLog.from_url(
             url, prefix=settings.log_prefix, retention=settings.retention
         )
-    raise ValueError(
+    raise ConfigurationError(
         f"unsupported TOKENWIRE_LOG_URL {url!r} (supported: memory://, redis://, rediss://)"
     )
