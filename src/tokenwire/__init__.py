@@ -2,6 +2,7 @@
 cancellable event stream, served over SSE and more (see DESIGN.md)."""
 
 from tokenwire.errors import (
+    AuthenticationError,
     LogUnavailableError,
     ProviderError,
     StoreError,
@@ -29,16 +30,19 @@ from tokenwire.events import (
 )
 from tokenwire.providers import GenerationRequest, Message, Provider, ProviderRegistry
 from tokenwire.server.app import create_app
+from tokenwire.server.identity import Identity
 from tokenwire.server.tokenwire import ConversationNotFoundError, Stream, Tokenwire
 from tokenwire.settings import Settings
 
 __all__ = [
+    "AuthenticationError",
     "Cancelled",
     "ConversationNotFoundError",
     "Error",
     "Event",
     "Finish",
     "GenerationRequest",
+    "Identity",
     "LogUnavailableError",
     "Message",
     "Provider",

@@ -59,8 +59,13 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Run the HTTP server: native API, SSE, and the chat page at http://HOST:PORT/."""
+    """Run the HTTP server: native API, SSE, and the chat page at http://HOST:PORT/.
+
+    Refuses to start (exit status 2) on an interface other than loopback when no
+    identity source is configured and anonymous callers are not explicitly allowed.
+    """
     from tokenwire.server.app import create_app
+    from tokenwire.server.identity import is_loopback
     from tokenwire.server.serving import run
 
     settings = _settings(
@@ -70,6 +75,14 @@ def serve(
         data_dir=data_dir,
         producers="queue" if no_producers else None,
     )
+    if not (
+        is_loopback(settings.host) or settings.identity_configured() or settings.allow_anonymous
+    ):
+        _fail(
+            f"refusing to serve {settings.host} with no identity source: set "
+            "TOKENWIRE_AUTH_TOKENS, TOKENWIRE_JWT_SECRET or TOKENWIRE_JWT_PUBLIC_KEY, "
+            "or TOKENWIRE_ALLOW_ANONYMOUS=1 to serve anonymous callers"
+        )
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     asgi_app = create_app(settings, freeze_gc=True)
     console.print(

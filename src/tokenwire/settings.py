@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokenwire.errors import ConfigurationError
@@ -121,6 +121,20 @@ class Settings(BaseSettings):
     auth_tokens: dict[str, str] = Field(default_factory=dict)
     """Bearer tokens and the user id each stands for (``{"token": "alice"}``): the
     server's default way to know who calls (``tokenwire.server.identity``)."""
+    jwt_secret: SecretStr | None = None
+    """Verifies ``Authorization: Bearer <JWT>`` tokens signed with HS256; the ``sub``
+    claim is the caller's user id; ``exp`` and ``nbf`` are checked when present."""
+    jwt_public_key: str | None = None
+    """PEM public key (the text, or the path of a ``.pem`` file) verifying bearer JWTs
+    signed with RS256 (RSA key) or ES256 (P-256 key); ``sub`` is the user id."""
+    jwt_audience: str | None = None
+    """The ``aud`` a bearer JWT must carry; ``None`` = tokens carrying an ``aud`` are refused."""
+    jwt_issuer: str | None = None
+    """The ``iss`` a bearer JWT must carry; ``None`` = not checked."""
+    allow_anonymous: bool = False
+    """Serve callers without an identity even though an identity source (tokens, JWT
+    keys, an ``identify`` hook) is configured; without one, everyone is anonymous.
+    A request with an invalid or expired token is refused (401) either way."""
 
     # WebSockets: Pusher Channels protocol 7 (docs/websockets.md)
     pusher_apps: list[PusherApp] = Field(default_factory=_default_pusher_apps)
@@ -148,6 +162,11 @@ class Settings(BaseSettings):
     ``error{producer_lost}`` (its lease until a worker takes it)."""
     worker_concurrency: int = 64
     """Generations one ``tokenwire worker`` process runs at once."""
+
+    def identity_configured(self) -> bool:
+        """Whether a setting names an identity source (``auth_tokens``, ``jwt_secret``,
+        ``jwt_public_key``); an ``identify`` hook given to ``Tokenwire`` is one too."""
+        return bool(self.auth_tokens or self.jwt_secret or self.jwt_public_key)
 
     def resolved_store_url(self) -> str:
         """The store URL, defaulting to an SQLite file in ``data_dir``."""

@@ -8,7 +8,15 @@
   its ``start`` (same ``messageId``), then followed live; ``204`` when none runs.
 - ``POST /api/chat/{chat_id}/stop``: cancel the chat's running generation; every
   reader ends with ``abort``. (``useChat``'s own ``stop()`` only aborts the fetch,
-  which is a disconnect, not a stop: DESIGN §5. Call this endpoint too.)
+  which is a disconnect, not a stop: DESIGN §5. Call this endpoint too, with
+  ``Content-Type: application/json``.)
+
+Ownership (:mod:`tokenwire.server.identity`): a chat created by ``POST /api/chat``
+is its caller's. Another owner's chat is treated as one that does not exist:
+``POST /api/chat`` and ``/stop`` answer 404, ``/stream`` answers 204, and nothing
+is read, deleted or cancelled. Without a valid identity where one is required:
+401. ``POST /api/chat`` and ``/stop`` refuse a body not declared as JSON with 415,
+so that another site's page cannot call them with a form.
 
 Choices: the model comes from the body field ``model``, else the
 ``x-tokenwire-model`` header, else the server's default model; the dialect from
@@ -27,7 +35,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from tokenwire.errors import UnknownModelError
@@ -43,6 +51,7 @@ from tokenwire.protocol.aisdk import (
     parse_dialect,
 )
 from tokenwire.providers import Message
+from tokenwire.server.identity import require_json
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
 
@@ -67,6 +76,8 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         x_tokenwire_model: Annotated[str | None, Header()] = None,
     ) -> Response:
         """Start a generation and answer its UI message stream."""
+        owner = await tw.access.owner(request)
+        require_json(request)
         try:
             dialect = parse_dialect(x_tokenwire_ai_sdk)
             body = parse_chat_request(json.loads(await request.body() or b"null"))
@@ -80,8 +91,12 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         except UnknownModelError as exc:
             return _detail(422, f"model: {exc}")
         regenerate = body.trigger == "regenerate-message"
-        if await tw.store.get_conversation(body.chat_id) is None:
-            await tw.store.create_conversation(conversation_id=body.chat_id)
+        try:
+            existing = await tw.access.find_conversation(request, body.chat_id)
+        except ConversationNotFoundError:
+            return _detail(404, "chat not found")
+        if existing is None:
+            await tw.store.create_conversation(conversation_id=body.chat_id, owner=owner)
             messages = [Message(role, text) for role, text in body.history]
             messages.append(Message("user", body.text))
         else:
@@ -96,6 +111,7 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
                 conversation_id=body.chat_id,
                 system=body.system,
                 params=body.params,
+                owner=owner,
             )
         except UnknownModelError as exc:
             return _detail(422, f"model: {exc}")
@@ -105,24 +121,38 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
 
     @router.get("/api/chat/{chat_id}/stream", response_model=None)
     async def resume(
-        chat_id: str, x_tokenwire_ai_sdk: Annotated[str | None, Header()] = None
+        request: Request, chat_id: str, x_tokenwire_ai_sdk: Annotated[str | None, Header()] = None
     ) -> Response:
-        """Replay the chat's running generation from ``start``; 204 when none runs."""
+        """Replay the chat's running generation from ``start``; 204 when none runs
+        (also for an unknown chat or another owner's)."""
         try:
             dialect = parse_dialect(x_tokenwire_ai_sdk)
         except ChatRequestError as exc:
             return _detail(400, str(exc))
+        try:
+            await tw.access.conversation(request, chat_id)
+        except ConversationNotFoundError:
+            return Response(status_code=204)
         stream_id = await _running_stream(tw, chat_id)
         if stream_id is None:
             return Response(status_code=204)
         return _response(tw, stream_id, dialect)
 
-    @router.post("/api/chat/{chat_id}/stop")
-    async def stop(chat_id: str) -> dict[str, object]:
-        """Cancel the chat's running generation (reason ``user``); idempotent."""
+    @router.post(
+        "/api/chat/{chat_id}/stop",
+        response_model=None,
+        dependencies=[Depends(tw.access.caller), Depends(require_json)],
+    )
+    async def stop(request: Request, chat_id: str) -> Response:
+        """Cancel the chat's running generation (reason ``user``); idempotent. 404 for
+        an unknown chat or another owner's."""
+        try:
+            await tw.access.conversation(request, chat_id)
+        except ConversationNotFoundError:
+            return _detail(404, "chat not found")
         stream_id = await _running_stream(tw, chat_id)
         stopped = stream_id is not None and await tw.cancel(stream_id, "user")
-        return {"chat_id": chat_id, "stream_id": stream_id, "stopped": stopped}
+        return JSONResponse({"chat_id": chat_id, "stream_id": stream_id, "stopped": stopped})
 
     return router
 

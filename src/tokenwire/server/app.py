@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenwire.errors import (
+    AuthenticationError,
     LogUnavailableError,
     StoreError,
     StreamExpiredError,
@@ -123,6 +124,12 @@ def _exception_handlers(app: FastAPI) -> None:
     async def bad_value(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    async def unauthenticated(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AuthenticationError)
+        headers = {"www-authenticate": exc.www_authenticate}
+        return JSONResponse({"detail": exc.message}, status_code=401, headers=headers)
+
+    app.add_exception_handler(AuthenticationError, unauthenticated)
     app.add_exception_handler(UnknownModelError, unknown_model)
     app.add_exception_handler(ValueError, bad_value)
     app.add_exception_handler(TokenwireError, bad_value)

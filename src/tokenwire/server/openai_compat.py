@@ -6,9 +6,13 @@ Streaming" (https://platform.openai.com/docs/api-reference/chat); the encoding i
 :mod:`tokenwire.protocol.openai_compat`, this module is its I/O shell.
 
 - Each request starts a new tokenwire conversation (stateless, as OpenAI's
-  endpoint is); ``x-tokenwire-stream-id`` on every answer names the stream, to
-  resume it (``GET /v1/streams/{id}/events``) or stop it
-  (``POST /v1/streams/{id}/cancel``) through the native API.
+  endpoint is), owned by the caller (``Authorization: Bearer``, the SDK's
+  ``api_key``: :mod:`tokenwire.server.identity`); ``x-tokenwire-stream-id`` on
+  every answer names the stream, to resume it (``GET /v1/streams/{id}/events``)
+  or stop it (``POST /v1/streams/{id}/cancel``) through the native API, which
+  answers 404 to anyone but its owner.
+- 401 (code ``invalid_api_key``, ``WWW-Authenticate: Bearer``) without a valid
+  identity where one is required; 415 for a body not sent as ``application/json``.
 - ``stream: true``: ``chat.completion.chunk`` SSE frames, ``: ping`` comments
   while nothing happens, ``data: [DONE]`` at the end; a failure after the stream
   started is the in-band ``data: {"error": {…}}`` line, then the body ends.
@@ -27,14 +31,20 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from tokenwire.errors import StoreError, StreamExpiredError, StreamNotFoundError, UnknownModelError
+from tokenwire.errors import (
+    AuthenticationError,
+    StoreError,
+    StreamExpiredError,
+    StreamNotFoundError,
+    UnknownModelError,
+)
 from tokenwire.protocol.openai_compat import (
     ChunkEncoder,
     OpenAIRequestError,
@@ -43,6 +53,7 @@ from tokenwire.protocol.openai_compat import (
     parse_request,
 )
 from tokenwire.providers import Message
+from tokenwire.server.identity import require_json
 from tokenwire.server.tokenwire import Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
 
@@ -82,6 +93,10 @@ class OpenAIRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
+            except AuthenticationError as exc:
+                response = _error(401, exc.message, code="invalid_api_key")
+                response.headers["www-authenticate"] = exc.www_authenticate
+                return response
             except OpenAIRequestError as exc:
                 return _error(exc.status, exc.message, param=exc.param, code=exc.code)
             except RequestValidationError as exc:
@@ -105,15 +120,24 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
     """The OpenAI-compatible routes bound to ``tw``."""
     router = APIRouter(route_class=OpenAIRoute)
 
-    @router.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: Annotated[dict[str, Any], Body()]) -> Response:
-        """Create a chat completion (streamed when ``stream`` is true)."""
+    @router.post(
+        "/v1/chat/completions",
+        response_model=None,
+        dependencies=[Depends(tw.access.caller), Depends(require_json)],
+    )
+    async def chat_completions(
+        request: Request, body: Annotated[dict[str, Any], Body()]
+    ) -> Response:
+        """Create a chat completion (streamed when ``stream`` is true), in a new
+        conversation owned by the caller."""
+        owner = await tw.access.owner(request)
         chat = parse_request(body)
         stream = await tw.start(
             chat.model,
             [Message(role, text) for role, text in chat.messages],
             system=chat.system,
             params=chat.params,
+            owner=owner,
         )
         encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
         if chat.stream:

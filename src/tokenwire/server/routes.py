@@ -1,24 +1,26 @@
 """The native HTTP API (DESIGN §3, a contract for its paths and SSE framing).
 
-Errors are JSON ``{"detail": …}``: 404 unknown stream or conversation, 410 stream
-past retention, 422 invalid body naming the field (FastAPI's validation format,
-or ``{"detail": [{"loc": ["body", "model"], "msg": …}]}`` for an unknown model),
-413 body too large.
+Errors are JSON ``{"detail": …}``: 401 no valid identity where one is needed
+(``WWW-Authenticate: Bearer``), 404 unknown stream or conversation (or another
+owner's: :mod:`tokenwire.server.identity`), 410 stream past retention, 415 a
+``POST /v1/chat`` body not sent as ``application/json``, 422 invalid body naming
+the field (FastAPI's validation format, or ``{"detail": [{"loc": ["body",
+"model"], "msg": …}]}`` for an unknown model), 413 body too large.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.accumulate import MessageState
-from tokenwire.errors import StreamNotFoundError, UnknownModelError
+from tokenwire.errors import UnknownModelError
 from tokenwire.events import encode_event, is_terminal
-from tokenwire.log.base import StreamInfo
 from tokenwire.providers import Message, split_model
+from tokenwire.server.identity import require_json
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
 
@@ -54,29 +56,19 @@ def _field_error(field: str, message: str) -> JSONResponse:
 def build_router(tw: Tokenwire) -> APIRouter:
     """The native API routes, bound to ``tw``.
 
-    Ownership: what an identified caller (``tw.identify``) starts is theirs; a stream
-    or conversation with an owner answers 404 to anyone else, as if it did not exist.
+    Every route asks ``tw.access`` who is calling (401 without a valid identity
+    where one is required) and whether they may touch the stream or conversation:
+    what a caller starts is theirs; another owner's answers 404, as if it did not exist.
     """
     router = APIRouter()
+    access = tw.access
 
-    async def caller(request: Request) -> str | None:
-        identity = await tw.identify(request)
-        return identity.id if identity is not None else None
-
-    async def visible_stream(request: Request, stream_id: str) -> StreamInfo:
-        info = await tw.log.info(stream_id)
-        owner = info.meta.get("owner")
-        if owner is not None and owner != await caller(request):
-            raise StreamNotFoundError(stream_id)
-        return info
-
-    async def visible_conversation(request: Request, conversation_id: str) -> Any:
-        record = await tw.store.get_conversation(conversation_id)
-        if record is None or (record.owner is not None and record.owner != await caller(request)):
-            raise ConversationNotFoundError(conversation_id)
-        return record
-
-    @router.post("/v1/chat", status_code=202, response_model=None)
+    @router.post(
+        "/v1/chat",
+        status_code=202,
+        response_model=None,
+        dependencies=[Depends(access.caller), Depends(require_json)],
+    )
     async def chat(
         body: ChatBody, request: Request, accept: Annotated[str, Header()] = ""
     ) -> Response | dict[str, str]:
@@ -88,7 +80,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 conversation_id=body.conversation_id,
                 system=body.system,
                 params=body.params,
-                owner=await caller(request),
+                owner=await access.owner(request),
             )
         except UnknownModelError as exc:
             return _field_error("model", str(exc))
@@ -117,7 +109,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
             if not last_event_id.strip().isdigit():
                 return JSONResponse({"detail": "Last-Event-ID must be a sequence number"}, 422)
             after = int(last_event_id)
-        await visible_stream(request, stream_id)
+        await access.stream(request, stream_id)
         return EventStreamResponse(
             tw.log, stream_id, after=after, heartbeat_interval=tw.settings.heartbeat_interval
         )
@@ -131,7 +123,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
     ) -> Response:
         """Polling: the message so far, or with ``after``, events with ``seq > after``
         (waiting up to ``wait`` seconds for at least one)."""
-        info = await visible_stream(request, stream_id)
+        info = await access.stream(request, stream_id)
         if after is not None or wait:
             since = after or 0
             if wait:
@@ -167,7 +159,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
     @router.post("/v1/streams/{stream_id}/cancel", name="cancel_stream", status_code=202)
     async def cancel_stream(request: Request, stream_id: str) -> dict[str, Any]:
         """Stop the stream; idempotent. Every reader then receives ``cancelled``."""
-        await visible_stream(request, stream_id)
+        await access.stream(request, stream_id)
         requested = await tw.cancel(stream_id, "user")
         info = await tw.log.info(stream_id)
         return {"stream_id": stream_id, "cancel_requested": requested, "status": info.status}
@@ -178,15 +170,14 @@ def build_router(tw: Tokenwire) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         before: Annotated[float | None, Query(description="updated_at, Unix seconds")] = None,
     ) -> dict[str, Any]:
-        owner = await caller(request)
-        records = await tw.store.list_conversations(owner=owner, limit=limit, before=before)
-        if owner is None:  # an anonymous caller sees only conversations nobody owns
-            records = [r for r in records if r.owner is None]
+        """The caller's conversations, newest first (anonymous: those nobody owns);
+        the next page is ``?before=<updated_at of the last one>``."""
+        records = await access.conversations(request, limit=limit, before=before)
         return {"data": [_conversation(r) for r in records]}
 
     @router.get("/v1/conversations/{conversation_id}")
     async def get_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
-        record = await visible_conversation(request, conversation_id)
+        record = await access.conversation(request, conversation_id)
         active = await tw.active_stream(conversation_id)
         messages = []
         for m in await tw.store.messages(conversation_id):
@@ -208,7 +199,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
 
     @router.delete("/v1/conversations/{conversation_id}", status_code=204)
     async def delete_conversation(request: Request, conversation_id: str) -> Response:
-        await visible_conversation(request, conversation_id)
+        await access.conversation(request, conversation_id)
         active = await tw.active_stream(conversation_id)
         if active is not None:
             await tw.cancel(active[0], "deleted")
@@ -217,7 +208,8 @@ def build_router(tw: Tokenwire) -> APIRouter:
         return Response(status_code=204)
 
     @router.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    async def models(request: Request) -> dict[str, Any]:
+        await access.caller(request)
         names = tw.settings.resolved_models()
         return {
             "object": "list",

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 from tokenwire.accumulate import MessageState
-from tokenwire.errors import ConfigurationError, TokenwireError
+from tokenwire.errors import ConfigurationError, ConversationNotFoundError
 from tokenwire.events import Event, Start, is_terminal
 from tokenwire.log.base import StreamLog
 from tokenwire.log.memory import MemoryStreamLog
 from tokenwire.producer import Generation, Producer, ProducerConfig
 from tokenwire.providers import GenerationRequest, Message, ProviderRegistry
-from tokenwire.server.identity import Identify, bearer_tokens
+from tokenwire.server.identity import Access, Identify
 from tokenwire.settings import Settings
 from tokenwire.store import Store
 from tokenwire.transports.sse import EventStreamResponse
@@ -38,16 +38,12 @@ if TYPE_CHECKING:
 
     from tokenwire.queue import GenerationQueue
 
-__all__ = ["ConversationNotFoundError", "Stream", "Tokenwire"]
+__all__ = ["ConversationNotFoundError", "Stream", "Tokenwire"]  # the error: tokenwire.errors
 
 logger = logging.getLogger("tokenwire")
 
 EventCallback = Callable[[Event], Awaitable[None] | None]
 StreamCallback = Callable[["Stream"], Awaitable[None] | None]
-
-
-class ConversationNotFoundError(TokenwireError):
-    """No such conversation, or not the caller's (HTTP 404)."""
 
 
 class Tokenwire:
@@ -58,8 +54,13 @@ class Tokenwire:
         log: a stream log to use instead of the one ``settings.log_url`` names.
         store: an opened store to use instead of opening ``settings.store_url``.
         registry: providers; ``None`` = the built-in ones.
-        identify: finds the caller of an HTTP request (owner of what they start);
-            ``None`` = ``Authorization: Bearer`` tokens of ``settings.auth_tokens``.
+        identify: the embedding app's way to find the caller of an HTTP request
+            (the owner of what they start), tried before the bearer tokens and JWTs
+            of ``settings``; giving one makes identity required (401 without) unless
+            ``settings.allow_anonymous``. See :mod:`tokenwire.server.identity`.
+
+    Raises:
+        ConfigurationError: a JWT key in ``settings`` cannot be loaded.
     """
 
     def __init__(
@@ -72,11 +73,17 @@ class Tokenwire:
         identify: Identify | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.identify: Identify = identify or bearer_tokens(self.settings.auth_tokens)
         self.stream_started: list[Callable[[Start], Awaitable[None]]] = []
         """Awaited with each new stream's ``start`` event (the Pusher hub relays it)."""
         self.log: StreamLog = log or _open_log(self.settings)
         self._store = store
+        self.access = Access(
+            self.settings, log=self.log, store=lambda: self.store, identify=identify
+        )
+        """Who is calling and what they may touch: every HTTP surface asks it."""
+        self.identify: Identify = self.access.identify
+        """The caller of a request, ``None`` = anonymous (not checked against
+        ``access.required``: routes use ``access.caller``)."""
         self.registry = registry or ProviderRegistry()
         self.producer_config = ProducerConfig(  # the settings of the same names
             **{name: getattr(self.settings, name) for name in ProducerConfig.__struct_fields__}
@@ -192,11 +199,15 @@ class Tokenwire:
         ``messages`` are the new messages; when the conversation exists, its stored
         history comes first (and ``messages`` may be empty: a new answer to it, as
         for "regenerate"). A generation still running in the conversation is
-        cancelled with reason ``superseded``.
+        cancelled with reason ``superseded``. ``owner`` is the user id of the caller
+        (``None``: anonymous): a new conversation is theirs, and the stream belongs
+        to its conversation's owner.
 
         Raises:
             UnknownModelError: ``model`` names no provider.
-            ConversationNotFoundError: ``conversation_id`` is unknown or not ``owner``'s.
+            ConversationNotFoundError: ``conversation_id`` is unknown, or has an owner
+                other than ``owner`` (``owner=None`` may continue only a conversation
+                without owner: :func:`~tokenwire.store.models.may_touch`).
             ValueError: ``messages`` is empty and there is no ``conversation_id``.
         """
         if not messages and conversation_id is None:
@@ -220,8 +231,8 @@ class Tokenwire:
         ]
         stream_id = uuid.uuid4().hex
         meta = {"conversation_id": conversation.id, "message_id": assistant.id, "model": model}
-        if owner is not None:
-            meta["owner"] = owner
+        if conversation.owner is not None:  # a stream is its conversation owner's
+            meta["owner"] = conversation.owner
         await self.log.create(stream_id, meta)
         start = Start(
             stream_id=stream_id,

@@ -41,6 +41,7 @@ __all__ = [
     "MessageRow",
     "MessageStatus",
     "UTCDateTime",
+    "may_touch",
 ]
 
 MessageStatus = Literal["pending", "streaming", "completed", "failed", "cancelled"]
@@ -133,6 +134,18 @@ class MessageRow(Base):
     error: Mapped[dict[str, object] | None] = mapped_column(_json())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+def may_touch(owner: str | None, caller: str | None) -> bool:
+    """The ownership rule, the only copy of it: whether ``caller`` (a user id, ``None``
+    = anonymous) may see and change a thing whose owner is ``owner``.
+
+    A thing with an owner is its owner's alone; one with no owner (started
+    anonymously, or by library code without ``owner``) is anybody's who knows its id.
+    Everyone asks through :class:`tokenwire.server.identity.Access`; the store asks it
+    directly when it starts a turn.
+    """
+    return owner is None or owner == caller
 
 
 class ConversationRecord(msgspec.Struct, frozen=True, kw_only=True):

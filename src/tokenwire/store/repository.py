@@ -51,6 +51,7 @@ from tokenwire.store.models import (
     ConversationRow,
     MessageRecord,
     MessageRow,
+    may_touch,
 )
 
 __all__ = ["Store"]
@@ -223,7 +224,12 @@ class Store:
             return ConversationRecord.from_row(row)
 
     async def list_conversations(
-        self, *, owner: str | None = None, limit: int = 50, before: float | None = None
+        self,
+        *,
+        owner: str | None = None,
+        limit: int = 50,
+        before: float | None = None,
+        unowned: bool = False,
     ) -> list[ConversationRecord]:
         """Conversations, most recently updated first.
 
@@ -232,6 +238,8 @@ class Store:
 
         Args:
             owner: ``None`` = everybody's; otherwise only this owner's.
+            unowned: only conversations without an owner (what an anonymous caller
+                may see); ``owner`` must then be ``None``.
             limit: most records returned, at least 1.
             before: only conversations with ``updated_at < before`` (Unix
                 seconds); ``None`` = from the newest.
@@ -247,6 +255,8 @@ class Store:
         stmt = sa.select(ConversationRow)
         if owner is not None:
             stmt = stmt.where(ConversationRow.owner == owner)
+        elif unowned:
+            stmt = stmt.where(ConversationRow.owner.is_(None))
         if before is not None:
             stmt = stmt.where(ConversationRow.updated_at < from_unix(before, "before"))
         stmt = stmt.order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
@@ -417,7 +427,9 @@ class Store:
 
         Returns:
             ``(conversation, history before this turn, assistant message)``, or
-            ``None`` when the conversation does not exist or is not ``owner``'s.
+            ``None`` when the conversation does not exist or ``owner`` may not touch
+            it (:func:`~tokenwire.store.models.may_touch`: it has another owner, or
+            an owner and ``owner`` is ``None``).
 
         Raises:
             ValueError: an invalid role or parts.
@@ -434,7 +446,7 @@ class Store:
                 session.add(conversation)
             else:
                 found = await session.get(ConversationRow, conversation_id, with_for_update=True)
-                if found is None or (owner is not None and found.owner != owner):
+                if found is None or not may_touch(found.owner, owner):
                     return None
                 conversation = found
                 stmt = (
