@@ -418,6 +418,8 @@ def test_jwt_verifier_algorithms() -> None:
         assert caught.value.invalid_token
     with pytest.raises(ConfigurationError, match="PEM"):
         JWTVerifier(public_key="-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----")
+    with pytest.raises(ConfigurationError, match="at least 32 bytes"):
+        JWTVerifier(secret="short")
     with pytest.raises(ConfigurationError, match="readable file"):
         JWTVerifier(public_key="/no/such/key.pem")
 

@@ -122,8 +122,9 @@ class Settings(BaseSettings):
     """Bearer tokens and the user id each stands for (``{"token": "alice"}``): the
     server's default way to know who calls (``tokenwire.server.identity``)."""
     jwt_secret: SecretStr | None = None
-    """Verifies ``Authorization: Bearer <JWT>`` tokens signed with HS256; the ``sub``
-    claim is the caller's user id; ``exp`` and ``nbf`` are checked when present."""
+    """Verifies ``Authorization: Bearer <JWT>`` tokens signed with HS256 (at least 32
+    bytes); the ``sub`` claim is the caller's user id; ``exp`` and ``nbf`` are checked
+    when present."""
     jwt_public_key: str | None = None
     """PEM public key (the text, or the path of a ``.pem`` file) verifying bearer JWTs
     signed with RS256 (RSA key) or ES256 (P-256 key); ``sub`` is the user id."""

@@ -85,6 +85,8 @@ Identify = Callable[[HTTPConnection], Awaitable[Identity | None]]
 """``async (request) -> Identity | None``; ``None`` = anonymous. May raise
 :class:`~tokenwire.errors.AuthenticationError` (401) for credentials it rejects."""
 
+MIN_SECRET_BYTES = 32
+"""Shortest accepted HS256 secret, bytes (RFC 7518 §3.2: at least the hash's size)."""
 _STATE_KEY = "tokenwire.caller"
 """Where :meth:`Access.caller` keeps the identity found, in the ASGI scope's ``state``."""
 
@@ -93,7 +95,8 @@ class JWTVerifier:
     """Verifies bearer JWTs with PyJWT and returns their ``sub`` as an :class:`Identity`.
 
     Args:
-        secret: HMAC secret for HS256 tokens; ``None`` = none accepted.
+        secret: HMAC secret for HS256 tokens, at least :data:`MIN_SECRET_BYTES`
+            bytes; ``None`` = none accepted.
         public_key: PEM public key (or the path of a PEM file): RSA for RS256,
             P-256 for ES256 (also RS384/RS512, ES384/ES512 and EdDSA by key type);
             ``None`` = none accepted.
@@ -101,8 +104,8 @@ class JWTVerifier:
         issuer: the ``iss`` required; ``None`` = not checked.
 
     Raises:
-        ConfigurationError: neither key given, or ``public_key`` is not a PEM public
-            key of a supported type.
+        ConfigurationError: neither key given, ``secret`` is too short, or
+            ``public_key`` is not a PEM public key of a supported type.
     """
 
     def __init__(
@@ -117,6 +120,11 @@ class JWTVerifier:
         """Accepted ``alg`` header value -> its key: the token's ``alg`` picks the key,
         so an HS256 token can never be checked against the public key."""
         if secret:
+            if len(secret.encode()) < MIN_SECRET_BYTES:
+                raise ConfigurationError(
+                    f"TOKENWIRE_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long "
+                    "for HS256 (RFC 7518 §3.2)"
+                )
             self.keys["HS256"] = secret
         if public_key:
             key = _load_public_key(public_key)
