@@ -463,7 +463,12 @@ def test_anonymous_allowed_still_cannot_touch_owned_things(open_base: str) -> No
 
 @pytest.mark.parametrize(
     "credentials",
-    [bearer("unknown-token"), bearer(token(exp=int(time.time()) - 5)), bearer("a.b.c")],
+    [
+        bearer("unknown-token"),
+        bearer(token(exp=int(time.time()) - 5)),
+        bearer("a.b.c"),
+        {"authorization": "Bearer"},
+    ],
 )
 def test_anonymous_allowed_but_a_bad_token_is_401(
     open_base: str, credentials: dict[str, str]

@@ -202,6 +202,8 @@ def bearer_tokens(tokens: Mapping[str, str], jwt_verifier: JWTVerifier | None = 
         token = token.strip()
         if scheme.lower() != "bearer":
             return None
+        if not token:
+            raise _invalid("the bearer token is empty")
         if token in tokens:
             user_id = tokens[token]
             return Identity(user_id, {"name": user_id})
