@@ -331,7 +331,10 @@ class Access:
         Raises:
             AuthenticationError: as :meth:`caller`.
             StreamNotFoundError: no such stream, or another owner's (404).
-            StreamExpiredError: past retention (410), only for a caller who may see it.
+            StreamExpiredError: past retention (410). The log forgets the owner with
+                the events, so this answer is the same for anyone who has the id
+                (a random 128-bit one); the message itself stays owner-only in the
+                store.
         """
         caller = await self.owner(request)
         info = await self._log.info(stream_id)
