@@ -7,7 +7,8 @@ at one boundary with ``raise X(...) from exc``::
     ├── StreamNotFoundError    no such stream (or not yours)
     ├── StreamExpiredError     the stream's events are past retention
     ├── StoreError             the conversation store failed
-    └── LogUnavailableError    the stream log's backend (Redis) cannot be reached
+    ├── LogUnavailableError    the stream log's backend (Redis) cannot be reached
+    └── ShuttingDownError      the server is shutting down: no new generation (HTTP 503)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 __all__ = [
     "LogUnavailableError",
     "ProviderError",
+    "ShuttingDownError",
     "StoreError",
     "StreamExpiredError",
     "StreamNotFoundError",
@@ -68,3 +70,7 @@ class StoreError(TokenwireError):
 
 class LogUnavailableError(TokenwireError):
     """The stream log's backend (Redis) cannot be reached or failed (HTTP 503)."""
+
+
+class ShuttingDownError(TokenwireError):
+    """The instance is shutting down (SIGTERM): it starts no new generation (HTTP 503)."""

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenwire.errors import (
     LogUnavailableError,
+    ShuttingDownError,
     StoreError,
     StreamExpiredError,
     StreamNotFoundError,
@@ -106,6 +107,7 @@ def _exception_handlers(app: FastAPI) -> None:
         (StreamExpiredError, 410, "the stream's events have expired; the message is in the store"),
         (StoreError, 503, "the conversation store is unavailable"),
         (LogUnavailableError, 503, "the stream log is unavailable"),
+        (ShuttingDownError, 503, "the server is shutting down; try again"),
     ]
     for exc_type, status, message in statuses:
 

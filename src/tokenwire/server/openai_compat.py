@@ -34,7 +34,13 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from tokenwire.errors import StoreError, StreamExpiredError, StreamNotFoundError, UnknownModelError
+from tokenwire.errors import (
+    ShuttingDownError,
+    StoreError,
+    StreamExpiredError,
+    StreamNotFoundError,
+    UnknownModelError,
+)
 from tokenwire.protocol.openai_compat import (
     ChunkEncoder,
     OpenAIRequestError,
@@ -92,6 +98,8 @@ class OpenAIRoute(APIRoute):
                 return _error(404, "stream not found", code="stream_not_found")
             except StoreError:
                 return _error(503, "the conversation store is unavailable", code="store_error")
+            except ShuttingDownError:
+                return _error(503, "the server is shutting down; try again", code="shutting_down")
             except HTTPException as exc:
                 return _error(exc.status_code, str(exc.detail))
 
