@@ -437,11 +437,23 @@ class _Run:
                     status=state.status,
                     finish_reason=state.finish_reason,
                     usage=state.usage_dict(),
-                    error=state.error,
+                    error=state.error if state.error is not None else _stopped(state),
                 )
             except Exception:
                 logger.exception("could not store message %s", self.message_id)
         return terminal
+
+
+def _stopped(state: MessageState) -> dict[str, object] | None:
+    """What the store keeps of a stop in the message's ``error`` field: ``{"code":
+    "cancelled", "reason": …, "message": …}`` (``reason`` as in the ``cancelled``
+    event: ``user``, ``superseded``, ``abandoned``, ``shutdown`` …); ``None`` unless
+    the message was cancelled."""
+    if state.status != "cancelled":
+        return None
+    reason = state.cancel_reason or "user"
+    message = f"the generation was stopped ({reason})"
+    return {"code": "cancelled", "reason": reason, "message": message}
 
 
 def _mergeable(pending: Event, event: _Delta) -> bool:
