@@ -65,6 +65,10 @@ class _SaqWorker(Worker[Context]):
         super()._process(previous_task)
 
 
+_STOP_TIMEOUT = 10.0
+"""Seconds :meth:`GenerationWorker.run` waits for saq's worker to stop."""
+
+
 def worker_id() -> str:
     """This process's worker id, ``<host>-<pid>`` (saq records it on each job it runs)."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -113,21 +117,23 @@ class GenerationWorker:
         for signum in handled:
             loop.add_signal_handler(signum, signalled.set)
         working = asyncio.create_task(worker.start())
+        waiters: list[asyncio.Task[Any]] = []
         try:
-            stop = asyncio.create_task(signalled.wait())
-            await asyncio.wait({working, stop}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
+            waiters.append(asyncio.create_task(signalled.wait()))
+            await asyncio.wait({working, waiters[-1]}, return_when=asyncio.FIRST_COMPLETED)
             if signalled.is_set():
                 signalled.clear()  # a second signal: stop at once
-                draining = asyncio.create_task(self.drain())
-                again = asyncio.create_task(signalled.wait())
-                await asyncio.wait({draining, again}, return_when=asyncio.FIRST_COMPLETED)
-                for task in (draining, again):
-                    task.cancel()
+                waiters.append(asyncio.create_task(self.drain()))
+                waiters.append(asyncio.create_task(signalled.wait()))
+                await asyncio.wait(waiters[1:], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for task in waiters:
+                task.cancel()
             for signum in handled:
                 loop.remove_signal_handler(signum)
             await worker.stop()  # cancels the remaining saq tasks (idle dequeues)
+            await asyncio.wait({working}, timeout=_STOP_TIMEOUT)
+            working.cancel()  # not started yet when run() was cancelled at once
             with contextlib.suppress(asyncio.CancelledError):
                 await working
             await self.queue.close()
