@@ -30,6 +30,7 @@ import pytest
 
 from tests.support.servers import free_port, wait_for_http
 from tests.test_pusher_server import pusher_socket, subscribe
+from tokenwire import Settings, Tokenwire, create_app
 from tokenwire.protocol.pusher import channel_auth
 from tokenwire.protocol.sse import SSEDecoder
 from tokenwire.settings import PusherApp
@@ -354,3 +355,29 @@ def test_stored_messages_are_cancelled_by_shutdown(shutdown: dict[str, Any]) -> 
         assert message.error["code"] == "cancelled"
         assert message.parts and message.parts[0]["text"]  # the two deltas are kept
     assert messages[short].status == "completed" and messages[short].error is None
+
+
+@pytest.mark.anyio
+async def test_no_generation_starts_once_draining(tmp_path: Path) -> None:
+    """A request that reaches the app after SIGTERM (on a connection accepted before)
+    starts nothing: 503 in each surface's error shape."""
+    settings = Settings(data_dir=tmp_path, default_model="fake:lorem", models=["fake:lorem"])
+    tw = Tokenwire(settings)
+    app = create_app(tokenwire=tw)
+    await tw.open()
+    try:
+        await tw.drain()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://tw") as client:
+            body = {"model": "fake:lorem", "messages": [{"role": "user", "content": "hi"}]}
+            native = await client.post("/v1/chat", json=body)
+            openai = await client.post("/v1/chat/completions", json=body)
+            ui = {"role": "user", "parts": [{"type": "text", "text": "hi"}], "id": "u"}
+            aisdk = await client.post("/api/chat", json={"id": "c", "messages": [ui]})
+        assert native.status_code == 503
+        assert native.json() == {"detail": "the server is shutting down; try again"}
+        assert openai.status_code == 503
+        assert openai.json()["error"]["code"] == "shutting_down"
+        assert aisdk.status_code == 503
+    finally:
+        await tw.aclose()
