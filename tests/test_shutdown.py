@@ -36,6 +36,8 @@ from tokenwire.protocol.sse import SSEDecoder
 from tokenwire.settings import PusherApp
 from tokenwire.store import Store
 
+pytestmark = pytest.mark.slow
+
 GRACE = 4.0
 """TOKENWIRE_SHUTDOWN_GRACE of the server, seconds."""
 KEY, SECRET = "key1", "secret1"
