@@ -4,6 +4,7 @@ cancellable event stream, served over SSE and more (see DESIGN.md)."""
 from tokenwire.errors import (
     LogUnavailableError,
     ProviderError,
+    ShuttingDownError,
     StoreError,
     StreamExpiredError,
     StreamNotFoundError,
@@ -46,6 +47,7 @@ __all__ = [
     "ProviderRegistry",
     "ReasoningDelta",
     "Settings",
+    "ShuttingDownError",
     "Source",
     "Start",
     "StoreError",

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -35,6 +35,10 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from tokenwire.settings import Settings
 from tokenwire.transports.websocket import WRITE_FRAME
+
+if TYPE_CHECKING:
+    from tokenwire.server.pusher import PusherHub
+    from tokenwire.server.tokenwire import Tokenwire
 
 __all__ = ["FanoutWebSocketProtocol", "run"]
 
@@ -69,8 +73,8 @@ def run(app: FastAPI, **options: Any) -> None:
     """Serve ``app`` (from :func:`~tokenwire.server.app.create_app`) until SIGINT or
     SIGTERM, on its settings' ``host``, ``port`` and ``websocket_compression``.
     ``options`` go to ``uvicorn.Config`` and win (``log_level``, ``port`` …)."""
-    hub = app.state.pusher
-    tw = app.state.tokenwire
+    hub: PusherHub = app.state.pusher
+    tw: Tokenwire = app.state.tokenwire
     settings: Settings = tw.settings
 
     class Server(uvicorn.Server):
@@ -88,7 +92,7 @@ def run(app: FastAPI, **options: Any) -> None:
     Server(uvicorn.Config(app, **(defaults | options))).run()
 
 
-async def _stop_gracefully(server: uvicorn.Server, tw: Any, hub: Any) -> None:
+async def _stop_gracefully(server: uvicorn.Server, tw: Tokenwire, hub: PusherHub) -> None:
     """Steps (1) to (4) of the module docstring; a second SIGINT (uvicorn's
     ``force_exit``) cuts the grace short."""
     logger.info("shutting down: generations may run for %s s", tw.settings.shutdown_grace)
