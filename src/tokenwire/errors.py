@@ -10,7 +10,8 @@ at one boundary with ``raise X(...) from exc``::
     ├── StreamExpiredError     the stream's events are past retention
     ├── StoreError             the conversation store failed
     ├── LogUnavailableError    the stream log's backend (Redis) cannot be reached
-    └── ConfigurationError     a setting names something tokenwire cannot use (also a ValueError)
+    ├── ConfigurationError     a setting names something tokenwire cannot use (also a ValueError)
+    └── ShuttingDownError      the server is shutting down: no new generation (HTTP 503)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "ConversationNotFoundError",
     "LogUnavailableError",
     "ProviderError",
+    "ShuttingDownError",
     "StoreError",
     "StreamExpiredError",
     "StreamNotFoundError",
@@ -105,3 +107,7 @@ class LogUnavailableError(TokenwireError):
 class ConfigurationError(TokenwireError, ValueError):
     """A setting names something tokenwire cannot use (an unsupported log URL, a
     queue without Redis …); the message names the setting."""
+
+
+class ShuttingDownError(TokenwireError):
+    """The instance is shutting down (SIGTERM): it starts no new generation (HTTP 503)."""

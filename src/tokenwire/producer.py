@@ -11,6 +11,10 @@ timer per generation, not one per event). On a stop it cancels the provider
 task, which closes the upstream HTTP response: the provider stops generating
 and billing.
 
+Shutdown (:meth:`Producer.drain`): running generations may end by themselves for a
+grace period; those still running then end with ``cancelled{reason: "shutdown"}``
+(appended and stored like any stop), so every reader gets its terminal event.
+
 One ticker per :class:`Producer`, not per generation, renews the leases of every
 running generation, cancels orphans (no live reader for ``orphan_timeout``
 seconds: reason ``abandoned``) and writes the partial messages of all
@@ -127,6 +131,11 @@ class Producer:
         self.config = config
         self._runs: dict[str, _Run] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        """Set while no generation runs."""
+        self._idle.set()
+        self.shutting_down = False
+        """Set by :meth:`drain` once the grace period is over: runs stop at once."""
 
     async def run(self, generation: Generation, provider: Provider) -> Event:
         """Run to the end; return the terminal event that ended the stream.
@@ -137,12 +146,35 @@ class Producer:
         """
         run = _Run(self, generation, provider)
         self._runs[generation.stream_id] = run
+        self._idle.clear()
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.create_task(self._tick())
         try:
             return await run.run()
         finally:
             del self._runs[generation.stream_id]
+            if not self._runs:
+                self._idle.set()
+
+    def running(self) -> list[str]:
+        """Stream ids of the generations running now."""
+        return list(self._runs)
+
+    async def drain(self, grace: float) -> None:
+        """Shut down: let running generations end by themselves for ``grace`` seconds,
+        then stop the rest with ``cancelled{reason: "shutdown"}``, and return once every
+        generation has ended (its terminal event appended, its message stored; at most
+        ``grace`` + 2 * ``_CLOSE_TIMEOUT`` seconds). A generation started after the grace
+        period is stopped the same way at once."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, grace)):
+                await self._idle.wait()
+        self.shutting_down = True
+        for run in list(self._runs.values()):
+            run.stop(Cancelled(reason="shutdown"))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2 * _CLOSE_TIMEOUT):
+                await self._idle.wait()
 
     async def _tick(self) -> None:
         """Leases, orphans and checkpoints of every running generation, until none runs.
@@ -202,6 +234,7 @@ class _Run:
         self.log = producer.log
         self.sink = producer.sink
         self.config = producer.config
+        self.producer = producer
         self.generation = generation
         self.provider = provider
         self.stream_id = generation.stream_id
@@ -225,7 +258,9 @@ class _Run:
         loop = asyncio.get_running_loop()
         await self.log.heartbeat(self.stream_id, self.config.lease_ttl)
         stopped = self.stopped = loop.create_future()
-        unwatch = self.log.watch_cancel(self.stream_id, lambda r: self._stop(Cancelled(reason=r)))
+        if self.producer.shutting_down:
+            self.stop(Cancelled(reason="shutdown"))
+        unwatch = self.log.watch_cancel(self.stream_id, lambda r: self.stop(Cancelled(reason=r)))
         self.watchdog_timer = loop.call_later(self._watchdog_delay(), self._watchdog)
         pump = asyncio.create_task(self._pump())
         terminal: Event = Cancelled(reason="shutdown")
@@ -241,7 +276,8 @@ class _Run:
             terminal = await self._finish(terminal)
         return terminal
 
-    def _stop(self, terminal: Event) -> None:
+    def stop(self, terminal: Event) -> None:
+        """End the run with ``terminal`` (the first call wins)."""
         if self.stopped is not None and not self.stopped.done():
             self.stopped.set_result(terminal)
 
@@ -316,10 +352,10 @@ class _Run:
     def _watchdog(self) -> None:
         now = time.monotonic()
         if now >= self.started + self.config.max_stream_seconds:
-            self._stop(Error(code="stream_timeout", message="the generation took too long"))
+            self.stop(Error(code="stream_timeout", message="the generation took too long"))
         elif now >= self.last_item_at + self.config.provider_timeout:
             message = "the provider sent nothing for too long"
-            self._stop(Error(code="provider_timeout", message=message, retryable=True))
+            self.stop(Error(code="provider_timeout", message=message, retryable=True))
         else:
             loop = asyncio.get_running_loop()
             self.watchdog_timer = loop.call_later(self._watchdog_delay(), self._watchdog)
@@ -413,10 +449,22 @@ class _Run:
                 status=state.status,
                 finish_reason=state.finish_reason,
                 usage=state.usage_dict(),
-                error=state.error,
+                error=state.error if state.error is not None else _stopped(state),
             )
         except Exception:
             logger.exception("could not store message %s", self.message_id)
+
+
+def _stopped(state: MessageState) -> dict[str, object] | None:
+    """What the store keeps of a stop in the message's ``error`` field: ``{"code":
+    "cancelled", "reason": …, "message": …}`` (``reason`` as in the ``cancelled``
+    event: ``user``, ``superseded``, ``abandoned``, ``shutdown`` …); ``None`` unless
+    the message was cancelled."""
+    if state.status != "cancelled":
+        return None
+    reason = state.cancel_reason or "user"
+    message = f"the generation was stopped ({reason})"
+    return {"code": "cancelled", "reason": reason, "message": message}
 
 
 def _mergeable(pending: Event, event: _Delta) -> bool:

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
     """Seconds between store writes of a streaming message."""
     lease_ttl: float = 15.0
     """Seconds a producer's lease lasts without renewal (``producer_lost`` after)."""
+    lease_sweep_interval: float = 5.0
+    """Seconds between two looks for running streams whose producer's lease expired
+    (each gets ``error{producer_lost}`` and its message is stored as failed, even
+    with no reader); 0 = only readers notice."""
+    shutdown_grace: float = 10.0
+    """Seconds running generations may go on after SIGTERM (``tokenwire serve`` and
+    ``tokenwire worker``) before they end with ``cancelled{reason: "shutdown"}``."""
     reader_buffer: int = 1024
     """Events a live reader may fall behind before it is moved back to the log."""
     max_retries: int = 2

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenwire.errors import (
     AuthenticationError,
     LogUnavailableError,
+    ShuttingDownError,
     StoreError,
     StreamExpiredError,
     StreamNotFoundError,
@@ -107,6 +108,7 @@ def _exception_handlers(app: FastAPI) -> None:
         (StreamExpiredError, 410, "the stream's events have expired; the message is in the store"),
         (StoreError, 503, "the conversation store is unavailable"),
         (LogUnavailableError, 503, "the stream log is unavailable"),
+        (ShuttingDownError, 503, "the server is shutting down; try again"),
     ]
     for exc_type, status, message in statuses:
 

@@ -40,6 +40,7 @@ from starlette.responses import Response
 
 from tokenwire.errors import (
     AuthenticationError,
+    ShuttingDownError,
     StoreError,
     StreamExpiredError,
     StreamNotFoundError,
@@ -107,6 +108,8 @@ class OpenAIRoute(APIRoute):
                 return _error(404, "stream not found", code="stream_not_found")
             except StoreError:
                 return _error(503, "the conversation store is unavailable", code="store_error")
+            except ShuttingDownError:
+                return _error(503, "the server is shutting down; try again", code="shutting_down")
             except HTTPException as exc:
                 return _error(exc.status_code, str(exc.detail))
 

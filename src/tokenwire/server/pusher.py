@@ -165,6 +165,22 @@ class PusherHub:
         for conn in conns:
             await self._forget(conn)
 
+    async def finish_relays(self, timeout: float) -> None:
+        """Wait, at most ``timeout`` seconds, until the relays of the streams that have
+        ended (their terminal event is in the log) have delivered it: at shutdown, so
+        that subscribers get the terminal broadcast before :meth:`disconnect_all`."""
+        ended: list[asyncio.Task[None]] = []
+        for relays in list(self._relays.values()):
+            for stream_id, task in list(relays.items()):
+                try:
+                    running = (await self.tw.log.info(stream_id)).status == "running"
+                except TokenwireError:
+                    running = False  # gone: the relay stops by itself
+                if not running:
+                    ended.append(task)
+        if ended:
+            await asyncio.wait(ended, timeout=timeout)
+
     async def close(self) -> None:
         """:meth:`disconnect_all`, stop relays, leave the other nodes."""
         if self._ticker is not None:

@@ -127,7 +127,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
         if after is not None or wait:
             since = after or 0
             if wait:
-                events = await tw.log.wait(stream_id, since, wait)
+                events = await tw.wait_events(stream_id, since, wait)
             else:
                 events = await tw.log.events(stream_id, since)
             status = info.status

@@ -22,7 +22,11 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 from tokenwire.accumulate import MessageState
-from tokenwire.errors import ConfigurationError, ConversationNotFoundError
+from tokenwire.errors import (
+    ConfigurationError,
+    ConversationNotFoundError,
+    ShuttingDownError,
+)
 from tokenwire.events import Event, Start, is_terminal
 from tokenwire.log.base import StreamLog
 from tokenwire.log.memory import MemoryStreamLog
@@ -41,6 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["ConversationNotFoundError", "Stream", "Tokenwire"]  # the error: tokenwire.errors
 
 logger = logging.getLogger("tokenwire")
+_TASK_END_TIMEOUT = 5.0
+"""Seconds :meth:`Tokenwire.drain` waits for generation tasks after their producer ended."""
 
 EventCallback = Callable[[Event], Awaitable[None] | None]
 StreamCallback = Callable[["Stream"], Awaitable[None] | None]
@@ -92,6 +98,11 @@ class Tokenwire:
         """Runs this instance's generations (and a worker's); its store is set by :meth:`open`."""
         self._tasks: dict[str, asyncio.Task[Event]] = {}
         self._warm_up: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.draining = False
+        """Set by :meth:`drain`: :meth:`start` then raises :class:`ShuttingDownError`."""
+        self.drained = asyncio.Event()
+        """Set when :meth:`drain` has ended every generation of this process."""
         # with producers="queue", start() enqueues for workers
         self.queue: GenerationQueue | None = None
         if self.settings.producers == "queue":
@@ -119,6 +130,29 @@ class Tokenwire:
         self.log.on_producer_lost = self._finish_lost_message
         if self._warm_up is None:
             self._warm_up = asyncio.create_task(self._warm_up_default_model())
+        sweep = getattr(self.log, "sweep_expired_leases", None)
+        if self._sweeper is None and sweep is not None and self.settings.lease_sweep_interval > 0:
+            self._sweeper = asyncio.create_task(
+                self._sweep_leases(sweep, self.settings.lease_sweep_interval),
+                name="tokenwire-lease-sweep",
+            )
+
+    async def _sweep_leases(
+        self, sweep: Callable[[], Awaitable[list[str]]], interval: float
+    ) -> None:
+        """Every ``interval`` seconds, end the running streams whose producer's lease
+        expired with ``producer_lost`` (the log calls :meth:`_finish_lost_message`), so
+        a dead producer is found even when nobody reads its stream. Several processes
+        may sweep the same log: the log appends the event once."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                lost = await sweep()
+            except Exception as exc:  # the log is down: try again next time
+                logger.warning("could not look for lost producers: %r", exc)
+                continue
+            if lost:
+                logger.warning("producer lost: %s", ", ".join(lost))
 
     async def _finish_lost_message(self, stream_id: str) -> None:
         """Store the message of a stream whose producer died (``producer_lost``) as
@@ -148,12 +182,49 @@ class Tokenwire:
         except Exception:
             logger.warning("could not load the default model in advance", exc_info=True)
 
+    async def drain(self, grace: float | None = None) -> None:
+        """Shut down gracefully: refuse new generations (:meth:`start` raises
+        :class:`ShuttingDownError`), let the running ones of this process finish for
+        ``grace`` seconds (``None``: ``settings.shutdown_grace``), then end the rest with
+        ``cancelled{reason: "shutdown"}``. Returns when every one has its terminal event
+        in the log and its message in the store, so readers can receive it."""
+        self.draining = True
+        await self.producer.drain(self.settings.shutdown_grace if grace is None else grace)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=_TASK_END_TIMEOUT)
+        self.drained.set()
+
+    async def wait_events(self, stream_id: str, after: int, timeout: float) -> list[Event]:
+        """Events with ``seq > after``, waiting up to ``timeout`` seconds for at least one
+        (:meth:`StreamLog.wait`), but no longer than until :meth:`drain` has ended: a
+        long poll on a stream produced elsewhere then answers with what there is rather
+        than being cut when the server exits.
+
+        Raises:
+            StreamNotFoundError, StreamExpiredError: as the log does.
+        """
+        if self.drained.is_set():
+            return await self.log.events(stream_id, after)
+        waiting = asyncio.ensure_future(self.log.wait(stream_id, after, timeout))
+        drained = asyncio.ensure_future(self.drained.wait())
+        try:
+            await asyncio.wait({waiting, drained}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drained.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+        if waiting.done() and not waiting.cancelled():
+            return waiting.result()
+        return await self.log.events(stream_id, after)
+
     async def aclose(self) -> None:
         """Stop running generations (``cancelled`` with reason ``shutdown``), close everything."""
         tasks: list[asyncio.Task[Any]] = list(self._tasks.values())
-        if self._warm_up is not None:
-            tasks.append(self._warm_up)
-            self._warm_up = None
+        for background in (self._warm_up, self._sweeper):
+            if background is not None:
+                tasks.append(background)
+        self._warm_up = self._sweeper = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -209,7 +280,10 @@ class Tokenwire:
                 other than ``owner`` (``owner=None`` may continue only a conversation
                 without owner: :func:`~tokenwire.store.models.may_touch`).
             ValueError: ``messages`` is empty and there is no ``conversation_id``.
+            ShuttingDownError: :meth:`drain` was called (HTTP 503).
         """
+        if self.draining:
+            raise ShuttingDownError("the server is shutting down; try again")
         if not messages and conversation_id is None:
             raise ValueError("messages must not be empty")
         model = model or self.settings.resolved_default_model()
