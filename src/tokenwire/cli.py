@@ -173,15 +173,19 @@ async def _chat(
 
 @app.command("mock-provider")
 def mock_provider(
-    recordings: Annotated[Path, typer.Option(help="Folder of recordings (<api>/<name>.sse …).")],
+    recordings: Annotated[
+        Path | None,
+        typer.Option(help="Folder of recordings (<api>/<name>.sse …); default: the bundled ones."),
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8100,
     pace_ms: Annotated[float, typer.Option(help="Milliseconds between replayed events.")] = 0.0,
 ) -> None:
     """Serve recorded provider responses over the providers' real HTTP APIs."""
+    from tokenwire.mock_provider import BUNDLED_RECORDINGS
     from tokenwire.mock_provider import serve as serve_mock
 
-    serve_mock(recordings, host=host, port=port, pace_ms=pace_ms)
+    serve_mock(recordings or BUNDLED_RECORDINGS, host=host, port=port, pace_ms=pace_ms)
 
 
 def main() -> None:
