@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,6 +28,14 @@ console = Console(stderr=True, markup=False, highlight=False)
 
 def _settings(**flags: Any) -> Settings:
     return Settings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def _observability(settings: Settings, log_level: str) -> None:
+    """Logging in ``TOKENWIRE_LOG_FORMAT``; OpenTelemetry traces as ``OTEL_*`` ask."""
+    from tokenwire.observability import logs, tracing
+
+    logs.configure(log_level, settings.log_format)
+    tracing.configure_from_env()
 
 
 @app.command()
@@ -57,6 +64,7 @@ def serve(
     ] = False,
 ) -> None:
     """Run the HTTP server: native API, SSE, and the chat page at http://HOST:PORT/."""
+    from tokenwire.observability.logs import uvicorn_log_config
     from tokenwire.server.app import create_app
     from tokenwire.server.serving import run
 
@@ -67,12 +75,14 @@ def serve(
         data_dir=data_dir,
         producers="queue" if no_producers else None,
     )
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    _observability(settings, log_level)
     console.print(
         f"tokenwire: chat page on http://{settings.host}:{settings.port}/"
         f"  (default model {settings.resolved_default_model()})"
     )
-    run(create_app(settings, freeze_gc=True), log_level=log_level)
+    log_config = uvicorn_log_config(settings.log_format)  # None: uvicorn's own (text)
+    options = {} if log_config is None else {"log_config": log_config}
+    run(create_app(settings, freeze_gc=True), log_level=log_level, **options)
 
 
 @app.command()
@@ -90,7 +100,7 @@ def worker(
     from tokenwire.worker import GenerationWorker
 
     settings = _settings(data_dir=data_dir)
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    _observability(settings, log_level)
     try:
         runner = GenerationWorker(settings, concurrency=concurrency)
     except ValueError as exc:

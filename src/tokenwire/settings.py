@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     """Seconds before the first retry; doubled for each next one."""
     max_body_bytes: int = 1_000_000
     """Largest accepted request body (413 beyond)."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines of ``tokenwire serve`` and ``tokenwire worker``: ``text``, or ``json``
+    (one object per line with ``request_id`` and ``stream_id``; docs/observability.md)."""
 
     cors_origins: list[str] = Field(default_factory=list)
     """Origins whose pages may call this server from the browser (``["https://app.example"]``,
