@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +29,14 @@ console = Console(stderr=True, markup=False, highlight=False)
 
 def _settings(**flags: Any) -> Settings:
     return Settings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def _say(settings: Settings, text: str) -> None:
+    """A start-up line: on the console, or as a log record when logs are JSON."""
+    if settings.log_format == "json":
+        logging.getLogger("tokenwire").info("%s", text)
+    else:
+        console.print(text)
 
 
 def _observability(settings: Settings, log_level: str) -> None:
@@ -76,9 +85,10 @@ def serve(
         producers="queue" if no_producers else None,
     )
     _observability(settings, log_level)
-    console.print(
+    _say(
+        settings,
         f"tokenwire: chat page on http://{settings.host}:{settings.port}/"
-        f"  (default model {settings.resolved_default_model()})"
+        f"  (default model {settings.resolved_default_model()})",
     )
     log_config = uvicorn_log_config(settings.log_format)  # None: uvicorn's own (text)
     options = {} if log_config is None else {"log_config": log_config}
@@ -106,7 +116,7 @@ def worker(
     except ValueError as exc:
         console.print(f"tokenwire worker: {exc}", style="red")
         raise typer.Exit(2) from exc
-    console.print(f"tokenwire worker {runner.id}: queue {settings.queue_name!r}")
+    _say(settings, f"tokenwire worker {runner.id}: queue {settings.queue_name!r}")
     asyncio.run(runner.run())
 
 
