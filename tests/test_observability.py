@@ -5,6 +5,7 @@ message replayed from the mock provider as ``openai:gpt-4o``."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
@@ -13,11 +14,13 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import httpx
 import pytest
 from genai_prices import Usage, calc_price
@@ -28,11 +31,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.cluster import REDIS_URL, unavailable
 from tests.support.servers import free_port, tokenwire_process, uvicorn_thread, wait_for_http
 from tests.support.sse import chat_sse
 from tokenwire import Settings, create_app
 from tokenwire.mock_provider import BUNDLED_RECORDINGS
 from tokenwire.observability.cost import message_cost
+from tokenwire.worker import GenerationWorker
 
 T = TypeVar("T")
 RECORDING = BUNDLED_RECORDINGS / "openai-chat" / "gpt-4o_tool_call_include_usage"
@@ -335,3 +340,75 @@ def test_serve_exports_spans_and_writes_json_logs(tmp_path: Path) -> None:
     assert "RuntimeError" in failure[0]["exception"]
     access = [e for e in lines if e["logger"] == "uvicorn.access" and e["path"] == "/v1/chat"]
     assert access[0]["request_id"] == "req-crash-1" and access[0]["status"] == 202
+
+
+# -- tokenwire worker: the span and metrics come from where the generation runs -------
+
+SAQ_ON_REDIS_8 = "ignore:Call to deprecated setex:DeprecationWarning"
+"""saq 0.26 calls ``setex``, which redis-py 8 deprecates (as in tests/test_cluster.py)."""
+
+
+@pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
+@pytest.mark.filterwarnings(SAQ_ON_REDIS_8)
+def test_worker_generation_has_its_span_and_the_gateway_its_queue_depth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporter = memory_exporter()
+    monkeypatch.setenv("TOKENWIRE_FAKE_PROVIDER", "1")
+    name = f"tw-obs-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        data_dir=tmp_path,
+        default_model="fake:echo",
+        producers="queue",
+        log_url=REDIS_URL,
+        log_prefix=f"{name}:",
+        queue_name=name,
+        coalesce_ms=0,
+    )
+    body = {"model": "fake:lorem", "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        with uvicorn_thread(create_app(settings)) as gateway:
+            queued = httpx.post(gateway + "/v1/chat", json={**body, "params": {"tokens": 3}})
+            assert queued.status_code == 202
+            assert scrape(gateway)[("tokenwire_queue_depth", ())] == 1  # no worker yet
+
+            async def work() -> None:
+                worker = GenerationWorker(settings)
+                running = asyncio.create_task(worker.run())
+                try:
+                    with anyio.fail_after(30):
+                        # the exporter has no event to wait on: poll it
+                        while _span_of(queued.json()["stream_id"]) is None:  # noqa: ASYNC110
+                            await asyncio.sleep(0.02)
+                    # taken by the worker (stopping it below may re-queue an unfinished job)
+                    depth = (await asyncio.to_thread(scrape, gateway))[
+                        ("tokenwire_queue_depth", ())
+                    ]
+                    assert depth == 0
+                finally:
+                    running.cancel()
+                    await asyncio.gather(running, return_exceptions=True)
+
+            asyncio.run(work())
+            span = _span_of(queued.json()["stream_id"])
+            assert span is not None and span.attributes is not None
+            assert span.attributes["gen_ai.request.model"] == "lorem"
+            assert span.attributes["gen_ai.provider.name"] == "fake"
+            assert span.attributes["gen_ai.usage.output_tokens"] == 3
+            assert span.attributes["tokenwire.outcome"] == "completed"
+    finally:
+        exporter.clear()
+        asyncio.run(_drop_keys(name))
+
+
+async def _drop_keys(name: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        patterns = (f"saq:{name}:*", f"saq:job:{name}:*", f"tokenwire:{name}:*", f"{name}:*")
+        for pattern in patterns:
+            async for key in client.scan_iter(match=pattern, count=1000):
+                await client.delete(key)
+    finally:
+        await client.aclose()
