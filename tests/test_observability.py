@@ -412,3 +412,44 @@ async def _drop_keys(name: str) -> None:
                 await client.delete(key)
     finally:
         await client.aclose()
+
+
+@pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
+def test_worker_command_serves_its_metrics(tmp_path: Path) -> None:
+    """``tokenwire worker --metrics-port``: the generations it ran, on its own /metrics."""
+    name = f"tw-obs-{uuid.uuid4().hex[:8]}"
+    shared = {
+        "TOKENWIRE_DATA_DIR": str(tmp_path),
+        "TOKENWIRE_LOG_URL": REDIS_URL,
+        "TOKENWIRE_LOG_PREFIX": f"{name}:",
+        "TOKENWIRE_QUEUE_NAME": name,
+        "TOKENWIRE_FAKE_PROVIDER": "1",
+        "TOKENWIRE_DEFAULT_MODEL": "fake:echo",
+    }
+    metrics_port = free_port()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tokenwire", "worker", "--metrics-port", str(metrics_port)],
+        env={**os.environ, **shared},
+    )
+    worker_metrics = f"http://127.0.0.1:{metrics_port}"
+    try:
+        wait_for_http(worker_metrics + "/metrics", proc=worker)
+        gateway_env = {**shared, "TOKENWIRE_PRODUCERS": "queue"}
+        with tokenwire_process(
+            "serve", "--log-level", "warning", env=gateway_env, ready_path="/healthz"
+        ) as gateway:
+            events = chat_sse(gateway, "fake:lorem", params={"tokens": 4})
+        assert events[-1]["type"] == "finish"
+
+        def counted() -> dict[Any, float] | None:
+            samples = scrape(worker_metrics)
+            key = ("tokenwire_generations_total", (("outcome", "completed"), ("provider", "fake")))
+            return samples if samples.get(key) == 1 else None
+
+        samples = eventually(counted)
+        assert samples[("tokenwire_output_tokens_total", (("provider", "fake"),))] == 4
+        assert samples[("tokenwire_generations_active", ())] == 0
+    finally:
+        worker.terminate()
+        worker.wait(timeout=15)
+        asyncio.run(_drop_keys(name))

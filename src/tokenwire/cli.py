@@ -105,11 +105,17 @@ def worker(
         Path | None, typer.Option(help="SQLite file and local state (env TOKENWIRE_DATA_DIR).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus /metrics on this port (env TOKENWIRE_WORKER_METRICS_PORT)."
+        ),
+    ] = None,
 ) -> None:
     """Run queued generations (from 'serve --no-producers' nodes) until SIGINT/SIGTERM."""
-    from tokenwire.worker import GenerationWorker
+    from tokenwire.worker import GenerationWorker, serve_metrics
 
-    settings = _settings(data_dir=data_dir)
+    settings = _settings(data_dir=data_dir, worker_metrics_port=metrics_port)
     _observability(settings, log_level)
     try:
         runner = GenerationWorker(settings, concurrency=concurrency)
@@ -117,6 +123,8 @@ def worker(
         console.print(f"tokenwire worker: {exc}", style="red")
         raise typer.Exit(2) from exc
     _say(settings, f"tokenwire worker {runner.id}: queue {settings.queue_name!r}")
+    if settings.worker_metrics_port is not None:
+        serve_metrics(runner, settings.host, settings.worker_metrics_port)
     asyncio.run(runner.run())
 
 

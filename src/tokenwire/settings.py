@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     ``error{producer_lost}`` (its lease until a worker takes it)."""
     worker_concurrency: int = 64
     """Generations one ``tokenwire worker`` process runs at once."""
+    worker_metrics_port: int | None = None
+    """TCP port on which ``tokenwire worker`` serves its Prometheus metrics (``/metrics``,
+    on ``host``); ``None`` = none (docs/observability.md)."""
 
     def resolved_store_url(self) -> str:
         """The store URL, defaulting to an SQLite file in ``data_dir``."""

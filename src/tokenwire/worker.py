@@ -22,23 +22,42 @@ import socket
 from typing import Any
 
 import msgspec
+from prometheus_client import Gauge, start_http_server
 from saq import Worker
 from saq.types import PartialTimersDict
 
 from tokenwire.errors import StreamExpiredError, StreamNotFoundError, UnknownModelError
 from tokenwire.events import Error
+from tokenwire.observability import metrics
 from tokenwire.producer import Generation
 from tokenwire.queue import JOB_FUNCTION, GenerationQueue, decode_job
 from tokenwire.server.tokenwire import Tokenwire
 from tokenwire.settings import Settings
 
-__all__ = ["GenerationWorker", "worker_id"]
+__all__ = ["GenerationWorker", "serve_metrics", "worker_id"]
 
 logger = logging.getLogger("tokenwire.worker")
 
 _TIMERS: PartialTimersDict = {"schedule": 1, "worker_info": 10, "sweep": 30, "abort": 1}
 """saq's upkeep periods in seconds, its defaults but for ``sweep`` (looking for jobs
 whose worker vanished: 30 instead of 60)."""
+
+
+def serve_metrics(worker: GenerationWorker, host: str, port: int) -> None:
+    """Serve the process's Prometheus metrics (:data:`tokenwire.observability.metrics.REGISTRY`
+    and ``tokenwire_generations_active``) on ``http://host:port/metrics``, from a
+    daemon thread (``prometheus_client.start_http_server``).
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+    active = Gauge(
+        "tokenwire_generations_active",
+        "Generations running in this worker process.",
+        registry=metrics.REGISTRY,
+    )
+    active.set_function(worker.tw.producer.running)
+    start_http_server(port, addr=host, registry=metrics.REGISTRY)
 
 
 def worker_id() -> str:
