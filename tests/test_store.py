@@ -27,6 +27,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -35,9 +36,12 @@ from tests.support.servers import free_port
 from tokenwire.errors import StoreError
 from tokenwire.store import TITLE_LENGTH, Store, derive_title
 from tokenwire.store.engine import create_engine
-from tokenwire.store.migrate import VERSION_TABLE
+from tokenwire.store.migrate import MIGRATIONS_DIR, VERSION_TABLE
 from tokenwire.store.migrate import main as migrate_main
 from tokenwire.store.models import Base
+
+HEAD = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+"""The newest migration revision."""
 
 pytestmark = pytest.mark.anyio
 
@@ -120,14 +124,14 @@ async def test_open_migrates_fresh_database_and_reopen_is_idempotent(url: str) -
 
     tables, revision = await _on_raw_connection(url, inspect)
     assert {"conversations", "messages", VERSION_TABLE} <= tables
-    assert revision == "0001"
+    assert revision == HEAD
 
     store = await Store.open(url)  # already at head: nothing to do, data intact
     try:
         assert await store.get_conversation(conv.id) == conv
     finally:
         await store.close()
-    assert (await _on_raw_connection(url, inspect))[1] == "0001"
+    assert (await _on_raw_connection(url, inspect))[1] == HEAD
 
 
 async def test_models_match_the_migrated_schema(store: Store, url: str) -> None:
@@ -160,7 +164,7 @@ def test_operator_command_line_upgrades_and_reports(
     migrate_main(["--url", db_url, "upgrade", "head"])
     capsys.readouterr()
     migrate_main(["--url", db_url, "current"])
-    assert "0001 (head)" in capsys.readouterr().out
+    assert f"{HEAD} (head)" in capsys.readouterr().out
 
 
 def test_module_entry_point_prints_offline_sql(tmp_path: Path) -> None:

@@ -34,6 +34,22 @@ def _settings(**flags: Any) -> Settings:
     return Settings(**{k: v for k, v in flags.items() if v is not None})
 
 
+def _say(settings: Settings, text: str) -> None:
+    """A start-up line: on the console, or as a log record when logs are JSON."""
+    if settings.log_format == "json":
+        logging.getLogger("tokenwire").info("%s", text)
+    else:
+        console.print(text)
+
+
+def _observability(settings: Settings, log_level: str) -> None:
+    """Logging in ``TOKENWIRE_LOG_FORMAT``; OpenTelemetry traces as ``OTEL_*`` ask."""
+    from tokenwire.observability import logs, tracing
+
+    logs.configure(log_level, settings.log_format)
+    tracing.configure_from_env()
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -64,6 +80,7 @@ def serve(
     Refuses to start (exit status 2) on an interface other than loopback when no
     identity source is configured and anonymous callers are not explicitly allowed.
     """
+    from tokenwire.observability.logs import uvicorn_log_config
     from tokenwire.server.app import create_app
     from tokenwire.server.identity import is_loopback
     from tokenwire.server.serving import run
@@ -83,13 +100,16 @@ def serve(
             "TOKENWIRE_AUTH_TOKENS, TOKENWIRE_JWT_SECRET or TOKENWIRE_JWT_PUBLIC_KEY, "
             "or TOKENWIRE_ALLOW_ANONYMOUS=1 to serve anonymous callers"
         )
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    _observability(settings, log_level)
     asgi_app = create_app(settings, freeze_gc=True)
-    console.print(
+    _say(
+        settings,
         f"tokenwire: chat page on http://{settings.host}:{settings.port}/"
-        f"  (default model {settings.resolved_default_model()})"
+        f"  (default model {settings.resolved_default_model()})",
     )
-    run(asgi_app, log_level=log_level)
+    log_config = uvicorn_log_config(settings.log_format)  # None: uvicorn's own (text)
+    options = {} if log_config is None else {"log_config": log_config}
+    run(asgi_app, log_level=log_level, **options)
 
 
 @app.command()
@@ -102,14 +122,22 @@ def worker(
         Path | None, typer.Option(help="SQLite file and local state (env TOKENWIRE_DATA_DIR).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus /metrics on this port (env TOKENWIRE_WORKER_METRICS_PORT)."
+        ),
+    ] = None,
 ) -> None:
     """Run queued generations (from 'serve --no-producers' nodes) until SIGINT/SIGTERM."""
-    from tokenwire.worker import GenerationWorker
+    from tokenwire.worker import GenerationWorker, serve_metrics
 
-    settings = _settings(data_dir=data_dir)
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    settings = _settings(data_dir=data_dir, worker_metrics_port=metrics_port)
+    _observability(settings, log_level)
     runner = GenerationWorker(settings, concurrency=concurrency)
-    console.print(f"tokenwire worker {runner.id}: queue {settings.queue_name!r}")
+    _say(settings, f"tokenwire worker {runner.id}: queue {settings.queue_name!r}")
+    if settings.worker_metrics_port is not None:
+        serve_metrics(runner, settings.host, settings.worker_metrics_port)
     asyncio.run(runner.run())
 
 

@@ -33,6 +33,13 @@ Coalescing: consecutive deltas of the same part are merged for at most
 delta was appended in the last ``coalesce_ms`` (so the first token is never
 delayed); otherwise it waits, merged with those that follow, until that window
 ends. ``coalesce_ms = 0`` turns merging off: every delta is its own event.
+
+Observability (``docs/observability.md``): each run is one OpenTelemetry span
+(:mod:`tokenwire.observability.tracing`), records the Prometheus instruments of
+:mod:`tokenwire.observability.metrics` (time to first token, duration, output
+tokens and tokens per second, events appended, outcome), logs with its
+``stream_id`` (:mod:`tokenwire.observability.logs`), and stores the message's
+``cost`` (:func:`tokenwire.observability.cost.message_cost`).
 """
 
 from __future__ import annotations
@@ -56,10 +63,16 @@ from tokenwire.events import (
     Finish,
     ReasoningDelta,
     TextDelta,
+    ToolCall,
     ToolCallDelta,
+    ToolCallStart,
     with_seq,
 )
 from tokenwire.log.base import StreamLog
+from tokenwire.observability import logs as obs_logs
+from tokenwire.observability import metrics
+from tokenwire.observability.cost import price
+from tokenwire.observability.tracing import GenerationSpan
 from tokenwire.providers.base import GenerationRequest, Provider, ProviderEvent
 
 __all__ = ["Generation", "MessageSink", "Producer", "ProducerConfig"]
@@ -67,6 +80,8 @@ __all__ = ["Generation", "MessageSink", "Producer", "ProducerConfig"]
 logger = logging.getLogger("tokenwire.producer")
 
 _Delta = TextDelta | ReasoningDelta | ToolCallDelta
+_CONTENT = (TextDelta, ReasoningDelta, ToolCallStart, ToolCallDelta, ToolCall)
+"""Events that count as the first token."""
 _FIRST_READER_GRACE = 10.0
 """Seconds a new stream waits for its first reader when ``orphan_timeout`` is shorter."""
 _CHECKPOINT_BATCH = 64
@@ -87,6 +102,7 @@ class MessageSink(Protocol):
         finish_reason: str | None = None,
         usage: dict[str, int] | None = None,
         error: dict[str, object] | None = None,
+        cost: dict[str, object] | None = None,
     ) -> None: ...
 
     async def checkpoint_messages(
@@ -114,6 +130,8 @@ class Generation(msgspec.Struct, frozen=True, kw_only=True):
     message_id: str
     conversation_id: str
     request: GenerationRequest
+    model: str = ""
+    """The full ``provider:model`` name (metrics, span, cost); empty when unknown."""
 
 
 class Producer:
@@ -156,10 +174,6 @@ class Producer:
             if not self._runs:
                 self._idle.set()
 
-    def running(self) -> list[str]:
-        """Stream ids of the generations running now."""
-        return list(self._runs)
-
     async def drain(self, grace: float) -> None:
         """Shut down: let running generations end by themselves for ``grace`` seconds,
         then stop the rest with ``cancelled{reason: "shutdown"}``, and return once every
@@ -175,6 +189,10 @@ class Producer:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2 * _CLOSE_TIMEOUT):
                 await self._idle.wait()
+
+    def running(self) -> int:
+        """Generations running now (the ``tokenwire_generations_active`` gauge)."""
+        return len(self._runs)
 
     async def _tick(self) -> None:
         """Leases, orphans and checkpoints of every running generation, until none runs.
@@ -253,9 +271,24 @@ class _Run:
         self.flush_task: asyncio.Task[None] | None = None
         self.watchdog_timer: asyncio.TimerHandle | None = None
         self.stopped: asyncio.Future[Event] | None = None
+        self.first_token_at: float | None = None
+        self.span: GenerationSpan | None = None
 
     async def run(self) -> Event:
         loop = asyncio.get_running_loop()
+        obs_logs.stream_id.set(self.stream_id)  # this task's context: its log lines
+        generation = self.generation
+        self.span = GenerationSpan(
+            generation.model,
+            generation.request.model,
+            generation.request.params,
+            {
+                "stream_id": self.stream_id,
+                "message_id": self.message_id,
+                "conversation_id": generation.conversation_id,
+            },
+        )
+        self.span.activate()  # the provider task below inherits it
         await self.log.heartbeat(self.stream_id, self.config.lease_ttl)
         stopped = self.stopped = loop.create_future()
         if self.producer.shutting_down:
@@ -392,6 +425,18 @@ class _Run:
             appended = await self.log.append(self.stream_id, events)
         if appended:
             self.appended_seq = appended[-1].seq
+            self._observe(appended)
+
+    def _observe(self, appended: list[Event]) -> None:
+        """Count appended events; note the first token (metric and span event)."""
+        metrics.EVENTS_APPENDED.inc(len(appended))
+        if self.first_token_at is None and any(isinstance(e, _CONTENT) for e in appended):
+            self.first_token_at = time.monotonic()
+            metrics.TIME_TO_FIRST_TOKEN.labels(
+                metrics.provider_label(self.generation.model)
+            ).observe(self.first_token_at - self.started)
+            if self.span is not None:
+                self.span.first_token()
 
     async def sync_state(self) -> Event | None:
         """Fold the events appended since the last call into ``state`` (off the hot
@@ -426,6 +471,7 @@ class _Run:
                 ended.apply(with_seq(event, seq))
             await self._store(ended)
             appended = await self.log.append(self.stream_id, [*out, terminal])
+            self._observe(appended)
             for event in appended:
                 self.state.apply(event)
             last = appended[-1] if appended else await self.sync_state()
@@ -437,22 +483,47 @@ class _Run:
                 self.state.apply(with_seq(terminal, self.state.last_seq + 1))
         if ended is None or (ended.status, ended.error) != (self.state.status, self.state.error):
             await self._store(self.state)  # not stored yet, or another terminal event won
+        self._record_end(self.state.usage_dict())
         return terminal
 
     async def _store(self, state: MessageState) -> None:
         if self.sink is None:
             return
+        usage = state.usage_dict()
         try:
             await self.sink.update_message(
                 self.message_id,
                 parts=state.parts_list(),
                 status=state.status,
                 finish_reason=state.finish_reason,
-                usage=state.usage_dict(),
+                usage=usage,
                 error=state.error if state.error is not None else _stopped(state),
+                cost=await price(self.generation.model, usage),
             )
         except Exception:
             logger.exception("could not store message %s", self.message_id)
+
+    def _record_end(self, usage: dict[str, int] | None) -> None:
+        """Metrics and the span's end, from the final state."""
+        state = self.state
+        outcome = state.status if state.status in ("completed", "failed", "cancelled") else "failed"
+        provider = metrics.provider_label(self.generation.model)
+        now = time.monotonic()
+        metrics.GENERATIONS.labels(provider, outcome).inc()
+        metrics.GENERATION_SECONDS.labels(provider, outcome).observe(now - self.started)
+        if usage is not None and usage["output_tokens"] > 0:
+            metrics.OUTPUT_TOKENS.labels(provider).inc(usage["output_tokens"])
+            if self.first_token_at is not None and now - self.first_token_at >= 0.01:
+                rate = usage["output_tokens"] / (now - self.first_token_at)
+                metrics.TOKENS_PER_SECOND.labels(provider).observe(rate)
+        if self.span is not None:
+            self.span.end(
+                outcome,
+                usage=usage,
+                finish_reason=state.finish_reason,
+                error=state.error,
+                cancel_reason=state.cancel_reason,
+            )
 
 
 def _stopped(state: MessageState) -> dict[str, object] | None:

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     """Seconds before the first retry; doubled for each next one."""
     max_body_bytes: int = 1_000_000
     """Largest accepted request body (413 beyond)."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines of ``tokenwire serve`` and ``tokenwire worker``: ``text``, or ``json``
+    (one object per line with ``request_id`` and ``stream_id``; docs/observability.md)."""
 
     cors_origins: list[str] = Field(default_factory=list)
     """Origins whose pages may call this server from the browser (``["https://app.example"]``,
@@ -170,6 +173,9 @@ class Settings(BaseSettings):
     ``error{producer_lost}`` (its lease until a worker takes it)."""
     worker_concurrency: int = 64
     """Generations one ``tokenwire worker`` process runs at once."""
+    worker_metrics_port: int | None = None
+    """TCP port on which ``tokenwire worker`` serves its Prometheus metrics (``/metrics``,
+    on ``host``); ``None`` = none (docs/observability.md)."""
 
     def identity_configured(self) -> bool:
         """Whether a setting names an identity source (``auth_tokens``, ``jwt_secret``,

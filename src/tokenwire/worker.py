@@ -31,17 +31,19 @@ import socket
 from typing import Any
 
 import msgspec
+from prometheus_client import Gauge, start_http_server
 from saq import Worker
 from saq.types import Context, PartialTimersDict
 
 from tokenwire.errors import StreamExpiredError, StreamNotFoundError, UnknownModelError
 from tokenwire.events import Error
+from tokenwire.observability import metrics
 from tokenwire.producer import Generation
 from tokenwire.queue import JOB_FUNCTION, GenerationQueue, decode_job
 from tokenwire.server.tokenwire import Tokenwire
 from tokenwire.settings import Settings
 
-__all__ = ["GenerationWorker", "worker_id"]
+__all__ = ["GenerationWorker", "serve_metrics", "worker_id"]
 
 logger = logging.getLogger("tokenwire.worker")
 
@@ -67,6 +69,23 @@ class _SaqWorker(Worker[Context]):
 
 _STOP_TIMEOUT = 10.0
 """Seconds :meth:`GenerationWorker.run` waits for saq's worker to stop."""
+
+
+def serve_metrics(worker: GenerationWorker, host: str, port: int) -> None:
+    """Serve the process's Prometheus metrics (:data:`tokenwire.observability.metrics.REGISTRY`
+    and ``tokenwire_generations_active``) on ``http://host:port/metrics``, from a
+    daemon thread (``prometheus_client.start_http_server``).
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+    active = Gauge(
+        "tokenwire_generations_active",
+        "Generations running in this worker process.",
+        registry=metrics.REGISTRY,
+    )
+    active.set_function(worker.tw.producer.running)
+    start_http_server(port, addr=host, registry=metrics.REGISTRY)
 
 
 def worker_id() -> str:

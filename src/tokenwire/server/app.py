@@ -3,7 +3,8 @@
 Mounts the native API, the AI SDK and OpenAI-compatible adapters, the Pusher
 protocol server (WebSocket ``/app/{key}``, ``/broadcasting/auth``, ``/apps/…``),
 operations endpoints (``/healthz``, ``/readyz``, ``/metrics`` in the Prometheus
-text format) and the chat page at ``/``.
+text format, ``docs/observability.md``) and the chat page at ``/``. Every HTTP
+response carries ``x-request-id`` (:class:`~tokenwire.observability.logs.RequestIdMiddleware`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from tokenwire.errors import (
     TokenwireError,
     UnknownModelError,
 )
+from tokenwire.observability import metrics as obs_metrics
+from tokenwire.observability.logs import RequestIdMiddleware
 from tokenwire.server.aisdk import build_aisdk_router
 from tokenwire.server.openai_compat import build_openai_router
 from tokenwire.server.pusher import PusherHub
@@ -93,6 +96,7 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["x-tokenwire-stream-id"],
         )
+    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(PusherFirstMiddleware, hub=hub)  # added last: the outermost
     _exception_handlers(app)
     _operations(app, tw, hub)
@@ -147,6 +151,23 @@ def _operations(app: FastAPI, tw: Tokenwire, hub: PusherHub) -> None:
         name: Gauge(f"tokenwire_pusher_{name}", f"this node's Pusher {name}", registry=registry)
         for name in ("connections", "channels", "relays")
     }
+    active = Gauge(
+        "tokenwire_generations_active",
+        "Generations running in this process (producers=local, or a worker's).",
+        registry=registry,
+    )
+    readers = Gauge(
+        "tokenwire_readers_active",
+        "Live readers of this process: SSE, long poll and adapter responses following "
+        "a stream, plus Pusher WebSocket connections.",
+        registry=registry,
+    )
+    queue_depth = Gauge(
+        "tokenwire_queue_depth",
+        "Generations waiting in the job queue for a worker (producers=queue; -1 when "
+        "the queue's Redis does not answer).",
+        registry=registry,
+    )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -166,13 +187,30 @@ def _operations(app: FastAPI, tw: Tokenwire, hub: PusherHub) -> None:
             for name, value in statistics().items():
                 if name in gauges:
                     gauges[name].set(value)
-        for name, value in hub.statistics().items():
+        hub_statistics = hub.statistics()
+        for name, value in hub_statistics.items():
             pusher_gauges[name].set(value)
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+        active.set(tw.producer.running())
+        log_readers = statistics().get("readers", 0) if statistics is not None else 0
+        readers.set(log_readers + hub_statistics.get("connections", 0))
+        if tw.queue is not None:
+            queue_depth.set(await _queue_depth(tw))
+        body = generate_latest(registry) + generate_latest(obs_metrics.REGISTRY)
+        return Response(body, media_type="text/plain; version=0.0.4")
 
 
 _PING_TIMEOUT = 3.0
 """Seconds ``/readyz`` waits for the stream log's and the job queue's Redis."""
+
+
+async def _queue_depth(tw: Tokenwire) -> int:
+    """Jobs queued and not yet taken by a worker; -1 when Redis does not answer."""
+    assert tw.queue is not None
+    try:
+        async with asyncio.timeout(_PING_TIMEOUT):
+            return int(await tw.queue.saq.count("queued"))
+    except Exception:  # any client error or the timeout
+        return -1
 
 
 async def _unreachable(tw: Tokenwire) -> dict[str, str]:

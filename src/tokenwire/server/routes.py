@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenwire.accumulate import MessageState
 from tokenwire.errors import UnknownModelError
 from tokenwire.events import encode_event, is_terminal
+from tokenwire.observability.cost import price
 from tokenwire.providers import Message, split_model
 from tokenwire.server.identity import require_json
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
@@ -142,6 +143,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
         state = MessageState()
         for event in await tw.log.events(stream_id):
             state.apply(event)
+        usage = state.usage_dict()
         return JSONResponse(
             {
                 "stream_id": stream_id,
@@ -149,7 +151,8 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 "text": state.text,
                 "reasoning": state.reasoning,
                 "tool_calls": state.tool_calls,
-                "usage": state.usage_dict(),
+                "usage": usage,
+                "cost": await price(info.meta.get("model"), usage),
                 "finish_reason": state.finish_reason,
                 "error": state.error,
                 "last_seq": info.last_seq,
@@ -189,6 +192,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 "model": m.model,
                 "finish_reason": m.finish_reason,
                 "usage": m.usage,
+                "cost": m.cost,
                 "error": m.error,
                 "created_at": m.created_at,
             }

@@ -30,6 +30,7 @@ from tokenwire.errors import (
 from tokenwire.events import Event, Start, is_terminal
 from tokenwire.log.base import StreamLog
 from tokenwire.log.memory import MemoryStreamLog
+from tokenwire.observability import logs as obs_logs
 from tokenwire.producer import Generation, Producer, ProducerConfig
 from tokenwire.providers import GenerationRequest, Message, ProviderRegistry
 from tokenwire.server.identity import Access, Identify
@@ -304,6 +305,7 @@ class Tokenwire:
             if m.role in ("user", "assistant") and (text := _text_of(m.parts))
         ]
         stream_id = uuid.uuid4().hex
+        obs_logs.stream_id.set(stream_id)  # the request's log lines from here on
         meta = {"conversation_id": conversation.id, "message_id": assistant.id, "model": model}
         if conversation.owner is not None:  # a stream is its conversation owner's
             meta["owner"] = conversation.owner
@@ -326,6 +328,7 @@ class Tokenwire:
             message_id=assistant.id,
             conversation_id=conversation.id,
             request=request,
+            model=model,
         )
         # A worker process runs it (tokenwire.queue, docs/scale-out.md).
         if self.queue is not None:

@@ -6,8 +6,9 @@ Two tables (DESIGN §6):
   ``created_at``, ``updated_at``;
 - ``messages``: ``id``, ``conversation_id`` (foreign key, ``ON DELETE CASCADE``),
   ``role``, ``parts`` (JSON list of objects), ``status``, ``model``,
-  ``finish_reason``, ``usage`` (JSON), ``error`` (JSON), ``created_at``,
-  ``updated_at``; indexed on ``(conversation_id, created_at)``.
+  ``finish_reason``, ``usage`` (JSON), ``error`` (JSON), ``cost`` (JSON, the
+  price from genai-prices; ``NULL`` = unknown), ``created_at``, ``updated_at``;
+  indexed on ``(conversation_id, created_at)``.
 
 Timestamps are stored as timezone-aware UTC datetimes (``timestamptz`` on
 PostgreSQL; on SQLite, which has no time zones, as naive UTC text in one fixed
@@ -134,6 +135,7 @@ class MessageRow(Base):
     error: Mapped[dict[str, object] | None] = mapped_column(_json())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    cost: Mapped[dict[str, object] | None] = mapped_column(_json())
 
 
 def may_touch(owner: str | None, caller: str | None) -> bool:
@@ -195,6 +197,9 @@ class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
     """Unix time in seconds."""
     updated_at: float
     """Unix time in seconds."""
+    cost: dict[str, object] | None = None
+    """``{"currency": "USD", "input", "output", "total"}`` (dollars) from genai-prices;
+    ``None`` = unknown (no usage, or a model without a known price)."""
 
     @classmethod
     def from_row(cls, row: MessageRow) -> MessageRecord:
@@ -211,4 +216,5 @@ class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
             error=row.error,
             created_at=row.created_at.timestamp(),
             updated_at=row.updated_at.timestamp(),
+            cost=row.cost,
         )

@@ -369,6 +369,7 @@ class Store:
         finish_reason: str | None = None,
         usage: dict[str, int] | None = None,
         error: dict[str, object] | None = None,
+        cost: dict[str, object] | None = None,
     ) -> None:
         """Change some fields of a message (a streaming checkpoint, or its end).
 
@@ -383,9 +384,11 @@ class Store:
             finish_reason: ``stop``, ``length``, ``tool_calls`` …
             usage: token counts, e.g. ``{"input_tokens": 12, "output_tokens": 40}``.
             error: what went wrong, e.g. ``{"code": "provider_error", "message": "…"}``.
+            cost: the price, ``{"currency": "USD", "input", "output", "total"}``
+                (:func:`tokenwire.observability.cost.message_cost`).
 
         Raises:
-            ValueError: invalid ``status``, ``parts``, ``usage`` or ``error``.
+            ValueError: invalid ``status``, ``parts``, ``usage``, ``error`` or ``cost``.
             StoreError: the database failed.
         """
         values: dict[str, object] = {}
@@ -399,6 +402,8 @@ class Store:
             values["usage"] = json_copy(usage, "usage")
         if error is not None:
             values["error"] = json_copy(error, "error")
+        if cost is not None:
+            values["cost"] = json_copy(cost, "cost")
         if not values:
             return
         values["updated_at"] = self._now()

@@ -23,6 +23,7 @@ from typing import Any
 
 from starlette.types import Send
 
+from tokenwire.observability.metrics import SLOW_READERS_DROPPED
 from tokenwire.protocol.pusher import ChannelKind, ErrorCode, error_frame
 from tokenwire.settings import PusherApp
 
@@ -94,6 +95,7 @@ class Connection:
         if self._backlog is not None:
             if len(self._backlog) >= MAX_BACKLOG:
                 self.closed = True
+                SLOW_READERS_DROPPED.labels("websocket").inc()
                 self._backlog.clear()  # what it has not read is dropped; it reconnects
                 self._writer = asyncio.create_task(
                     self._close_now(ErrorCode.OVER_CAPACITY, "too slow to read")
