@@ -120,14 +120,14 @@ async def test_open_migrates_fresh_database_and_reopen_is_idempotent(url: str) -
 
     tables, revision = await _on_raw_connection(url, inspect)
     assert {"conversations", "messages", VERSION_TABLE} <= tables
-    assert revision == "0001"
+    assert revision == "0002"
 
     store = await Store.open(url)  # already at head: nothing to do, data intact
     try:
         assert await store.get_conversation(conv.id) == conv
     finally:
         await store.close()
-    assert (await _on_raw_connection(url, inspect))[1] == "0001"
+    assert (await _on_raw_connection(url, inspect))[1] == "0002"
 
 
 async def test_models_match_the_migrated_schema(store: Store, url: str) -> None:
@@ -160,7 +160,13 @@ def test_operator_command_line_upgrades_and_reports(
     migrate_main(["--url", db_url, "upgrade", "head"])
     capsys.readouterr()
     migrate_main(["--url", db_url, "current"])
-    assert "0001 (head)" in capsys.readouterr().out
+    assert "0002 (head)" in capsys.readouterr().out
+    migrate_main(["--url", db_url, "downgrade", "0001"])  # 0002 (source) can be undone
+    capsys.readouterr()
+    migrate_main(["--url", db_url, "current"])
+    out = capsys.readouterr().out
+    assert "0001" in out and "head" not in out
+    migrate_main(["--url", db_url, "upgrade", "head"])
 
 
 def test_module_entry_point_prints_offline_sql(tmp_path: Path) -> None:
@@ -417,8 +423,10 @@ async def test_closed_store_refuses_work(url: str) -> None:
         ([{"type": "image", "url": "x"}, {"type": "text", "text": "a\nb"}], "a b"),
         ([{"type": "text", "text": "one"}, {"type": "text", "text": "two"}], "one two"),
         ([{"type": "text", "text": 5}], None),
-        ([{"type": "text", "text": "x" * 200}], "x" * TITLE_LENGTH),
-        ([{"type": "text", "text": "y" * 79 + " z"}], "y" * 79),
+        ([{"type": "text", "text": "x" * 200}], "x" * (TITLE_LENGTH - 1) + "…"),
+        ([{"type": "text", "text": "y" * 79 + " z"}], "y" * 79 + "…"),
+        ([{"type": "text", "text": "y" * 80}], "y" * 80),
+        ([{"type": "text", "text": "word " * 30}], ("word " * 16).strip() + "…"),
     ],
 )
 def test_derive_title(parts: list[dict[str, object]], title: str | None) -> None:

@@ -81,7 +81,7 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
             return _detail(422, f"model: {exc}")
         regenerate = body.trigger == "regenerate-message"
         if await tw.store.get_conversation(body.chat_id) is None:
-            await tw.store.create_conversation(conversation_id=body.chat_id)
+            await tw.store.create_conversation(conversation_id=body.chat_id, source="ai-sdk")
             messages = [Message(role, text) for role, text in body.history]
             messages.append(Message("user", body.text))
         else:

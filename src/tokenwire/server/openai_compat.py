@@ -114,6 +114,7 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
             [Message(role, text) for role, text in chat.messages],
             system=chat.system,
             params=chat.params,
+            source="openai",
         )
         encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
         if chat.stream:

@@ -186,13 +186,16 @@ class Tokenwire:
         system: str | None = None,
         params: dict[str, object] | None = None,
         owner: str | None = None,
+        source: str | None = None,
     ) -> Stream:
         """Start a generation and return its stream at once (the ``start`` event is logged).
 
         ``messages`` are the new messages; when the conversation exists, its stored
         history comes first (and ``messages`` may be empty: a new answer to it, as
         for "regenerate"). A generation still running in the conversation is
-        cancelled with reason ``superseded``.
+        cancelled with reason ``superseded``. ``source`` names the surface that
+        starts a new conversation (``page``, ``api``, ``cli``, ``openai``, ``ai-sdk``),
+        recorded with it; it is ignored for an existing conversation.
 
         Raises:
             UnknownModelError: ``model`` names no provider.
@@ -208,6 +211,7 @@ class Tokenwire:
             owner=owner,
             messages=[(m.role, [{"type": "text", "text": m.content}]) for m in messages],
             model=model,
+            source=source,
         )
         if turn is None:
             raise ConversationNotFoundError(conversation_id)
