@@ -213,3 +213,16 @@ def test_from_message_id_errors_delete_nothing(
     if field is not None:
         assert response.json()["detail"][0]["loc"] == ["body", field]
     assert len(client.get(f"/v1/conversations/{cid}").json()["messages"]) == 2
+
+
+def test_regenerate_with_no_new_message_answers_the_history_again(client: httpx.Client) -> None:
+    first = start(client, "say this back")
+    cid = first["conversation_id"]
+    again = start(client, conversation_id=cid, from_message_id=first["message_id"], messages=[])
+    events, _ = read_sse(client, "GET", again["events_url"])
+    assert text_of(events) == "say this back"
+    after = client.get(f"/v1/conversations/{cid}").json()["messages"]
+    assert [m["role"] for m in after] == ["user", "assistant"]
+    assert after[1]["id"] == again["message_id"] != first["message_id"]
+    empty = client.post("/v1/chat", json={"messages": [], "conversation_id": cid})
+    assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == ["body", "messages"]

@@ -38,7 +38,9 @@ class ChatMessage(BaseModel):
 class ChatBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = Field(None, description="'provider:model'; default: the server's default")
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(
+        description="the new messages; empty only with from_message_id (regenerate)"
+    )
     system: str | None = None
     conversation_id: str | None = None
     params: dict[str, Any] | None = None
@@ -100,6 +102,8 @@ def build_router(tw: Tokenwire) -> APIRouter:
         With ``from_message_id`` (needs ``conversation_id``), that message and every
         later one are deleted first (the running answer, if any, is cancelled as
         ``superseded``): edit-and-resend and regenerate."""
+        if not body.messages and body.from_message_id is None:
+            return _field_error("messages", "List should have at least 1 item")
         if body.from_message_id is not None:
             if body.conversation_id is None:
                 return _field_error("conversation_id", "from_message_id needs conversation_id")
