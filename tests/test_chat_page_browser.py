@@ -523,7 +523,9 @@ def test_stop_closes_the_upstream_request(page: Page, server: str, mock_provider
     (record,) = _mock_requests(mock_provider)
     expect_outcome = record["outcome"]
     deadline = 100
-    while expect_outcome == "streaming" and deadline:  # the mock notices the close at its next write
+    while (
+        expect_outcome == "streaming" and deadline
+    ):  # the mock notices the close at its next write
         page.wait_for_timeout(100)
         (record,) = _mock_requests(mock_provider)
         expect_outcome, deadline = record["outcome"], deadline - 1
@@ -585,9 +587,7 @@ def test_a_conversation_url_follows_live_in_a_second_tab(
 def sse_frames(events: list[dict[str, Any]]) -> str:
     import json
 
-    return "".join(
-        f"id: {e['seq']}\nevent: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events
-    )
+    return "".join(f"id: {e['seq']}\nevent: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
 
 
 def test_a_connection_dropped_mid_stream_resumes(page: Page, server: str) -> None:
