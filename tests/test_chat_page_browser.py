@@ -181,7 +181,14 @@ SCRIPTS = {
     "second": Script(words(SECOND), hold_after=3),
     "drop": Script(words(DROP), hold_after=4),
 }
-MODELS = ["fake:lorem", "fake:echo", MOCK, *(f"test:{name}" for name in SCRIPTS)]
+MODELS = [
+    "fake:lorem",
+    "fake:echo",
+    "fake:think",
+    "fake:tool",
+    MOCK,
+    *(f"test:{name}" for name in SCRIPTS),
+]
 
 
 # ---------------------------------------------------------------- fixtures
@@ -749,3 +756,25 @@ def test_narrow_screen_sidebar_is_a_drawer(page: Page, server: str) -> None:
     shoot(page, "narrow-drawer")
     page.keyboard.press("Escape")
     expect(sidebar).not_to_be_in_viewport()
+
+
+def test_reasoning_and_tool_calls(page: Page, server: str) -> None:
+    ask(page, "fake:think", "Think first")
+    reasoning = page.locator(".message.assistant details.reasoning")
+    expect(reasoning.locator(".reasoning-text")).to_have_text("Let me think.")
+    expect(reasoning).not_to_have_attribute("open", "")  # collapsed
+    expect(answer(page)).to_have_text("Think first")
+    expect(page.locator("#send")).to_be_visible()
+    reasoning.locator("summary").click()
+    expect(reasoning.locator(".reasoning-text")).to_be_visible()
+
+    page.locator("#prompt").fill("What is the weather?")
+    page.select_option("#model", "fake:tool")
+    page.locator("#prompt").press("Enter")
+    card = page.locator(".message.assistant .tool-call")
+    expect(card.locator(".tool-name")).to_have_text("get_weather")
+    expect(card.locator(".tool-args")).to_have_text('{\n  "city": "Paris",\n  "unit": "celsius"\n}')
+    expect(page.locator(".message.assistant .meta").nth(1)).to_contain_text("finished: tool_calls")
+    # one stats line per answer
+    expect(page.locator(".message.assistant .meta")).to_have_count(2)
+    shoot(page, "reasoning-and-tool-call")
