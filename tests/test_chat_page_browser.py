@@ -1,9 +1,12 @@
 """The chat page at ``/`` in a real headless Chromium, against the real app in-process.
 
 Each scenario types into the page as a person would and asserts on what the page
-shows. The page sends only ``model`` and ``messages``, so behaviour is chosen by
-model: a ``test:`` provider registered for this module answers with a scripted
-list of text deltas and can hold after some of them until the test opens its gate.
+shows. The page chooses only the model, so behaviour is chosen by model: a ``test:``
+provider registered for this module answers with a scripted list of text deltas and
+can hold after some of them until the test opens its gate; ``mock:`` is the mock
+provider (a real process replaying a recording), whose request log tells whether
+Stop closed the upstream connection. Each state reached is saved as a screenshot in
+``docs/screenshots/``.
 
 Needs Debian's ``chromium`` (``/usr/bin/chromium``) and the PyPI ``playwright``
 package. Without them the module is skipped, except under CI (``CI`` set), where
