@@ -93,6 +93,24 @@ def build_router(tw: Tokenwire) -> APIRouter:
             raise ConversationNotFoundError(conversation_id)
         return record
 
+    async def drop_from(request: Request, body: ChatBody, message_id: str) -> Response | None:
+        """Delete ``message_id`` and every later message of ``body.conversation_id``
+        (cancelling its running answer as ``superseded``), or the 4xx answer that
+        refuses it; nothing is deleted for a request that could not start."""
+        if body.conversation_id is None:
+            return _field_error("conversation_id", "from_message_id needs conversation_id")
+        try:
+            tw.registry.resolve(body.model or tw.settings.resolved_default_model())
+        except UnknownModelError as exc:
+            return _field_error("model", str(exc))
+        await visible_conversation(request, body.conversation_id)
+        active = await tw.active_stream(body.conversation_id)
+        if active is not None:
+            await tw.cancel(active[0], "superseded")
+        if not await tw.store.delete_messages_from(body.conversation_id, message_id):
+            return _field_error("from_message_id", "no such message in the conversation")
+        return None
+
     @router.post("/v1/chat", status_code=202, response_model=None)
     async def chat(
         body: ChatBody, request: Request, accept: Annotated[str, Header()] = ""
@@ -105,18 +123,9 @@ def build_router(tw: Tokenwire) -> APIRouter:
         if not body.messages and body.from_message_id is None:
             return _field_error("messages", "List should have at least 1 item")
         if body.from_message_id is not None:
-            if body.conversation_id is None:
-                return _field_error("conversation_id", "from_message_id needs conversation_id")
-            try:  # nothing is deleted for a request that cannot start
-                tw.registry.resolve(body.model or tw.settings.resolved_default_model())
-            except UnknownModelError as exc:
-                return _field_error("model", str(exc))
-            await visible_conversation(request, body.conversation_id)
-            active = await tw.active_stream(body.conversation_id)
-            if active is not None:
-                await tw.cancel(active[0], "superseded")
-            if not await tw.store.delete_messages_from(body.conversation_id, body.from_message_id):
-                return _field_error("from_message_id", "no such message in the conversation")
+            refused = await drop_from(request, body, body.from_message_id)
+            if refused is not None:
+                return refused
         try:
             stream = await tw.start(
                 body.model,
