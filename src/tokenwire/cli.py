@@ -180,7 +180,9 @@ async def _chat(
     from tokenwire.server.tokenwire import Tokenwire
 
     async with Tokenwire(settings) as tw:
-        stream = await tw.start(None, [Message("user", question)], system=system, params=params)
+        stream = await tw.start(
+            None, [Message("user", question)], system=system, params=params, source="cli"
+        )
         out = sys.stdout
         try:
             async for event in stream:

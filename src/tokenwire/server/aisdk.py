@@ -96,7 +96,9 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         except ConversationNotFoundError:
             return _detail(404, "chat not found")
         if existing is None:
-            await tw.store.create_conversation(conversation_id=body.chat_id, owner=owner)
+            await tw.store.create_conversation(
+                conversation_id=body.chat_id, owner=owner, source="ai-sdk"
+            )
             messages = [Message(role, text) for role, text in body.history]
             messages.append(Message("user", body.text))
         else:

@@ -343,19 +343,32 @@ class Access:
         return info
 
     async def conversations(
-        self, request: HTTPConnection, *, limit: int, before: float | None
+        self,
+        request: HTTPConnection,
+        *,
+        limit: int,
+        before: float | None,
+        source: str | None = None,
+        query: str | None = None,
     ) -> list[ConversationRecord]:
         """The caller's conversations, newest first: up to ``limit`` with
-        ``updated_at < before`` (Unix seconds; ``None`` = from the newest). An
-        anonymous caller gets those nobody owns. The store filters before it
-        counts, so a page is never short because of others' conversations.
+        ``updated_at < before`` (Unix seconds; ``None`` = from the newest), only
+        those started from ``source`` and whose title contains ``query`` when given
+        (see :meth:`~tokenwire.store.Store.list_conversations`). An anonymous caller
+        gets those nobody owns. The store filters before it counts, so a page is
+        never short because of others' conversations.
 
         Raises:
             AuthenticationError: as :meth:`caller`.
         """
         caller = await self.owner(request)
         return await self._store().list_conversations(
-            owner=caller, unowned=caller is None, limit=limit, before=before
+            owner=caller,
+            unowned=caller is None,
+            limit=limit,
+            before=before,
+            source=source,
+            query=query,
         )
 
 

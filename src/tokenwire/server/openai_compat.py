@@ -141,6 +141,7 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
             system=chat.system,
             params=chat.params,
             owner=owner,
+            source="openai",
         )
         encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
         if chat.stream:

@@ -41,10 +41,27 @@ class ChatMessage(BaseModel):
 class ChatBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = Field(None, description="'provider:model'; default: the server's default")
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(
+        description="the new messages; empty only with from_message_id (regenerate)"
+    )
     system: str | None = None
     conversation_id: str | None = None
     params: dict[str, Any] | None = None
+    source: str = Field(
+        "api",
+        pattern=r"^[a-z0-9-]{1,32}$",
+        description="the surface starting a new conversation: 'page', 'api' …",
+    )
+    from_message_id: str | None = Field(
+        None,
+        description="edit or regenerate: delete this message of the conversation and "
+        "every later one (a running answer is superseded), then start",
+    )
+
+
+class ConversationPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str = Field(min_length=1, max_length=200)
 
 
 def _field_error(field: str, message: str) -> JSONResponse:
@@ -70,10 +87,38 @@ def build_router(tw: Tokenwire) -> APIRouter:
         response_model=None,
         dependencies=[Depends(access.caller), Depends(require_json)],
     )
+    async def drop_from(request: Request, body: ChatBody, message_id: str) -> Response | None:
+        """Delete ``message_id`` and every later message of ``body.conversation_id``
+        (cancelling its running answer as ``superseded``), or the 4xx answer that
+        refuses it; nothing is deleted for a request that could not start."""
+        if body.conversation_id is None:
+            return _field_error("conversation_id", "from_message_id needs conversation_id")
+        try:
+            tw.registry.resolve(body.model or tw.settings.resolved_default_model())
+        except UnknownModelError as exc:
+            return _field_error("model", str(exc))
+        await access.conversation(request, body.conversation_id)
+        active = await tw.active_stream(body.conversation_id)
+        if active is not None:
+            await tw.cancel(active[0], "superseded")
+        if not await tw.store.delete_messages_from(body.conversation_id, message_id):
+            return _field_error("from_message_id", "no such message in the conversation")
+        return None
+
     async def chat(
         body: ChatBody, request: Request, accept: Annotated[str, Header()] = ""
     ) -> Response | dict[str, str]:
-        """Start a generation: SSE when ``Accept: text/event-stream``, else 202 with URLs."""
+        """Start a generation: SSE when ``Accept: text/event-stream``, else 202 with URLs.
+
+        With ``from_message_id`` (needs ``conversation_id``), that message and every
+        later one are deleted first (the running answer, if any, is cancelled as
+        ``superseded``): edit-and-resend and regenerate."""
+        if not body.messages and body.from_message_id is None:
+            return _field_error("messages", "List should have at least 1 item")
+        if body.from_message_id is not None:
+            refused = await drop_from(request, body, body.from_message_id)
+            if refused is not None:
+                return refused
         try:
             stream = await tw.start(
                 body.model,
@@ -82,6 +127,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 system=body.system,
                 params=body.params,
                 owner=await access.owner(request),
+                source=body.source,
             )
         except UnknownModelError as exc:
             return _field_error("model", str(exc))
@@ -172,10 +218,16 @@ def build_router(tw: Tokenwire) -> APIRouter:
         request: Request,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         before: Annotated[float | None, Query(description="updated_at, Unix seconds")] = None,
+        source: Annotated[
+            str | None, Query(max_length=32, description="only those started from it: page …")
+        ] = None,
+        q: Annotated[str | None, Query(max_length=200, description="text in the title")] = None,
     ) -> dict[str, Any]:
         """The caller's conversations, newest first (anonymous: those nobody owns);
         the next page is ``?before=<updated_at of the last one>``."""
-        records = await access.conversations(request, limit=limit, before=before)
+        records = await access.conversations(
+            request, limit=limit, before=before, source=source, query=q
+        )
         return {"data": [_conversation(r) for r in records]}
 
     @router.get("/v1/conversations/{conversation_id}")
@@ -200,6 +252,19 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 item["stream_id"] = active[0]
             messages.append(item)
         return {**_conversation(record), "messages": messages}
+
+    @router.patch("/v1/conversations/{conversation_id}", response_model=None)
+    async def rename_conversation(
+        request: Request, conversation_id: str, body: ConversationPatch
+    ) -> Response | dict[str, Any]:
+        """Rename: ``{"title": "…"}``; 404 for a conversation the caller may not see."""
+        await access.conversation(request, conversation_id)
+        if not body.title.strip():
+            return _field_error("title", "title must not be blank")
+        record = await tw.store.rename_conversation(conversation_id, body.title)
+        if record is None:
+            raise ConversationNotFoundError(conversation_id)
+        return _conversation(record)
 
     @router.delete("/v1/conversations/{conversation_id}", status_code=204)
     async def delete_conversation(request: Request, conversation_id: str) -> Response:
@@ -231,6 +296,7 @@ def _conversation(record: Any) -> dict[str, Any]:
     return {
         "id": record.id,
         "title": record.title,
+        "source": record.source,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
     }

@@ -265,6 +265,7 @@ class Tokenwire:
         system: str | None = None,
         params: dict[str, object] | None = None,
         owner: str | None = None,
+        source: str | None = None,
     ) -> Stream:
         """Start a generation and return its stream at once (the ``start`` event is logged).
 
@@ -273,7 +274,9 @@ class Tokenwire:
         for "regenerate"). A generation still running in the conversation is
         cancelled with reason ``superseded``. ``owner`` is the user id of the caller
         (``None``: anonymous): a new conversation is theirs, and the stream belongs
-        to its conversation's owner.
+        to its conversation's owner. ``source`` names the surface that
+        starts a new conversation (``page``, ``api``, ``cli``, ``openai``, ``ai-sdk``),
+        recorded with it; it is ignored for an existing conversation.
 
         Raises:
             UnknownModelError: ``model`` names no provider.
@@ -294,6 +297,7 @@ class Tokenwire:
             owner=owner,
             messages=[(m.role, [{"type": "text", "text": m.content}]) for m in messages],
             model=model,
+            source=source,
         )
         if turn is None:
             raise ConversationNotFoundError(conversation_id)

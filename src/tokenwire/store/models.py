@@ -3,7 +3,8 @@
 Two tables (DESIGN §6):
 
 - ``conversations``: ``id``, ``owner`` (``NULL`` = nobody's), ``title``,
-  ``created_at``, ``updated_at``;
+  ``source`` (the surface that started it: ``page``, ``api``, ``cli``, ``openai``,
+  ``ai-sdk``; ``NULL`` = unknown), ``created_at``, ``updated_at``;
 - ``messages``: ``id``, ``conversation_id`` (foreign key, ``ON DELETE CASCADE``),
   ``role``, ``parts`` (JSON list of objects), ``status``, ``model``,
   ``finish_reason``, ``usage`` (JSON), ``error`` (JSON), ``cost`` (JSON, the
@@ -114,6 +115,7 @@ class ConversationRow(Base):
     title: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    source: Mapped[str | None] = mapped_column(sa.String(32))
 
 
 class MessageRow(Base):
@@ -162,6 +164,9 @@ class ConversationRecord(msgspec.Struct, frozen=True, kw_only=True):
     """Unix time in seconds."""
     updated_at: float
     """Unix time in seconds of the last change, including a message added."""
+    source: str | None = None
+    """The surface that started it (``page``, ``api``, ``cli``, ``openai``, ``ai-sdk``);
+    ``None`` = unknown (conversations from before revision 0003, or not said)."""
 
     @classmethod
     def from_row(cls, row: ConversationRow) -> ConversationRecord:
@@ -172,6 +177,7 @@ class ConversationRecord(msgspec.Struct, frozen=True, kw_only=True):
             title=row.title,
             created_at=row.created_at.timestamp(),
             updated_at=row.updated_at.timestamp(),
+            source=row.source,
         )
 
 

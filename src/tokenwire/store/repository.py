@@ -177,6 +177,7 @@ class Store:
         owner: str | None = None,
         title: str | None = None,
         conversation_id: str | None = None,
+        source: str | None = None,
     ) -> ConversationRecord:
         """Create an empty conversation.
 
@@ -184,6 +185,8 @@ class Store:
             owner: who may see it; ``None`` = nobody in particular.
             title: its title; ``None`` = derived from the first user message.
             conversation_id: its id; ``None`` = a new ``uuid4().hex``.
+            source: the surface that starts it (``page``, ``api``, ``cli`` …);
+                ``None`` = unknown.
 
         Returns:
             The new conversation (``created_at == updated_at``).
@@ -196,6 +199,7 @@ class Store:
             id=conversation_id or uuid.uuid4().hex,
             owner=owner,
             title=title,
+            source=source,
             created_at=now,
             updated_at=now,
         )
@@ -230,6 +234,8 @@ class Store:
         limit: int = 50,
         before: float | None = None,
         unowned: bool = False,
+        source: str | None = None,
+        query: str | None = None,
     ) -> list[ConversationRecord]:
         """Conversations, most recently updated first.
 
@@ -243,6 +249,10 @@ class Store:
             limit: most records returned, at least 1.
             before: only conversations with ``updated_at < before`` (Unix
                 seconds); ``None`` = from the newest.
+            source: only conversations started from this surface (``page`` …);
+                ``None`` = from anywhere.
+            query: only conversations whose title contains this text, ignoring
+                case (``%`` and ``_`` match themselves); ``None`` or blank = all.
 
         Returns:
             Up to ``limit`` conversations.
@@ -259,6 +269,14 @@ class Store:
             stmt = stmt.where(ConversationRow.owner.is_(None))
         if before is not None:
             stmt = stmt.where(ConversationRow.updated_at < from_unix(before, "before"))
+        if source is not None:
+            stmt = stmt.where(ConversationRow.source == source)
+        if query is not None and query.strip():
+            pattern = query.strip().lower()
+            for char in ("\\", "%", "_"):
+                pattern = pattern.replace(char, "\\" + char)
+            title = sa.func.lower(ConversationRow.title)
+            stmt = stmt.where(title.like(f"%{pattern}%", escape="\\"))
         stmt = stmt.order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
         async with self._guard("list conversations"), self._transaction() as session:
             rows = (await session.scalars(stmt.limit(limit))).all()
@@ -281,6 +299,33 @@ class Store:
         async with self._guard("delete the conversation"), self._transaction() as session:
             result = cast(CursorResult[Any], await session.execute(stmt))
             return result.rowcount > 0
+
+    async def rename_conversation(
+        self, conversation_id: str, title: str
+    ) -> ConversationRecord | None:
+        """Set a conversation's title (no ownership check; ``updated_at`` is kept,
+        so a rename does not move it in the list).
+
+        Args:
+            conversation_id: its id.
+            title: the new title, not blank (surrounding whitespace is removed).
+
+        Returns:
+            The renamed conversation, or ``None`` if there is none.
+
+        Raises:
+            ValueError: ``title`` is blank.
+        """
+        title = title.strip()
+        if not title:
+            raise ValueError("title must not be blank")
+        async with self._guard("rename the conversation"), self._transaction() as session:
+            row = await session.get(ConversationRow, conversation_id, with_for_update=True)
+            if row is None:
+                return None
+            row.title = title
+            await session.flush()
+            return ConversationRecord.from_row(row)
 
     # -- messages -------------------------------------------------------------
 
@@ -423,10 +468,12 @@ class Store:
         owner: str | None,
         messages: list[tuple[str, list[dict[str, object]]]],
         model: str,
+        source: str | None = None,
     ) -> tuple[ConversationRecord, list[MessageRecord], MessageRecord] | None:
         """Start an assistant turn in one transaction (the one write at start, DESIGN §6).
 
-        Creates the conversation when ``conversation_id`` is ``None``, reads its
+        Creates the conversation when ``conversation_id`` is ``None`` (recording
+        ``source``, the surface that starts it; ignored otherwise), reads its
         history, appends ``messages`` (``(role, parts)``, e.g. the new user
         message) and an empty assistant message with status ``streaming``.
 
@@ -446,7 +493,12 @@ class Store:
             history: list[MessageRecord] = []
             if conversation_id is None:
                 conversation = ConversationRow(
-                    id=uuid.uuid4().hex, owner=owner, title=None, created_at=now, updated_at=now
+                    id=uuid.uuid4().hex,
+                    owner=owner,
+                    title=None,
+                    source=source,
+                    created_at=now,
+                    updated_at=now,
                 )
                 session.add(conversation)
             else:
