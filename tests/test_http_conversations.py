@@ -28,6 +28,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             data_dir=data_dir,
             default_model="fake:echo",
             auth_tokens={"token-of-alice": "alice", "token-of-bob": "bob"},
+            allow_anonymous=True,  # anonymous callers beside alice and bob
         )
     with uvicorn_thread(create_app(settings)) as url:
         yield url

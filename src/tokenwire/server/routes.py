@@ -81,12 +81,6 @@ def build_router(tw: Tokenwire) -> APIRouter:
     router = APIRouter()
     access = tw.access
 
-    @router.post(
-        "/v1/chat",
-        status_code=202,
-        response_model=None,
-        dependencies=[Depends(access.caller), Depends(require_json)],
-    )
     async def drop_from(request: Request, body: ChatBody, message_id: str) -> Response | None:
         """Delete ``message_id`` and every later message of ``body.conversation_id``
         (cancelling its running answer as ``superseded``), or the 4xx answer that
@@ -105,6 +99,12 @@ def build_router(tw: Tokenwire) -> APIRouter:
             return _field_error("from_message_id", "no such message in the conversation")
         return None
 
+    @router.post(
+        "/v1/chat",
+        status_code=202,
+        response_model=None,
+        dependencies=[Depends(access.caller), Depends(require_json)],
+    )
     async def chat(
         body: ChatBody, request: Request, accept: Annotated[str, Header()] = ""
     ) -> Response | dict[str, str]:
