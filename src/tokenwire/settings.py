@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -18,7 +19,10 @@ import platformdirs
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["PusherApp", "Settings"]
+__all__ = ["LIMIT_GRAMMAR", "PusherApp", "Settings"]
+
+LIMIT_GRAMMAR = re.compile(r"\s*([1-9][0-9]*)\s*/\s*(second|minute|hour|day)\s*")
+"""``N/second|minute|hour|day`` (N ≥ 1): the grammar of ``TOKENWIRE_LIMIT_REQUESTS``."""
 
 
 class PusherApp(BaseModel):
@@ -112,6 +116,22 @@ class Settings(BaseSettings):
     """Seconds before the first retry; doubled for each next one."""
     max_body_bytes: int = 1_000_000
     """Largest accepted request body (413 beyond)."""
+
+    # limits per caller (identity, or client IP when anonymous): docs/api.md "Limits"
+    limit_requests: str | None = None
+    """Generations one caller may start per period: ``N/second|minute|hour|day``
+    (``120/minute``); ``None`` = no limit. Over it: 429 with ``Retry-After``."""
+    limit_concurrent_streams: int = Field(8, ge=0)
+    """Generations one caller may have running at once; 0 = no limit."""
+    limit_tokens_per_day: int | None = Field(None, ge=1)
+    """Output tokens one caller may use per UTC day; ``None`` = no limit."""
+
+    @field_validator("limit_requests")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None and LIMIT_GRAMMAR.fullmatch(value) is None:
+            raise ValueError("must be N/second, N/minute, N/hour or N/day (e.g. 120/minute)")
+        return value
 
     cors_origins: list[str] = Field(default_factory=list)
     """Origins whose pages may call this server from the browser (``["https://app.example"]``,

@@ -15,7 +15,8 @@ Choices: the model comes from the body field ``model``, else the
 the ``x-tokenwire-ai-sdk`` header (``5``, ``6`` or ``7``; default ``7``). Bad
 requests answer ``400``/``404``/``422`` with ``{"detail": "<sentence>"}``:
 ``DefaultChatTransport`` throws ``new Error(await response.text())`` for any
-non-2xx answer, so the sentence reaches ``useChat``'s ``error``.
+non-2xx answer, so the sentence reaches ``useChat``'s ``error``. Over a limit:
+``429`` with ``Retry-After`` and the same ``{"detail": …}`` (docs/api.md "Limits").
 
 Protocol references: https://ai-sdk.dev/docs/ai-sdk-ui/stream-protocol and
 https://ai-sdk.dev/docs/ai-sdk-ui/chatbot-resume-streams; the chunk encoding is
@@ -79,6 +80,7 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
             tw.registry.resolve(model or tw.settings.resolved_default_model())
         except UnknownModelError as exc:
             return _detail(422, f"model: {exc}")
+        ticket = await tw.admit(request)  # 429 before the conversation is created
         regenerate = body.trigger == "regenerate-message"
         if await tw.store.get_conversation(body.chat_id) is None:
             await tw.store.create_conversation(conversation_id=body.chat_id)
@@ -96,6 +98,7 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
                 conversation_id=body.chat_id,
                 system=body.system,
                 params=body.params,
+                ticket=ticket,
             )
         except UnknownModelError as exc:
             return _detail(422, f"model: {exc}")

@@ -43,6 +43,7 @@ from tokenwire.protocol.openai_compat import (
     parse_request,
 )
 from tokenwire.providers import Message
+from tokenwire.server.limits import RateLimitedError
 from tokenwire.server.tokenwire import Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
 
@@ -82,6 +83,8 @@ class OpenAIRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
+            except RateLimitedError as exc:
+                return _rate_limited(exc)
             except OpenAIRequestError as exc:
                 return _error(exc.status, exc.message, param=exc.param, code=exc.code)
             except RequestValidationError as exc:
@@ -101,19 +104,31 @@ class OpenAIRoute(APIRoute):
 _NF = "model_not_found"
 
 
+def _rate_limited(exc: RateLimitedError) -> JSONResponse:
+    """429 as OpenAI answers it: ``type`` ``requests`` or ``tokens``, ``code``
+    ``rate_limit_exceeded``, ``Retry-After`` in seconds (the SDKs honour it)."""
+    kind = "tokens" if exc.limit == "tokens_per_day" else "requests"
+    body = error_body(exc.message, type=kind, param=None, code="rate_limit_exceeded")
+    return JSONResponse(body, status_code=429, headers={"retry-after": str(exc.retry_after)})
+
+
 def build_openai_router(tw: Tokenwire) -> APIRouter:
     """The OpenAI-compatible routes bound to ``tw``."""
     router = APIRouter(route_class=OpenAIRoute)
 
     @router.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: Annotated[dict[str, Any], Body()]) -> Response:
+    async def chat_completions(
+        request: Request, body: Annotated[dict[str, Any], Body()]
+    ) -> Response:
         """Create a chat completion (streamed when ``stream`` is true)."""
         chat = parse_request(body)
+        ticket = await tw.admit(request)
         stream = await tw.start(
             chat.model,
             [Message(role, text) for role, text in chat.messages],
             system=chat.system,
             params=chat.params,
+            ticket=ticket,
         )
         encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
         if chat.stream:

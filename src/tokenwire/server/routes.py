@@ -3,7 +3,7 @@
 Errors are JSON ``{"detail": …}``: 404 unknown stream or conversation, 410 stream
 past retention, 422 invalid body naming the field (FastAPI's validation format,
 or ``{"detail": [{"loc": ["body", "model"], "msg": …}]}`` for an unknown model),
-413 body too large.
+413 body too large, 429 over a limit (``Retry-After``; docs/api.md "Limits").
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
         body: ChatBody, request: Request, accept: Annotated[str, Header()] = ""
     ) -> Response | dict[str, str]:
         """Start a generation: SSE when ``Accept: text/event-stream``, else 202 with URLs."""
+        ticket = await tw.admit(request)  # 429 (RateLimitedError) before anything is created
         try:
             stream = await tw.start(
                 body.model,
@@ -89,6 +90,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 system=body.system,
                 params=body.params,
                 owner=await caller(request),
+                ticket=ticket,
             )
         except UnknownModelError as exc:
             return _field_error("model", str(exc))
