@@ -38,8 +38,15 @@ class PusherApp(BaseModel):
     """32 bytes, base64, for ``private-encrypted-`` channels' shared secrets."""
     max_message_size: int = 100_000
     """Largest event ``data`` (HTTP API, client events) and client frame, bytes."""
-    max_connections: int | None = None
-    """Connections per node beyond which new ones are closed with 4100 (``None``: no limit)."""
+    max_connections: int | None = 10_000
+    """Connections to this app per node beyond which new ones are closed with 4100
+    (``None``: no limit)."""
+    max_channels: int = Field(100, ge=1)
+    """Channels one connection may be subscribed to; a subscription beyond is answered
+    ``pusher:subscription_error`` (``LimitReached``, status 4304), the connection stays."""
+    max_backlog_bytes: int = Field(1_000_000, ge=1)
+    """Bytes of frames that may wait for a connection whose socket is not draining (a
+    client that does not read); beyond, it is closed with 4100 (besides 1,024 frames)."""
     client_event_rate: int = 10
     """Client events one connection may send per second (4301 beyond)."""
     activity_timeout: int = 120
