@@ -232,3 +232,28 @@ def test_tokens_per_day_across_nodes(tmp_path: Path, redis_prefix: str) -> None:
         retry_after(refused)
         assert refused.json()["detail"] == "output token limit of 20 per UTC day reached"
         assert b.post("/v1/chat", json={"messages": HI}, headers=BOB).status_code == 202
+
+
+def test_the_native_router_alone_answers_429(tmp_path: Path) -> None:
+    """An app embedding only ``tw.router`` (no ``create_app`` handlers) gets the 429 too."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    from tokenwire import Tokenwire
+
+    tw = Tokenwire(
+        Settings(data_dir=tmp_path, default_model="fake:echo", limit_concurrent_streams=1)
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        async with tw:
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    app.include_router(tw.router, prefix="/ai")
+    with uvicorn_thread(app) as base, httpx.Client(base_url=base) as client:
+        assert client.post("/ai/v1/chat", json=STALL).status_code == 202
+        refused = client.post("/ai/v1/chat", json=STALL)
+        assert retry_after(refused) == 1 and "1 concurrent" in refused.json()["detail"]

@@ -44,6 +44,7 @@ from tokenwire.protocol.aisdk import (
     parse_dialect,
 )
 from tokenwire.providers import Message
+from tokenwire.server.limits import RateLimitedError, rate_limited_response
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
 
@@ -80,7 +81,10 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
             tw.registry.resolve(model or tw.settings.resolved_default_model())
         except UnknownModelError as exc:
             return _detail(422, f"model: {exc}")
-        ticket = await tw.admit(request)  # 429 before the conversation is created
+        try:  # 429 before the conversation is created
+            ticket = await tw.admit(request)
+        except RateLimitedError as exc:
+            return rate_limited_response(exc)
         regenerate = body.trigger == "regenerate-message"
         if await tw.store.get_conversation(body.chat_id) is None:
             await tw.store.create_conversation(conversation_id=body.chat_id)

@@ -32,7 +32,7 @@ from tokenwire.errors import (
     UnknownModelError,
 )
 from tokenwire.server.aisdk import build_aisdk_router
-from tokenwire.server.limits import RateLimitedError
+from tokenwire.server.limits import RateLimitedError, rate_limited_response
 from tokenwire.server.openai_compat import build_openai_router
 from tokenwire.server.pusher import PusherHub
 from tokenwire.server.pusher_http import build_pusher_router
@@ -126,8 +126,7 @@ def _exception_handlers(app: FastAPI) -> None:
 
     async def rate_limited(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RateLimitedError)
-        headers = {"retry-after": str(exc.retry_after)}
-        return JSONResponse({"detail": exc.message}, status_code=429, headers=headers)
+        return rate_limited_response(exc)
 
     app.add_exception_handler(RateLimitedError, rate_limited)
     app.add_exception_handler(UnknownModelError, unknown_model)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from limits import RateLimitItem, RateLimitItemPerDay, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from starlette.responses import JSONResponse
 
 from tokenwire.errors import TokenwireError
 from tokenwire.settings import LIMIT_GRAMMAR
@@ -54,6 +55,7 @@ __all__ = [
     "RateLimitedError",
     "Ticket",
     "parse_rate",
+    "rate_limited_response",
 ]
 
 logger = logging.getLogger("tokenwire.limits")
@@ -90,6 +92,13 @@ class RateLimitedError(TokenwireError):
         self.limit: Limit = limit
         self.retry_after = max(1, retry_after)
         self.message = message
+
+
+def rate_limited_response(exc: RateLimitedError) -> JSONResponse:
+    """The native API's and the AI SDK route's 429: ``{"detail": message}`` with
+    ``Retry-After`` (the OpenAI-compatible route has OpenAI's shape instead)."""
+    headers = {"retry-after": str(exc.retry_after)}
+    return JSONResponse({"detail": exc.message}, status_code=429, headers=headers)
 
 
 class Ticket:
@@ -260,15 +269,17 @@ class Limits:
         interval = self.slot_ttl / 3
         while self._held:
             await asyncio.sleep(interval)
-            by_key: dict[str, list[str]] = {}
-            for stream_id, (ticket, ends_here) in list(self._held.items()):
-                if not ends_here and not await self._maybe_running(stream_id):
-                    await self._finish(ticket)
-                    continue
-                by_key.setdefault(ticket.key, []).append(stream_id)
-            if self.concurrent:
-                with contextlib.suppress(Exception):  # Redis down: retried next round
+            try:
+                by_key: dict[str, list[str]] = {}
+                for stream_id, (ticket, ends_here) in list(self._held.items()):
+                    if not ends_here and not await self._maybe_running(stream_id):
+                        await self._finish(ticket)
+                        continue
+                    by_key.setdefault(ticket.key, []).append(stream_id)
+                if self.concurrent:
                     await self._slots.renew(by_key, self.slot_ttl)
+            except Exception:  # Redis down: tried again next round (slots lapse meanwhile)
+                logger.warning("could not renew the concurrent-streams slots", exc_info=True)
 
     def statistics(self) -> dict[str, int]:
         """``held``: slots this process renews; ``refused_<limit>``: refusals so far."""

@@ -19,6 +19,7 @@ from tokenwire.errors import StreamNotFoundError, UnknownModelError
 from tokenwire.events import encode_event, is_terminal
 from tokenwire.log.base import StreamInfo
 from tokenwire.providers import Message, split_model
+from tokenwire.server.limits import RateLimitedError, rate_limited_response
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
 
@@ -81,7 +82,10 @@ def build_router(tw: Tokenwire) -> APIRouter:
         body: ChatBody, request: Request, accept: Annotated[str, Header()] = ""
     ) -> Response | dict[str, str]:
         """Start a generation: SSE when ``Accept: text/event-stream``, else 202 with URLs."""
-        ticket = await tw.admit(request)  # 429 (RateLimitedError) before anything is created
+        try:  # 429 before anything is created
+            ticket = await tw.admit(request)
+        except RateLimitedError as exc:
+            return rate_limited_response(exc)
         try:
             stream = await tw.start(
                 body.model,
