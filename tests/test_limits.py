@@ -257,3 +257,58 @@ def test_the_native_router_alone_answers_429(tmp_path: Path) -> None:
         assert client.post("/ai/v1/chat", json=STALL).status_code == 202
         refused = client.post("/ai/v1/chat", json=STALL)
         assert retry_after(refused) == 1 and "1 concurrent" in refused.json()["detail"]
+
+
+@pytest.mark.anyio
+@pytest.mark.filterwarnings("ignore:Call to deprecated setex:DeprecationWarning")  # saq
+async def test_generations_run_by_a_worker_are_accounted_for(
+    tmp_path: Path, redis_prefix: str
+) -> None:
+    """With ``producers="queue"`` the node learns of the end from the log: the slot is
+    freed and the tokens charged by the next admission at the latest."""
+    import asyncio
+
+    import anyio
+
+    from tokenwire import Message, Tokenwire
+    from tokenwire.server.limits import RateLimitedError
+    from tokenwire.worker import GenerationWorker
+
+    name = redis_prefix.rstrip(":")
+    settings = Settings(
+        data_dir=tmp_path,
+        log_url=REDIS_URL,
+        log_prefix=redis_prefix,
+        producers="queue",
+        queue_name=name,
+        coalesce_ms=0,
+        limit_concurrent_streams=1,
+        limit_tokens_per_day=7,
+    )
+    tw = Tokenwire(settings)
+    worker = GenerationWorker(settings, concurrency=2, tokenwire=tw)
+    await tw.open()
+    running = asyncio.create_task(worker.run())
+    try:
+        with anyio.fail_after(20):
+            ticket = await tw.limits.admit("id:alice", uuid.uuid4().hex)
+            stream = await tw.start(
+                "fake:lorem", [Message("user", "hi")], params={"tokens": 7}, ticket=ticket
+            )
+            with pytest.raises(RateLimitedError) as concurrent:
+                await tw.limits.admit("id:alice", uuid.uuid4().hex)
+            assert concurrent.value.limit == "concurrent_streams"
+            await stream.wait()
+            with pytest.raises(RateLimitedError) as tokens:  # 7 of 7 used
+                await tw.limits.admit("id:alice", uuid.uuid4().hex)
+            assert tokens.value.limit == "tokens_per_day"
+            assert tw.limits.statistics()["held"] == 0
+            await tw.limits.admit("id:bob", uuid.uuid4().hex)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await tw.aclose()
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(f"saq:{name}*"):
+            client.delete(key)
+        client.close()
