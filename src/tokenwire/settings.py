@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -20,7 +21,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokenwire.errors import ConfigurationError
 
-__all__ = ["PusherApp", "Settings"]
+__all__ = ["LIMIT_GRAMMAR", "PusherApp", "Settings"]
+
+LIMIT_GRAMMAR = re.compile(r"\s*([1-9][0-9]*)\s*/\s*(second|minute|hour|day)\s*")
+"""``N/second|minute|hour|day`` (N ≥ 1): the grammar of ``TOKENWIRE_LIMIT_REQUESTS``."""
 
 
 class PusherApp(BaseModel):
@@ -36,8 +40,15 @@ class PusherApp(BaseModel):
     """32 bytes, base64, for ``private-encrypted-`` channels' shared secrets."""
     max_message_size: int = 100_000
     """Largest event ``data`` (HTTP API, client events) and client frame, bytes."""
-    max_connections: int | None = None
-    """Connections per node beyond which new ones are closed with 4100 (``None``: no limit)."""
+    max_connections: int | None = 10_000
+    """Connections to this app per node beyond which new ones are closed with 4100
+    (``None``: no limit)."""
+    max_channels: int = Field(100, ge=1)
+    """Channels one connection may be subscribed to; a subscription beyond is answered
+    ``pusher:subscription_error`` (``LimitReached``, status 4304), the connection stays."""
+    max_backlog_bytes: int = Field(1_000_000, ge=1)
+    """Bytes of frames that may wait for a connection whose socket is not draining (a
+    client that does not read); beyond, it is closed with 4100 (besides 1,024 frames)."""
     client_event_rate: int = 10
     """Client events one connection may send per second (4301 beyond)."""
     activity_timeout: int = 120
@@ -124,6 +135,22 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     """Log lines of ``tokenwire serve`` and ``tokenwire worker``: ``text``, or ``json``
     (one object per line with ``request_id`` and ``stream_id``; docs/observability.md)."""
+
+    # limits per caller (identity, or client IP when anonymous): docs/api.md "Limits"
+    limit_requests: str | None = None
+    """Generations one caller may start per period: ``N/second|minute|hour|day``
+    (``120/minute``); ``None`` = no limit. Over it: 429 with ``Retry-After``."""
+    limit_concurrent_streams: int = Field(8, ge=0)
+    """Generations one caller may have running at once; 0 = no limit."""
+    limit_tokens_per_day: int | None = Field(None, ge=1)
+    """Output tokens one caller may use per UTC day; ``None`` = no limit."""
+
+    @field_validator("limit_requests")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None and LIMIT_GRAMMAR.fullmatch(value) is None:
+            raise ValueError("must be N/second, N/minute, N/hour or N/day (e.g. 120/minute)")
+        return value
 
     cors_origins: list[str] = Field(default_factory=list)
     """Origins whose pages may call this server from the browser (``["https://app.example"]``,

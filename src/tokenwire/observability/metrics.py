@@ -1,7 +1,7 @@
 """Process-wide Prometheus instruments (``GET /metrics``; ``docs/observability.md``).
 
 Counters and histograms live in :data:`REGISTRY`, one per process, so the
-producer, the transports and the limits record into them wherever they run; the
+producer and the transports record into them wherever they run; the
 ``/metrics`` endpoint writes them after the gauges it samples at scrape time
 (running generations, live readers, Pusher connections, queue depth).
 
@@ -18,7 +18,6 @@ __all__ = [
     "GENERATIONS",
     "GENERATION_SECONDS",
     "OUTPUT_TOKENS",
-    "RATE_LIMITED",
     "REGISTRY",
     "SLOW_READERS_DROPPED",
     "TIME_TO_FIRST_TOKEN",
@@ -77,12 +76,6 @@ SLOW_READERS_DROPPED = Counter(
     "Readers disconnected for not keeping up (WebSocket backlog full: close 4100); "
     "they resume from the log.",
     ["transport"],
-    registry=REGISTRY,
-)
-RATE_LIMITED = Counter(
-    "tokenwire_rate_limited",
-    "Requests refused with 429, by limit (e.g. requests, concurrent_streams, tokens_per_day).",
-    ["limit"],
     registry=REGISTRY,
 )
 

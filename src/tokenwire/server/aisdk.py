@@ -23,7 +23,8 @@ Choices: the model comes from the body field ``model``, else the
 the ``x-tokenwire-ai-sdk`` header (``5``, ``6`` or ``7``; default ``7``). Bad
 requests answer ``400``/``404``/``422`` with ``{"detail": "<sentence>"}``:
 ``DefaultChatTransport`` throws ``new Error(await response.text())`` for any
-non-2xx answer, so the sentence reaches ``useChat``'s ``error``.
+non-2xx answer, so the sentence reaches ``useChat``'s ``error``. Over a limit:
+``429`` with ``Retry-After`` and the same ``{"detail": …}`` (docs/api.md "Limits").
 
 Protocol references: https://ai-sdk.dev/docs/ai-sdk-ui/stream-protocol and
 https://ai-sdk.dev/docs/ai-sdk-ui/chatbot-resume-streams; the chunk encoding is
@@ -52,6 +53,7 @@ from tokenwire.protocol.aisdk import (
 )
 from tokenwire.providers import Message
 from tokenwire.server.identity import require_json
+from tokenwire.server.limits import RateLimitedError, rate_limited_response
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
 
@@ -90,6 +92,10 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
             tw.registry.resolve(model or tw.settings.resolved_default_model())
         except UnknownModelError as exc:
             return _detail(422, f"model: {exc}")
+        try:  # 429 before the conversation is created
+            ticket = await tw.admit(request)
+        except RateLimitedError as exc:
+            return rate_limited_response(exc)
         regenerate = body.trigger == "regenerate-message"
         try:
             existing = await tw.access.find_conversation(request, body.chat_id)
@@ -114,6 +120,7 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
                 system=body.system,
                 params=body.params,
                 owner=owner,
+                ticket=ticket,
             )
         except UnknownModelError as exc:
             return _detail(422, f"model: {exc}")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
@@ -37,6 +37,7 @@ from tokenwire.errors import (
 from tokenwire.observability import metrics as obs_metrics
 from tokenwire.observability.logs import RequestIdMiddleware
 from tokenwire.server.aisdk import build_aisdk_router
+from tokenwire.server.limits import RateLimitedError, rate_limited_response
 from tokenwire.server.openai_compat import build_openai_router
 from tokenwire.server.pusher import PusherHub
 from tokenwire.server.pusher_http import build_pusher_router
@@ -136,6 +137,12 @@ def _exception_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": exc.message}, status_code=401, headers=headers)
 
     app.add_exception_handler(AuthenticationError, unauthenticated)
+
+    async def rate_limited(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RateLimitedError)
+        return rate_limited_response(exc)
+
+    app.add_exception_handler(RateLimitedError, rate_limited)
     app.add_exception_handler(UnknownModelError, unknown_model)
     app.add_exception_handler(ValueError, bad_value)
     app.add_exception_handler(TokenwireError, bad_value)
@@ -168,6 +175,12 @@ def _operations(app: FastAPI, tw: Tokenwire, hub: PusherHub) -> None:
         "the queue's Redis does not answer).",
         registry=registry,
     )
+    rate_limited = Counter(
+        "tokenwire_rate_limited", "starts refused with 429, by limit", ["limit"], registry=registry
+    )
+    for limit in ("requests", "concurrent_streams", "tokens_per_day"):
+        rate_limited.labels(limit)  # shown at 0 before the first refusal
+    tw.limits.on_refused.append(lambda limit: rate_limited.labels(limit).inc())
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -55,6 +55,7 @@ from tokenwire.protocol.openai_compat import (
 )
 from tokenwire.providers import Message
 from tokenwire.server.identity import require_json
+from tokenwire.server.limits import RateLimitedError
 from tokenwire.server.tokenwire import Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
 
@@ -98,6 +99,8 @@ class OpenAIRoute(APIRoute):
                 response = _error(401, exc.message, code="invalid_api_key")
                 response.headers["www-authenticate"] = exc.www_authenticate
                 return response
+            except RateLimitedError as exc:
+                return _rate_limited(exc)
             except OpenAIRequestError as exc:
                 return _error(exc.status, exc.message, param=exc.param, code=exc.code)
             except RequestValidationError as exc:
@@ -119,6 +122,14 @@ class OpenAIRoute(APIRoute):
 _NF = "model_not_found"
 
 
+def _rate_limited(exc: RateLimitedError) -> JSONResponse:
+    """429 as OpenAI answers it: ``type`` ``requests`` or ``tokens``, ``code``
+    ``rate_limit_exceeded``, ``Retry-After`` in seconds (the SDKs honour it)."""
+    kind = "tokens" if exc.limit == "tokens_per_day" else "requests"
+    body = error_body(exc.message, type=kind, param=None, code="rate_limit_exceeded")
+    return JSONResponse(body, status_code=429, headers={"retry-after": str(exc.retry_after)})
+
+
 def build_openai_router(tw: Tokenwire) -> APIRouter:
     """The OpenAI-compatible routes bound to ``tw``."""
     router = APIRouter(route_class=OpenAIRoute)
@@ -135,6 +146,7 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
         conversation owned by the caller."""
         owner = await tw.access.owner(request)
         chat = parse_request(body)
+        ticket = await tw.admit(request)
         stream = await tw.start(
             chat.model,
             [Message(role, text) for role, text in chat.messages],
@@ -142,6 +154,7 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
             params=chat.params,
             owner=owner,
             source="openai",
+            ticket=ticket,
         )
         encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
         if chat.stream:

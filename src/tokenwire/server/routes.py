@@ -5,7 +5,8 @@ Errors are JSON ``{"detail": …}``: 401 no valid identity where one is needed
 owner's: :mod:`tokenwire.server.identity`), 410 stream past retention, 415 a
 ``POST /v1/chat`` body not sent as ``application/json``, 422 invalid body naming
 the field (FastAPI's validation format, or ``{"detail": [{"loc": ["body",
-"model"], "msg": …}]}`` for an unknown model), 413 body too large.
+"model"], "msg": …}]}`` for an unknown model), 413 body too large, 429 over a limit
+(``Retry-After``; docs/api.md "Limits").
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tokenwire.events import encode_event, is_terminal
 from tokenwire.observability.cost import price
 from tokenwire.providers import Message, split_model
 from tokenwire.server.identity import require_json
+from tokenwire.server.limits import RateLimitedError, rate_limited_response
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
 
@@ -119,6 +121,10 @@ def build_router(tw: Tokenwire) -> APIRouter:
             refused = await drop_from(request, body, body.from_message_id)
             if refused is not None:
                 return refused
+        try:  # 429 before anything is created
+            ticket = await tw.admit(request)
+        except RateLimitedError as exc:
+            return rate_limited_response(exc)
         try:
             stream = await tw.start(
                 body.model,
@@ -128,6 +134,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 params=body.params,
                 owner=await access.owner(request),
                 source=body.source,
+                ticket=ticket,
             )
         except UnknownModelError as exc:
             return _field_error("model", str(exc))

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from tokenwire.accumulate import MessageState
 from tokenwire.errors import (
@@ -34,6 +34,7 @@ from tokenwire.observability import logs as obs_logs
 from tokenwire.producer import Generation, Producer, ProducerConfig
 from tokenwire.providers import GenerationRequest, Message, ProviderRegistry
 from tokenwire.server.identity import Access, Identify
+from tokenwire.server.limits import Limits, Ticket
 from tokenwire.settings import Settings
 from tokenwire.store import Store
 from tokenwire.transports.sse import EventStreamResponse
@@ -97,6 +98,10 @@ class Tokenwire:
         )
         self.producer = Producer(self.log, store, self.producer_config)
         """Runs this instance's generations (and a worker's); its store is set by :meth:`open`."""
+        self.limits = Limits(
+            self.settings, is_running=self._is_running, output_tokens=self._output_tokens
+        )
+        """Per-caller limits the HTTP surfaces apply (:meth:`admit`, docs/api.md "Limits")."""
         self._tasks: dict[str, asyncio.Task[Event]] = {}
         self._warm_up: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -230,6 +235,7 @@ class Tokenwire:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.registry.aclose()
+        await self.limits.close()
         await self.log.close()
         if self.queue is not None:
             await self.queue.close()
@@ -256,6 +262,30 @@ class Tokenwire:
 
         return build_router(self)
 
+    async def admit(self, request: HTTPConnection) -> Ticket:
+        """Apply the limits to a request that is about to start a generation; pass the
+        ticket to :meth:`start`. The caller is ``identify``'s identity, or the client's
+        IP address (``ip:<address>``) when anonymous.
+
+        Raises:
+            RateLimitedError: a limit refuses it (HTTP 429 with ``Retry-After``).
+        """
+        identity = await self.identify(request)
+        if identity is not None:
+            key = f"id:{identity.id}"
+        else:
+            key = f"ip:{request.client.host if request.client else 'unknown'}"
+        return await self.limits.admit(key, uuid.uuid4().hex)
+
+    async def _is_running(self, stream_id: str) -> bool:
+        return (await self.log.info(stream_id)).status == "running"
+
+    async def _output_tokens(self, stream_id: str) -> int:
+        state = MessageState()
+        for event in await self.log.events(stream_id):
+            state.apply(event)
+        return state.usage.output_tokens if state.usage is not None else 0
+
     async def start(
         self,
         model: str | None,
@@ -266,6 +296,7 @@ class Tokenwire:
         params: dict[str, object] | None = None,
         owner: str | None = None,
         source: str | None = None,
+        ticket: Ticket | None = None,
     ) -> Stream:
         """Start a generation and return its stream at once (the ``start`` event is logged).
 
@@ -274,9 +305,11 @@ class Tokenwire:
         for "regenerate"). A generation still running in the conversation is
         cancelled with reason ``superseded``. ``owner`` is the user id of the caller
         (``None``: anonymous): a new conversation is theirs, and the stream belongs
-        to its conversation's owner. ``source`` names the surface that
-        starts a new conversation (``page``, ``api``, ``cli``, ``openai``, ``ai-sdk``),
-        recorded with it; it is ignored for an existing conversation.
+        to its conversation's owner. ``source`` names the surface that starts a new
+        conversation (``page``, ``api``, ``cli``, ``openai``, ``ai-sdk``), recorded
+        with it; it is ignored for an existing conversation. ``ticket`` (from
+        :meth:`admit`) names the stream and holds its concurrent-streams slot until
+        the generation ends (released here if the start fails).
 
         Raises:
             UnknownModelError: ``model`` names no provider.
@@ -286,8 +319,36 @@ class Tokenwire:
             ValueError: ``messages`` is empty and there is no ``conversation_id``.
             ShuttingDownError: :meth:`drain` was called (HTTP 503).
         """
-        if self.draining:
-            raise ShuttingDownError("the server is shutting down; try again")
+        try:
+            if self.draining:
+                raise ShuttingDownError("the server is shutting down; try again")
+            return await self._start(
+                model,
+                messages,
+                conversation_id=conversation_id,
+                system=system,
+                params=params,
+                owner=owner,
+                source=source,
+                ticket=ticket,
+            )
+        except BaseException:
+            if ticket is not None and not ticket.started:
+                self.limits.finished(ticket)
+            raise
+
+    async def _start(
+        self,
+        model: str | None,
+        messages: Sequence[Message],
+        *,
+        conversation_id: str | None,
+        system: str | None,
+        params: dict[str, object] | None,
+        owner: str | None,
+        source: str | None,
+        ticket: Ticket | None,
+    ) -> Stream:
         if not messages and conversation_id is None:
             raise ValueError("messages must not be empty")
         model = model or self.settings.resolved_default_model()
@@ -308,7 +369,7 @@ class Tokenwire:
             for m in stored
             if m.role in ("user", "assistant") and (text := _text_of(m.parts))
         ]
-        stream_id = uuid.uuid4().hex
+        stream_id = ticket.stream_id if ticket is not None else uuid.uuid4().hex
         obs_logs.stream_id.set(stream_id)  # the request's log lines from here on
         meta = {"conversation_id": conversation.id, "message_id": assistant.id, "model": model}
         if conversation.owner is not None:  # a stream is its conversation owner's
@@ -341,12 +402,17 @@ class Tokenwire:
             # The lease covers the wait for a worker: none in time -> producer_lost.
             await self.log.heartbeat(stream_id, self.settings.queue_timeout)
             await self.queue.enqueue(GenerationJob(model=model, generation=generation))
+            if ticket is not None:
+                self.limits.started(ticket, ends_here=False)
             return Stream(self, stream_id, start=start)
         task = asyncio.create_task(
             self.producer.run(generation, provider), name=f"tokenwire-{stream_id}"
         )
         self._tasks[stream_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(stream_id, None))
+        if ticket is not None:
+            self.limits.started(ticket, ends_here=True)
+            task.add_done_callback(lambda _: self.limits.finished(ticket))
         return Stream(self, stream_id, start=start)
 
     async def _supersede(self, conversation_id: str) -> None:
