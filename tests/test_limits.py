@@ -40,6 +40,7 @@ def server(tmp_path: Path, **options: Any) -> Iterator[httpx.Client]:
         data_dir=tmp_path / uuid.uuid4().hex,
         default_model="fake:echo",
         auth_tokens=TOKENS,
+        allow_anonymous=True,  # anonymous callers (limited by IP) beside the identities
         coalesce_ms=0,
         **options,
     )

@@ -78,6 +78,7 @@ def settings(data_dir: Path, **more: Any) -> Settings:
         jwt_secret=SECRET,
         jwt_public_key=RSA_PEM,
         orphan_timeout=None,
+        limit_concurrent_streams=0,  # this module runs many stalled generations per user
         coalesce_ms=0,
         heartbeat_interval=0.5,
         **more,
