@@ -217,6 +217,8 @@ class Limits:
         """Account now for ``key``'s generations started here that the log says have
         ended, so that a caller who saw the terminal event finds the slot free and the
         tokens charged (the producer task ends a little after its terminal event)."""
+        if self._background:  # the accounting of generations that have just ended
+            await asyncio.gather(*list(self._background), return_exceptions=True)
         for ticket, _ in [held for held in self._held.values() if held[0].key == key]:
             if not await self._maybe_running(ticket.stream_id):
                 await self._finish(ticket)
