@@ -6,7 +6,7 @@ provider registered for this module answers with a scripted list of text deltas 
 can hold after some of them until the test opens its gate; ``mock:`` is the mock
 provider (a real process replaying a recording), whose request log tells whether
 Stop closed the upstream connection. Each state reached is saved as a screenshot in
-``docs/screenshots/``.
+``tests/screenshots/`` (not versioned; the README's are copies in ``docs/screenshots/``).
 
 Needs Debian's ``chromium`` (``/usr/bin/chromium``) and the PyPI ``playwright``
 package. Without them the module is skipped, except under CI (``CI`` set), where
@@ -47,7 +47,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 """Each state a test reaches is saved here (committed; the README shows the best)."""
 
 if not os.environ.get("CI"):
@@ -267,7 +267,7 @@ def ask(page: Page, model: str, question: str) -> str:
 
 
 def shoot(page: Page, name: str) -> None:
-    """Save what the page shows now as ``docs/screenshots/{name}.png``."""
+    """Save what the page shows now as ``tests/screenshots/{name}.png``."""
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), animations="disabled", caret="hide")
 
 
