@@ -140,6 +140,7 @@ def tokenwire_app() -> object:
         data_dir=Path(os.environ["BENCH_DATA_DIR"]),
         coalesce_ms=float(os.environ.get("BENCH_COALESCE_MS", "0")),
         orphan_timeout=None,
+        limit_concurrent_streams=0,  # every stream comes from one client address
         default_model="bench:default",
         models=["bench:default"],
     )

@@ -141,6 +141,7 @@ def tokenwire_app() -> Any:
         data_dir=Path(os.environ["BENCH_DATA_DIR"]),
         coalesce_ms=0.0,
         orphan_timeout=None,
+        limit_concurrent_streams=0,  # every stream comes from one client address
         default_model="fake:lorem",
         models=[TW_MODEL, "fake:lorem"],
         pusher_apps=[PusherApp(id=APP_ID, key=APP_KEY, secret=APP_SECRET)],

@@ -555,14 +555,15 @@ def test_stop_aborts_closes_the_provider_connection_and_resume_is_204(
             for chunk in _frames(response):
                 chunks.append(chunk)
                 if len(chunks) == 4:  # mid-stream: the stop button, from another connection
-                    assert other.post(f"/api/chat/{chat_id}/stop").json()["stopped"] is True
+                    stopped = other.post(f"/api/chat/{chat_id}/stop", json={})
+                    assert stopped.json()["stopped"] is True
         assert chunks[-1] is None and chunks.count(None) == 1
         abort = {"type": "abort"} if dialect == "5" else {"type": "abort", "reason": "user"}
         assert chunks[-2] == abort
         assert [c["type"] for c in chunks[-4:-2] if c] == ["text-end", "finish-step"]
         # The abort came from the log's terminal event, so nothing is active any more.
         assert client.get(f"/api/chat/{chat_id}/stream").status_code == 204
-        assert client.post(f"/api/chat/{chat_id}/stop").json()["stopped"] is False
+        assert client.post(f"/api/chat/{chat_id}/stop", json={}).json()["stopped"] is False
     deadline = time.monotonic() + 10
     while (record := _mock_record(mock_provider, tag))["outcome"] == "streaming":
         assert time.monotonic() < deadline

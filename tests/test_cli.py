@@ -11,10 +11,18 @@ from pathlib import Path
 
 from tokenwire.store import Store
 
+# Starts the CLI with SIGINT at Python's default handler, as an interactive shell
+# does. A background job (CI, nohup, `cmd &`) inherits SIGINT *ignored*, and Python
+# keeps an inherited SIG_IGN, so Ctrl-C would then reach nothing.
+_MAIN = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'tokenwire'; from tokenwire.cli import main; main()"
+)
+
 
 def tokenwire(*args: str, **kwargs: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tokenwire", *args],
+        [sys.executable, "-c", _MAIN, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -43,13 +51,18 @@ def test_ctrl_c_cancels_and_stores_the_partial_answer(tmp_path: Path) -> None:
         str(tmp_path),
     )
     assert proc.stdout is not None
-    seen = ""
-    while "ipsum" not in seen:  # the two deltas arrive, then the provider stalls
-        char = proc.stdout.read(1)
-        assert char, proc.stderr.read() if proc.stderr else ""
-        seen += char
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        seen = ""
+        while "ipsum" not in seen:  # the two deltas arrive, then the provider stalls
+            char = proc.stdout.read(1)
+            assert char, proc.stderr.read() if proc.stderr else ""
+            seen += char
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # never leave a stalled generation behind
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130
     assert "[cancelled]" in err
 

@@ -194,6 +194,7 @@ def cluster(mock_provider: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "TOKENWIRE_LEASE_TTL": str(LEASE_TTL),
         "TOKENWIRE_CHECKPOINT_INTERVAL": "1",
         "TOKENWIRE_ORPHAN_TIMEOUT": "600",
+        "TOKENWIRE_LIMIT_CONCURRENT_STREAMS": "0",  # 100 streams from one client address
         "TOKENWIRE_HEARTBEAT_INTERVAL": "1",
         "OPENAI_BASE_URL": mock_provider + "/v1",
         "OPENAI_API_KEY": "x",

@@ -28,7 +28,7 @@ def test_all_is_complete_and_sorted() -> None:
 
 
 LAYERS = [
-    {"events", "errors", "settings", "protocol"},
+    {"events", "errors", "settings", "protocol", "observability"},
     {"providers", "store", "accumulate"},
     {"log"},
     {"producer"},

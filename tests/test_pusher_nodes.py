@@ -118,6 +118,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
         "TOKENWIRE_DATA_DIR": str(tmp_path_factory.mktemp("pusher-nodes")),
         "TOKENWIRE_PUSHER_APPS": json.dumps([app.model_dump()]),
         "TOKENWIRE_AUTH_TOKENS": json.dumps(TOKENS),
+        "TOKENWIRE_ALLOW_ANONYMOUS": "1",  # presence on conversations nobody owns
         "TOKENWIRE_DEFAULT_MODEL": "fake:echo",
         "TOKENWIRE_FAKE_PROVIDER": "1",
         "TOKENWIRE_MODELS": json.dumps(["fake:echo", "fake:lorem"]),

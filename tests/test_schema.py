@@ -31,11 +31,17 @@ EXAMPLES = 25
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance]
 
 
-@pytest.fixture(scope="module")
-def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.BaseSchema]:
+@pytest.fixture(scope="module", params=["open", "identity required"])
+def api_schema(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[schemathesis.BaseSchema]:
+    """A server without identity, and one whose callers (schemathesis sends no token)
+    all get 401 where identity is needed."""
+    tokens = {"token-alice": "alice"} if request.param == "identity required" else {}
     app = create_app(
         Settings(
             fake_provider=True,
+            auth_tokens=tokens,
             data_dir=tmp_path_factory.mktemp("schema"),
             default_model="fake:echo",
             models=["fake:echo"],

@@ -27,6 +27,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -35,9 +36,12 @@ from tests.support.servers import free_port
 from tokenwire.errors import StoreError
 from tokenwire.store import TITLE_LENGTH, Store, derive_title
 from tokenwire.store.engine import create_engine
-from tokenwire.store.migrate import VERSION_TABLE
+from tokenwire.store.migrate import MIGRATIONS_DIR, VERSION_TABLE
 from tokenwire.store.migrate import main as migrate_main
 from tokenwire.store.models import Base
+
+HEAD = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+"""The newest migration revision."""
 
 pytestmark = pytest.mark.anyio
 
@@ -120,14 +124,14 @@ async def test_open_migrates_fresh_database_and_reopen_is_idempotent(url: str) -
 
     tables, revision = await _on_raw_connection(url, inspect)
     assert {"conversations", "messages", VERSION_TABLE} <= tables
-    assert revision == "0001"
+    assert revision == HEAD
 
     store = await Store.open(url)  # already at head: nothing to do, data intact
     try:
         assert await store.get_conversation(conv.id) == conv
     finally:
         await store.close()
-    assert (await _on_raw_connection(url, inspect))[1] == "0001"
+    assert (await _on_raw_connection(url, inspect))[1] == HEAD
 
 
 async def test_models_match_the_migrated_schema(store: Store, url: str) -> None:
@@ -160,7 +164,13 @@ def test_operator_command_line_upgrades_and_reports(
     migrate_main(["--url", db_url, "upgrade", "head"])
     capsys.readouterr()
     migrate_main(["--url", db_url, "current"])
-    assert "0001 (head)" in capsys.readouterr().out
+    assert f"{HEAD} (head)" in capsys.readouterr().out
+    migrate_main(["--url", db_url, "downgrade", "0002"])  # 0003 (source) can be undone
+    capsys.readouterr()
+    migrate_main(["--url", db_url, "current"])
+    out = capsys.readouterr().out
+    assert "0002" in out and "head" not in out
+    migrate_main(["--url", db_url, "upgrade", "head"])
 
 
 def test_module_entry_point_prints_offline_sql(tmp_path: Path) -> None:
@@ -417,8 +427,10 @@ async def test_closed_store_refuses_work(url: str) -> None:
         ([{"type": "image", "url": "x"}, {"type": "text", "text": "a\nb"}], "a b"),
         ([{"type": "text", "text": "one"}, {"type": "text", "text": "two"}], "one two"),
         ([{"type": "text", "text": 5}], None),
-        ([{"type": "text", "text": "x" * 200}], "x" * TITLE_LENGTH),
-        ([{"type": "text", "text": "y" * 79 + " z"}], "y" * 79),
+        ([{"type": "text", "text": "x" * 200}], "x" * (TITLE_LENGTH - 1) + "…"),
+        ([{"type": "text", "text": "y" * 79 + " z"}], "y" * 79 + "…"),
+        ([{"type": "text", "text": "y" * 80}], "y" * 80),
+        ([{"type": "text", "text": "word " * 30}], ("word " * 16).strip() + "…"),
     ],
 )
 def test_derive_title(parts: list[dict[str, object]], title: str | None) -> None:
@@ -525,3 +537,38 @@ async def test_delete_messages_from_drops_that_message_and_later_ones(store: Sto
     assert await store.delete_messages_from(other.id, first_answer.id) == 0
     assert await store.delete_messages_from(conversation.id, first_answer.id) == 3
     assert [m.parts for m in await store.messages(conversation.id)] == [_text("q1")]
+
+
+async def test_list_filters_by_source_and_title_and_rename(store: Store) -> None:
+    page = await store.create_conversation(title="Quarterly 100% Zebra_report", source="page")
+    api = await store.create_conversation(title="zebra from the API", source="api")
+    other = await store.create_conversation(title="Something else")
+    assert page.source == "page" and other.source is None
+
+    async def ids(**kwargs: Any) -> list[str]:
+        return [c.id for c in await store.list_conversations(**kwargs)]
+
+    assert await ids(source="page") == [page.id]
+    assert await ids(query="ZEBRA") == [api.id, page.id]
+    assert await ids(query="zebra", source="api") == [api.id]
+    assert await ids(query="100%") == [page.id]  # % and _ match only themselves
+    assert await ids(query="a_r") == [page.id]
+    assert await ids(query="0%z") == [] and await ids(query="a%r") == []
+    assert await ids(query="   ") == [other.id, api.id, page.id]
+
+    renamed = await store.rename_conversation(other.id, "  Fresh name ")
+    assert renamed is not None and renamed.title == "Fresh name"
+    assert renamed.updated_at == other.updated_at  # a rename does not move it in the list
+    assert await store.rename_conversation("missing", "x") is None
+    with pytest.raises(ValueError, match="blank"):
+        await store.rename_conversation(other.id, "  ")
+
+    turn = await store.begin_turn(
+        conversation_id=None,
+        owner=None,
+        messages=[("user", [{"type": "text", "text": "hi"}])],
+        model="fake:echo",
+        source="cli",
+    )
+    assert turn is not None and turn[0].source == "cli"
+    assert await ids(source="cli") == [turn[0].id]

@@ -61,6 +61,11 @@ def script() -> str:
     return (WEB / "app.js").read_text("utf-8")
 
 
+@pytest.fixture(scope="module")
+def client() -> str:
+    return (WEB / "tokenwire.js").read_text("utf-8")
+
+
 def test_html_is_well_formed(page: Page) -> None:
     assert page.doctype is not None and page.doctype.lower() == "doctype html"
     assert page.problems == []
@@ -86,11 +91,18 @@ def test_page_has_the_chat_controls(page: Page) -> None:
 
 def test_page_references_only_local_resources(page: Page) -> None:
     scripts = [a for t, a in page.elements if t == "script"]
-    assert scripts == [{"type": "module", "src": "app.js"}]
+    assert scripts == [
+        {"src": "vendor/pusher-js/pusher.min.js", "defer": None},
+        {"type": "module", "src": "app.js"},
+    ], "no inline script: every script is a file"
     styles = [a["href"] for t, a in page.elements if t == "link" and a.get("rel") == "stylesheet"]
-    assert styles == ["style.css"]
-    for name in ("app.js", "style.css"):
-        assert (WEB / name).is_file()
+    assert styles == [
+        "vendor/highlight.js/github.min.css",
+        "vendor/highlight.js/github-dark.min.css",
+        "style.css",
+    ]
+    for name in [*styles, *(a["src"] for a in scripts)]:
+        assert (WEB / str(name)).is_file(), name
     for _, attrs in page.elements:
         for key in ("src", "href"):
             value = attrs.get(key) or ""
@@ -99,50 +111,93 @@ def test_page_references_only_local_resources(page: Page) -> None:
     assert "@import" not in css and not re.search(r"url\(\s*['\"]?(https?:)?//", css)
 
 
-def test_csp_forbids_foreign_scripts(page: Page) -> None:
+def test_csp_allows_only_own_scripts(page: Page) -> None:
     csp = [a for t, a in page.elements if t == "meta" and a.get("http-equiv")]
-    assert csp and "default-src 'self'" in (csp[0]["content"] or "")
+    content = csp[0]["content"] or ""
+    assert "default-src 'self'" in content and "script-src 'self'" in content
+    assert "unsafe-inline" not in content and "unsafe-eval" not in content
 
 
 @pytest.mark.parametrize(
     "needle",
     [
-        '"v1/models"',
         '"v1/chat"',
+        '"v1/models"',
         '"v1/conversations"',
         "`v1/conversations/${",
         "`v1/streams/${",
-        "/events`",
+        "/events?after=${",
+        '"Last-Event-ID"',
         "/cancel`",
-        "events_url",
-        "cancel_url",
+        '"PATCH"',
+        '"DELETE"',
+        '"POST"',
+        "from_message_id",
         "conversation_id",
-        "new EventSource(",
-        "sessionStorage",
-        'method: "DELETE"',
-        'method: "POST"',
+        "Retry-After",
     ],
 )
-def test_script_uses_the_api(script: str, needle: str) -> None:
+def test_client_uses_the_api(client: str, needle: str) -> None:
+    assert needle in client
+
+
+def test_client_knows_the_terminal_events(client: str) -> None:
+    terminal = re.search(r"const TERMINAL = new Set\(\[(.*?)\]\)", client)
+    assert terminal is not None
+    assert sorted(re.findall(r'"([a-z]+)"', terminal.group(1))) == ["cancelled", "error", "finish"]
+
+
+@pytest.mark.parametrize(
+    "needle",
+    [
+        'from "./tokenwire.js"',
+        'from "./tokenwire-pusher.js"',
+        'from "./markdown.js"',
+        'source: "page"',
+        "fromMessageId",
+        "history.pushState",
+        '"popstate"',
+        "requestAnimationFrame",
+        "`private-conversation.${",
+        "followConversation(",
+        "localStorage.getItem(TOKEN_KEY)",
+    ],
+)
+def test_page_is_built_on_the_client(script: str, needle: str) -> None:
     assert needle in script
 
 
-def test_script_listens_to_every_event_type(script: str) -> None:
-    types = [
-        "start", "text-delta", "reasoning-delta", "tool-call-start", "tool-call-delta",
-        "tool-call", "source", "usage", "finish", "error", "cancelled",
-    ]  # fmt: skip
-    listed = re.search(r"const EVENT_TYPES = \[(.*?)\];", script, re.S)
-    assert listed is not None
-    assert sorted(re.findall(r'"([a-z-]+)"', listed.group(1))) == sorted(types)
-    terminal = re.search(r"const TERMINAL = new Set\(\[(.*?)\]\)", script)
-    assert terminal is not None
-    assert sorted(re.findall(r'"([a-z]+)"', terminal.group(1))) == ["cancelled", "error", "finish"]
-    assert "source.close()" in script  # no reconnect after a terminal event
+def test_pusher_helper_shares_the_sse_parser() -> None:
+    pusher = (WEB / "tokenwire-pusher.js").read_text("utf-8")
+    assert 'import { SSEDecoder } from "./tokenwire.js"' in pusher
+    assert "class SSEDecoder" not in pusher
 
 
-def test_script_never_writes_html(script: str) -> None:
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
-        assert sink not in script
-    assert "textContent" in script
-    assert not re.search(r"^\s*import\s", script, re.M), "the page's module imports nothing"
+SINKS = ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function(")
+
+
+@pytest.mark.parametrize("name", ["app.js", "tokenwire.js", "tokenwire-pusher.js", "markdown.js"])
+def test_only_sanitized_html_is_written(name: str) -> None:
+    """Model output becomes HTML in one place: markdown.js, through DOMPurify."""
+    source = (WEB / name).read_text("utf-8")
+    found = [sink for sink in SINKS if sink in source]
+    if name != "markdown.js":
+        assert found == [], f"{name} writes HTML"
+        return
+    assert found == ["innerHTML"]
+    assert re.findall(r"\binnerHTML\b.*", source) == ["innerHTML = toSafeHtml(text);"]
+    assert "return DOMPurify.sanitize(marked.parse(text).trim(), PURIFY);" in source
+    assert 'import DOMPurify from "./vendor/dompurify/purify.es.mjs";' in source
+
+
+def test_vendored_files_have_licenses_and_are_listed() -> None:
+    vendor = WEB / "vendor"
+    readme = (vendor / "README.md").read_text("utf-8")
+    folders = sorted(p for p in vendor.iterdir() if p.is_dir())
+    assert [p.name for p in folders] == ["dompurify", "highlight.js", "marked", "pusher-js"]
+    for folder in folders:
+        assert list(folder.glob("LICENSE*")), f"{folder.name} has no license file"
+        assert f"`{folder.name}/`" in readme
+    for name in ("app.js", "markdown.js"):
+        for imported in re.findall(r'from "\./(vendor/[^"]+)"', (WEB / name).read_text("utf-8")):
+            assert (WEB / imported).is_file(), imported

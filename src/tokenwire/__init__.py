@@ -2,9 +2,11 @@
 cancellable event stream, served over SSE and more (see DESIGN.md)."""
 
 from tokenwire.errors import (
+    AuthenticationError,
     InvalidRequestError,
     LogUnavailableError,
     ProviderError,
+    ShuttingDownError,
     StoreError,
     StreamExpiredError,
     StreamNotFoundError,
@@ -30,16 +32,19 @@ from tokenwire.events import (
 )
 from tokenwire.providers import GenerationRequest, Message, Provider, ProviderRegistry
 from tokenwire.server.app import create_app
+from tokenwire.server.identity import Identity
 from tokenwire.server.tokenwire import ConversationNotFoundError, Stream, Tokenwire
 from tokenwire.settings import Settings
 
 __all__ = [
+    "AuthenticationError",
     "Cancelled",
     "ConversationNotFoundError",
     "Error",
     "Event",
     "Finish",
     "GenerationRequest",
+    "Identity",
     "InvalidRequestError",
     "LogUnavailableError",
     "Message",
@@ -48,6 +53,7 @@ __all__ = [
     "ProviderRegistry",
     "ReasoningDelta",
     "Settings",
+    "ShuttingDownError",
     "Source",
     "Start",
     "StoreError",

@@ -12,11 +12,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from rich.console import Console
 
+from tokenwire.errors import TokenwireError
 from tokenwire.settings import Settings
 
 app = typer.Typer(
@@ -29,6 +32,22 @@ console = Console(stderr=True, markup=False, highlight=False)
 
 def _settings(**flags: Any) -> Settings:
     return Settings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def _say(settings: Settings, text: str) -> None:
+    """A start-up line: on the console, or as a log record when logs are JSON."""
+    if settings.log_format == "json":
+        logging.getLogger("tokenwire").info("%s", text)
+    else:
+        console.print(text)
+
+
+def _observability(settings: Settings, log_level: str) -> None:
+    """Logging in ``TOKENWIRE_LOG_FORMAT``; OpenTelemetry traces as ``OTEL_*`` ask."""
+    from tokenwire.observability import logs, tracing
+
+    logs.configure(log_level, settings.log_format)
+    tracing.configure_from_env()
 
 
 @app.command()
@@ -56,8 +75,14 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Run the HTTP server: native API, SSE, and the chat page at http://HOST:PORT/."""
+    """Run the HTTP server: native API, SSE, and the chat page at http://HOST:PORT/.
+
+    Refuses to start (exit status 2) on an interface other than loopback when no
+    identity source is configured and anonymous callers are not explicitly allowed.
+    """
+    from tokenwire.observability.logs import uvicorn_log_config
     from tokenwire.server.app import create_app
+    from tokenwire.server.identity import is_loopback
     from tokenwire.server.serving import run
 
     settings = _settings(
@@ -67,12 +92,24 @@ def serve(
         data_dir=data_dir,
         producers="queue" if no_producers else None,
     )
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    console.print(
+    if not (
+        is_loopback(settings.host) or settings.identity_configured() or settings.allow_anonymous
+    ):
+        _fail(
+            f"refusing to serve {settings.host} with no identity source: set "
+            "TOKENWIRE_AUTH_TOKENS, TOKENWIRE_JWT_SECRET or TOKENWIRE_JWT_PUBLIC_KEY, "
+            "or TOKENWIRE_ALLOW_ANONYMOUS=1 to serve anonymous callers"
+        )
+    _observability(settings, log_level)
+    asgi_app = create_app(settings, freeze_gc=True)
+    _say(
+        settings,
         f"tokenwire: chat page on http://{settings.host}:{settings.port}/"
-        f"  (default model {settings.resolved_default_model()})"
+        f"  (default model {settings.resolved_default_model()})",
     )
-    run(create_app(settings, freeze_gc=True), log_level=log_level)
+    log_config = uvicorn_log_config(settings.log_format)  # None: uvicorn's own (text)
+    options = {} if log_config is None else {"log_config": log_config}
+    run(asgi_app, log_level=log_level, **options)
 
 
 @app.command()
@@ -85,18 +122,22 @@ def worker(
         Path | None, typer.Option(help="SQLite file and local state (env TOKENWIRE_DATA_DIR).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus /metrics on this port (env TOKENWIRE_WORKER_METRICS_PORT)."
+        ),
+    ] = None,
 ) -> None:
     """Run queued generations (from 'serve --no-producers' nodes) until SIGINT/SIGTERM."""
-    from tokenwire.worker import GenerationWorker
+    from tokenwire.worker import GenerationWorker, serve_metrics
 
-    settings = _settings(data_dir=data_dir)
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    try:
-        runner = GenerationWorker(settings, concurrency=concurrency)
-    except ValueError as exc:
-        console.print(f"tokenwire worker: {exc}", style="red")
-        raise typer.Exit(2) from exc
-    console.print(f"tokenwire worker {runner.id}: queue {settings.queue_name!r}")
+    settings = _settings(data_dir=data_dir, worker_metrics_port=metrics_port)
+    _observability(settings, log_level)
+    runner = GenerationWorker(settings, concurrency=concurrency)
+    _say(settings, f"tokenwire worker {runner.id}: queue {settings.queue_name!r}")
+    if settings.worker_metrics_port is not None:
+        serve_metrics(runner, settings.host, settings.worker_metrics_port)
     asyncio.run(runner.run())
 
 
@@ -139,7 +180,9 @@ async def _chat(
     from tokenwire.server.tokenwire import Tokenwire
 
     async with Tokenwire(settings) as tw:
-        stream = await tw.start(None, [Message("user", question)], system=system, params=params)
+        stream = await tw.start(
+            None, [Message("user", question)], system=system, params=params, source="cli"
+        )
         out = sys.stdout
         try:
             async for event in stream:
@@ -175,7 +218,10 @@ async def _chat(
 def mock_provider(
     recordings: Annotated[
         Path | None,
-        typer.Option(help="Folder of recordings (<api>/<name>.sse …); default: the bundled ones."),
+        typer.Option(
+            help="Folder of recordings (<api>/<name>.sse …); default: the ones bundled "
+            "with tokenwire (GET /_mock/models lists them)."
+        ),
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8100,
@@ -189,5 +235,24 @@ def mock_provider(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. A user's mistake (a bad setting, an unknown
+    model, a missing folder) prints one line on stderr and exits with status 2;
+    a bug still shows its traceback."""
+    try:
+        app()
+    except (TokenwireError, NotADirectoryError) as exc:
+        _fail(str(exc))
+    except ValidationError as exc:
+        _fail("; ".join(_setting_error(error) for error in exc.errors()))
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"tokenwire: {message}", style="red", soft_wrap=True)
+    raise SystemExit(2)
+
+
+def _setting_error(error: ErrorDetails) -> str:
+    """``TOKENWIRE_PORT='abc': Input should be a valid integer …`` for one error of
+    :class:`Settings`."""
+    name = "TOKENWIRE_" + "_".join(str(part) for part in error["loc"]).upper()
+    return f"{name}={error.get('input')!r}: {error['msg']}"

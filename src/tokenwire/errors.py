@@ -6,17 +6,25 @@ at one boundary with ``raise X(...) from exc``::
     ├── UnknownModelError      "provider:model" names no configured provider
     ├── InvalidRequestError    a request to start a generation is invalid (field, message)
     ├── StreamNotFoundError    no such stream (or not yours)
+    ├── ConversationNotFoundError  no such conversation (or not yours)
+    ├── AuthenticationError    no valid identity where one is needed (HTTP 401)
     ├── StreamExpiredError     the stream's events are past retention
     ├── StoreError             the conversation store failed
-    └── LogUnavailableError    the stream log's backend (Redis) cannot be reached
+    ├── LogUnavailableError    the stream log's backend (Redis) cannot be reached
+    ├── ConfigurationError     a setting names something tokenwire cannot use (also a ValueError)
+    └── ShuttingDownError      the server is shutting down: no new generation (HTTP 503)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConversationNotFoundError",
     "InvalidRequestError",
     "LogUnavailableError",
     "ProviderError",
+    "ShuttingDownError",
     "StoreError",
     "StreamExpiredError",
     "StreamNotFoundError",
@@ -74,6 +82,32 @@ class StreamNotFoundError(TokenwireError):
     """No stream with that id (HTTP 404)."""
 
 
+class ConversationNotFoundError(TokenwireError):
+    """No such conversation, or not the caller's (HTTP 404)."""
+
+
+class AuthenticationError(TokenwireError):
+    """The request carries no valid identity where one is needed (HTTP 401).
+
+    Args:
+        message: what is wrong, safe to show to the caller ("the bearer token has
+            expired"); never a library's exception text.
+        invalid_token: the request carried credentials and they are not valid
+            (``WWW-Authenticate: Bearer error="invalid_token"``, RFC 6750 §3.1),
+            as opposed to carrying none.
+    """
+
+    def __init__(self, message: str, *, invalid_token: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.invalid_token = invalid_token
+
+    @property
+    def www_authenticate(self) -> str:
+        """The ``WWW-Authenticate`` header value of the 401 answer (RFC 6750 §3)."""
+        return 'Bearer error="invalid_token"' if self.invalid_token else "Bearer"
+
+
 class StreamExpiredError(TokenwireError):
     """The stream ended longer than ``retention`` seconds ago (HTTP 410)."""
 
@@ -84,3 +118,12 @@ class StoreError(TokenwireError):
 
 class LogUnavailableError(TokenwireError):
     """The stream log's backend (Redis) cannot be reached or failed (HTTP 503)."""
+
+
+class ConfigurationError(TokenwireError, ValueError):
+    """A setting names something tokenwire cannot use (an unsupported log URL, a
+    queue without Redis …); the message names the setting."""
+
+
+class ShuttingDownError(TokenwireError):
+    """The instance is shutting down (SIGTERM): it starts no new generation (HTTP 503)."""

@@ -11,6 +11,10 @@ timer per generation, not one per event). On a stop it cancels the provider
 task, which closes the upstream HTTP response: the provider stops generating
 and billing.
 
+Shutdown (:meth:`Producer.drain`): running generations may end by themselves for a
+grace period; those still running then end with ``cancelled{reason: "shutdown"}``
+(appended and stored like any stop), so every reader gets its terminal event.
+
 One ticker per :class:`Producer`, not per generation, renews the leases of every
 running generation, cancels orphans (no live reader for ``orphan_timeout``
 seconds: reason ``abandoned``) and writes the partial messages of all
@@ -29,12 +33,20 @@ Coalescing: consecutive deltas of the same part are merged for at most
 delta was appended in the last ``coalesce_ms`` (so the first token is never
 delayed); otherwise it waits, merged with those that follow, until that window
 ends. ``coalesce_ms = 0`` turns merging off: every delta is its own event.
+
+Observability (``docs/observability.md``): each run is one OpenTelemetry span
+(:mod:`tokenwire.observability.tracing`), records the Prometheus instruments of
+:mod:`tokenwire.observability.metrics` (time to first token, duration, output
+tokens and tokens per second, events appended, outcome), logs with its
+``stream_id`` (:mod:`tokenwire.observability.logs`), and stores the message's
+``cost`` (:func:`tokenwire.observability.cost.message_cost`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -51,10 +63,16 @@ from tokenwire.events import (
     Finish,
     ReasoningDelta,
     TextDelta,
+    ToolCall,
     ToolCallDelta,
+    ToolCallStart,
     with_seq,
 )
 from tokenwire.log.base import StreamLog
+from tokenwire.observability import logs as obs_logs
+from tokenwire.observability import metrics
+from tokenwire.observability.cost import price
+from tokenwire.observability.tracing import GenerationSpan
 from tokenwire.providers.base import GenerationRequest, Provider, ProviderEvent
 
 __all__ = ["Generation", "MessageSink", "Producer", "ProducerConfig"]
@@ -62,6 +80,8 @@ __all__ = ["Generation", "MessageSink", "Producer", "ProducerConfig"]
 logger = logging.getLogger("tokenwire.producer")
 
 _Delta = TextDelta | ReasoningDelta | ToolCallDelta
+_CONTENT = (TextDelta, ReasoningDelta, ToolCallStart, ToolCallDelta, ToolCall)
+"""Events that count as the first token."""
 _FIRST_READER_GRACE = 10.0
 """Seconds a new stream waits for its first reader when ``orphan_timeout`` is shorter."""
 _CHECKPOINT_BATCH = 64
@@ -82,6 +102,7 @@ class MessageSink(Protocol):
         finish_reason: str | None = None,
         usage: dict[str, int] | None = None,
         error: dict[str, object] | None = None,
+        cost: dict[str, object] | None = None,
     ) -> None: ...
 
     async def checkpoint_messages(
@@ -109,6 +130,8 @@ class Generation(msgspec.Struct, frozen=True, kw_only=True):
     message_id: str
     conversation_id: str
     request: GenerationRequest
+    model: str = ""
+    """The full ``provider:model`` name (metrics, span, cost); empty when unknown."""
 
 
 class Producer:
@@ -126,6 +149,11 @@ class Producer:
         self.config = config
         self._runs: dict[str, _Run] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        """Set while no generation runs."""
+        self._idle.set()
+        self.shutting_down = False
+        """Set by :meth:`drain` once the grace period is over: runs stop at once."""
 
     async def run(self, generation: Generation, provider: Provider) -> Event:
         """Run to the end; return the terminal event that ended the stream.
@@ -136,12 +164,35 @@ class Producer:
         """
         run = _Run(self, generation, provider)
         self._runs[generation.stream_id] = run
+        self._idle.clear()
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.create_task(self._tick())
         try:
             return await run.run()
         finally:
             del self._runs[generation.stream_id]
+            if not self._runs:
+                self._idle.set()
+
+    async def drain(self, grace: float) -> None:
+        """Shut down: let running generations end by themselves for ``grace`` seconds,
+        then stop the rest with ``cancelled{reason: "shutdown"}``, and return once every
+        generation has ended (its terminal event appended, its message stored; at most
+        ``grace`` + 2 * ``_CLOSE_TIMEOUT`` seconds). A generation started after the grace
+        period is stopped the same way at once."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, grace)):
+                await self._idle.wait()
+        self.shutting_down = True
+        for run in list(self._runs.values()):
+            run.stop(Cancelled(reason="shutdown"))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2 * _CLOSE_TIMEOUT):
+                await self._idle.wait()
+
+    def running(self) -> int:
+        """Generations running now (the ``tokenwire_generations_active`` gauge)."""
+        return len(self._runs)
 
     async def _tick(self) -> None:
         """Leases, orphans and checkpoints of every running generation, until none runs.
@@ -201,6 +252,7 @@ class _Run:
         self.log = producer.log
         self.sink = producer.sink
         self.config = producer.config
+        self.producer = producer
         self.generation = generation
         self.provider = provider
         self.stream_id = generation.stream_id
@@ -219,12 +271,29 @@ class _Run:
         self.flush_task: asyncio.Task[None] | None = None
         self.watchdog_timer: asyncio.TimerHandle | None = None
         self.stopped: asyncio.Future[Event] | None = None
+        self.first_token_at: float | None = None
+        self.span: GenerationSpan | None = None
 
     async def run(self) -> Event:
         loop = asyncio.get_running_loop()
+        obs_logs.stream_id.set(self.stream_id)  # this task's context: its log lines
+        generation = self.generation
+        self.span = GenerationSpan(
+            generation.model,
+            generation.request.model,
+            generation.request.params,
+            {
+                "stream_id": self.stream_id,
+                "message_id": self.message_id,
+                "conversation_id": generation.conversation_id,
+            },
+        )
+        self.span.activate()  # the provider task below inherits it
         await self.log.heartbeat(self.stream_id, self.config.lease_ttl)
         stopped = self.stopped = loop.create_future()
-        unwatch = self.log.watch_cancel(self.stream_id, lambda r: self._stop(Cancelled(reason=r)))
+        if self.producer.shutting_down:
+            self.stop(Cancelled(reason="shutdown"))
+        unwatch = self.log.watch_cancel(self.stream_id, lambda r: self.stop(Cancelled(reason=r)))
         self.watchdog_timer = loop.call_later(self._watchdog_delay(), self._watchdog)
         pump = asyncio.create_task(self._pump())
         terminal: Event = Cancelled(reason="shutdown")
@@ -240,7 +309,8 @@ class _Run:
             terminal = await self._finish(terminal)
         return terminal
 
-    def _stop(self, terminal: Event) -> None:
+    def stop(self, terminal: Event) -> None:
+        """End the run with ``terminal`` (the first call wins)."""
         if self.stopped is not None and not self.stopped.done():
             self.stopped.set_result(terminal)
 
@@ -315,10 +385,10 @@ class _Run:
     def _watchdog(self) -> None:
         now = time.monotonic()
         if now >= self.started + self.config.max_stream_seconds:
-            self._stop(Error(code="stream_timeout", message="the generation took too long"))
+            self.stop(Error(code="stream_timeout", message="the generation took too long"))
         elif now >= self.last_item_at + self.config.provider_timeout:
             message = "the provider sent nothing for too long"
-            self._stop(Error(code="provider_timeout", message=message, retryable=True))
+            self.stop(Error(code="provider_timeout", message=message, retryable=True))
         else:
             loop = asyncio.get_running_loop()
             self.watchdog_timer = loop.call_later(self._watchdog_delay(), self._watchdog)
@@ -355,6 +425,18 @@ class _Run:
             appended = await self.log.append(self.stream_id, events)
         if appended:
             self.appended_seq = appended[-1].seq
+            self._observe(appended)
+
+    def _observe(self, appended: list[Event]) -> None:
+        """Count appended events; note the first token (metric and span event)."""
+        metrics.EVENTS_APPENDED.inc(len(appended))
+        if self.first_token_at is None and any(isinstance(e, _CONTENT) for e in appended):
+            self.first_token_at = time.monotonic()
+            metrics.TIME_TO_FIRST_TOKEN.labels(
+                metrics.provider_label(self.generation.model)
+            ).observe(self.first_token_at - self.started)
+            if self.span is not None:
+                self.span.first_token()
 
     async def sync_state(self) -> Event | None:
         """Fold the events appended since the last call into ``state`` (off the hot
@@ -375,14 +457,21 @@ class _Run:
             await self.log.request_cancel(self.stream_id, "abandoned")
 
     async def _finish(self, terminal: Event) -> Event:
-        """Append what is pending and the terminal event; store the message."""
+        """Store the message, then append what is pending and the terminal event: a
+        reader that sees the terminal event finds the message stored as it ended."""
         if self.flush_task is not None:
             await asyncio.wait({self.flush_task}, timeout=_CLOSE_TIMEOUT)
         out: list[Event] = []
         self._flush(out)
+        ended: MessageState | None = None  # what was stored before the append
         try:
             await self.sync_state()
+            ended = copy.deepcopy(self.state)
+            for seq, event in enumerate([*out, terminal], start=ended.last_seq + 1):
+                ended.apply(with_seq(event, seq))
+            await self._store(ended)
             appended = await self.log.append(self.stream_id, [*out, terminal])
+            self._observe(appended)
             for event in appended:
                 self.state.apply(event)
             last = appended[-1] if appended else await self.sync_state()
@@ -392,20 +481,61 @@ class _Run:
             logger.exception("could not end stream %s", self.stream_id)
             if self.state.status in ("pending", "streaming"):
                 self.state.apply(with_seq(terminal, self.state.last_seq + 1))
-        if self.sink is not None:
-            state = self.state
-            try:
-                await self.sink.update_message(
-                    self.message_id,
-                    parts=state.parts_list(),
-                    status=state.status,
-                    finish_reason=state.finish_reason,
-                    usage=state.usage_dict(),
-                    error=state.error,
-                )
-            except Exception:
-                logger.exception("could not store message %s", self.message_id)
+        if ended is None or (ended.status, ended.error) != (self.state.status, self.state.error):
+            await self._store(self.state)  # not stored yet, or another terminal event won
+        self._record_end(self.state.usage_dict())
         return terminal
+
+    async def _store(self, state: MessageState) -> None:
+        if self.sink is None:
+            return
+        usage = state.usage_dict()
+        try:
+            await self.sink.update_message(
+                self.message_id,
+                parts=state.parts_list(),
+                status=state.status,
+                finish_reason=state.finish_reason,
+                usage=usage,
+                error=state.error if state.error is not None else _stopped(state),
+                cost=await price(self.generation.model, usage),
+            )
+        except Exception:
+            logger.exception("could not store message %s", self.message_id)
+
+    def _record_end(self, usage: dict[str, int] | None) -> None:
+        """Metrics and the span's end, from the final state."""
+        state = self.state
+        outcome = state.status if state.status in ("completed", "failed", "cancelled") else "failed"
+        provider = metrics.provider_label(self.generation.model)
+        now = time.monotonic()
+        metrics.GENERATIONS.labels(provider, outcome).inc()
+        metrics.GENERATION_SECONDS.labels(provider, outcome).observe(now - self.started)
+        if usage is not None and usage["output_tokens"] > 0:
+            metrics.OUTPUT_TOKENS.labels(provider).inc(usage["output_tokens"])
+            if self.first_token_at is not None and now - self.first_token_at >= 0.01:
+                rate = usage["output_tokens"] / (now - self.first_token_at)
+                metrics.TOKENS_PER_SECOND.labels(provider).observe(rate)
+        if self.span is not None:
+            self.span.end(
+                outcome,
+                usage=usage,
+                finish_reason=state.finish_reason,
+                error=state.error,
+                cancel_reason=state.cancel_reason,
+            )
+
+
+def _stopped(state: MessageState) -> dict[str, object] | None:
+    """What the store keeps of a stop in the message's ``error`` field: ``{"code":
+    "cancelled", "reason": …, "message": …}`` (``reason`` as in the ``cancelled``
+    event: ``user``, ``superseded``, ``abandoned``, ``shutdown`` …); ``None`` unless
+    the message was cancelled."""
+    if state.status != "cancelled":
+        return None
+    reason = state.cancel_reason or "user"
+    message = f"the generation was stopped ({reason})"
+    return {"code": "cancelled", "reason": reason, "message": message}
 
 
 def _mergeable(pending: Event, event: _Delta) -> bool:

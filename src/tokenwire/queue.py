@@ -20,6 +20,8 @@ Redis keys (besides saq's own ``saq:<name>:…``): ``tokenwire:<name>:claim:<str
 
 from __future__ import annotations
 
+import uuid
+
 import msgspec
 from redis.exceptions import RedisError
 from saq import Queue
@@ -109,6 +111,17 @@ class GenerationQueue:
         await self.saq.enqueue(
             JOB_FUNCTION,
             key=job.generation.stream_id,
+            timeout=int(self.job_timeout),
+            retries=1,
+            job=encode_job(job),
+        )
+
+    async def hand_back(self, job: GenerationJob) -> None:
+        """Enqueue again a job this worker took but will not run (it is shutting down),
+        under a new key: saq ignores an enqueue whose key is still known."""
+        await self.saq.enqueue(
+            JOB_FUNCTION,
+            key=f"{job.generation.stream_id}:{uuid.uuid4().hex[:8]}",
             timeout=int(self.job_timeout),
             retries=1,
             job=encode_job(job),

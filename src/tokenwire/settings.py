@@ -10,15 +10,21 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["PusherApp", "Settings"]
+from tokenwire.errors import ConfigurationError
+
+__all__ = ["LIMIT_GRAMMAR", "PusherApp", "Settings"]
+
+LIMIT_GRAMMAR = re.compile(r"\s*([1-9][0-9]*)\s*/\s*(second|minute|hour|day)\s*")
+"""``N/second|minute|hour|day`` (N ≥ 1): the grammar of ``TOKENWIRE_LIMIT_REQUESTS``."""
 
 
 class PusherApp(BaseModel):
@@ -34,8 +40,15 @@ class PusherApp(BaseModel):
     """32 bytes, base64, for ``private-encrypted-`` channels' shared secrets."""
     max_message_size: int = 100_000
     """Largest event ``data`` (HTTP API, client events) and client frame, bytes."""
-    max_connections: int | None = None
-    """Connections per node beyond which new ones are closed with 4100 (``None``: no limit)."""
+    max_connections: int | None = 10_000
+    """Connections to this app per node beyond which new ones are closed with 4100
+    (``None``: no limit)."""
+    max_channels: int = Field(100, ge=1)
+    """Channels one connection may be subscribed to; a subscription beyond is answered
+    ``pusher:subscription_error`` (``LimitReached``, status 4304), the connection stays."""
+    max_backlog_bytes: int = Field(1_000_000, ge=1)
+    """Bytes of frames that may wait for a connection whose socket is not draining (a
+    client that does not read); beyond, it is closed with 4100 (besides 1,024 frames)."""
     client_event_rate: int = 10
     """Client events one connection may send per second (4301 beyond)."""
     activity_timeout: int = 120
@@ -104,6 +117,13 @@ class Settings(BaseSettings):
     """Seconds between store writes of a streaming message."""
     lease_ttl: float = 15.0
     """Seconds a producer's lease lasts without renewal (``producer_lost`` after)."""
+    lease_sweep_interval: float = 5.0
+    """Seconds between two looks for running streams whose producer's lease expired
+    (each gets ``error{producer_lost}`` and its message is stored as failed, even
+    with no reader); 0 = only readers notice."""
+    shutdown_grace: float = 10.0
+    """Seconds running generations may go on after SIGTERM (``tokenwire serve`` and
+    ``tokenwire worker``) before they end with ``cancelled{reason: "shutdown"}``."""
     reader_buffer: int = 1024
     """Events a live reader may fall behind before it is moved back to the log."""
     max_retries: int = 2
@@ -126,6 +146,26 @@ class Settings(BaseSettings):
     fake_provider: bool = False
     """Serve the scripted ``fake:`` models (tests, benchmarks, demos); off: ``fake:``
     is an unknown provider (422)."""
+    """Largest accepted request body (413 beyond)."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines of ``tokenwire serve`` and ``tokenwire worker``: ``text``, or ``json``
+    (one object per line with ``request_id`` and ``stream_id``; docs/observability.md)."""
+
+    # limits per caller (identity, or client IP when anonymous): docs/api.md "Limits"
+    limit_requests: str | None = None
+    """Generations one caller may start per period: ``N/second|minute|hour|day``
+    (``120/minute``); ``None`` = no limit. Over it: 429 with ``Retry-After``."""
+    limit_concurrent_streams: int = Field(8, ge=0)
+    """Generations one caller may have running at once; 0 = no limit."""
+    limit_tokens_per_day: int | None = Field(None, ge=1)
+    """Output tokens one caller may use per UTC day; ``None`` = no limit."""
+
+    @field_validator("limit_requests")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None and LIMIT_GRAMMAR.fullmatch(value) is None:
+            raise ValueError("must be N/second, N/minute, N/hour or N/day (e.g. 120/minute)")
+        return value
 
     cors_origins: list[str] = Field(default_factory=list)
     """Origins whose pages may call this server from the browser (``["https://app.example"]``,
@@ -133,6 +173,21 @@ class Settings(BaseSettings):
     auth_tokens: dict[str, str] = Field(default_factory=dict)
     """Bearer tokens and the user id each stands for (``{"token": "alice"}``): the
     server's default way to know who calls (``tokenwire.server.identity``)."""
+    jwt_secret: SecretStr | None = None
+    """Verifies ``Authorization: Bearer <JWT>`` tokens signed with HS256 (at least 32
+    bytes); the ``sub`` claim is the caller's user id; ``exp`` and ``nbf`` are checked
+    when present."""
+    jwt_public_key: str | None = None
+    """PEM public key (the text, or the path of a ``.pem`` file) verifying bearer JWTs
+    signed with RS256 (RSA key) or ES256 (P-256 key); ``sub`` is the user id."""
+    jwt_audience: str | None = None
+    """The ``aud`` a bearer JWT must carry; ``None`` = tokens carrying an ``aud`` are refused."""
+    jwt_issuer: str | None = None
+    """The ``iss`` a bearer JWT must carry; ``None`` = not checked."""
+    allow_anonymous: bool = False
+    """Serve callers without an identity even though an identity source (tokens, JWT
+    keys, an ``identify`` hook) is configured; without one, everyone is anonymous.
+    A request with an invalid or expired token is refused (401) either way."""
 
     # WebSockets: Pusher Channels protocol 7 (docs/websockets.md)
     pusher_apps: list[PusherApp] = Field(default_factory=_default_pusher_apps)
@@ -160,6 +215,14 @@ class Settings(BaseSettings):
     ``error{producer_lost}`` (its lease until a worker takes it)."""
     worker_concurrency: int = 64
     """Generations one ``tokenwire worker`` process runs at once."""
+    worker_metrics_port: int | None = None
+    """TCP port on which ``tokenwire worker`` serves its Prometheus metrics (``/metrics``,
+    on ``host``); ``None`` = none (docs/observability.md)."""
+
+    def identity_configured(self) -> bool:
+        """Whether a setting names an identity source (``auth_tokens``, ``jwt_secret``,
+        ``jwt_public_key``); an ``identify`` hook given to ``Tokenwire`` is one too."""
+        return bool(self.auth_tokens or self.jwt_secret or self.jwt_public_key)
 
     def resolved_store_url(self) -> str:
         """The store URL, defaulting to an SQLite file in ``data_dir``."""
@@ -171,11 +234,11 @@ class Settings(BaseSettings):
         """The job queue's Redis URL.
 
         Raises:
-            ValueError: no ``queue_url`` and ``log_url`` is not a Redis URL.
+            ConfigurationError: no ``queue_url`` and ``log_url`` is not a Redis URL.
         """
         url = self.queue_url or self.log_url
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
+            raise ConfigurationError(
                 "producers='queue' needs a Redis job queue: set TOKENWIRE_QUEUE_URL "
                 "or a redis:// TOKENWIRE_LOG_URL"
             )

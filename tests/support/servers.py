@@ -67,10 +67,13 @@ def uvicorn_thread(app: Any, **options: Any) -> Iterator[str]:
 def tokenwire_process(
     *args: str, env: dict[str, str] | None = None, ready_path: str = "/"
 ) -> Iterator[str]:
-    """Run ``tokenwire <args> --port N`` in a subprocess; yield its base URL."""
+    """Run ``tokenwire <args> --port N`` in a subprocess; yield its base URL.
+
+    Generations still running when it is stopped (SIGTERM) end after 1 s
+    (``TOKENWIRE_SHUTDOWN_GRACE``, unless ``env`` sets it), not the default 10 s."""
     port = free_port()
     cmd = [sys.executable, "-m", "tokenwire", *args, "--host", "127.0.0.1", "--port", str(port)]
-    full_env = {**os.environ, **(env or {})}
+    full_env = {"TOKENWIRE_SHUTDOWN_GRACE": "1", **os.environ, **(env or {})}
     proc = subprocess.Popen(cmd, env=full_env)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -50,6 +50,12 @@ class StreamLog(Protocol):
     stream id each time this process appended a ``producer_lost`` event, so the
     owner can finish the stored message of a generation whose producer died.
 
+    A backend may also offer ``async sweep_expired_leases() -> list[str]``: append
+    ``producer_lost`` to every running stream whose lease expired, even one nobody
+    reads, and return their ids (exactly once per stream, even when several
+    processes sweep at once). :class:`~tokenwire.Tokenwire` calls it every
+    ``lease_sweep_interval`` seconds; both built-in backends have it.
+
     Every method raises :class:`~tokenwire.errors.StreamNotFoundError` for an
     unknown stream and :class:`~tokenwire.errors.StreamExpiredError` for one past
     retention, unless documented otherwise.

@@ -246,17 +246,32 @@ class MemoryStreamLog:
             return False
         return True
 
-    def _check_lease(self, stream: _Stream) -> None:
-        if stream.lease_until is not None and time.monotonic() >= stream.lease_until:
-            lost = Error(
-                code="producer_lost", message="the generation stopped unexpectedly", retryable=True
-            )
-            if self._append(stream, [lost]) and self.on_producer_lost is not None:
-                task = asyncio.get_running_loop().create_task(
-                    self.on_producer_lost(stream.stream_id)
-                )
-                self._lost_tasks.add(task)
-                task.add_done_callback(self._lost_tasks.discard)
+    def _check_lease(self, stream: _Stream) -> bool:
+        """Append ``producer_lost`` if the lease expired; ``True`` when it did."""
+        if stream.lease_until is None or time.monotonic() < stream.lease_until:
+            return False
+        lost = Error(
+            code="producer_lost", message="the generation stopped unexpectedly", retryable=True
+        )
+        if not self._append(stream, [lost]):
+            return False
+        if self.on_producer_lost is not None:
+            task = asyncio.get_running_loop().create_task(self.on_producer_lost(stream.stream_id))
+            self._lost_tasks.add(task)
+            task.add_done_callback(self._lost_tasks.discard)
+        return True
+
+    async def sweep_expired_leases(self) -> list[str]:
+        """End every running stream whose producer's lease expired with
+        ``error{producer_lost}`` (and ``on_producer_lost``), whether or not anyone reads
+        it; return their ids. Looks at every stream held (one pass, no waiting)."""
+        now = time.monotonic()
+        expired = [
+            s
+            for s in self._streams.values()
+            if s.status == "running" and s.lease_until is not None and now >= s.lease_until
+        ]
+        return [s.stream_id for s in expired if self._check_lease(s)]
 
     async def events(self, stream_id: str, after: int = 0, limit: int | None = None) -> list[Event]:
         log = self._get(stream_id).events

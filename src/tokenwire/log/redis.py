@@ -9,6 +9,7 @@ Key layout (prefix ``tw:`` by default, see :class:`~tokenwire.log.redis_scripts.
     tw:s:<id>:readers    hash: process id -> live readers in that process
     tw:s:<id>:gone       tombstone, outlives the stream by `tombstone` s (410, not 404)
     tw:conv:<id>:active  the conversation's running stream id
+    tw:leases            sorted set: running leased stream id -> lease end (Unix ms)
     tw:proc:<pid>        a process's liveness key (PX expiry) while it counts readers
     tw:proc:<pid>:wake   a process's wake-up stream for its own tail
     tw:cancel            pub/sub channel of cancel requests
@@ -35,6 +36,12 @@ readers it serves, and following a stream costs no round trip per reader per
 event. A reader waiting on a stream the tail does not follow yet ``XADD``\\ s to
 the process's wake-up stream, which the tail always reads too, so the blocked call
 returns at once; the block lasts at most ``_BLOCK_MS`` anyway.
+
+Lease sweep: every heartbeat also records the lease's end in ``tw:leases`` (by
+Redis's clock), the terminal event removes it. :meth:`RedisStreamLog.sweep_expired_leases`
+takes the ids whose end has passed and runs the append script for each with "only
+if the lease expired": so a dead producer's stream ends with ``producer_lost`` even
+when nobody reads it, and exactly once however many processes sweep.
 
 Cancel: ``request_cancel`` sets the flag and ``PUBLISH``\\ es on ``tw:cancel``
 in one script; one pub/sub subscriber per process dispatches to local
@@ -115,6 +122,8 @@ _STOP_TIMEOUT = 3.0
 """Seconds :meth:`RedisStreamLog.close` waits for each background task."""
 _PING_TIMEOUT = 2.0
 """Seconds :meth:`RedisStreamLog.ping` waits."""
+_SWEEP_BATCH = 1000
+"""Most expired leases one :meth:`RedisStreamLog.sweep_expired_leases` call looks at."""
 
 
 @contextlib.contextmanager
@@ -339,6 +348,7 @@ class RedisStreamLog:
         self._join = client.register_script(scripts.JOIN)
         self._leave_script = client.register_script(scripts.LEAVE)
         self._readers = client.register_script(scripts.READERS)
+        self._sweep = client.register_script(scripts.SWEEP)
         self._tail: _Tail | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._local_readers = 0
@@ -465,6 +475,7 @@ class RedisStreamLog:
                     keys.lease(stream_id),
                     keys.readers(stream_id),
                     keys.gone(stream_id),
+                    keys.leases(),
                 ],
                 args=args,
             )
@@ -562,16 +573,46 @@ class RedisStreamLog:
             pending = await self._wait(stream_id, after, min(quiet_until, lease_at) - now)
             must_fetch = not pending
 
-    async def _end_lost(self, stream_id: str) -> None:
-        """Append ``producer_lost`` if the lease is still expired (atomic: once)."""
+    async def _end_lost(self, stream_id: str) -> bool:
+        """Append ``producer_lost`` if the lease is still expired (atomic: once);
+        ``True`` when this call appended it."""
         try:
             appended = await self._append(stream_id, [_lost()], lease_expired=True)
         except LogUnavailableError:
-            return  # the reader retries through the outage
+            return False  # the reader retries through the outage
         if appended and self.on_producer_lost is not None:
             task = asyncio.create_task(self.on_producer_lost(stream_id))
             self._lost_tasks.add(task)
             task.add_done_callback(self._lost_tasks.discard)
+        return bool(appended)
+
+    async def sweep_expired_leases(self) -> list[str]:
+        """End every running stream whose producer's lease expired with
+        ``error{producer_lost}`` (and ``on_producer_lost``), read or not; return the ids
+        this call ended. Safe on several processes at once: the append script appends
+        only while the lease key is absent and the stream is running, so one wins.
+
+        Candidates come from the ``leases`` sorted set (at most ``_SWEEP_BATCH`` per
+        call); ids of streams that ended or vanished are dropped from it.
+
+        Raises:
+            LogUnavailableError: Redis cannot be reached.
+        """
+        leases = self._keys.leases()
+        due = await self._call(self._sweep(keys=[leases], args=[_SWEEP_BATCH]))
+        lost: list[str] = []
+        stale: list[str] = []
+        for stream_id in map(_str, due):
+            try:
+                if await self._end_lost(stream_id):
+                    lost.append(stream_id)
+                elif (await self.info(stream_id)).status != "running":
+                    stale.append(stream_id)
+            except (StreamNotFoundError, StreamExpiredError):
+                stale.append(stream_id)
+        if stale:
+            await self._call(self._client.zrem(leases, *stale))
+        return lost
 
     async def _wait(self, stream_id: str, after: int, timeout: float) -> list[Event]:
         """Events after ``after`` from the tail, ``[]`` when to fetch (or timed out)."""
@@ -746,8 +787,13 @@ class RedisStreamLog:
         keys = self._keys
         code = await self._call(
             self._heartbeat(
-                keys=[keys.meta(stream_id), keys.lease(stream_id), keys.gone(stream_id)],
-                args=[_ms(ttl)],
+                keys=[
+                    keys.meta(stream_id),
+                    keys.lease(stream_id),
+                    keys.gone(stream_id),
+                    keys.leases(),
+                ],
+                args=[_ms(ttl), stream_id],
             )
         )
         if code < 0:

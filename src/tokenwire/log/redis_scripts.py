@@ -26,6 +26,7 @@ __all__ = [
     "JOIN",
     "LEAVE",
     "READERS",
+    "SWEEP",
     "Keys",
 ]
 
@@ -54,6 +55,11 @@ class Keys:
     def lease(self, stream_id: str) -> str:
         """The producer's lease: exists while valid (``PX`` expiry)."""
         return f"{self.prefix}s:{stream_id}:lease"
+
+    def leases(self) -> str:
+        """Sorted set: stream id → when its lease ends (Unix ms, Redis ``TIME``), for
+        every running leased stream; the lease sweep reads it."""
+        return f"{self.prefix}leases"
 
     def readers(self, stream_id: str) -> str:
         """Hash: process id → live readers of this stream in that process."""
@@ -110,7 +116,7 @@ return 1
 APPEND = (
     _MISSING
     + """
--- KEYS: events, meta, lease, readers, gone.
+-- KEYS: events, meta, lease, readers, gone, leases.
 -- ARGV: stream id, now (Unix s), retention (ms), tombstone (ms),
 --   only_if_lease_expired ('1'/'0'), conversation key prefix,
 --   then per event: outcome ('' or completed/failed/cancelled), JSON head, JSON tail
@@ -133,6 +139,7 @@ for i = 7, #ARGV, 3 do
   if ARGV[i] ~= '' then
     redis.call('HSET', KEYS[2], 'status', ARGV[i], 'finished_at', ARGV[2], 'last_seq', seq)
     redis.call('DEL', KEYS[3])
+    redis.call('ZREM', KEYS[6], ARGV[1])
     local conv = redis.call('HGET', KEYS[2], 'conv')
     if conv then
       local active = ARGV[6] .. conv .. ':active'
@@ -153,12 +160,15 @@ return {1, first, n}
 HEARTBEAT = (
     _MISSING
     + """
--- KEYS: meta, lease, gone. ARGV: ttl (ms).
+-- KEYS: meta, lease, gone, leases. ARGV: ttl (ms), stream id.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return missing(KEYS[3]) end
 if status ~= 'running' then return 0 end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 redis.call('HSET', KEYS[1], 'leased', '1')
+local now = redis.call('TIME')
+local ends = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
+redis.call('ZADD', KEYS[4], string.format('%d', ends), ARGV[2])
 return 1
 """
 )
@@ -229,3 +239,13 @@ if dropped and total == 0 then redis.call('HSET', KEYS[2], 'readers_left_at', AR
 return {1, total, redis.call('HGET', KEYS[2], 'readers_left_at') or ''}
 """
 )
+
+SWEEP = """
+-- KEYS: leases. ARGV: most ids to return.
+-- The streams whose lease ended by Redis's clock (candidates: the append script
+-- checks the lease key itself before it appends producer_lost).
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', ms),
+  'LIMIT', 0, tonumber(ARGV[1]))
+"""

@@ -99,6 +99,10 @@ class ErrorCode:
     """A client event on a channel where it is not allowed (connection stays)."""
     MESSAGE_TOO_LARGE = 4303
     """A frame or client event larger than the app's ``max_message_size`` (stays)."""
+    TOO_MANY_CHANNELS = 4304
+    """A subscription beyond the app's ``max_channels`` per connection: the ``status``
+    of its ``pusher:subscription_error`` (type ``LimitReached``; the connection stays).
+    Not in Pusher's list, which names no such limit; in its 4300-4399 range."""
 
 
 class PusherError(Exception):

@@ -17,7 +17,13 @@ import os
 from collections.abc import Callable
 
 from tokenwire.errors import UnknownModelError
-from tokenwire.providers.base import GenerationRequest, Message, Provider, ProviderEvent
+from tokenwire.providers.base import (
+    CheckedProvider,
+    GenerationRequest,
+    Message,
+    Provider,
+    ProviderEvent,
+)
 
 __all__ = [
     "GenerationRequest",
@@ -113,7 +119,9 @@ class ProviderRegistry:
         """Return the provider for ``"provider:model"`` and the provider's model name.
 
         Raises:
-            UnknownModelError: malformed name or unknown provider prefix.
+            UnknownModelError: malformed name, unknown provider prefix, or a
+                :class:`~tokenwire.providers.base.CheckedProvider` that cannot serve
+                the model (unknown to it, or its API key is not set).
         """
         prefix, model = split_model(name)
         provider = self._built.get(prefix)
@@ -124,6 +132,8 @@ class ProviderRegistry:
                 hint = " ('fake:' needs TOKENWIRE_FAKE_PROVIDER=1)" if prefix == "fake" else ""
                 raise UnknownModelError(f"unknown provider {prefix!r} (known: {known}){hint}")
             provider = self._built[prefix] = factory()
+        if isinstance(provider, CheckedProvider):
+            provider.check(model)
         return provider, model
 
     async def aclose(self) -> None:

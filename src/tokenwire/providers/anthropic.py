@@ -310,12 +310,17 @@ class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
         self._max_tokens = max_tokens
 
     def _make_client(self) -> anthropic.AsyncAnthropic:
-        return anthropic.AsyncAnthropic(
+        client = anthropic.AsyncAnthropic(
             api_key=self._api_key,
             base_url=self._base_url,
             http_client=self._http_client,
             max_retries=0,
         )
+        if client.api_key is None and client.auth_token is None:
+            # The SDK only fails at the first request, with a TypeError.
+            message = "the Anthropic client is not configured (is ANTHROPIC_API_KEY set?)"
+            raise ProviderError("invalid_request", message)
+        return client
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
         """Stream one message; closing this generator closes the HTTP response.

@@ -10,7 +10,7 @@ so the provider stops generating (and billing). An adapter ends with exactly one
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -28,6 +28,7 @@ from tokenwire.events import (
 )
 
 __all__ = [
+    "CheckedProvider",
     "GenerationRequest",
     "Message",
     "Parts",
@@ -83,6 +84,21 @@ class Provider(Protocol):
     """
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]: ...
+
+
+@runtime_checkable
+class CheckedProvider(Provider, Protocol):
+    """A provider that can tell, before anything is created, whether it can serve
+    a model: the registry calls :meth:`check` on every resolution.
+    """
+
+    def check(self, model: str) -> None:
+        """Return if ``model`` (the name after ``provider:``) can be served.
+
+        Raises:
+            UnknownModelError: the model is unknown here, or the provider is not
+                configured; the message names what to set.
+        """
 
 
 class Parts:

@@ -52,7 +52,7 @@ from typing import Any
 import anyio.to_thread
 import msgspec
 
-from tokenwire.errors import ProviderError
+from tokenwire.errors import ProviderError, UnknownModelError
 from tokenwire.events import FinishReason, ReasoningDelta, TextDelta, Usage
 from tokenwire.providers.base import GenerationRequest, Parts, ProviderEvent, finish
 
@@ -401,6 +401,19 @@ class LocalProvider:
         if engine is None:
             engine = await anyio.to_thread.run_sync(_load_engine, key)
         return engine
+
+    def check(self, model: str) -> None:
+        """Refuse another model than ``smollm2``, or a bundled model that is not installed.
+
+        Raises:
+            UnknownModelError: naming the model to use, or what to install.
+        """
+        if model != MODEL_NAME:
+            raise UnknownModelError(f"unknown local model {model!r}; try {MODEL_NAME!r}")
+        try:
+            self._key()
+        except ProviderError as exc:
+            raise UnknownModelError(exc.message) from exc
 
     async def warm_up(self) -> None:
         """Load the model now (≈1 s in a worker thread) instead of on the first request.

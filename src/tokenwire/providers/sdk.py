@@ -1,8 +1,8 @@
 """The shell shared by the adapters built on an official SDK client.
 
-The SDK client is made on first use (so a missing key fails the generation, not
-start-up) with the SDK's own retries off: the producer retries, and only before
-the first event (DESIGN §5).
+The SDK client is made on first use (so a missing key fails the first request
+for the provider's models, not start-up) with the SDK's own retries off: the
+producer retries, and only before the first event (DESIGN §5).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Generic, Protocol, TypeVar
 
 import httpx2
+
+from tokenwire.errors import ProviderError, UnknownModelError
 
 __all__ = ["SDKProvider"]
 
@@ -44,7 +46,25 @@ class SDKProvider(Generic[ClientT]):
         self._client: ClientT | None = None
 
     def _make_client(self) -> ClientT:
+        """The SDK client.
+
+        Raises:
+            ProviderError: ``invalid_request`` naming the variable to set when the
+                SDK cannot be configured (no key).
+        """
         raise NotImplementedError
+
+    def check(self, model: str) -> None:
+        """Make the SDK client now, so a missing key is refused before anything is
+        created (any model name is passed on: only the provider knows its models).
+
+        Raises:
+            UnknownModelError: the SDK is not configured; the message names the variable.
+        """
+        try:
+            self._sdk()
+        except ProviderError as exc:
+            raise UnknownModelError(exc.message) from exc
 
     def _sdk(self) -> ClientT:
         if self._client is None:

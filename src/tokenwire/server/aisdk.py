@@ -8,14 +8,23 @@
   its ``start`` (same ``messageId``), then followed live; ``204`` when none runs.
 - ``POST /api/chat/{chat_id}/stop``: cancel the chat's running generation; every
   reader ends with ``abort``. (``useChat``'s own ``stop()`` only aborts the fetch,
-  which is a disconnect, not a stop: DESIGN §5. Call this endpoint too.)
+  which is a disconnect, not a stop: DESIGN §5. Call this endpoint too, with
+  ``Content-Type: application/json``.)
+
+Ownership (:mod:`tokenwire.server.identity`): a chat created by ``POST /api/chat``
+is its caller's. Another owner's chat is treated as one that does not exist:
+``POST /api/chat`` and ``/stop`` answer 404, ``/stream`` answers 204, and nothing
+is read, deleted or cancelled. Without a valid identity where one is required:
+401. ``POST /api/chat`` and ``/stop`` refuse a body not declared as JSON with 415,
+so that another site's page cannot call them with a form.
 
 Choices: the model comes from the body field ``model``, else the
 ``x-tokenwire-model`` header, else the server's default model; the dialect from
 the ``x-tokenwire-ai-sdk`` header (``5``, ``6`` or ``7``; default ``7``). Bad
 requests answer ``400``/``404``/``422`` with ``{"detail": "<sentence>"}``:
 ``DefaultChatTransport`` throws ``new Error(await response.text())`` for any
-non-2xx answer, so the sentence reaches ``useChat``'s ``error``.
+non-2xx answer, so the sentence reaches ``useChat``'s ``error``. Over a limit:
+``429`` with ``Retry-After`` and the same ``{"detail": …}`` (docs/api.md "Limits").
 
 Protocol references: https://ai-sdk.dev/docs/ai-sdk-ui/stream-protocol and
 https://ai-sdk.dev/docs/ai-sdk-ui/chatbot-resume-streams; the chunk encoding is
@@ -27,7 +36,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from tokenwire.errors import InvalidRequestError, UnknownModelError
@@ -43,6 +52,8 @@ from tokenwire.protocol.aisdk import (
     parse_dialect,
 )
 from tokenwire.providers import Message
+from tokenwire.server.identity import require_json
+from tokenwire.server.limits import RateLimitedError, rate_limited_response
 from tokenwire.server.routes import responses
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
@@ -66,7 +77,7 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         response_model=None,
         responses={
             200: {"content": {"text/event-stream": {}}, "description": "UI message stream"},
-            **responses(400, 404, 422, 503),
+            **responses(400, 401, 404, 415, 422, 429, 503),
         },
     )
     async def chat(
@@ -75,6 +86,8 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         x_tokenwire_model: Annotated[str | None, Header()] = None,
     ) -> Response:
         """Start a generation and answer its UI message stream."""
+        owner = await tw.access.owner(request)
+        require_json(request)
         try:
             dialect = parse_dialect(x_tokenwire_ai_sdk)
             body = parse_chat_request(json.loads(await request.body() or b"null"))
@@ -95,10 +108,18 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
             return _detail(422, f"model: {exc}")
         except InvalidRequestError as exc:
             return _detail(422, str(exc))
+        try:  # 429 before the conversation is created
+            ticket = await tw.admit(request)
+        except RateLimitedError as exc:
+            return rate_limited_response(exc)
         regenerate = body.trigger == "regenerate-message"
-        if await tw.store.get_conversation(
-            body.chat_id
-        ) is None and await tw.store.create_conversation_if_absent(body.chat_id):
+        try:
+            existing = await tw.access.find_conversation(request, body.chat_id)
+        except ConversationNotFoundError:
+            return _detail(404, "chat not found")
+        if existing is None and await tw.store.create_conversation_if_absent(
+            body.chat_id, owner=owner, source="ai-sdk"
+        ):  # created here (a concurrent first request may have created it first)
             messages = [*history, Message("user", body.text)]
         else:
             if regenerate and body.message_id is not None:  # drop the answer it replaces
@@ -112,6 +133,8 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
                 conversation_id=body.chat_id,
                 system=body.system,
                 params=body.params,
+                owner=owner,
+                ticket=ticket,
             )
         except UnknownModelError as exc:
             return _detail(422, f"model: {exc}")
@@ -126,28 +149,43 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         response_model=None,
         responses={
             200: {"content": {"text/event-stream": {}}, "description": "UI message stream"},
-            **responses(204, 400, 503),
+            **responses(204, 400, 401, 404, 503),
         },
     )
     async def resume(
-        chat_id: str, x_tokenwire_ai_sdk: Annotated[str | None, Header()] = None
+        request: Request, chat_id: str, x_tokenwire_ai_sdk: Annotated[str | None, Header()] = None
     ) -> Response:
-        """Replay the chat's running generation from ``start``; 204 when none runs."""
+        """Replay the chat's running generation from ``start``; 204 when none runs
+        (also for an unknown chat or another owner's)."""
         try:
             dialect = parse_dialect(x_tokenwire_ai_sdk)
         except ChatRequestError as exc:
             return _detail(400, str(exc))
+        try:
+            await tw.access.conversation(request, chat_id)
+        except ConversationNotFoundError:
+            return Response(status_code=204)
         stream_id = await _running_stream(tw, chat_id)
         if stream_id is None:
             return Response(status_code=204)
         return _response(tw, stream_id, dialect)
 
-    @router.post("/api/chat/{chat_id}/stop", responses=responses(503))
-    async def stop(chat_id: str) -> dict[str, object]:
-        """Cancel the chat's running generation (reason ``user``); idempotent."""
+    @router.post(
+        "/api/chat/{chat_id}/stop",
+        response_model=None,
+        dependencies=[Depends(tw.access.caller), Depends(require_json)],
+        responses=responses(401, 404, 415, 503),
+    )
+    async def stop(request: Request, chat_id: str) -> Response:
+        """Cancel the chat's running generation (reason ``user``); idempotent. 404 for
+        an unknown chat or another owner's."""
+        try:
+            await tw.access.conversation(request, chat_id)
+        except ConversationNotFoundError:
+            return _detail(404, "chat not found")
         stream_id = await _running_stream(tw, chat_id)
         stopped = stream_id is not None and await tw.cancel(stream_id, "user")
-        return {"chat_id": chat_id, "stream_id": stream_id, "stopped": stopped}
+        return JSONResponse({"chat_id": chat_id, "stream_id": stream_id, "stopped": stopped})
 
     return router
 

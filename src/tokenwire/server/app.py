@@ -3,7 +3,8 @@
 Mounts the native API, the AI SDK and OpenAI-compatible adapters, the Pusher
 protocol server (WebSocket ``/app/{key}``, ``/broadcasting/auth``, ``/apps/…``),
 operations endpoints (``/healthz``, ``/readyz``, ``/metrics`` in the Prometheus
-text format) and the chat page at ``/``.
+text format, ``docs/observability.md``) and the chat page at ``/``. Every HTTP
+response carries ``x-request-id`` (:class:`~tokenwire.observability.logs.RequestIdMiddleware`).
 """
 
 from __future__ import annotations
@@ -17,22 +18,27 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenwire.errors import (
+    AuthenticationError,
     InvalidRequestError,
     LogUnavailableError,
+    ShuttingDownError,
     StoreError,
     StreamExpiredError,
     StreamNotFoundError,
     TokenwireError,
     UnknownModelError,
 )
+from tokenwire.observability import metrics as obs_metrics
+from tokenwire.observability.logs import RequestIdMiddleware
 from tokenwire.server.aisdk import build_aisdk_router
+from tokenwire.server.limits import RateLimitedError, rate_limited_response
 from tokenwire.server.openai_compat import build_openai_router
 from tokenwire.server.pusher import PusherHub
 from tokenwire.server.pusher_http import build_pusher_router
@@ -98,6 +104,7 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["x-tokenwire-stream-id"],
         )
+    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(PusherFirstMiddleware, hub=hub)  # added last: the outermost
     _exception_handlers(app)
     _operations(app, tw, hub)
@@ -113,6 +120,7 @@ def _exception_handlers(app: FastAPI) -> None:
         (StreamExpiredError, 410, "the stream's events have expired; the message is in the store"),
         (StoreError, 503, "the conversation store is unavailable"),
         (LogUnavailableError, 503, "the stream log is unavailable"),
+        (ShuttingDownError, 503, "the server is shutting down; try again"),
     ]
     for exc_type, status, message in statuses:
 
@@ -142,6 +150,18 @@ def _exception_handlers(app: FastAPI) -> None:
         logger.info("invalid value in %s %s: %r", request.method, request.url.path, exc)
         return JSONResponse({"detail": "invalid value in the request"}, status_code=422)
 
+    async def unauthenticated(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AuthenticationError)
+        headers = {"www-authenticate": exc.www_authenticate}
+        return JSONResponse({"detail": exc.message}, status_code=401, headers=headers)
+
+    app.add_exception_handler(AuthenticationError, unauthenticated)
+
+    async def rate_limited(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RateLimitedError)
+        return rate_limited_response(exc)
+
+    app.add_exception_handler(RateLimitedError, rate_limited)
     app.add_exception_handler(UnknownModelError, unknown_model)
     app.add_exception_handler(InvalidRequestError, invalid_request)
     app.add_exception_handler(ValueError, python_value_error)
@@ -158,6 +178,29 @@ def _operations(app: FastAPI, tw: Tokenwire, hub: PusherHub) -> None:
         name: Gauge(f"tokenwire_pusher_{name}", f"this node's Pusher {name}", registry=registry)
         for name in ("connections", "channels", "relays")
     }
+    active = Gauge(
+        "tokenwire_generations_active",
+        "Generations running in this process (producers=local, or a worker's).",
+        registry=registry,
+    )
+    readers = Gauge(
+        "tokenwire_readers_active",
+        "Live readers of this process: SSE, long poll and adapter responses following "
+        "a stream, plus Pusher WebSocket connections.",
+        registry=registry,
+    )
+    queue_depth = Gauge(
+        "tokenwire_queue_depth",
+        "Generations waiting in the job queue for a worker (producers=queue; -1 when "
+        "the queue's Redis does not answer).",
+        registry=registry,
+    )
+    rate_limited = Counter(
+        "tokenwire_rate_limited", "starts refused with 429, by limit", ["limit"], registry=registry
+    )
+    for limit in ("requests", "concurrent_streams", "tokens_per_day"):
+        rate_limited.labels(limit)  # shown at 0 before the first refusal
+    tw.limits.on_refused.append(lambda limit: rate_limited.labels(limit).inc())
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -177,13 +220,30 @@ def _operations(app: FastAPI, tw: Tokenwire, hub: PusherHub) -> None:
             for name, value in statistics().items():
                 if name in gauges:
                     gauges[name].set(value)
-        for name, value in hub.statistics().items():
+        hub_statistics = hub.statistics()
+        for name, value in hub_statistics.items():
             pusher_gauges[name].set(value)
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+        active.set(tw.producer.running())
+        log_readers = statistics().get("readers", 0) if statistics is not None else 0
+        readers.set(log_readers + hub_statistics.get("connections", 0))
+        if tw.queue is not None:
+            queue_depth.set(await _queue_depth(tw))
+        body = generate_latest(registry) + generate_latest(obs_metrics.REGISTRY)
+        return Response(body, media_type="text/plain; version=0.0.4")
 
 
 _PING_TIMEOUT = 3.0
 """Seconds ``/readyz`` waits for the stream log's and the job queue's Redis."""
+
+
+async def _queue_depth(tw: Tokenwire) -> int:
+    """Jobs queued and not yet taken by a worker; -1 when Redis does not answer."""
+    assert tw.queue is not None
+    try:
+        async with asyncio.timeout(_PING_TIMEOUT):
+            return int(await tw.queue.saq.count("queued"))
+    except Exception:  # any client error or the timeout
+        return -1
 
 
 async def _unreachable(tw: Tokenwire) -> dict[str, str]:

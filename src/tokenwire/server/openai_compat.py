@@ -6,9 +6,13 @@ Streaming" (https://platform.openai.com/docs/api-reference/chat); the encoding i
 :mod:`tokenwire.protocol.openai_compat`, this module is its I/O shell.
 
 - Each request starts a new tokenwire conversation (stateless, as OpenAI's
-  endpoint is); ``x-tokenwire-stream-id`` on every answer names the stream, to
-  resume it (``GET /v1/streams/{id}/events``) or stop it
-  (``POST /v1/streams/{id}/cancel``) through the native API.
+  endpoint is), owned by the caller (``Authorization: Bearer``, the SDK's
+  ``api_key``: :mod:`tokenwire.server.identity`); ``x-tokenwire-stream-id`` on
+  every answer names the stream, to resume it (``GET /v1/streams/{id}/events``)
+  or stop it (``POST /v1/streams/{id}/cancel``) through the native API, which
+  answers 404 to anyone but its owner.
+- 401 (code ``invalid_api_key``, ``WWW-Authenticate: Bearer``) without a valid
+  identity where one is required; 415 for a body not sent as ``application/json``.
 - ``stream: true``: ``chat.completion.chunk`` SSE frames, ``: ping`` comments
   while nothing happens, ``data: [DONE]`` at the end; a failure after the stream
   started is the in-band ``data: {"error": {…}}`` line, then the body ends.
@@ -27,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -35,7 +39,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from tokenwire.errors import (
+    AuthenticationError,
     InvalidRequestError,
+    ShuttingDownError,
     StoreError,
     StreamExpiredError,
     StreamNotFoundError,
@@ -49,6 +55,8 @@ from tokenwire.protocol.openai_compat import (
     parse_request,
 )
 from tokenwire.providers import Message
+from tokenwire.server.identity import require_json
+from tokenwire.server.limits import RateLimitedError
 from tokenwire.server.routes import responses
 from tokenwire.server.tokenwire import Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
@@ -89,6 +97,12 @@ class OpenAIRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
+            except AuthenticationError as exc:
+                response = _error(401, exc.message, code="invalid_api_key")
+                response.headers["www-authenticate"] = exc.www_authenticate
+                return response
+            except RateLimitedError as exc:
+                return _rate_limited(exc)
             except OpenAIRequestError as exc:
                 return _error(exc.status, exc.message, param=exc.param, code=exc.code)
             except RequestValidationError as exc:
@@ -101,6 +115,8 @@ class OpenAIRoute(APIRoute):
                 return _error(404, "stream not found", code="stream_not_found")
             except StoreError:
                 return _error(503, "the conversation store is unavailable", code="store_error")
+            except ShuttingDownError:
+                return _error(503, "the server is shutting down; try again", code="shutting_down")
             except HTTPException as exc:
                 return _error(exc.status_code, str(exc.detail))
 
@@ -110,6 +126,14 @@ class OpenAIRoute(APIRoute):
 _NF = "model_not_found"
 
 
+def _rate_limited(exc: RateLimitedError) -> JSONResponse:
+    """429 as OpenAI answers it: ``type`` ``requests`` or ``tokens``, ``code``
+    ``rate_limit_exceeded``, ``Retry-After`` in seconds (the SDKs honour it)."""
+    kind = "tokens" if exc.limit == "tokens_per_day" else "requests"
+    body = error_body(exc.message, type=kind, param=None, code="rate_limit_exceeded")
+    return JSONResponse(body, status_code=429, headers={"retry-after": str(exc.retry_after)})
+
+
 def build_openai_router(tw: Tokenwire) -> APIRouter:
     """The OpenAI-compatible routes bound to ``tw``."""
     router = APIRouter(route_class=OpenAIRoute)
@@ -117,19 +141,28 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
     @router.post(
         "/v1/chat/completions",
         response_model=None,
+        dependencies=[Depends(tw.access.caller), Depends(require_json)],
         responses={
             200: {"content": {"text/event-stream": {}}, "description": "A completion"},
-            **responses(400, 404, 429, 502, 503, 504),
+            **responses(400, 401, 404, 415, 429, 502, 503, 504),
         },
     )
-    async def chat_completions(body: Annotated[dict[str, Any], Body()]) -> Response:
-        """Create a chat completion (streamed when ``stream`` is true)."""
+    async def chat_completions(
+        request: Request, body: Annotated[dict[str, Any], Body()]
+    ) -> Response:
+        """Create a chat completion (streamed when ``stream`` is true), in a new
+        conversation owned by the caller."""
+        owner = await tw.access.owner(request)
         chat = parse_request(body)
+        ticket = await tw.admit(request)
         stream = await tw.start(
             chat.model,
             [Message(role, text) for role, text in chat.messages],
             system=chat.system,
             params=chat.params,
+            owner=owner,
+            source="openai",
+            ticket=ticket,
         )
         encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
         if chat.stream:

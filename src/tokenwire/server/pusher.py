@@ -16,8 +16,13 @@ runs the generation; a client that missed some fetches them from
 
 Delivery (:class:`~tokenwire.transports.websocket.Connection`): one frame is
 encoded per publish and written to each subscriber at once; a subscriber whose
-socket is not draining gets a backlog of at most ``MAX_BACKLOG`` frames, then is
-closed with 4100 (reconnect after backing off).
+socket is not draining gets a backlog of at most ``MAX_BACKLOG`` frames and the
+app's ``max_backlog_bytes``, then is closed with 4100 (reconnect after backing
+off) and no more of its frames are read.
+
+Caps per app (``PusherApp``, docs/websockets.md "Limits"): ``max_connections`` per
+node (4100 beyond), ``max_channels`` per connection (``pusher:subscription_error``
+with status 4304 beyond), ``client_event_rate`` (4301), ``max_message_size`` (4303).
 """
 
 from __future__ import annotations
@@ -107,6 +112,8 @@ class PusherHub:
         self.node = uuid.uuid4().hex[:12]
         self.bus = bus or _default_bus(tw, self._member_gone)
         self.connections: dict[str, Connection] = {}
+        self._app_connections: dict[str, int] = {a.id: 0 for a in apps}
+        """app id -> this node's connections to it (``max_connections``)."""
         self._channels: dict[str, dict[str, dict[str, Connection]]] = {a.id: {} for a in apps}
         """app id -> channel -> socket_id -> connection (this node's)."""
         self._relays: dict[str, dict[str, asyncio.Task[None]]] = {}
@@ -165,6 +172,22 @@ class PusherHub:
         )
         for conn in conns:
             await self._forget(conn)
+
+    async def finish_relays(self, timeout: float) -> None:
+        """Wait, at most ``timeout`` seconds, until the relays of the streams that have
+        ended (their terminal event is in the log) have delivered it: at shutdown, so
+        that subscribers get the terminal broadcast before :meth:`disconnect_all`."""
+        ended: list[asyncio.Task[None]] = []
+        for relays in list(self._relays.values()):
+            for stream_id, task in list(relays.items()):
+                try:
+                    running = (await self.tw.log.info(stream_id)).status == "running"
+                except TokenwireError:
+                    running = False  # gone: the relay stops by itself
+                if not running:
+                    ended.append(task)
+        if ended:
+            await asyncio.wait(ended, timeout=timeout)
 
     async def close(self) -> None:
         """:meth:`disconnect_all`, stop relays, leave the other nodes."""
@@ -321,6 +344,7 @@ class PusherHub:
         write_frame = scope.get("extensions", {}).get(WRITE_FRAME)
         conn = Connection(app, new_socket_id(), send, time.monotonic(), write_frame)
         self.connections[conn.socket_id] = conn
+        self._app_connections[app.id] += 1
         try:
             conn.send(
                 encode_frame(
@@ -344,10 +368,9 @@ class PusherHub:
             return ErrorCode.INVALID_VERSION, f"invalid protocol version {protocol!r}"
         if int(protocol) != PROTOCOL_VERSION:
             return ErrorCode.UNSUPPORTED_PROTOCOL, f"protocol {protocol} not supported (7 is)"
-        if app.max_connections is not None:
-            count = sum(1 for c in self.connections.values() if c.app is app)
-            if count >= app.max_connections:
-                return ErrorCode.OVER_CAPACITY, "over connection quota, retry later"
+        cap = app.max_connections
+        if cap is not None and self._app_connections[app.id] >= cap:
+            return ErrorCode.OVER_CAPACITY, "over connection quota, retry later"
         return None
 
     async def _serve(self, conn: Connection, receive: Receive) -> None:
@@ -406,6 +429,15 @@ class PusherHub:
             raise PusherError(ErrorCode.INVALID_FRAME, f"pusher:subscribe: {exc}") from None
         assert isinstance(channel, str)
         app = conn.app
+        if channel not in conn.channels and len(conn.channels) >= app.max_channels:
+            _subscription_error(
+                conn,
+                channel,
+                "LimitReached",
+                f"a connection may be subscribed to at most {app.max_channels} channels",
+                ErrorCode.TOO_MANY_CHANNELS,
+            )
+            return
         member: tuple[str, Any] | None = None
         if kind is ChannelKind.USER:
             if conn.user_id is None or channel != f"{USER_CHANNEL_PREFIX}{conn.user_id}":
@@ -531,6 +563,7 @@ class PusherHub:
     async def _forget(self, conn: Connection) -> None:
         if self.connections.pop(conn.socket_id, None) is None:
             return
+        self._app_connections[conn.app.id] -= 1
         conn.closed = True
         for channel in list(conn.channels):
             await self._unsubscribe(conn, channel)

@@ -3,7 +3,12 @@ API servers call (Pusher "HTTP API reference"; the Python ``pusher`` library's p
 
 - ``POST /broadcasting/auth`` (form ``socket_id``, ``channel_name``: Laravel Echo's
   and ``pusher-js``'s channel authorization request) → ``{"auth", "channel_data"?,
-  "shared_secret"?}``; 401 without an identity where one is needed, 403 refused.
+  "shared_secret"?}``; 401 without a valid identity where one is needed, 404 a
+  conversation channel of a conversation that does not exist or is another
+  owner's (:class:`~tokenwire.server.identity.Access` decides), 403 refused by an
+  authorizer or no authorizer for the channel. It stays a form POST (Pusher's and
+  Echo's protocol); what it answers is a signature only the caller's own socket
+  can use.
 - ``POST /broadcasting/user-auth`` (form ``socket_id``: ``pusher.signin()``) →
   ``{"auth", "user_data"}``.
 - ``POST /apps/{app_id}/events``, ``/batch_events``, ``GET /apps/{app_id}/channels``,
@@ -26,6 +31,7 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from tokenwire.errors import AuthenticationError, ConversationNotFoundError
 from tokenwire.protocol.pusher import (
     JSON_ERRORS,
     ApiAuthError,
@@ -65,11 +71,18 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def _unauthenticated(exc: AuthenticationError) -> JSONResponse:
+    response = _error(401, exc.message)
+    response.headers["www-authenticate"] = exc.www_authenticate
+    return response
+
+
 def build_pusher_router(hub: PusherHub) -> APIRouter:
     """The auth endpoints and the HTTP publishing API of ``hub``.
 
     ``private-conversation.{id}`` (also ``presence-`` and ``private-encrypted-``)
-    only the conversation's owner may join (anyone, if it has no owner); other
+    only the conversation's owner may join (anyone, if it has no owner): ``tw.access``
+    decides, and another owner's conversation answers 404 like a missing one; other
     private and presence channels are decided by the authorizers registered with
     :meth:`PusherHub.channel`; a channel nobody decides is refused (403), as
     Laravel does.
@@ -77,17 +90,13 @@ def build_pusher_router(hub: PusherHub) -> APIRouter:
     router = APIRouter()
     tw = hub.tw
 
-    async def allowed(identity: Identity | None, channel: str) -> None:
+    async def allowed(request: Request, identity: Identity | None, channel: str) -> None:
         match = _CONVERSATION.fullmatch(channel)
         if match is not None:
-            conversation = await tw.store.get_conversation(match.group(1))
-            if conversation is None:
-                raise _Refused(403, "no such conversation")
-            if conversation.owner is not None:
-                if identity is None:
-                    raise _Refused(401, "authentication required")
-                if identity.id != conversation.owner:
-                    raise _Refused(403, "not your conversation")
+            try:
+                await tw.access.conversation(request, match.group(1))
+            except ConversationNotFoundError:
+                raise _Refused(404, "no such conversation") from None
             return
         for pattern, authorizer in hub.authorizers:
             found = pattern.fullmatch(channel)
@@ -99,6 +108,10 @@ def build_pusher_router(hub: PusherHub) -> APIRouter:
 
     @router.post("/broadcasting/auth", tags=["pusher"], responses=responses(400, 401, 403))
     async def broadcasting_auth(request: Request) -> JSONResponse:
+        try:
+            identity = await tw.access.caller(request)
+        except AuthenticationError as exc:
+            return _unauthenticated(exc)
         form = await request.form()
         socket_id, channel = form.get("socket_id"), form.get("channel_name")
         try:
@@ -109,12 +122,11 @@ def build_pusher_router(hub: PusherHub) -> APIRouter:
         assert isinstance(socket_id, str) and isinstance(channel, str)
         if not kind.needs_auth:
             return _error(400, f"{channel} is not a private, encrypted or presence channel")
-        identity = await tw.identify(request)
         app = hub.broadcast_app
         try:
             if kind is ChannelKind.PRESENCE and identity is None:
                 raise _Refused(401, "presence channels need an authenticated user")
-            await allowed(identity, channel)
+            await allowed(request, identity, channel)
         except _Refused as exc:
             return _error(exc.status, exc.message)
         body: dict[str, str] = {}
@@ -133,6 +145,12 @@ def build_pusher_router(hub: PusherHub) -> APIRouter:
 
     @router.post("/broadcasting/user-auth", tags=["pusher"], responses=responses(400, 401))
     async def user_authentication(request: Request) -> JSONResponse:
+        try:
+            identity = await tw.access.caller(request)
+        except AuthenticationError as exc:
+            return _unauthenticated(exc)
+        if identity is None:
+            return _unauthenticated(AuthenticationError("signing in needs an authenticated user"))
         form = await request.form()
         socket_id = form.get("socket_id")
         try:
@@ -140,9 +158,6 @@ def build_pusher_router(hub: PusherHub) -> APIRouter:
         except ValueError as exc:
             return _error(400, str(exc))
         assert isinstance(socket_id, str)
-        identity = await tw.identify(request)
-        if identity is None:
-            return _error(401, "authentication required")
         app = hub.broadcast_app
         user_data = msgspec.json.encode({"id": identity.id, "user_info": identity.info}).decode()
         return JSONResponse(

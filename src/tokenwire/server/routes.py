@@ -1,26 +1,32 @@
 """The native HTTP API (DESIGN §3, a contract for its paths and SSE framing).
 
-Errors are JSON ``{"detail": …}``: 404 unknown stream or conversation, 410 stream
-past retention, 422 invalid body or query naming the field (FastAPI's validation
-format, or ``{"detail": [{"loc": ["body", "model"], "msg": …}]}`` for an unknown
-model, too many messages, a content too long), 400 malformed ``Last-Event-ID``,
-413 body too large. Each route lists its statuses in the OpenAPI document.
+Errors are JSON ``{"detail": …}``: 401 no valid identity where one is needed
+(``WWW-Authenticate: Bearer``), 404 unknown stream or conversation (or another
+owner's: :mod:`tokenwire.server.identity`), 410 stream past retention, 415 a
+``POST /v1/chat`` body not sent as ``application/json``, 422 invalid body or query
+naming the field (FastAPI's validation format, or ``{"detail": [{"loc": ["body",
+"model"], "msg": …}]}`` for an unknown model, too many messages, a content too
+long), 400 malformed ``Last-Event-ID``, 413 body too large, 429 over a limit
+(``Retry-After``; docs/api.md "Limits"). Each route lists its statuses in the
+OpenAPI document.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.accumulate import MessageState
-from tokenwire.errors import InvalidRequestError, StreamNotFoundError, UnknownModelError
+from tokenwire.errors import InvalidRequestError, UnknownModelError
 from tokenwire.events import encode_event, is_terminal
-from tokenwire.log.base import StreamInfo
+from tokenwire.observability.cost import price
 from tokenwire.protocol.sse import MAX_SEQ, parse_last_event_id
 from tokenwire.providers import Message, split_model
+from tokenwire.server.identity import require_json
+from tokenwire.server.limits import RateLimitedError, rate_limited_response
 from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.transports.sse import EventStreamResponse, resume_point
 
@@ -41,6 +47,7 @@ _DESCRIPTIONS = {
     408: "Request body not received in time",
     410: "The stream's events have expired; the message is in the store",
     413: "Request body too large",
+    415: "Body not sent as application/json",
     422: "Invalid body or query, naming the field",
     429: "Rate-limited (Retry-After)",
     502: "The model provider failed",
@@ -69,10 +76,27 @@ class ChatBody(BaseModel):
     model: str | None = Field(
         None, min_length=1, description="'provider:model'; default: the server's default"
     )
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(
+        description="the new messages; empty only with from_message_id (regenerate)"
+    )
     system: str | None = None
     conversation_id: str | None = None
     params: dict[str, Any] | None = None
+    source: str = Field(
+        "api",
+        pattern=r"^[a-z0-9-]{1,32}$",
+        description="the surface starting a new conversation: 'page', 'api' …",
+    )
+    from_message_id: str | None = Field(
+        None,
+        description="edit or regenerate: delete this message of the conversation and "
+        "every later one (a running answer is superseded), then start",
+    )
+
+
+class ConversationPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str = Field(min_length=1, max_length=200)
 
 
 def _field_error(field: str, message: str) -> JSONResponse:
@@ -86,46 +110,73 @@ def _field_error(field: str, message: str) -> JSONResponse:
 def build_router(tw: Tokenwire) -> APIRouter:
     """The native API routes, bound to ``tw``.
 
-    Ownership: what an identified caller (``tw.identify``) starts is theirs; a stream
-    or conversation with an owner answers 404 to anyone else, as if it did not exist.
+    Every route asks ``tw.access`` who is calling (401 without a valid identity
+    where one is required) and whether they may touch the stream or conversation:
+    what a caller starts is theirs; another owner's answers 404, as if it did not exist.
     """
     router = APIRouter()
+    access = tw.access
 
-    async def caller(request: Request) -> str | None:
-        identity = await tw.identify(request)
-        return identity.id if identity is not None else None
-
-    async def visible_stream(request: Request, stream_id: str) -> StreamInfo:
-        info = await tw.log.info(stream_id)
-        owner = info.meta.get("owner")
-        if owner is not None and owner != await caller(request):
-            raise StreamNotFoundError(stream_id)
-        return info
-
-    async def visible_conversation(request: Request, conversation_id: str) -> Any:
-        record = await tw.store.get_conversation(conversation_id)
-        if record is None or (record.owner is not None and record.owner != await caller(request)):
-            raise ConversationNotFoundError(conversation_id)
-        return record
+    async def drop_from(request: Request, body: ChatBody, message_id: str) -> Response | None:
+        """Delete ``message_id`` and every later message of ``body.conversation_id``
+        (cancelling its running answer as ``superseded``), or the 4xx answer that
+        refuses it; nothing is deleted for a request that could not start."""
+        if body.conversation_id is None:
+            return _field_error("conversation_id", "from_message_id needs conversation_id")
+        try:
+            tw.registry.resolve(body.model or tw.settings.resolved_default_model())
+        except UnknownModelError as exc:
+            return _field_error("model", str(exc))
+        await access.conversation(request, body.conversation_id)
+        active = await tw.active_stream(body.conversation_id)
+        if active is not None:
+            await tw.cancel(active[0], "superseded")
+        if not await tw.store.delete_messages_from(body.conversation_id, message_id):
+            return _field_error("from_message_id", "no such message in the conversation")
+        return None
 
     @router.post(
         "/v1/chat",
         status_code=202,
         response_model=None,
-        responses=responses(400, 404, 413, 422, 503),
+        dependencies=[Depends(access.caller), Depends(require_json)],
+        responses=responses(400, 401, 404, 413, 415, 422, 429, 503),
     )
     async def chat(
         body: ChatBody, request: Request, accept: Annotated[str, Header()] = ""
     ) -> Response | dict[str, str]:
-        """Start a generation: SSE when ``Accept: text/event-stream``, else 202 with URLs."""
+        """Start a generation: SSE when ``Accept: text/event-stream``, else 202 with URLs.
+
+        With ``from_message_id`` (needs ``conversation_id``), that message and every
+        later one are deleted first (the running answer, if any, is cancelled as
+        ``superseded``): edit-and-resend and regenerate."""
+        if not body.messages and body.from_message_id is None:
+            return _field_error("messages", "List should have at least 1 item")
+        messages = [Message(m.role, m.content) for m in body.messages]
+        try:  # before anything is deleted or created
+            tw.check(body.model, messages, system=body.system, params=body.params)
+        except UnknownModelError as exc:
+            return _field_error("model", str(exc))
+        except InvalidRequestError as exc:
+            return _field_error(exc.field, exc.message)
+        if body.from_message_id is not None:
+            refused = await drop_from(request, body, body.from_message_id)
+            if refused is not None:
+                return refused
+        try:  # 429 before anything is created
+            ticket = await tw.admit(request)
+        except RateLimitedError as exc:
+            return rate_limited_response(exc)
         try:
             stream = await tw.start(
                 body.model,
-                [Message(m.role, m.content) for m in body.messages],
+                messages,
                 conversation_id=body.conversation_id,
                 system=body.system,
                 params=body.params,
-                owner=await caller(request),
+                owner=await access.owner(request),
+                source=body.source,
+                ticket=ticket,
             )
         except UnknownModelError as exc:
             return _field_error("model", str(exc))
@@ -150,7 +201,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
         response_model=None,
         responses={
             200: {"content": {"text/event-stream": {}}, "description": "The events, as SSE"},
-            **responses(400, 404, 410, 422, 503),
+            **responses(400, 401, 404, 410, 422, 503),
         },
     )
     async def stream_events(
@@ -168,7 +219,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
             seq = parse_last_event_id(last_event_id)
         except ValueError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=400)
-        info = await visible_stream(request, stream_id)
+        info = await access.stream(request, stream_id)
         return EventStreamResponse(
             tw.log,
             stream_id,
@@ -176,7 +227,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
             heartbeat_interval=tw.settings.heartbeat_interval,
         )
 
-    @router.get("/v1/streams/{stream_id}", responses=responses(404, 410, 422, 503))
+    @router.get("/v1/streams/{stream_id}", responses=responses(401, 404, 410, 422, 503))
     async def stream_snapshot(
         request: Request,
         stream_id: str,
@@ -187,11 +238,11 @@ def build_router(tw: Tokenwire) -> APIRouter:
     ) -> Response:
         """Polling: the message so far, or with ``after``, events with ``seq > after``
         (waiting up to ``wait`` seconds for at least one)."""
-        info = await visible_stream(request, stream_id)
+        info = await access.stream(request, stream_id)
         if after is not None or wait:
             since = after or 0
             if wait:
-                events = await tw.log.wait(stream_id, since, wait)
+                events = await tw.wait_events(stream_id, since, wait)
             else:
                 events = await tw.log.events(stream_id, since)
             status = info.status
@@ -206,6 +257,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
         state = MessageState()
         for event in await tw.log.events(stream_id):
             state.apply(event)
+        usage = state.usage_dict()
         return JSONResponse(
             {
                 "stream_id": stream_id,
@@ -213,7 +265,8 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 "text": state.text,
                 "reasoning": state.reasoning,
                 "tool_calls": state.tool_calls,
-                "usage": state.usage_dict(),
+                "usage": usage,
+                "cost": await price(info.meta.get("model"), usage),
                 "finish_reason": state.finish_reason,
                 "error": state.error,
                 "last_seq": info.last_seq,
@@ -224,16 +277,16 @@ def build_router(tw: Tokenwire) -> APIRouter:
         "/v1/streams/{stream_id}/cancel",
         name="cancel_stream",
         status_code=202,
-        responses=responses(404, 410, 503),
+        responses=responses(401, 404, 410, 503),
     )
     async def cancel_stream(request: Request, stream_id: str) -> dict[str, Any]:
         """Stop the stream; idempotent. Every reader then receives ``cancelled``."""
-        await visible_stream(request, stream_id)
+        await access.stream(request, stream_id)
         requested = await tw.cancel(stream_id, "user")
         info = await tw.log.info(stream_id)
         return {"stream_id": stream_id, "cancel_requested": requested, "status": info.status}
 
-    @router.get("/v1/conversations", responses=responses(422, 503))
+    @router.get("/v1/conversations", responses=responses(401, 422, 503))
     async def list_conversations(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -241,16 +294,21 @@ def build_router(tw: Tokenwire) -> APIRouter:
             float | None,
             Query(ge=0, le=MAX_UNIX, allow_inf_nan=False, description="updated_at, Unix seconds"),
         ] = None,
+        source: Annotated[
+            str | None, Query(max_length=32, description="only those started from it: page …")
+        ] = None,
+        q: Annotated[str | None, Query(max_length=200, description="text in the title")] = None,
     ) -> dict[str, Any]:
-        owner = await caller(request)
-        records = await tw.store.list_conversations(owner=owner, limit=limit, before=before)
-        if owner is None:  # an anonymous caller sees only conversations nobody owns
-            records = [r for r in records if r.owner is None]
+        """The caller's conversations, newest first (anonymous: those nobody owns);
+        the next page is ``?before=<updated_at of the last one>``."""
+        records = await access.conversations(
+            request, limit=limit, before=before, source=source, query=q
+        )
         return {"data": [_conversation(r) for r in records]}
 
-    @router.get("/v1/conversations/{conversation_id}", responses=responses(404, 503))
+    @router.get("/v1/conversations/{conversation_id}", responses=responses(401, 404, 503))
     async def get_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
-        record = await visible_conversation(request, conversation_id)
+        record = await access.conversation(request, conversation_id)
         active = await tw.active_stream(conversation_id)
         messages = []
         for m in await tw.store.messages(conversation_id):
@@ -262,6 +320,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 "model": m.model,
                 "finish_reason": m.finish_reason,
                 "usage": m.usage,
+                "cost": m.cost,
                 "error": m.error,
                 "created_at": m.created_at,
             }
@@ -270,11 +329,28 @@ def build_router(tw: Tokenwire) -> APIRouter:
             messages.append(item)
         return {**_conversation(record), "messages": messages}
 
+    @router.patch(
+        "/v1/conversations/{conversation_id}",
+        response_model=None,
+        responses=responses(400, 401, 404, 415, 422, 503),
+    )
+    async def rename_conversation(
+        request: Request, conversation_id: str, body: ConversationPatch
+    ) -> Response | dict[str, Any]:
+        """Rename: ``{"title": "…"}``; 404 for a conversation the caller may not see."""
+        await access.conversation(request, conversation_id)
+        if not body.title.strip():
+            return _field_error("title", "title must not be blank")
+        record = await tw.store.rename_conversation(conversation_id, body.title)
+        if record is None:
+            raise ConversationNotFoundError(conversation_id)
+        return _conversation(record)
+
     @router.delete(
-        "/v1/conversations/{conversation_id}", status_code=204, responses=responses(404, 503)
+        "/v1/conversations/{conversation_id}", status_code=204, responses=responses(401, 404, 503)
     )
     async def delete_conversation(request: Request, conversation_id: str) -> Response:
-        await visible_conversation(request, conversation_id)
+        await access.conversation(request, conversation_id)
         active = await tw.active_stream(conversation_id)
         if active is not None:
             await tw.cancel(active[0], "deleted")
@@ -282,8 +358,9 @@ def build_router(tw: Tokenwire) -> APIRouter:
             raise ConversationNotFoundError(conversation_id)
         return Response(status_code=204)
 
-    @router.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    @router.get("/v1/models", responses=responses(401))
+    async def models(request: Request) -> dict[str, Any]:
+        await access.caller(request)
         names = tw.settings.resolved_models()
         return {
             "object": "list",
@@ -301,6 +378,7 @@ def _conversation(record: Any) -> dict[str, Any]:
     return {
         "id": record.id,
         "title": record.title,
+        "source": record.source,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
     }

@@ -9,8 +9,18 @@ Two additions to plain ``uvicorn.run``:
   publish and writes the same bytes to every subscriber, as
   ``websockets.broadcast()`` does (``docs/performance.md``). Under any other ASGI
   server the hub sends each frame through ASGI instead.
-- A shutdown that first closes the Pusher connections with 4200 (reconnect at
-  once), before uvicorn closes every WebSocket with 1012.
+- A graceful shutdown (SIGTERM, SIGINT), in this order: (1) stop accepting: close
+  the listening sockets and let each HTTP connection close after its current
+  response; (2) let this process's running generations finish for
+  ``shutdown_grace`` seconds; (3) end the rest with ``cancelled{reason:
+  "shutdown"}``, appended and stored (:meth:`Tokenwire.drain`); (4) every reader
+  receives its terminal event: the HTTP responses (SSE, AI SDK, OpenAI chunks,
+  long polls) end by themselves once it is written, the Pusher relays deliver it,
+  then the Pusher connections are closed with 4200 (reconnect at once), before
+  uvicorn closes any other WebSocket with 1012; (5) uvicorn waits up to
+  ``timeout_graceful_shutdown`` seconds for the open responses (those following
+  streams produced elsewhere, on a gateway) and runs the lifespan shutdown.
+  A second SIGINT skips what is left of the grace.
 - :class:`HeaderTimeoutProtocol`, uvicorn's httptools HTTP protocol with a
   deadline for the request head: a connection that has not sent a request's
   complete headers ``header_timeout`` seconds after it opened, or after the first
@@ -29,7 +39,8 @@ Two additions to plain ``uvicorn.run``:
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -39,7 +50,15 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from tokenwire.settings import Settings
 from tokenwire.transports.websocket import WRITE_FRAME
 
+if TYPE_CHECKING:
+    from tokenwire.server.pusher import PusherHub
+    from tokenwire.server.tokenwire import Tokenwire
+
 __all__ = ["FanoutWebSocketProtocol", "HeaderTimeoutProtocol", "run"]
+
+logger = logging.getLogger("tokenwire.server")
+_RELAY_TIMEOUT = 2.0
+"""Seconds the Pusher relays get to deliver the terminal events before 4200."""
 
 
 class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -116,12 +135,13 @@ def run(app: FastAPI, **options: Any) -> None:
     """Serve ``app`` (from :func:`~tokenwire.server.app.create_app`) until SIGINT or
     SIGTERM, on its settings' ``host``, ``port`` and ``websocket_compression``.
     ``options`` go to ``uvicorn.Config`` and win (``log_level``, ``port`` …)."""
-    hub = app.state.pusher
-    settings: Settings = app.state.tokenwire.settings
+    hub: PusherHub = app.state.pusher
+    tw: Tokenwire = app.state.tokenwire
+    settings: Settings = tw.settings
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: Any = None) -> None:
-            await hub.disconnect_all()
+            await _stop_gracefully(self, tw, hub)
             await super().shutdown(sockets)
 
     defaults: dict[str, Any] = {
@@ -133,3 +153,30 @@ def run(app: FastAPI, **options: Any) -> None:
         "timeout_graceful_shutdown": 5,
     }
     Server(uvicorn.Config(app, **(defaults | options))).run()
+
+
+async def _stop_gracefully(server: uvicorn.Server, tw: Tokenwire, hub: PusherHub) -> None:
+    """Steps (1) to (4) of the module docstring; a second SIGINT (uvicorn's
+    ``force_exit``) cuts the grace short."""
+    logger.info("shutting down: generations may run for %s s", tw.settings.shutdown_grace)
+    for listener in server.servers:
+        listener.close()
+    for connection in list(server.server_state.connections):
+        if _is_http(connection):
+            connection.shutdown()  # idle: closed now; busy: after its response
+    drain = asyncio.create_task(tw.drain())
+    while not drain.done():
+        await asyncio.wait({drain}, timeout=0.1)
+        if server.force_exit:
+            drain.cancel()
+            return
+    await hub.finish_relays(_RELAY_TIMEOUT)
+    await hub.disconnect_all()
+
+
+def _is_http(connection: object) -> bool:
+    """An HTTP/1.1 connection of uvicorn (h11 or httptools), not a WebSocket: shutting
+    a WebSocket down would close it with 1012 before its terminal broadcast."""
+    if isinstance(connection, HttpToolsProtocol):  # HeaderTimeoutProtocol too
+        return True
+    return type(connection).__module__.startswith("uvicorn.protocols.http.")

@@ -19,17 +19,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from tokenwire.accumulate import MessageState
-from tokenwire.errors import InvalidRequestError, TokenwireError
+from tokenwire.errors import (
+    ConfigurationError,
+    ConversationNotFoundError,
+    InvalidRequestError,
+    ShuttingDownError,
+)
 from tokenwire.events import Event, Start, is_terminal
 from tokenwire.log.base import StreamLog
 from tokenwire.log.memory import MemoryStreamLog
+from tokenwire.observability import logs as obs_logs
 from tokenwire.producer import Generation, Producer, ProducerConfig
 from tokenwire.protocol.sse import parse_last_event_id
 from tokenwire.providers import GenerationRequest, Message, Provider, ProviderRegistry
-from tokenwire.server.identity import Identify, bearer_tokens
+from tokenwire.server.identity import Access, Identify
+from tokenwire.server.limits import Limits, Ticket
 from tokenwire.settings import Settings
 from tokenwire.store import Store
 from tokenwire.transports.sse import EventStreamResponse
@@ -39,16 +46,14 @@ if TYPE_CHECKING:
 
     from tokenwire.queue import GenerationQueue
 
-__all__ = ["ConversationNotFoundError", "Stream", "Tokenwire"]
+__all__ = ["ConversationNotFoundError", "Stream", "Tokenwire"]  # the error: tokenwire.errors
 
 logger = logging.getLogger("tokenwire")
+_TASK_END_TIMEOUT = 5.0
+"""Seconds :meth:`Tokenwire.drain` waits for generation tasks after their producer ended."""
 
 EventCallback = Callable[[Event], Awaitable[None] | None]
 StreamCallback = Callable[["Stream"], Awaitable[None] | None]
-
-
-class ConversationNotFoundError(TokenwireError):
-    """No such conversation, or not the caller's (HTTP 404)."""
 
 
 class Tokenwire:
@@ -60,8 +65,13 @@ class Tokenwire:
         store: an opened store to use instead of opening ``settings.store_url``.
         registry: providers; ``None`` = the built-in ones (``fake:`` only with
             ``settings.fake_provider``).
-        identify: finds the caller of an HTTP request (owner of what they start);
-            ``None`` = ``Authorization: Bearer`` tokens of ``settings.auth_tokens``.
+        identify: the embedding app's way to find the caller of an HTTP request
+            (the owner of what they start), tried before the bearer tokens and JWTs
+            of ``settings``; giving one makes identity required (401 without) unless
+            ``settings.allow_anonymous``. See :mod:`tokenwire.server.identity`.
+
+    Raises:
+        ConfigurationError: a JWT key in ``settings`` cannot be loaded.
     """
 
     def __init__(
@@ -74,19 +84,34 @@ class Tokenwire:
         identify: Identify | None = None,
     ) -> None:
         self.settings = settings or Settings()
-        self.identify: Identify = identify or bearer_tokens(self.settings.auth_tokens)
         self.stream_started: list[Callable[[Start], Awaitable[None]]] = []
         """Awaited with each new stream's ``start`` event (the Pusher hub relays it)."""
         self.log: StreamLog = log or _open_log(self.settings)
         self._store = store
+        self.access = Access(
+            self.settings, log=self.log, store=lambda: self.store, identify=identify
+        )
+        """Who is calling and what they may touch: every HTTP surface asks it."""
+        self.identify: Identify = self.access.identify
+        """The caller of a request, ``None`` = anonymous (not checked against
+        ``access.required``: routes use ``access.caller``)."""
         self.registry = registry or ProviderRegistry(fake=self.settings.fake_provider)
         self.producer_config = ProducerConfig(  # the settings of the same names
             **{name: getattr(self.settings, name) for name in ProducerConfig.__struct_fields__}
         )
         self.producer = Producer(self.log, store, self.producer_config)
         """Runs this instance's generations (and a worker's); its store is set by :meth:`open`."""
+        self.limits = Limits(
+            self.settings, is_running=self._is_running, output_tokens=self._output_tokens
+        )
+        """Per-caller limits the HTTP surfaces apply (:meth:`admit`, docs/api.md "Limits")."""
         self._tasks: dict[str, asyncio.Task[Event]] = {}
         self._warm_up: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.draining = False
+        """Set by :meth:`drain`: :meth:`start` then raises :class:`ShuttingDownError`."""
+        self.drained = asyncio.Event()
+        """Set when :meth:`drain` has ended every generation of this process."""
         # with producers="queue", start() enqueues for workers
         self.queue: GenerationQueue | None = None
         if self.settings.producers == "queue":
@@ -114,6 +139,29 @@ class Tokenwire:
         self.log.on_producer_lost = self._finish_lost_message
         if self._warm_up is None:
             self._warm_up = asyncio.create_task(self._warm_up_default_model())
+        sweep = getattr(self.log, "sweep_expired_leases", None)
+        if self._sweeper is None and sweep is not None and self.settings.lease_sweep_interval > 0:
+            self._sweeper = asyncio.create_task(
+                self._sweep_leases(sweep, self.settings.lease_sweep_interval),
+                name="tokenwire-lease-sweep",
+            )
+
+    async def _sweep_leases(
+        self, sweep: Callable[[], Awaitable[list[str]]], interval: float
+    ) -> None:
+        """Every ``interval`` seconds, end the running streams whose producer's lease
+        expired with ``producer_lost`` (the log calls :meth:`_finish_lost_message`), so
+        a dead producer is found even when nobody reads its stream. Several processes
+        may sweep the same log: the log appends the event once."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                lost = await sweep()
+            except Exception as exc:  # the log is down: try again next time
+                logger.warning("could not look for lost producers: %r", exc)
+                continue
+            if lost:
+                logger.warning("producer lost: %s", ", ".join(lost))
 
     async def _finish_lost_message(self, stream_id: str) -> None:
         """Store the message of a stream whose producer died (``producer_lost``) as
@@ -143,16 +191,54 @@ class Tokenwire:
         except Exception:
             logger.warning("could not load the default model in advance", exc_info=True)
 
+    async def drain(self, grace: float | None = None) -> None:
+        """Shut down gracefully: refuse new generations (:meth:`start` raises
+        :class:`ShuttingDownError`), let the running ones of this process finish for
+        ``grace`` seconds (``None``: ``settings.shutdown_grace``), then end the rest with
+        ``cancelled{reason: "shutdown"}``. Returns when every one has its terminal event
+        in the log and its message in the store, so readers can receive it."""
+        self.draining = True
+        await self.producer.drain(self.settings.shutdown_grace if grace is None else grace)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=_TASK_END_TIMEOUT)
+        self.drained.set()
+
+    async def wait_events(self, stream_id: str, after: int, timeout: float) -> list[Event]:
+        """Events with ``seq > after``, waiting up to ``timeout`` seconds for at least one
+        (:meth:`StreamLog.wait`), but no longer than until :meth:`drain` has ended: a
+        long poll on a stream produced elsewhere then answers with what there is rather
+        than being cut when the server exits.
+
+        Raises:
+            StreamNotFoundError, StreamExpiredError: as the log does.
+        """
+        if self.drained.is_set():
+            return await self.log.events(stream_id, after)
+        waiting = asyncio.ensure_future(self.log.wait(stream_id, after, timeout))
+        drained = asyncio.ensure_future(self.drained.wait())
+        try:
+            await asyncio.wait({waiting, drained}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drained.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+        if waiting.done() and not waiting.cancelled():
+            return waiting.result()
+        return await self.log.events(stream_id, after)
+
     async def aclose(self) -> None:
         """Stop running generations (``cancelled`` with reason ``shutdown``), close everything."""
         tasks: list[asyncio.Task[Any]] = list(self._tasks.values())
-        if self._warm_up is not None:
-            tasks.append(self._warm_up)
-            self._warm_up = None
+        for background in (self._warm_up, self._sweeper):
+            if background is not None:
+                tasks.append(background)
+        self._warm_up = self._sweeper = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.registry.aclose()
+        await self.limits.close()
         await self.log.close()
         if self.queue is not None:
             await self.queue.close()
@@ -222,6 +308,30 @@ class Tokenwire:
             check_params(provider_model, params or {})
         return provider, provider_model, name
 
+    async def admit(self, request: HTTPConnection) -> Ticket:
+        """Apply the limits to a request that is about to start a generation; pass the
+        ticket to :meth:`start`. The caller is ``identify``'s identity, or the client's
+        IP address (``ip:<address>``) when anonymous.
+
+        Raises:
+            RateLimitedError: a limit refuses it (HTTP 429 with ``Retry-After``).
+        """
+        identity = await self.identify(request)
+        if identity is not None:
+            key = f"id:{identity.id}"
+        else:
+            key = f"ip:{request.client.host if request.client else 'unknown'}"
+        return await self.limits.admit(key, uuid.uuid4().hex)
+
+    async def _is_running(self, stream_id: str) -> bool:
+        return (await self.log.info(stream_id)).status == "running"
+
+    async def _output_tokens(self, stream_id: str) -> int:
+        state = MessageState()
+        for event in await self.log.events(stream_id):
+            state.apply(event)
+        return state.usage.output_tokens if state.usage is not None else 0
+
     async def start(
         self,
         model: str | None,
@@ -231,20 +341,61 @@ class Tokenwire:
         system: str | None = None,
         params: dict[str, object] | None = None,
         owner: str | None = None,
+        source: str | None = None,
+        ticket: Ticket | None = None,
     ) -> Stream:
         """Start a generation and return its stream at once (the ``start`` event is logged).
 
         ``messages`` are the new messages; when the conversation exists, its stored
         history comes first (and ``messages`` may be empty: a new answer to it, as
         for "regenerate"). A generation still running in the conversation is
-        cancelled with reason ``superseded``.
+        cancelled with reason ``superseded``. ``owner`` is the user id of the caller
+        (``None``: anonymous): a new conversation is theirs, and the stream belongs
+        to its conversation's owner. ``source`` names the surface that starts a new
+        conversation (``page``, ``api``, ``cli``, ``openai``, ``ai-sdk``), recorded
+        with it; it is ignored for an existing conversation. ``ticket`` (from
+        :meth:`admit`) names the stream and holds its concurrent-streams slot until
+        the generation ends (released here if the start fails).
 
         Raises:
             UnknownModelError: ``model`` is empty or names no provider.
             InvalidRequestError: as :meth:`check` says, or ``messages`` is empty and
                 there is no ``conversation_id``.
-            ConversationNotFoundError: ``conversation_id`` is unknown or not ``owner``'s.
+            ConversationNotFoundError: ``conversation_id`` is unknown, or has an owner
+                other than ``owner`` (``owner=None`` may continue only a conversation
+                without owner: :func:`~tokenwire.store.models.may_touch`).
+            ShuttingDownError: :meth:`drain` was called (HTTP 503).
         """
+        try:
+            if self.draining:
+                raise ShuttingDownError("the server is shutting down; try again")
+            return await self._start(
+                model,
+                messages,
+                conversation_id=conversation_id,
+                system=system,
+                params=params,
+                owner=owner,
+                source=source,
+                ticket=ticket,
+            )
+        except BaseException:
+            if ticket is not None and not ticket.started:
+                self.limits.finished(ticket)
+            raise
+
+    async def _start(
+        self,
+        model: str | None,
+        messages: Sequence[Message],
+        *,
+        conversation_id: str | None,
+        system: str | None,
+        params: dict[str, object] | None,
+        owner: str | None,
+        source: str | None,
+        ticket: Ticket | None,
+    ) -> Stream:
         if not messages and conversation_id is None:
             raise InvalidRequestError("messages", "must not be empty")
         provider, provider_model, model = self.check(model, messages, system=system, params=params)
@@ -253,6 +404,7 @@ class Tokenwire:
             owner=owner,
             messages=[(m.role, [{"type": "text", "text": m.content}]) for m in messages],
             model=model,
+            source=source,
         )
         if turn is None:
             raise ConversationNotFoundError(conversation_id)
@@ -263,10 +415,11 @@ class Tokenwire:
             for m in stored
             if m.role in ("user", "assistant") and (text := _text_of(m.parts))
         ]
-        stream_id = uuid.uuid4().hex
+        stream_id = ticket.stream_id if ticket is not None else uuid.uuid4().hex
+        obs_logs.stream_id.set(stream_id)  # the request's log lines from here on
         meta = {"conversation_id": conversation.id, "message_id": assistant.id, "model": model}
-        if owner is not None:
-            meta["owner"] = owner
+        if conversation.owner is not None:  # a stream is its conversation owner's
+            meta["owner"] = conversation.owner
         await self.log.create(stream_id, meta)
         start = Start(
             stream_id=stream_id,
@@ -286,6 +439,7 @@ class Tokenwire:
             message_id=assistant.id,
             conversation_id=conversation.id,
             request=request,
+            model=model,
         )
         # A worker process runs it (tokenwire.queue, docs/scale-out.md).
         if self.queue is not None:
@@ -294,12 +448,17 @@ class Tokenwire:
             # The lease covers the wait for a worker: none in time -> producer_lost.
             await self.log.heartbeat(stream_id, self.settings.queue_timeout)
             await self.queue.enqueue(GenerationJob(model=model, generation=generation))
+            if ticket is not None:
+                self.limits.started(ticket, ends_here=False)
             return Stream(self, stream_id, start=start)
         task = asyncio.create_task(
             self.producer.run(generation, provider), name=f"tokenwire-{stream_id}"
         )
         self._tasks[stream_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(stream_id, None))
+        if ticket is not None:
+            self.limits.started(ticket, ends_here=True)
+            task.add_done_callback(lambda _: self.limits.finished(ticket))
         return Stream(self, stream_id, start=start)
 
     async def _supersede(self, conversation_id: str) -> None:
@@ -475,6 +634,6 @@ def _open_log(settings: Settings) -> StreamLog:
         return RedisStreamLog.from_url(
             url, prefix=settings.log_prefix, retention=settings.retention
         )
-    raise ValueError(
+    raise ConfigurationError(
         f"unsupported TOKENWIRE_LOG_URL {url!r} (supported: memory://, redis://, rediss://)"
     )

@@ -33,8 +33,9 @@ def derive_title(parts: list[dict[str, object]]) -> str | None:
     """A conversation title from a user message's parts.
 
     Joins the ``text`` of the parts whose ``type`` is ``"text"``, folds all
-    whitespace (newlines included) into single spaces and keeps the first
-    :data:`TITLE_LENGTH` characters.
+    whitespace (newlines included) into single spaces. A longer line is cut at
+    the last word boundary that fits and ends with "…", so that the title is at
+    most :data:`TITLE_LENGTH` characters (a single longer word is cut inside).
 
     Args:
         parts: the message's parts, e.g. ``[{"type": "text", "text": "Hi"}]``.
@@ -44,7 +45,12 @@ def derive_title(parts: list[dict[str, object]]) -> str | None:
     """
     texts = [p["text"] for p in parts if p.get("type") == "text" and isinstance(p.get("text"), str)]
     line = " ".join(" ".join(cast(list[str], texts)).split())
-    return line[:TITLE_LENGTH].rstrip() or None
+    if len(line) <= TITLE_LENGTH:
+        return line or None
+    cut = line[:TITLE_LENGTH]
+    space = cut.rfind(" ")
+    head = cut[:space] if space > 0 else cut[: TITLE_LENGTH - 1]
+    return head.rstrip()[: TITLE_LENGTH - 1] + "…"
 
 
 def json_copy(value: _T, name: str) -> _T:

@@ -24,9 +24,9 @@ a database that is at ``head``::
 
     python -m tokenwire.store --url sqlite+aiosqlite:///scratch.db upgrade head
     python -m tokenwire.store --url sqlite+aiosqlite:///scratch.db \\
-        revision --autogenerate --rev-id 0002 -m "add message metadata"
+        revision --autogenerate --rev-id 0004 -m "add message metadata"
 
-then review the generated file (``v0002_add_message_metadata.py``, already
+then review the generated file (``v0004_add_message_metadata.py``, already
 passed through ``ruff check --fix`` and ``ruff format``) by hand. The
 version table is ``tokenwire_alembic_version``, so tokenwire's migrations live
 beside an application's own Alembic history in a shared database.

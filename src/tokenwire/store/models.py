@@ -3,11 +3,13 @@
 Two tables (DESIGN §6):
 
 - ``conversations``: ``id``, ``owner`` (``NULL`` = nobody's), ``title``,
-  ``created_at``, ``updated_at``;
+  ``source`` (the surface that started it: ``page``, ``api``, ``cli``, ``openai``,
+  ``ai-sdk``; ``NULL`` = unknown), ``created_at``, ``updated_at``;
 - ``messages``: ``id``, ``conversation_id`` (foreign key, ``ON DELETE CASCADE``),
   ``role``, ``parts`` (JSON list of objects), ``status``, ``model``,
-  ``finish_reason``, ``usage`` (JSON), ``error`` (JSON), ``created_at``,
-  ``updated_at``; indexed on ``(conversation_id, created_at)``.
+  ``finish_reason``, ``usage`` (JSON), ``error`` (JSON), ``cost`` (JSON, the
+  price from genai-prices; ``NULL`` = unknown), ``created_at``, ``updated_at``;
+  indexed on ``(conversation_id, created_at)``.
 
 Timestamps are stored as timezone-aware UTC datetimes (``timestamptz`` on
 PostgreSQL; on SQLite, which has no time zones, as naive UTC text in one fixed
@@ -41,6 +43,7 @@ __all__ = [
     "MessageRow",
     "MessageStatus",
     "UTCDateTime",
+    "may_touch",
 ]
 
 MessageStatus = Literal["pending", "streaming", "completed", "failed", "cancelled"]
@@ -112,6 +115,7 @@ class ConversationRow(Base):
     title: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    source: Mapped[str | None] = mapped_column(sa.String(32))
 
 
 class MessageRow(Base):
@@ -133,6 +137,19 @@ class MessageRow(Base):
     error: Mapped[dict[str, object] | None] = mapped_column(_json())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    cost: Mapped[dict[str, object] | None] = mapped_column(_json())
+
+
+def may_touch(owner: str | None, caller: str | None) -> bool:
+    """The ownership rule, the only copy of it: whether ``caller`` (a user id, ``None``
+    = anonymous) may see and change a thing whose owner is ``owner``.
+
+    A thing with an owner is its owner's alone; one with no owner (started
+    anonymously, or by library code without ``owner``) is anybody's who knows its id.
+    Everyone asks through :class:`tokenwire.server.identity.Access`; the store asks it
+    directly when it starts a turn.
+    """
+    return owner is None or owner == caller
 
 
 class ConversationRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -147,6 +164,9 @@ class ConversationRecord(msgspec.Struct, frozen=True, kw_only=True):
     """Unix time in seconds."""
     updated_at: float
     """Unix time in seconds of the last change, including a message added."""
+    source: str | None = None
+    """The surface that started it (``page``, ``api``, ``cli``, ``openai``, ``ai-sdk``);
+    ``None`` = unknown (conversations from before revision 0003, or not said)."""
 
     @classmethod
     def from_row(cls, row: ConversationRow) -> ConversationRecord:
@@ -157,6 +177,7 @@ class ConversationRecord(msgspec.Struct, frozen=True, kw_only=True):
             title=row.title,
             created_at=row.created_at.timestamp(),
             updated_at=row.updated_at.timestamp(),
+            source=row.source,
         )
 
 
@@ -182,6 +203,9 @@ class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
     """Unix time in seconds."""
     updated_at: float
     """Unix time in seconds."""
+    cost: dict[str, object] | None = None
+    """``{"currency": "USD", "input", "output", "total"}`` (dollars) from genai-prices;
+    ``None`` = unknown (no usage, or a model without a known price)."""
 
     @classmethod
     def from_row(cls, row: MessageRow) -> MessageRecord:
@@ -198,4 +222,5 @@ class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
             error=row.error,
             created_at=row.created_at.timestamp(),
             updated_at=row.updated_at.timestamp(),
+            cost=row.cost,
         )

@@ -51,6 +51,7 @@ from tokenwire.store.models import (
     ConversationRow,
     MessageRecord,
     MessageRow,
+    may_touch,
 )
 
 __all__ = ["Store"]
@@ -180,6 +181,7 @@ class Store:
         owner: str | None = None,
         title: str | None = None,
         conversation_id: str | None = None,
+        source: str | None = None,
     ) -> ConversationRecord:
         """Create an empty conversation.
 
@@ -187,6 +189,8 @@ class Store:
             owner: who may see it; ``None`` = nobody in particular.
             title: its title; ``None`` = derived from the first user message.
             conversation_id: its id; ``None`` = a new ``uuid4().hex``.
+            source: the surface that starts it (``page``, ``api``, ``cli`` …);
+                ``None`` = unknown.
 
         Returns:
             The new conversation (``created_at == updated_at``).
@@ -199,6 +203,7 @@ class Store:
             id=conversation_id or uuid.uuid4().hex,
             owner=owner,
             title=title,
+            source=source,
             created_at=now,
             updated_at=now,
         )
@@ -208,12 +213,18 @@ class Store:
             return ConversationRecord.from_row(row)
 
     async def create_conversation_if_absent(
-        self, conversation_id: str, *, owner: str | None = None, title: str | None = None
+        self,
+        conversation_id: str,
+        *,
+        owner: str | None = None,
+        title: str | None = None,
+        source: str | None = None,
     ) -> bool:
         """Create an empty conversation with this id unless one exists.
 
         Safe against a concurrent creation of the same id (the unique-key conflict
         means "it exists"), so requests racing to start one new conversation never fail.
+        Arguments as :meth:`create_conversation`'s.
 
         Returns:
             ``True`` when this call created it, ``False`` when it existed already.
@@ -223,7 +234,7 @@ class Store:
         """
         try:
             await self.create_conversation(
-                owner=owner, title=title, conversation_id=conversation_id
+                owner=owner, title=title, conversation_id=conversation_id, source=source
             )
         except StoreError as exc:
             if isinstance(exc.__cause__, IntegrityError):
@@ -251,7 +262,14 @@ class Store:
             return ConversationRecord.from_row(row)
 
     async def list_conversations(
-        self, *, owner: str | None = None, limit: int = 50, before: float | None = None
+        self,
+        *,
+        owner: str | None = None,
+        limit: int = 50,
+        before: float | None = None,
+        unowned: bool = False,
+        source: str | None = None,
+        query: str | None = None,
     ) -> list[ConversationRecord]:
         """Conversations, most recently updated first.
 
@@ -260,9 +278,15 @@ class Store:
 
         Args:
             owner: ``None`` = everybody's; otherwise only this owner's.
+            unowned: only conversations without an owner (what an anonymous caller
+                may see); ``owner`` must then be ``None``.
             limit: most records returned, at least 1.
             before: only conversations with ``updated_at < before`` (Unix
                 seconds); ``None`` = from the newest.
+            source: only conversations started from this surface (``page`` …);
+                ``None`` = from anywhere.
+            query: only conversations whose title contains this text, ignoring
+                case (``%`` and ``_`` match themselves); ``None`` or blank = all.
 
         Returns:
             Up to ``limit`` conversations.
@@ -275,8 +299,18 @@ class Store:
         stmt = sa.select(ConversationRow)
         if owner is not None:
             stmt = stmt.where(ConversationRow.owner == owner)
+        elif unowned:
+            stmt = stmt.where(ConversationRow.owner.is_(None))
         if before is not None:
             stmt = stmt.where(ConversationRow.updated_at < from_unix(before, "before"))
+        if source is not None:
+            stmt = stmt.where(ConversationRow.source == source)
+        if query is not None and query.strip():
+            pattern = query.strip().lower()
+            for char in ("\\", "%", "_"):
+                pattern = pattern.replace(char, "\\" + char)
+            title = sa.func.lower(ConversationRow.title)
+            stmt = stmt.where(title.like(f"%{pattern}%", escape="\\"))
         stmt = stmt.order_by(ConversationRow.updated_at.desc(), ConversationRow.id.desc())
         async with self._guard("list conversations"), self._transaction() as session:
             rows = (await session.scalars(stmt.limit(limit))).all()
@@ -299,6 +333,33 @@ class Store:
         async with self._guard("delete the conversation"), self._transaction(write=True) as session:
             result = cast(CursorResult[Any], await session.execute(stmt))
             return result.rowcount > 0
+
+    async def rename_conversation(
+        self, conversation_id: str, title: str
+    ) -> ConversationRecord | None:
+        """Set a conversation's title (no ownership check; ``updated_at`` is kept,
+        so a rename does not move it in the list).
+
+        Args:
+            conversation_id: its id.
+            title: the new title, not blank (surrounding whitespace is removed).
+
+        Returns:
+            The renamed conversation, or ``None`` if there is none.
+
+        Raises:
+            ValueError: ``title`` is blank.
+        """
+        title = title.strip()
+        if not title:
+            raise ValueError("title must not be blank")
+        async with self._guard("rename the conversation"), self._transaction() as session:
+            row = await session.get(ConversationRow, conversation_id, with_for_update=True)
+            if row is None:
+                return None
+            row.title = title
+            await session.flush()
+            return ConversationRecord.from_row(row)
 
     # -- messages -------------------------------------------------------------
 
@@ -387,6 +448,7 @@ class Store:
         finish_reason: str | None = None,
         usage: dict[str, int] | None = None,
         error: dict[str, object] | None = None,
+        cost: dict[str, object] | None = None,
     ) -> None:
         """Change some fields of a message (a streaming checkpoint, or its end).
 
@@ -401,9 +463,11 @@ class Store:
             finish_reason: ``stop``, ``length``, ``tool_calls`` …
             usage: token counts, e.g. ``{"input_tokens": 12, "output_tokens": 40}``.
             error: what went wrong, e.g. ``{"code": "provider_error", "message": "…"}``.
+            cost: the price, ``{"currency": "USD", "input", "output", "total"}``
+                (:func:`tokenwire.observability.cost.message_cost`).
 
         Raises:
-            ValueError: invalid ``status``, ``parts``, ``usage`` or ``error``.
+            ValueError: invalid ``status``, ``parts``, ``usage``, ``error`` or ``cost``.
             StoreError: the database failed.
         """
         values: dict[str, object] = {}
@@ -417,6 +481,8 @@ class Store:
             values["usage"] = json_copy(usage, "usage")
         if error is not None:
             values["error"] = json_copy(error, "error")
+        if cost is not None:
+            values["cost"] = json_copy(cost, "cost")
         if not values:
             return
         values["updated_at"] = self._now()
@@ -436,16 +502,20 @@ class Store:
         owner: str | None,
         messages: list[tuple[str, list[dict[str, object]]]],
         model: str,
+        source: str | None = None,
     ) -> tuple[ConversationRecord, list[MessageRecord], MessageRecord] | None:
         """Start an assistant turn in one transaction (the one write at start, DESIGN §6).
 
-        Creates the conversation when ``conversation_id`` is ``None``, reads its
+        Creates the conversation when ``conversation_id`` is ``None`` (recording
+        ``source``, the surface that starts it; ignored otherwise), reads its
         history, appends ``messages`` (``(role, parts)``, e.g. the new user
         message) and an empty assistant message with status ``streaming``.
 
         Returns:
             ``(conversation, history before this turn, assistant message)``, or
-            ``None`` when the conversation does not exist or is not ``owner``'s.
+            ``None`` when the conversation does not exist or ``owner`` may not touch
+            it (:func:`~tokenwire.store.models.may_touch`: it has another owner, or
+            an owner and ``owner`` is ``None``).
 
         Raises:
             ValueError: an invalid role or parts.
@@ -457,12 +527,17 @@ class Store:
             history: list[MessageRecord] = []
             if conversation_id is None:
                 conversation = ConversationRow(
-                    id=uuid.uuid4().hex, owner=owner, title=None, created_at=now, updated_at=now
+                    id=uuid.uuid4().hex,
+                    owner=owner,
+                    title=None,
+                    source=source,
+                    created_at=now,
+                    updated_at=now,
                 )
                 session.add(conversation)
             else:
                 found = await session.get(ConversationRow, conversation_id, with_for_update=True)
-                if found is None or (owner is not None and found.owner != owner):
+                if found is None or not may_touch(found.owner, owner):
                     return None
                 conversation = found
                 stmt = (

@@ -4,8 +4,11 @@ A publish must not wait on any one subscriber. :meth:`Connection.send` runs the
 ASGI server's ``send`` at once (it completes without suspending while the socket
 drains, the usual case); only when it would wait does the connection get a writer
 task and a backlog, behind which later frames queue in order. A backlog over
-:data:`MAX_BACKLOG` frames closes the connection with 4100 (reconnect after
-backing off); the client then fills the gap from the stream log.
+:data:`MAX_BACKLOG` frames or over the app's ``max_backlog_bytes`` closes the
+connection with 4100 (reconnect after backing off); the client then fills the gap
+from the stream log. So a client that never reads costs at most that much memory,
+whatever it sends: the close is given :data:`CLOSE_TIMEOUT` seconds (it cannot be
+written to a socket that does not drain), and the hub stops reading the connection.
 
 When the server offers the :data:`WRITE_FRAME` extension
 (:mod:`tokenwire.server.serving`), :meth:`Connection.send_prepared` writes one
@@ -23,13 +26,16 @@ from typing import Any
 
 from starlette.types import Send
 
+from tokenwire.observability.metrics import SLOW_READERS_DROPPED
 from tokenwire.protocol.pusher import ChannelKind, ErrorCode, error_frame
 from tokenwire.settings import PusherApp
 
-__all__ = ["MAX_BACKLOG", "WRITE_FRAME", "Connection"]
+__all__ = ["CLOSE_TIMEOUT", "MAX_BACKLOG", "WRITE_FRAME", "Connection"]
 
 MAX_BACKLOG = 1024
 """Frames a connection whose socket is not draining may have waiting before it is closed."""
+CLOSE_TIMEOUT = 5.0
+"""Seconds a close of an overflowing connection may wait for its socket to drain."""
 WRITE_FRAME = "tokenwire.write_frame"
 """Key in ``scope["extensions"]`` a server may offer (:mod:`tokenwire.server.serving`):
 ``(frame: bytes) -> bool`` writes a complete, unmasked WebSocket frame at once, or
@@ -41,6 +47,7 @@ class Connection:
 
     __slots__ = (
         "_backlog",
+        "_backlog_bytes",
         "_send",
         "_writer",
         "app",
@@ -77,6 +84,8 @@ class Connection:
         self.closed = False
         self._send = send
         self._backlog: deque[str] | None = None
+        self._backlog_bytes = 0
+        """UTF-8 bytes of the frames in ``_backlog``."""
         self._writer: asyncio.Task[None] | None = None
 
     def send_prepared(self, text: str, frame: bytes) -> None:
@@ -92,14 +101,21 @@ class Connection:
         if self.closed:
             return
         if self._backlog is not None:
-            if len(self._backlog) >= MAX_BACKLOG:
+            size = len(text.encode())
+            if (
+                len(self._backlog) >= MAX_BACKLOG
+                or self._backlog_bytes + size > self.app.max_backlog_bytes
+            ):
                 self.closed = True
+                SLOW_READERS_DROPPED.labels("websocket").inc()
                 self._backlog.clear()  # what it has not read is dropped; it reconnects
+                self._backlog_bytes = 0
                 self._writer = asyncio.create_task(
-                    self._close_now(ErrorCode.OVER_CAPACITY, "too slow to read")
+                    self._close_now(ErrorCode.OVER_CAPACITY, "too slow to read", CLOSE_TIMEOUT)
                 )
                 return
             self._backlog.append(text)
+            self._backlog_bytes += size
             return
         coro = _coroutine(self._send({"type": "websocket.send", "text": text}))
         try:
@@ -117,11 +133,14 @@ class Connection:
         try:
             await _resume(coro, waiting)
             while self._backlog:
-                await self._send({"type": "websocket.send", "text": self._backlog.popleft()})
+                text = self._backlog.popleft()
+                self._backlog_bytes -= len(text.encode())
+                await self._send({"type": "websocket.send", "text": text})
         except Exception:
             self.closed = True
         finally:
             self._backlog = None
+            self._backlog_bytes = 0
 
     async def flush(self) -> None:
         """Wait until every frame sent so far has been handed to the server."""
@@ -136,10 +155,19 @@ class Connection:
         await self.flush()
         await self._close_now(code, reason)
 
-    async def _close_now(self, code: int, reason: str) -> None:
+    async def _close_now(self, code: int, reason: str, timeout: float | None = None) -> None:
         self.closed = True
         with contextlib.suppress(Exception):
-            await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+            async with asyncio.timeout(timeout):
+                await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+
+    def statistics(self) -> dict[str, int]:
+        """``backlog_frames`` and ``backlog_bytes`` waiting for the socket to drain."""
+        backlog = self._backlog
+        return {
+            "backlog_frames": len(backlog) if backlog is not None else 0,
+            "backlog_bytes": self._backlog_bytes,
+        }
 
 
 def _coroutine(awaitable: Awaitable[None]) -> Coroutine[Any, Any, None]:

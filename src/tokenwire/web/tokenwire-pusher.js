@@ -1,5 +1,6 @@
 // tokenwire-pusher.js: receive a conversation's streams over Pusher without gaps or duplicates.
-// One vanilla ES module, no dependencies; browsers and Node >= 20 (global fetch, TextDecoder).
+// A vanilla ES module; browsers and Node >= 20 (global fetch, TextDecoder). It imports its SSE
+// parser from ./tokenwire.js (served beside it): copy both files together.
 // The server serves it at /tokenwire-pusher.js (docs/websockets.md, "Receiving streams without gaps").
 //
 //   import { followConversation } from "/tokenwire-pusher.js";
@@ -34,9 +35,12 @@
 // listenToAll()/subscribed(), which rename events and wrap the callback so that stop() could
 // not remove just ours.
 
+import { SSEDecoder } from "./tokenwire.js"; // the one SSE parser, shared with the HTTP client
+
+export { SSEDecoder };
+
 const TERMINAL = new Set(["finish", "error", "cancelled"]);
 const MAX_RETRY_MS = 30_000;
-const EOL = /\r\n|\r|\n/g;
 
 /**
  * @typedef {object} StreamEvent
@@ -214,71 +218,6 @@ export function followConversation(channel, options) {
       for (const s of streams.values()) s.catchUp?.abort();
     },
   };
-}
-
-/**
- * Incremental Server-Sent Events parser (HTML Living Standard, "Server-sent events",
- * §9.2.6 "Interpreting an event stream"): bytes in, complete events out. Survives any split
- * of its input, a multi-byte UTF-8 character or a CR | LF across two chunks included; lines
- * end with CR, LF or CRLF; comments and unknown fields are ignored.
- */
-export class SSEDecoder {
-  #text = new TextDecoder(); // UTF-8; drops a leading BOM as the standard says
-  #line = ""; // the unfinished line
-  #afterCR = false; // the last chunk ended with CR: a LF opening the next one is the same EOL
-  #data = [];
-  #event = "";
-  #id = "";
-
-  /**
-   * @param {Uint8Array} bytes the next chunk of the response body
-   * @returns {{id: string, event: string, data: string}[]} the events it completed
-   */
-  decode(bytes) {
-    return this.#lines(this.#text.decode(bytes, { stream: true }));
-  }
-
-  /** The end of the body: an event not ended by a blank line is dropped, per the standard. */
-  flush() {
-    const events = this.#lines(this.#text.decode());
-    this.#line = "";
-    this.#data = [];
-    return events;
-  }
-
-  #lines(text) {
-    const events = [];
-    if (this.#afterCR && text) {
-      this.#afterCR = false;
-      if (text[0] === "\n") text = text.slice(1);
-    }
-    let start = 0;
-    for (const eol of text.matchAll(EOL)) {
-      this.#field(this.#line + text.slice(start, eol.index), events);
-      this.#line = "";
-      start = eol.index + eol[0].length;
-      if (eol[0] === "\r" && start === text.length) this.#afterCR = true;
-    }
-    this.#line += text.slice(start);
-    return events;
-  }
-
-  #field(line, events) {
-    if (line === "") {
-      if (this.#data.length) events.push({ id: this.#id, event: this.#event || "message", data: this.#data.join("\n") });
-      this.#data = [];
-      this.#event = "";
-      return;
-    }
-    if (line[0] === ":") return; // a comment (heartbeat)
-    const colon = line.indexOf(":");
-    const name = colon < 0 ? line : line.slice(0, colon);
-    let value = colon < 0 ? "" : line.slice(colon + 1);
-    if (value[0] === " ") value = value.slice(1);
-    if (name === "data") this.#data.push(value);
-    else if (name === "event") this.#event = value;
-    else if (name === "id" && !value.includes("\0")) this.#id = value;
-  }
 }
 
 function parseJson(text) {

@@ -1,0 +1,85 @@
+"""Process-wide Prometheus instruments (``GET /metrics``; ``docs/observability.md``).
+
+Counters and histograms live in :data:`REGISTRY`, one per process, so the
+producer and the transports record into them wherever they run; the
+``/metrics`` endpoint writes them after the gauges it samples at scrape time
+(running generations, live readers, Pusher connections, queue depth).
+
+Labels are bounded: ``provider`` is the part of a model name before ``:``
+(``openai``, ``anthropic`` …), never the free-form model name.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+__all__ = [
+    "EVENTS_APPENDED",
+    "GENERATIONS",
+    "GENERATION_SECONDS",
+    "OUTPUT_TOKENS",
+    "REGISTRY",
+    "SLOW_READERS_DROPPED",
+    "TIME_TO_FIRST_TOKEN",
+    "TOKENS_PER_SECOND",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+"""The registry of every instrument below (not the ``prometheus_client`` global one,
+so an embedding app's own metrics stay apart)."""
+
+_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+_RATE_BUCKETS = (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+
+TIME_TO_FIRST_TOKEN = Histogram(
+    "tokenwire_time_to_first_token_seconds",
+    "Seconds from the start of a generation to its first content delta appended.",
+    ["provider"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+GENERATION_SECONDS = Histogram(
+    "tokenwire_generation_duration_seconds",
+    "Seconds from the start of a generation to its terminal event.",
+    ["provider", "outcome"],
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
+)
+TOKENS_PER_SECOND = Histogram(
+    "tokenwire_output_tokens_per_second",
+    "Output tokens per second of a generation, from its first delta to its end "
+    "(generations that report usage and streamed for at least 10 ms).",
+    ["provider"],
+    buckets=_RATE_BUCKETS,
+    registry=REGISTRY,
+)
+OUTPUT_TOKENS = Counter(
+    "tokenwire_output_tokens",
+    "Output tokens generated (as the providers' usage reports them).",
+    ["provider"],
+    registry=REGISTRY,
+)
+GENERATIONS = Counter(
+    "tokenwire_generations",
+    "Generations ended, by outcome: completed, failed or cancelled.",
+    ["provider", "outcome"],
+    registry=REGISTRY,
+)
+EVENTS_APPENDED = Counter(
+    "tokenwire_events_appended",
+    "Events appended by this process's producers (rate() = events per second).",
+    registry=REGISTRY,
+)
+SLOW_READERS_DROPPED = Counter(
+    "tokenwire_slow_readers_dropped",
+    "Readers disconnected for not keeping up (WebSocket backlog full: close 4100); "
+    "they resume from the log.",
+    ["transport"],
+    registry=REGISTRY,
+)
+
+
+def provider_label(model: str) -> str:
+    """The ``provider`` label of a ``provider:model`` name (``unknown`` when empty)."""
+    return model.partition(":")[0] or "unknown"
