@@ -363,7 +363,9 @@ def test_stored_messages_are_cancelled_by_shutdown(shutdown: dict[str, Any]) -> 
 async def test_no_generation_starts_once_draining(tmp_path: Path) -> None:
     """A request that reaches the app after SIGTERM (on a connection accepted before)
     starts nothing: 503 in each surface's error shape."""
-    settings = Settings(data_dir=tmp_path, default_model="fake:lorem", models=["fake:lorem"])
+    settings = Settings(
+        fake_provider=True, data_dir=tmp_path, default_model="fake:lorem", models=["fake:lorem"]
+    )
     tw = Tokenwire(settings)
     app = create_app(tokenwire=tw)
     await tw.open()
