@@ -18,7 +18,7 @@ cancelled). Deltas are cut at character boundaries, so multi-byte text is safe.
 
 Bounds (:data:`LIMITS`, checked by :meth:`FakeProvider.check_params` before a
 generation is created, so the server answers 422): ``tokens`` 0 … 10,000,
-``delay_ms`` 0 … 5,000, ``text`` at most 20,000 characters, the ``*_after`` and
+``delay_ms`` 0 … 60,000, ``text`` at most 20,000 characters, the ``*_after`` and
 ``fail_times`` counts 0 … 1,000,000; numbers must be finite. The script yields to
 the event loop after every delta, so even 10,000 deltas without delay never
 hold the loop.
@@ -46,7 +46,7 @@ __all__ = ["LIMITS", "MAX_TEXT_CHARS", "FakeProvider"]
 
 LIMITS: dict[str, tuple[float, float]] = {
     "tokens": (0, 10_000),
-    "delay_ms": (0, 5_000),
+    "delay_ms": (0, 60_000),
     "fail_times": (0, 1_000_000),
     "fail_after": (0, 1_000_000),
     "crash_after": (0, 1_000_000),
