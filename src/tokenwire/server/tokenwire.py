@@ -77,7 +77,7 @@ class Tokenwire:
         """Awaited with each new stream's ``start`` event (the Pusher hub relays it)."""
         self.log: StreamLog = log or _open_log(self.settings)
         self._store = store
-        self.registry = registry or ProviderRegistry()
+        self.registry = registry or ProviderRegistry(self.settings)
         self.producer_config = ProducerConfig(  # the settings of the same names
             **{name: getattr(self.settings, name) for name in ProducerConfig.__struct_fields__}
         )
