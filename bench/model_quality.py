@@ -73,7 +73,7 @@ PROMPTS: list[tuple[str, str]] = [
 
 OLD_DEFAULTS = (
     "temperature=0.2,top_p=0.95,repeat_penalty=1.0,repeat_last_n=64,"
-    "frequency_penalty=0.0,presence_penalty=0.0,dry_multiplier=0.0"
+    "frequency_penalty=0.0,presence_penalty=0.0,dry_multiplier=0.0,dry_penalty_last_n=64"
 )
 """The sampling before issue 10: temperature 0.2, everything else llama.cpp's default."""
 

@@ -112,6 +112,7 @@ def test_request_body_defaults_and_passthrough() -> None:
         "repeat_penalty": 1.1,
         "dry_multiplier": 0.8,
     }
+    assert body["dry_penalty_last_n"] == 4096
     req = GenerationRequest(
         model="smollm2",
         system="Be brief.",
@@ -150,7 +151,7 @@ def test_request_body_sampling_params_override_the_defaults() -> None:
         "dry_multiplier": 0.0,
         "dry_base": 2.0,
         "dry_allowed_length": 3,
-        "dry_penalty_last_n": -1,
+        "dry_penalty_last_n": 0,
     }
     body = msgspec.json.decode(_request_body(request("hi", **overrides, repetition_penalty=2)))
     assert {k: body[k] for k in overrides} == overrides

