@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tokenwire.errors import UnknownModelError
 from tokenwire.providers.base import (
@@ -32,6 +33,9 @@ __all__ = [
     "ProviderRegistry",
     "split_model",
 ]
+
+if TYPE_CHECKING:
+    from tokenwire.settings import Settings
 
 
 def split_model(name: str) -> tuple[str, str]:
@@ -73,10 +77,10 @@ def _ollama() -> Provider:
     return OpenAIChatProvider(base_url=host + "/v1", api_key="ollama")
 
 
-def _local() -> Provider:
+def _local(threads: int | None = None) -> Provider:
     from tokenwire.providers.local import LocalProvider
 
-    return LocalProvider()
+    return LocalProvider(threads=threads)
 
 
 def _fake() -> Provider:
@@ -96,10 +100,18 @@ _FACTORIES: dict[str, Callable[[], Provider]] = {
 
 
 class ProviderRegistry:
-    """Builds each provider once, on first use; extra providers can be registered."""
+    """Builds each provider once, on first use; extra providers can be registered.
 
-    def __init__(self) -> None:
+    Args:
+        settings: where provider options of tokenwire's own come from
+            (``local_threads`` for ``local:``); ``None`` = each provider's defaults.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
         self._factories = dict(_FACTORIES)
+        if settings is not None and settings.local_threads is not None:
+            threads = settings.local_threads
+            self._factories["local"] = lambda: _local(threads)
         self._built: dict[str, Provider] = {}
 
     def register(self, prefix: str, provider: Provider) -> None:
