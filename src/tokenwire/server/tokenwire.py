@@ -95,7 +95,7 @@ class Tokenwire:
         self.identify: Identify = self.access.identify
         """The caller of a request, ``None`` = anonymous (not checked against
         ``access.required``: routes use ``access.caller``)."""
-        self.registry = registry or ProviderRegistry(fake=self.settings.fake_provider)
+        self.registry = registry or ProviderRegistry(self.settings)
         self.producer_config = ProducerConfig(  # the settings of the same names
             **{name: getattr(self.settings, name) for name in ProducerConfig.__struct_fields__}
         )
