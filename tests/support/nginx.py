@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import free_port, wait_for_http
+from tests.support.servers import free_port, stop_process, wait_for_http
 
 
 def nginx_binary() -> str:
@@ -123,11 +123,6 @@ def nginx_in_front(upstream: str, prefix: Path, *, gzip: bool = True) -> Iterato
             raise RuntimeError(f"nginx did not start: {proc.stderr.read().decode()}") from None
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         if proc.stderr is not None:
             proc.stderr.close()
