@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from tokenwire.errors import UnknownModelError
@@ -128,13 +128,17 @@ class ProviderRegistry:
         self._built[prefix] = provider
         self._factories.setdefault(prefix, lambda: provider)
 
-    def resolve(self, name: str) -> tuple[Provider, str]:
-        """Return the provider for ``"provider:model"`` and the provider's model name.
+    def resolve(
+        self, name: str, params: Mapping[str, object] | None = None
+    ) -> tuple[Provider, str]:
+        """Return the provider for ``"provider:model"`` and the provider's model name;
+        a :class:`~tokenwire.providers.base.CheckedProvider` checks the model and
+        ``params`` first (``None`` = no params).
 
         Raises:
-            UnknownModelError: malformed name, unknown provider prefix, or a
-                :class:`~tokenwire.providers.base.CheckedProvider` that cannot serve
-                the model (unknown to it, or its API key is not set).
+            UnknownModelError: malformed name, unknown provider prefix, or a model
+                the provider cannot serve (unknown to it, or its API key is not set).
+            InvalidRequestError: ``params`` the provider refuses.
         """
         prefix, model = split_model(name)
         provider = self._built.get(prefix)
@@ -146,7 +150,7 @@ class ProviderRegistry:
                 raise UnknownModelError(f"unknown provider {prefix!r} (known: {known}){hint}")
             provider = self._built[prefix] = factory()
         if isinstance(provider, CheckedProvider):
-            provider.check(model)
+            provider.check(model, params or {})
         return provider, model
 
     async def aclose(self) -> None:

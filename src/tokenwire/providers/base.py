@@ -9,7 +9,7 @@ so the provider stops generating (and billing). An adapter ends with exactly one
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
@@ -73,10 +73,8 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
 class Provider(Protocol):
     """A model API. ``stream`` yields events and ends with :class:`Finish`.
 
-    A provider may also have ``check_params(model: str, params: Mapping[str, object])
-    -> None`` raising :class:`~tokenwire.errors.InvalidRequestError`:
-    :meth:`tokenwire.Tokenwire.check` calls it before anything is created, so a
-    request the provider would refuse is a 422 (the ``fake:`` models bound theirs).
+    A provider that can refuse a request before it is sent is also a
+    :class:`CheckedProvider`.
 
     Raises:
         ProviderError: from ``stream``'s iteration, for every upstream failure,
@@ -89,15 +87,19 @@ class Provider(Protocol):
 @runtime_checkable
 class CheckedProvider(Provider, Protocol):
     """A provider that can tell, before anything is created, whether it can serve
-    a model: the registry calls :meth:`check` on every resolution.
+    a request: :meth:`~tokenwire.providers.ProviderRegistry.resolve` calls
+    :meth:`check`, so what it refuses is a 4xx on every surface, never a stream
+    that ends in an error.
     """
 
-    def check(self, model: str) -> None:
-        """Return if ``model`` (the name after ``provider:``) can be served.
+    def check(self, model: str, params: Mapping[str, object]) -> None:
+        """Return if ``model`` (the name after ``provider:``) can be served with ``params``.
 
         Raises:
             UnknownModelError: the model is unknown here, or the provider is not
                 configured; the message names what to set.
+            InvalidRequestError: a param the provider refuses, naming it
+                (``params.tokens`` …).
         """
 
 

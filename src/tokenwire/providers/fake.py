@@ -16,7 +16,7 @@ after N deltas); ``crash_after`` (int N: a plain ``RuntimeError``, standing for 
 bug in our code); ``stall_after`` (int N: wait forever after N deltas, until
 cancelled). Deltas are cut at character boundaries, so multi-byte text is safe.
 
-Bounds (:data:`LIMITS`, checked by :meth:`FakeProvider.check_params` before a
+Bounds (:data:`LIMITS`, checked by :meth:`FakeProvider.check` before a
 generation is created, so the server answers 422): ``tokens`` 0 … 10,000,
 ``delay_ms`` 0 … 60,000, ``text`` at most 20,000 characters, the ``*_after`` and
 ``fail_times`` counts 0 … 1,000,000; numbers must be finite. The script yields to
@@ -90,7 +90,7 @@ class FakeProvider:
     def __init__(self) -> None:
         self.calls = 0
 
-    def check_params(self, model: str, params: Mapping[str, object]) -> None:
+    def check(self, model: str, params: Mapping[str, object]) -> None:
         """Refuse params out of their bounds (module docstring) before anything starts.
 
         Raises:
@@ -119,7 +119,7 @@ class FakeProvider:
         self.calls += 1
         params = request.params
         try:
-            self.check_params(request.model, params)
+            self.check(request.model, params)
         except InvalidRequestError as exc:
             raise ProviderError("invalid_request", str(exc)) from None
         failure = params.get("fail_before")

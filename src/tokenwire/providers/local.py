@@ -472,7 +472,7 @@ class LocalProvider:
             engine = await anyio.to_thread.run_sync(_load_engine, key)
         return engine
 
-    def check(self, model: str) -> None:
+    def check(self, model: str, params: Mapping[str, object]) -> None:
         """Refuse another model than ``smollm2``, or a bundled model that is not installed.
 
         Raises:

@@ -7,6 +7,7 @@ producer retries, and only before the first event (DESIGN §5).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Generic, Protocol, TypeVar
 
 import httpx2
@@ -54,7 +55,7 @@ class SDKProvider(Generic[ClientT]):
         """
         raise NotImplementedError
 
-    def check(self, model: str) -> None:
+    def check(self, model: str, params: Mapping[str, object]) -> None:
         """Make the SDK client now, so a missing key is refused before anything is
         created (any model name is passed on: only the provider knows its models).
 

@@ -281,7 +281,8 @@ class Tokenwire:
             messages: the request's messages: at most ``settings.max_messages``,
                 each of at most ``settings.max_message_chars`` characters (and
                 ``system`` too).
-            params: checked by the provider when it has ``check_params(model, params)``.
+            params: checked by the provider when it is a
+                :class:`~tokenwire.providers.base.CheckedProvider`.
 
         Returns:
             ``(provider, the provider's model name, the full model name)``.
@@ -292,7 +293,7 @@ class Tokenwire:
                 the provider refuses.
         """
         name = self.settings.resolved_default_model() if model is None else model
-        provider, provider_model = self.registry.resolve(name)
+        provider, provider_model = self.registry.resolve(name, params)
         limit, chars = self.settings.max_messages, self.settings.max_message_chars
         if len(messages) > limit:
             raise InvalidRequestError("messages", f"at most {limit} messages per request")
@@ -303,9 +304,6 @@ class Tokenwire:
                 )
         if system is not None and len(system) > chars:
             raise InvalidRequestError("system", f"longer than {chars} characters")
-        check_params = getattr(provider, "check_params", None)
-        if check_params is not None:
-            check_params(provider_model, params or {})
         return provider, provider_model, name
 
     async def admit(self, request: HTTPConnection) -> Ticket:
