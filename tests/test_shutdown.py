@@ -224,14 +224,16 @@ async def _at_least(last_seq: Any, stream_id: str, n: int) -> bool:
 
 
 async def _refused(base: str, results: dict[str, Any]) -> bool:
-    """Wait until a new connection is refused; whether the stalled readers were still
-    open then (the listening socket closes first, the generations end later)."""
+    """Wait until a new connection is refused (or, accepted into the listen backlog
+    just before the socket closed, dropped unanswered); whether the stalled readers
+    were still open then (the listening socket closes first, the generations end later)."""
     with anyio.fail_after(10):
         while True:
             try:
                 async with httpx.AsyncClient(timeout=2) as fresh:
                     await fresh.get(base + "/healthz")
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+                # refused, or taken from the backlog as the listener closed and dropped
                 return not any(name in results for name in ("native", "events", "long_poll"))
             await anyio.sleep(0.02)
 
