@@ -64,10 +64,10 @@ async def _namespace() -> AsyncIterator[str]:
 async def _redis_logs(prefix: str) -> AsyncIterator[Callable[..., RedisStreamLog]]:
     made: list[RedisStreamLog] = []
 
-    def make(*, retention: float = 3600.0, **private: object) -> RedisStreamLog:
+    def make(*, retention: float = 3600.0, process_ttl: float | None = None) -> RedisStreamLog:
         log = RedisStreamLog.from_url(REDIS_URL, prefix=prefix, retention=retention)
-        for name, value in private.items():
-            setattr(log, f"_{name}", value)
+        if process_ttl is not None:  # from_url has no such option: set it inside
+            log._counts.process_ttl = process_ttl
         made.append(log)
         return log
 
@@ -373,7 +373,7 @@ async def test_cancel_reaches_a_watcher_in_another_process(
     got = anyio.Event()
     b.watch_cancel("s", _recorder(reasons, got))
     with anyio.fail_after(5):
-        await _until(lambda: _true(b._subscribed.is_set()))
+        await _until(lambda: _true(b._cancels.subscribed.is_set()))
         assert await a.request_cancel("s", "user")
         await got.wait()
     assert reasons == ["user"]
@@ -406,8 +406,8 @@ async def test_readers_of_a_dead_process_stop_counting(
         async with anyio.create_task_group() as tg:
             tg.start_soon(_drain, reader)
             await _until(lambda: _count(a, "s", 1))
-            assert dead._alive is not None
-            dead._alive.cancel()  # the process stops renewing its liveness key: "killed"
+            assert dead._counts.alive is not None
+            dead._counts.alive.cancel()  # the process stops renewing its liveness key: "killed"
             await _until(lambda: _count(a, "s", 0))
             tg.cancel_scope.cancel()
     assert (await a.readers("s"))[1] is not None
@@ -594,7 +594,7 @@ async def test_background_tasks_and_readers_survive_a_redis_restart(tmp_path: Pa
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(follow)
                     await _until(lambda: _has(got, 1))
-                    await _until(lambda: _true(b._subscribed.is_set()))
+                    await _until(lambda: _true(b._cancels.subscribed.is_set()))
                     await anyio.to_thread.run_sync(restart)
                     heartbeats = sum(1 for batch in got if not batch)
                     await _until(lambda: _true(sum(1 for x in got if not x) > heartbeats))

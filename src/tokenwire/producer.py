@@ -32,7 +32,9 @@ Coalescing: consecutive deltas of the same part are merged for at most
 ``coalesce_ms``, as a leading-edge throttle: a delta is appended at once when no
 delta was appended in the last ``coalesce_ms`` (so the first token is never
 delayed); otherwise it waits, merged with those that follow, until that window
-ends. ``coalesce_ms = 0`` turns merging off: every delta is its own event.
+ends. ``coalesce_ms = 0`` turns merging off: every delta is its own event. The
+rule is :class:`~tokenwire.protocol.coalesce.Coalescer` (sans-I/O); the run only
+arms a timer for its deadline.
 
 Observability (``docs/observability.md``): each run is one OpenTelemetry span
 (:mod:`tokenwire.observability.tracing`), records the Prometheus instruments of
@@ -48,7 +50,6 @@ import asyncio
 import contextlib
 import copy
 import logging
-import math
 import time
 from typing import Protocol
 
@@ -73,13 +74,13 @@ from tokenwire.observability import logs as obs_logs
 from tokenwire.observability import metrics
 from tokenwire.observability.cost import price
 from tokenwire.observability.tracing import GenerationSpan
-from tokenwire.providers.base import GenerationRequest, Provider, ProviderEvent
+from tokenwire.protocol.coalesce import Coalescer
+from tokenwire.providers.base import GenerationRequest, Provider
 
 __all__ = ["Generation", "MessageSink", "Producer", "ProducerConfig"]
 
 logger = logging.getLogger("tokenwire.producer")
 
-_Delta = TextDelta | ReasoningDelta | ToolCallDelta
 _CONTENT = (TextDelta, ReasoningDelta, ToolCallStart, ToolCallDelta, ToolCall)
 """Events that count as the first token."""
 _FIRST_READER_GRACE = 10.0
@@ -259,9 +260,7 @@ class _Run:
         self.message_id = generation.message_id
         self.state = MessageState()
         self.lock = asyncio.Lock()
-        self.pending: _Delta | None = None
-        self.pending_deadline = 0.0
-        self.last_delta_at = -math.inf
+        self.coalescer = Coalescer(producer.config.coalesce_ms / 1000, time.monotonic)
         self.appended_seq = 0
         self.checkpointed_seq = 0
         self.started = time.monotonic()
@@ -329,11 +328,10 @@ class _Run:
                     self.last_item_at = time.monotonic()
                     if isinstance(event, Finish):
                         return event
-                    out: list[Event] = []
-                    self._handle(event, out)
+                    out = self.coalescer.push(event)
                     if out:
                         await self._append(out)
-                    if self.pending is not None and self.flush_timer is None:
+                    if self.coalescer.deadline is not None and self.flush_timer is None:
                         self._arm_flush()
             except ProviderError as exc:
                 if produced or not exc.retryable or attempt >= self.config.max_retries:
@@ -357,18 +355,18 @@ class _Run:
     def _arm_flush(self) -> None:
         """Append the pending delta when its coalescing window ends."""
         loop = asyncio.get_running_loop()
-        delay = max(0.0, self.pending_deadline - time.monotonic())
+        deadline = self.coalescer.deadline
+        delay = 0.0 if deadline is None else max(0.0, deadline - time.monotonic())
         self.flush_timer = loop.call_later(delay, self._flush_due)
 
     def _flush_due(self) -> None:
         self.flush_timer = None
-        if self.pending is not None and self.flush_task is None:
+        if self.coalescer.deadline is not None and self.flush_task is None:
             self.flush_task = asyncio.create_task(self._flush_now())
 
     async def _flush_now(self) -> None:
         try:
-            out: list[Event] = []
-            self._flush(out)
+            out = self.coalescer.flush()
             if out:
                 await self._append(out)
         finally:
@@ -392,33 +390,6 @@ class _Run:
         else:
             loop = asyncio.get_running_loop()
             self.watchdog_timer = loop.call_later(self._watchdog_delay(), self._watchdog)
-
-    def _handle(self, event: ProviderEvent, out: list[Event]) -> None:
-        if not isinstance(event, _Delta):
-            self._flush(out)
-            out.append(event)
-            return
-        now = time.monotonic()
-        pending = self.pending
-        if pending is not None and _mergeable(pending, event):
-            self.pending = msgspec.structs.replace(pending, delta=pending.delta + event.delta)
-            if now >= self.pending_deadline:
-                self._flush(out)
-            return
-        self._flush(out)
-        window = self.config.coalesce_ms / 1000
-        if now - self.last_delta_at >= window:
-            self.last_delta_at = now
-            out.append(event)
-        else:
-            self.pending = event
-            self.pending_deadline = self.last_delta_at + window
-
-    def _flush(self, out: list[Event]) -> None:
-        if self.pending is not None:
-            out.append(self.pending)
-            self.pending = None
-            self.last_delta_at = time.monotonic()
 
     async def _append(self, events: list[Event]) -> None:
         async with self.lock:  # the flush task and the provider task both append
@@ -461,8 +432,7 @@ class _Run:
         reader that sees the terminal event finds the message stored as it ended."""
         if self.flush_task is not None:
             await asyncio.wait({self.flush_task}, timeout=_CLOSE_TIMEOUT)
-        out: list[Event] = []
-        self._flush(out)
+        out = self.coalescer.flush()
         ended: MessageState | None = None  # what was stored before the append
         try:
             await self.sync_state()
@@ -536,14 +506,6 @@ def _stopped(state: MessageState) -> dict[str, object] | None:
     reason = state.cancel_reason or "user"
     message = f"the generation was stopped ({reason})"
     return {"code": "cancelled", "reason": reason, "message": message}
-
-
-def _mergeable(pending: Event, event: _Delta) -> bool:
-    if type(pending) is not type(event) or getattr(pending, "part", None) != event.part:
-        return False
-    if isinstance(event, ToolCallDelta) and isinstance(pending, ToolCallDelta):
-        return pending.tool_call_id == event.tool_call_id
-    return True
 
 
 async def _close(task: asyncio.Task[Event]) -> None:

@@ -1,0 +1,178 @@
+"""What every part of the Redis stream log shares: the client, the keys, the
+registered scripts, the append, and the one error boundary (see :mod:`tokenwire.log.redis`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from tokenwire.errors import (
+    LogUnavailableError,
+    StreamExpiredError,
+    StreamNotFoundError,
+    TokenwireError,
+)
+from tokenwire.events import Cancelled, Error, Event, Finish, encode_event, with_seq
+from tokenwire.log import redis_scripts as scripts
+
+__all__ = ["OUTCOME", "RedisCore"]
+
+OUTCOME: dict[type[Any], str] = {Finish: "completed", Error: "failed", Cancelled: "cancelled"}
+"""The stream status each terminal event type sets."""
+BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
+"""Seconds between reconnection attempts of the background tasks (doubling)."""
+STOP_TIMEOUT = 3.0
+"""Seconds :meth:`~tokenwire.log.redis.RedisStreamLog.close` waits for each background task."""
+
+
+@contextlib.contextmanager
+def unavailable() -> Iterator[None]:
+    """The one boundary where redis-py exceptions become :class:`LogUnavailableError`."""
+    try:
+        yield
+    except redis.exceptions.RedisError as exc:
+        raise LogUnavailableError(f"stream log unavailable: {type(exc).__name__}") from exc
+    except OSError as exc:  # a socket error redis-py did not wrap
+        raise LogUnavailableError(f"stream log unavailable: {type(exc).__name__}") from exc
+
+
+def as_str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def ms(seconds: float) -> int:
+    """Seconds → whole milliseconds, at least 1 (``PX`` refuses 0)."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+def split_event(event: Event) -> tuple[bytes, bytes]:
+    """The event's JSON around its ``seq`` value, for the append script to number.
+
+    msgspec encodes ``seq`` (a base-class field) last: ``{… ,"seq":0}``.
+    """
+    data = encode_event(with_seq(event, 0))
+    at = data.rfind(b'"seq":0')
+    if at < 0:  # pragma: no cover - msgspec always writes the field
+        raise ValueError("event JSON has no seq")
+    return data[: at + 6], data[at + 7 :]
+
+
+def entry_field(fields: Mapping[Any, Any]) -> bytes | str:
+    """The ``e`` field of a stream entry, whether the client decodes responses or not."""
+    value = fields.get(b"e")
+    return fields["e"] if value is None else value  # type: ignore[no-any-return]
+
+
+async def stop_task(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait for it, at most ``STOP_TIMEOUT`` seconds.
+
+    Re-cancels until it ends: a cancellation can be lost inside a Redis call (the
+    loops also stop by themselves once the log is closed)."""
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while not task.done() and time.monotonic() < deadline:
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: never "exception was never retrieved"
+
+
+def lost_error() -> Error:
+    """The terminal event of a stream whose producer's lease expired."""
+    return Error(
+        code="producer_lost", message="the generation stopped unexpectedly", retryable=True
+    )
+
+
+class RedisCore:
+    """The client, keys and scripts of one :class:`~tokenwire.log.redis.RedisStreamLog`,
+    its background tasks and its ``closed`` flag (every loop stops once it is set).
+
+    Args: as :class:`~tokenwire.log.redis.RedisStreamLog`.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str,
+        retention: float,
+        clock: Callable[[], float],
+        tombstone: float,
+    ) -> None:
+        self.client = client
+        self.keys = scripts.Keys(prefix)
+        self.clock = clock
+        self.retention = retention
+        self.tombstone = tombstone
+        self.process_id = uuid.uuid4().hex
+        self.closed = False
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.create_script = client.register_script(scripts.CREATE)
+        self.append_script = client.register_script(scripts.APPEND)
+        self.heartbeat_script = client.register_script(scripts.HEARTBEAT)
+        self.cancel_script = client.register_script(scripts.CANCEL)
+        self.join_script = client.register_script(scripts.JOIN)
+        self.leave_script = client.register_script(scripts.LEAVE)
+        self.readers_script = client.register_script(scripts.READERS)
+        self.sweep_script = client.register_script(scripts.SWEEP)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` in a task that :meth:`stop_tasks` stops."""
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def call(self, awaitable: Awaitable[Any]) -> Any:
+        """Await a Redis call; raises :class:`LogUnavailableError` for its failures."""
+        with unavailable():
+            return await awaitable
+
+    async def missing(self, stream_id: str, code: int = 0) -> TokenwireError:
+        """The error for a stream whose hash is gone: 410 while its tombstone lasts."""
+        if code == -2 or (
+            code == 0 and await self.call(self.client.exists(self.keys.gone(stream_id)))
+        ):
+            return StreamExpiredError(stream_id)
+        return StreamNotFoundError(stream_id)
+
+    async def append(
+        self, stream_id: str, events: list[Event], *, lease_expired: bool
+    ) -> list[Event]:
+        """Run the append script; ``lease_expired``: only while the lease key is absent."""
+        keys = self.keys
+        args: list[str | bytes | float | int] = [
+            stream_id,
+            repr(self.clock()),
+            ms(self.retention),
+            ms(self.retention + self.tombstone),
+            "1" if lease_expired else "0",
+            keys.conv_prefix(),
+        ]
+        for event in events:
+            head, tail = split_event(event)
+            args += [OUTCOME.get(type(event), ""), head, tail]
+        code, first, count = await self.call(
+            self.append_script(
+                keys=[
+                    keys.events(stream_id),
+                    keys.meta(stream_id),
+                    keys.lease(stream_id),
+                    keys.readers(stream_id),
+                    keys.gone(stream_id),
+                    keys.leases(),
+                ],
+                args=args,
+            )
+        )
+        if code < 0:
+            raise await self.missing(stream_id, code)
+        return [with_seq(events[i], first + i) for i in range(count)]

@@ -1,0 +1,84 @@
+"""Coalescing of deltas: a leading-edge throttle, sans-I/O (DESIGN §5, "Coalescing").
+
+Consecutive deltas of the same part are merged for at most ``window`` seconds: a
+delta is released at once when no delta was released in the last ``window``
+seconds (so the first token is never delayed); otherwise it is held, merged with
+the deltas that follow, until that window ends. A delta of another part, another
+kind or another tool call, and any event that is not a delta, first release what
+is held. ``window = 0`` turns merging off: every delta is released as it comes.
+
+:class:`Coalescer` does no I/O and keeps no timer: the caller feeds events to
+:meth:`Coalescer.push`, appends what it returns, and calls :meth:`Coalescer.flush`
+once :attr:`Coalescer.deadline` has passed (and at the end). Time comes from the
+injected ``clock``, so it is tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import msgspec
+
+from tokenwire.events import Event, ReasoningDelta, TextDelta, ToolCallDelta
+
+__all__ = ["Coalescer"]
+
+_Delta = TextDelta | ReasoningDelta | ToolCallDelta
+
+
+class Coalescer:
+    """Merges consecutive deltas of one part, releasing at most one per ``window``.
+
+    Args:
+        window: seconds; the longest a delta is held (``0``: never held).
+        clock: monotonic seconds, e.g. :func:`time.monotonic`.
+    """
+
+    def __init__(self, window: float, clock: Callable[[], float]) -> None:
+        self.window = window
+        self._clock = clock
+        self._pending: _Delta | None = None
+        self._deadline = 0.0
+        self._last_release = -math.inf
+
+    @property
+    def deadline(self) -> float | None:
+        """Clock time at which the held delta is due, or ``None`` when none is held."""
+        return None if self._pending is None else self._deadline
+
+    def push(self, event: Event) -> list[Event]:
+        """Take one event; return the events to append now, in order (maybe none)."""
+        if not isinstance(event, _Delta):
+            return [*self.flush(), event]
+        now = self._clock()
+        pending = self._pending
+        if pending is not None and _mergeable(pending, event):
+            self._pending = msgspec.structs.replace(pending, delta=pending.delta + event.delta)
+            return self.flush() if now >= self._deadline else []
+        out = self.flush()
+        if now - self._last_release >= self.window:
+            self._last_release = now
+            out.append(event)
+        else:
+            self._pending = event
+            self._deadline = self._last_release + self.window
+        return out
+
+    def flush(self) -> list[Event]:
+        """Release the held delta, if any (when its deadline passed, and at the end)."""
+        if self._pending is None:
+            return []
+        out: list[Event] = [self._pending]
+        self._pending = None
+        self._last_release = self._clock()
+        return out
+
+
+def _mergeable(pending: _Delta, event: _Delta) -> bool:
+    """Same kind, same part and, for tool-call arguments, the same tool call."""
+    if type(pending) is not type(event) or pending.part != event.part:
+        return False
+    if isinstance(event, ToolCallDelta) and isinstance(pending, ToolCallDelta):
+        return pending.tool_call_id == event.tool_call_id
+    return True
