@@ -129,9 +129,9 @@ def tokenwire_app() -> object:
         _report_gc_time()
     from pathlib import Path
 
+    from tokenwire.engine import Tokenwire
     from tokenwire.providers import ProviderRegistry
     from tokenwire.server.app import create_app
-    from tokenwire.server.tokenwire import Tokenwire
     from tokenwire.settings import Settings
 
     registry = ProviderRegistry()

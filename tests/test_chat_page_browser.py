@@ -28,12 +28,12 @@ import httpx
 import pytest
 
 from tests.support.servers import uvicorn_thread
+from tokenwire.engine import Tokenwire
 from tokenwire.events import TextDelta, Usage
 from tokenwire.providers import ProviderRegistry
 from tokenwire.providers.base import GenerationRequest, ProviderEvent, finish
 from tokenwire.providers.openai_chat import OpenAIChatProvider
 from tokenwire.server.app import create_app
-from tokenwire.server.tokenwire import Tokenwire
 from tokenwire.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")

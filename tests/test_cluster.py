@@ -164,7 +164,7 @@ async def test_readyz_names_the_unreachable_queue(tmp_path: Path) -> None:
 
 
 def _redis_log_missing() -> str | None:
-    from tokenwire.server.tokenwire import _open_log
+    from tokenwire.engine.core import _open_log
 
     try:
         _open_log(Settings(log_url=REDIS_URL))

@@ -19,7 +19,7 @@ from tests.support.cluster import REDIS_URL
 from tests.support.servers import uvicorn_thread
 from tests.support.sse import read_sse
 from tokenwire import Settings, create_app
-from tokenwire.server.limits import parse_rate
+from tokenwire.engine.limits import parse_rate
 
 TOKENS = {"ta": "alice", "tb": "bob"}
 ALICE = {"authorization": "Bearer ta"}
@@ -272,7 +272,7 @@ async def test_generations_run_by_a_worker_are_accounted_for(
     import anyio
 
     from tokenwire import Message, Tokenwire
-    from tokenwire.server.limits import RateLimitedError
+    from tokenwire.engine.limits import RateLimitedError
     from tokenwire.worker import GenerationWorker
 
     name = redis_prefix.rstrip(":")

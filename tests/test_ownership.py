@@ -25,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.support.servers import free_port, uvicorn_thread
 from tokenwire import AuthenticationError, Identity, Settings, Tokenwire, create_app
+from tokenwire.engine.identity import JWTVerifier
 from tokenwire.errors import ConfigurationError
-from tokenwire.server.identity import JWTVerifier, is_loopback
+from tokenwire.server.identity import is_loopback
 
 TOKENS = {"ta": "alice", "tb": "bob"}
 ALICE = {"authorization": "Bearer ta"}

@@ -1,8 +1,12 @@
 """tokenwire: one LLM generation becomes one durable, numbered, resumable,
 cancellable event stream, served over SSE and more (see DESIGN.md)."""
 
+import importlib as _importlib
+import typing as _typing
+
 from tokenwire.errors import (
     AuthenticationError,
+    ConversationNotFoundError,
     InvalidRequestError,
     LogUnavailableError,
     ProviderError,
@@ -30,11 +34,41 @@ from tokenwire.events import (
     decode_event,
     encode_event,
 )
-from tokenwire.providers import GenerationRequest, Message, Provider, ProviderRegistry
-from tokenwire.server.app import create_app
-from tokenwire.server.identity import Identity
-from tokenwire.server.tokenwire import ConversationNotFoundError, Stream, Tokenwire
-from tokenwire.settings import Settings
+
+if _typing.TYPE_CHECKING:
+    from tokenwire.engine import Identity, Stream, Tokenwire
+    from tokenwire.providers import GenerationRequest, Message, Provider, ProviderRegistry
+    from tokenwire.server.app import create_app
+    from tokenwire.settings import Settings
+
+_LAZY = {
+    "GenerationRequest": "tokenwire.providers",
+    "Identity": "tokenwire.engine",
+    "Message": "tokenwire.providers",
+    "Provider": "tokenwire.providers",
+    "ProviderRegistry": "tokenwire.providers",
+    "Settings": "tokenwire.settings",
+    "Stream": "tokenwire.engine",
+    "Tokenwire": "tokenwire.engine",
+    "create_app": "tokenwire.server.app",
+}
+"""Names imported on first use (PEP 562), so that ``import tokenwire.events`` or
+``tokenwire.protocol.*`` loads no web framework, database driver, Redis client or
+provider SDK (``tests/test_public_api.py`` checks it)."""
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tokenwire' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value  # found once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "AuthenticationError",

@@ -175,9 +175,9 @@ def _param(text: str) -> tuple[str, object]:
 async def _chat(
     settings: Settings, question: str, system: str | None, params: dict[str, object]
 ) -> int:
+    from tokenwire.engine import Tokenwire
     from tokenwire.events import ReasoningDelta, TextDelta, ToolCall
     from tokenwire.providers import Message
-    from tokenwire.server.tokenwire import Tokenwire
 
     async with Tokenwire(settings) as tw:
         stream = await tw.start(

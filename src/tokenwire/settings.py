@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     ``["*"]``): the auth endpoints, gap filling, the native API. Empty: same origin only."""
     auth_tokens: dict[str, str] = Field(default_factory=dict)
     """Bearer tokens and the user id each stands for (``{"token": "alice"}``): the
-    server's default way to know who calls (``tokenwire.server.identity``)."""
+    server's default way to know who calls (``tokenwire.engine.identity``)."""
     jwt_secret: SecretStr | None = None
     """Verifies ``Authorization: Bearer <JWT>`` tokens signed with HS256 (at least 32
     bytes); the ``sub`` claim is the caller's user id; ``exp`` and ``nbf`` are checked

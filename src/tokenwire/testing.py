@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 
+from tokenwire.engine import Stream
 from tokenwire.events import Event, decode_event
 from tokenwire.protocol.sse import SSEDecoder
 from tokenwire.providers.base import GenerationRequest, ProviderEvent, finish
 from tokenwire.providers.fake import FakeProvider
-from tokenwire.server.tokenwire import Stream
 
 __all__ = ["FakeProvider", "ScriptedProvider", "collect", "parse_sse"]
 

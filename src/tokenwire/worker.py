@@ -35,12 +35,12 @@ from prometheus_client import Gauge, start_http_server
 from saq import Worker
 from saq.types import Context, PartialTimersDict
 
+from tokenwire.engine import Tokenwire
 from tokenwire.errors import StreamExpiredError, StreamNotFoundError, UnknownModelError
 from tokenwire.events import Error
 from tokenwire.observability import metrics
 from tokenwire.producer import Generation
 from tokenwire.queue import JOB_FUNCTION, GenerationQueue, decode_job
-from tokenwire.server.tokenwire import Tokenwire
 from tokenwire.settings import Settings
 
 __all__ = ["GenerationWorker", "serve_metrics", "worker_id"]

@@ -23,9 +23,10 @@ import logging
 import re
 import time
 import uuid
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+if TYPE_CHECKING:  # annotations only: the engine imports this module
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "ContextFilter",

@@ -11,7 +11,7 @@
   which is a disconnect, not a stop: DESIGN §5. Call this endpoint too, with
   ``Content-Type: application/json``.)
 
-Ownership (:mod:`tokenwire.server.identity`): a chat created by ``POST /api/chat``
+Ownership (:mod:`tokenwire.engine.identity`): a chat created by ``POST /api/chat``
 is its caller's. Another owner's chat is treated as one that does not exist:
 ``POST /api/chat`` and ``/stop`` answer 404, ``/stream`` answers 204, and nothing
 is read, deleted or cancelled. Without a valid identity where one is required:
@@ -39,7 +39,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 
-from tokenwire.errors import InvalidRequestError, UnknownModelError
+from tokenwire.engine import Tokenwire
+from tokenwire.engine.limits import RateLimitedError
+from tokenwire.errors import ConversationNotFoundError, InvalidRequestError, UnknownModelError
 from tokenwire.events import Event, is_terminal
 from tokenwire.protocol.aisdk import (
     DONE,
@@ -52,10 +54,9 @@ from tokenwire.protocol.aisdk import (
     parse_dialect,
 )
 from tokenwire.providers import Message
-from tokenwire.server.identity import require_json
-from tokenwire.server.limits import RateLimitedError, rate_limited_response
+from tokenwire.server.identity import caller_dependency, require_json
+from tokenwire.server.limits import rate_limited_response
 from tokenwire.server.routes import responses
-from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
 
 __all__ = ["build_aisdk_router"]
@@ -173,7 +174,7 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
     @router.post(
         "/api/chat/{chat_id}/stop",
         response_model=None,
-        dependencies=[Depends(tw.access.caller), Depends(require_json)],
+        dependencies=[Depends(caller_dependency(tw.access)), Depends(require_json)],
         responses=responses(401, 404, 415, 503),
     )
     async def stop(request: Request, chat_id: str) -> Response:

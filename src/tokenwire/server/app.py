@@ -24,8 +24,11 @@ from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokenwire.engine import Tokenwire
+from tokenwire.engine.limits import RateLimitedError
 from tokenwire.errors import (
     AuthenticationError,
+    ConversationNotFoundError,
     InvalidRequestError,
     LogUnavailableError,
     ShuttingDownError,
@@ -38,12 +41,11 @@ from tokenwire.errors import (
 from tokenwire.observability import metrics as obs_metrics
 from tokenwire.observability.logs import RequestIdMiddleware
 from tokenwire.server.aisdk import build_aisdk_router
-from tokenwire.server.limits import RateLimitedError, rate_limited_response
+from tokenwire.server.limits import rate_limited_response
 from tokenwire.server.openai_compat import build_openai_router
 from tokenwire.server.pusher import PusherHub
 from tokenwire.server.pusher_http import build_pusher_router
 from tokenwire.server.routes import EVERY_ROUTE, responses
-from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
 from tokenwire.settings import Settings
 
 __all__ = ["create_app"]
@@ -68,7 +70,7 @@ def create_app(
             collections stop scanning them; for a process that only serves this app.
     """
     tw = tokenwire or Tokenwire(settings)
-    hub = PusherHub(tw, tw.settings.pusher_apps)
+    hub = PusherHub(tw.log, tw.settings, tw.settings.pusher_apps, stream_started=tw.stream_started)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,7 +97,7 @@ def create_app(
     app.include_router(tw.router, responses=every)
     app.include_router(build_openai_router(tw), responses=every)
     app.include_router(build_aisdk_router(tw), responses=every)
-    app.include_router(build_pusher_router(hub), responses=every)
+    app.include_router(build_pusher_router(hub, tw.access), responses=every)
     if tw.settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -7,7 +7,7 @@ Streaming" (https://platform.openai.com/docs/api-reference/chat); the encoding i
 
 - Each request starts a new tokenwire conversation (stateless, as OpenAI's
   endpoint is), owned by the caller (``Authorization: Bearer``, the SDK's
-  ``api_key``: :mod:`tokenwire.server.identity`); ``x-tokenwire-stream-id`` on
+  ``api_key``: :mod:`tokenwire.engine.identity`); ``x-tokenwire-stream-id`` on
   every answer names the stream, to resume it (``GET /v1/streams/{id}/events``)
   or stop it (``POST /v1/streams/{id}/cancel``) through the native API, which
   answers 404 to anyone but its owner.
@@ -38,6 +38,8 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from tokenwire.engine import Tokenwire
+from tokenwire.engine.limits import RateLimitedError
 from tokenwire.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -55,10 +57,8 @@ from tokenwire.protocol.openai_compat import (
     parse_request,
 )
 from tokenwire.providers import Message
-from tokenwire.server.identity import require_json
-from tokenwire.server.limits import RateLimitedError
+from tokenwire.server.identity import caller_dependency, require_json
 from tokenwire.server.routes import responses
-from tokenwire.server.tokenwire import Tokenwire
 from tokenwire.transports.sse import EventStreamResponse
 
 __all__ = ["OpenAIRoute", "build_openai_router"]
@@ -141,7 +141,7 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
     @router.post(
         "/v1/chat/completions",
         response_model=None,
-        dependencies=[Depends(tw.access.caller), Depends(require_json)],
+        dependencies=[Depends(caller_dependency(tw.access)), Depends(require_json)],
         responses={
             200: {"content": {"text/event-stream": {}}, "description": "A completion"},
             **responses(400, 401, 404, 415, 429, 502, 503, 504),

@@ -44,6 +44,7 @@ from limits.strategies import MovingWindowRateLimiter
 from starlette.types import Message, Receive, Scope, Send
 from websockets.frames import Frame, Opcode
 
+from tokenwire.engine.identity import Identity
 from tokenwire.errors import TokenwireError
 from tokenwire.events import Event, Start, encode_event
 from tokenwire.protocol.pusher import (
@@ -63,13 +64,13 @@ from tokenwire.protocol.pusher import (
     user_auth,
     verify_auth,
 )
-from tokenwire.server.identity import Identity
 from tokenwire.server.pusher_bus import Bus, BusMessage, MemoryBus, RedisBus
 from tokenwire.settings import PusherApp
 from tokenwire.transports.websocket import WRITE_FRAME, Connection
 
 if TYPE_CHECKING:
-    from tokenwire.server.tokenwire import Tokenwire
+    from tokenwire.log.base import StreamLog
+    from tokenwire.settings import Settings
 
 __all__ = [
     "CONVERSATION_CHANNEL",
@@ -95,22 +96,34 @@ class PusherHub:
     """This node's Pusher server.
 
     Args:
-        tw: the instance whose conversations are broadcast and whose store decides
-            ownership.
+        log: the stream log the conversations' streams are read from.
+        settings: ``resolved_pusher_url`` and ``log_prefix`` (the default bus).
         apps: the apps served; the first carries the conversations' broadcasts.
+        stream_started: the hook that announces each new stream's ``start`` event
+            (``Tokenwire.stream_started``): the hub adds itself to it in :meth:`start`
+            and leaves it in :meth:`close`.
         bus: shared state; ``None`` = :class:`RedisBus` on ``Settings.resolved_pusher_url``
             when there is one, else :class:`MemoryBus`.
     """
 
-    def __init__(self, tw: Tokenwire, apps: list[PusherApp], bus: Bus | None = None) -> None:
+    def __init__(
+        self,
+        log: StreamLog,
+        settings: Settings,
+        apps: list[PusherApp],
+        *,
+        stream_started: list[Callable[[Start], Awaitable[None]]],
+        bus: Bus | None = None,
+    ) -> None:
         if not apps:
             raise ValueError("at least one Pusher app is needed")
-        self.tw = tw
+        self.log = log
+        self._stream_started = stream_started
         self.apps = apps
         self.apps_by_key = {app.key: app for app in apps}
         self.apps_by_id = {app.id: app for app in apps}
         self.node = uuid.uuid4().hex[:12]
-        self.bus = bus or _default_bus(tw, self._member_gone)
+        self.bus = bus or _default_bus(settings, self._member_gone)
         self.connections: dict[str, Connection] = {}
         self._app_connections: dict[str, int] = {a.id: 0 for a in apps}
         """app id -> this node's connections to it (``max_connections``)."""
@@ -159,7 +172,7 @@ class PusherHub:
             return
         self._started = True
         await self.bus.start(self.node, self._dispatch)
-        self.tw.stream_started.append(self._announce)
+        self._stream_started.append(self._announce)
         self._ticker = asyncio.create_task(self._check_activity(), name="tokenwire-pusher-ping")
 
     async def disconnect_all(self) -> None:
@@ -181,7 +194,7 @@ class PusherHub:
         for relays in list(self._relays.values()):
             for stream_id, task in list(relays.items()):
                 try:
-                    running = (await self.tw.log.info(stream_id)).status == "running"
+                    running = (await self.log.info(stream_id)).status == "running"
                 except TokenwireError:
                     running = False  # gone: the relay stops by itself
                 if not running:
@@ -197,8 +210,8 @@ class PusherHub:
         for relays in list(self._relays.values()):
             for task in list(relays.values()):
                 task.cancel()
-        if self._announce in self.tw.stream_started:
-            self.tw.stream_started.remove(self._announce)
+        if self._announce in self._stream_started:
+            self._stream_started.remove(self._announce)
         await self.bus.close()
 
     # -- publishing -------------------------------------------------------------
@@ -304,7 +317,7 @@ class PusherHub:
     ) -> None:
         app_id = self.broadcast_app.id
         try:
-            async for batch in self.tw.log.read(stream_id, after=after):
+            async for batch in self.log.read(stream_id, after=after):
                 for event in batch:
                     self.deliver(app_id, channel, _event_frame(channel, stream_id, event))
         except TokenwireError as exc:  # expired, unknown, log down: clients fill gaps over HTTP
@@ -318,7 +331,7 @@ class PusherHub:
     async def _watch_conversation(self, conversation_id: str) -> None:
         """First subscriber here: relay the conversation's running stream from now on."""
         try:
-            info = await self.tw.log.active_stream(conversation_id)
+            info = await self.log.active_stream(conversation_id)
         except TokenwireError:
             return
         if info is not None:
@@ -629,10 +642,10 @@ async def _quietly(awaitable: Coroutine[Any, Any, Any]) -> Any:
         return None
 
 
-def _default_bus(tw: Tokenwire, on_member_removed: Any) -> Bus:
-    url = tw.settings.resolved_pusher_url()
+def _default_bus(settings: Settings, on_member_removed: Any) -> Bus:
+    url = settings.resolved_pusher_url()
     if url is None:
         return MemoryBus()
     return RedisBus(
-        url, prefix=f"{tw.settings.log_prefix}pusher:", on_member_removed=on_member_removed
+        url, prefix=f"{settings.log_prefix}pusher:", on_member_removed=on_member_removed
     )

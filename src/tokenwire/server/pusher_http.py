@@ -5,7 +5,7 @@ API servers call (Pusher "HTTP API reference"; the Python ``pusher`` library's p
   and ``pusher-js``'s channel authorization request) → ``{"auth", "channel_data"?,
   "shared_secret"?}``; 401 without a valid identity where one is needed, 404 a
   conversation channel of a conversation that does not exist or is another
-  owner's (:class:`~tokenwire.server.identity.Access` decides), 403 refused by an
+  owner's (:class:`~tokenwire.engine.identity.Access` decides), 403 refused by an
   authorizer or no authorizer for the channel. It stays a form POST (Pusher's and
   Echo's protocol); what it answers is a signature only the caller's own socket
   can use.
@@ -31,6 +31,7 @@ import msgspec
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from tokenwire.engine.identity import Access, Identity
 from tokenwire.errors import AuthenticationError, ConversationNotFoundError
 from tokenwire.protocol.pusher import (
     JSON_ERRORS,
@@ -44,7 +45,6 @@ from tokenwire.protocol.pusher import (
     user_auth,
     verify_api_request,
 )
-from tokenwire.server.identity import Identity
 from tokenwire.server.pusher import PusherHub
 from tokenwire.server.routes import responses
 from tokenwire.settings import PusherApp
@@ -77,24 +77,24 @@ def _unauthenticated(exc: AuthenticationError) -> JSONResponse:
     return response
 
 
-def build_pusher_router(hub: PusherHub) -> APIRouter:
-    """The auth endpoints and the HTTP publishing API of ``hub``.
+def build_pusher_router(hub: PusherHub, access: Access) -> APIRouter:
+    """The auth endpoints and the HTTP publishing API of ``hub``; ``access``
+    (``Tokenwire.access``) says who is calling and decides the conversations' channels.
 
     ``private-conversation.{id}`` (also ``presence-`` and ``private-encrypted-``)
-    only the conversation's owner may join (anyone, if it has no owner): ``tw.access``
+    only the conversation's owner may join (anyone, if it has no owner): ``access``
     decides, and another owner's conversation answers 404 like a missing one; other
     private and presence channels are decided by the authorizers registered with
     :meth:`PusherHub.channel`; a channel nobody decides is refused (403), as
     Laravel does.
     """
     router = APIRouter()
-    tw = hub.tw
 
     async def allowed(request: Request, identity: Identity | None, channel: str) -> None:
         match = _CONVERSATION.fullmatch(channel)
         if match is not None:
             try:
-                await tw.access.conversation(request, match.group(1))
+                await access.conversation(request, match.group(1))
             except ConversationNotFoundError:
                 raise _Refused(404, "no such conversation") from None
             return
@@ -109,7 +109,7 @@ def build_pusher_router(hub: PusherHub) -> APIRouter:
     @router.post("/broadcasting/auth", tags=["pusher"], responses=responses(400, 401, 403))
     async def broadcasting_auth(request: Request) -> JSONResponse:
         try:
-            identity = await tw.access.caller(request)
+            identity = await access.caller(request)
         except AuthenticationError as exc:
             return _unauthenticated(exc)
         form = await request.form()
@@ -146,7 +146,7 @@ def build_pusher_router(hub: PusherHub) -> APIRouter:
     @router.post("/broadcasting/user-auth", tags=["pusher"], responses=responses(400, 401))
     async def user_authentication(request: Request) -> JSONResponse:
         try:
-            identity = await tw.access.caller(request)
+            identity = await access.caller(request)
         except AuthenticationError as exc:
             return _unauthenticated(exc)
         if identity is None:

@@ -2,7 +2,7 @@
 
 Errors are JSON ``{"detail": …}``: 401 no valid identity where one is needed
 (``WWW-Authenticate: Bearer``), 404 unknown stream or conversation (or another
-owner's: :mod:`tokenwire.server.identity`), 410 stream past retention, 415 a
+owner's: :mod:`tokenwire.engine.identity`), 410 stream past retention, 415 a
 ``POST /v1/chat`` body not sent as ``application/json``, 422 invalid body or query
 naming the field (FastAPI's validation format, or ``{"detail": [{"loc": ["body",
 "model"], "msg": …}]}`` for an unknown model, too many messages, a content too
@@ -20,14 +20,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.accumulate import MessageState
-from tokenwire.errors import InvalidRequestError, UnknownModelError
+from tokenwire.engine import Tokenwire
+from tokenwire.engine.limits import RateLimitedError
+from tokenwire.errors import ConversationNotFoundError, InvalidRequestError, UnknownModelError
 from tokenwire.events import encode_event, is_terminal
 from tokenwire.observability.cost import price
 from tokenwire.protocol.sse import MAX_SEQ, parse_last_event_id
 from tokenwire.providers import Message, split_model
-from tokenwire.server.identity import require_json
-from tokenwire.server.limits import RateLimitedError, rate_limited_response
-from tokenwire.server.tokenwire import ConversationNotFoundError, Tokenwire
+from tokenwire.server.identity import caller_dependency, require_json
+from tokenwire.server.limits import rate_limited_response
 from tokenwire.transports.sse import EventStreamResponse, resume_point
 
 __all__ = ["build_router"]
@@ -139,7 +140,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
         "/v1/chat",
         status_code=202,
         response_model=None,
-        dependencies=[Depends(access.caller), Depends(require_json)],
+        dependencies=[Depends(caller_dependency(access)), Depends(require_json)],
         responses=responses(400, 401, 404, 413, 415, 422, 429, 503),
     )
     async def chat(

@@ -51,8 +51,8 @@ from tokenwire.settings import Settings
 from tokenwire.transports.websocket import WRITE_FRAME
 
 if TYPE_CHECKING:
+    from tokenwire.engine import Tokenwire
     from tokenwire.server.pusher import PusherHub
-    from tokenwire.server.tokenwire import Tokenwire
 
 __all__ = ["FanoutWebSocketProtocol", "HeaderTimeoutProtocol", "run"]
 

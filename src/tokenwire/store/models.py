@@ -146,7 +146,7 @@ def may_touch(owner: str | None, caller: str | None) -> bool:
 
     A thing with an owner is its owner's alone; one with no owner (started
     anonymously, or by library code without ``owner``) is anybody's who knows its id.
-    Everyone asks through :class:`tokenwire.server.identity.Access`; the store asks it
+    Everyone asks through :class:`tokenwire.engine.identity.Access`; the store asks it
     directly when it starts a turn.
     """
     return owner is None or owner == caller

@@ -15,45 +15,39 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import HTTPConnection, Request
-
 from tokenwire.accumulate import MessageState
+from tokenwire.engine.identity import Access, HTTPRequest, Identify
+from tokenwire.engine.limits import Limits, Ticket
+from tokenwire.engine.stream import Stream
 from tokenwire.errors import (
     ConfigurationError,
     ConversationNotFoundError,
     InvalidRequestError,
     ShuttingDownError,
 )
-from tokenwire.events import Event, Start, is_terminal
+from tokenwire.events import Event, Start
 from tokenwire.log.base import StreamLog
 from tokenwire.log.memory import MemoryStreamLog
 from tokenwire.observability import logs as obs_logs
 from tokenwire.producer import Generation, Producer, ProducerConfig
-from tokenwire.protocol.sse import parse_last_event_id
 from tokenwire.providers import GenerationRequest, Message, Provider, ProviderRegistry
-from tokenwire.server.identity import Access, Identify
-from tokenwire.server.limits import Limits, Ticket
 from tokenwire.settings import Settings
 from tokenwire.store import Store
-from tokenwire.transports.sse import EventStreamResponse
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
     from tokenwire.queue import GenerationQueue
 
-__all__ = ["ConversationNotFoundError", "Stream", "Tokenwire"]  # the error: tokenwire.errors
+__all__ = ["Tokenwire"]
 
 logger = logging.getLogger("tokenwire")
 _TASK_END_TIMEOUT = 5.0
 """Seconds :meth:`Tokenwire.drain` waits for generation tasks after their producer ended."""
-
-EventCallback = Callable[[Event], Awaitable[None] | None]
-StreamCallback = Callable[["Stream"], Awaitable[None] | None]
 
 
 class Tokenwire:
@@ -68,7 +62,7 @@ class Tokenwire:
         identify: the embedding app's way to find the caller of an HTTP request
             (the owner of what they start), tried before the bearer tokens and JWTs
             of ``settings``; giving one makes identity required (401 without) unless
-            ``settings.allow_anonymous``. See :mod:`tokenwire.server.identity`.
+            ``settings.allow_anonymous``. See :mod:`tokenwire.engine.identity`.
 
     Raises:
         ConfigurationError: a JWT key in ``settings`` cannot be loaded.
@@ -260,7 +254,10 @@ class Tokenwire:
 
     @property
     def router(self) -> APIRouter:
-        """The native HTTP API (DESIGN §3) as a FastAPI router."""
+        """The native HTTP API (DESIGN §3) as a FastAPI router.
+
+        The bridge to the server layer (imported here: the engine loads no web
+        framework until a router is asked for)."""
         from tokenwire.server.routes import build_router
 
         return build_router(self)
@@ -306,7 +303,7 @@ class Tokenwire:
             raise InvalidRequestError("system", f"longer than {chars} characters")
         return provider, provider_model, name
 
-    async def admit(self, request: HTTPConnection) -> Ticket:
+    async def admit(self, request: HTTPRequest) -> Ticket:
         """Apply the limits to a request that is about to start a generation; pass the
         ticket to :meth:`start`. The caller is ``identify``'s identity, or the client's
         IP address (``ip:<address>``) when anonymous.
@@ -448,7 +445,7 @@ class Tokenwire:
             await self.queue.enqueue(GenerationJob(model=model, generation=generation))
             if ticket is not None:
                 self.limits.started(ticket, ends_here=False)
-            return Stream(self, stream_id, start=start)
+            return self._stream(stream_id, start)
         task = asyncio.create_task(
             self.producer.run(generation, provider), name=f"tokenwire-{stream_id}"
         )
@@ -457,7 +454,7 @@ class Tokenwire:
         if ticket is not None:
             self.limits.started(ticket, ends_here=True)
             task.add_done_callback(lambda _: self.limits.finished(ticket))
-        return Stream(self, stream_id, start=start)
+        return self._stream(stream_id, start)
 
     async def _supersede(self, conversation_id: str) -> None:
         active = await self.active_stream(conversation_id)
@@ -479,7 +476,15 @@ class Tokenwire:
             StreamNotFoundError, StreamExpiredError: as the log does.
         """
         await self.log.info(stream_id)
-        return Stream(self, stream_id)
+        return self._stream(stream_id)
+
+    def _stream(self, stream_id: str, start: Start | None = None) -> Stream:
+        return Stream(
+            self.log,
+            stream_id,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            start=start,
+        )
 
     async def cancel(self, stream_id: str, reason: str = "user") -> bool:
         """Ask the stream's producer to stop (wherever it runs). Idempotent."""
@@ -489,133 +494,6 @@ class Tokenwire:
         """Wait until every generation started here has ended."""
         while self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-
-
-class Stream:
-    """One stream, readable by any number of consumers, each from ``seq`` 1.
-
-    Iterating yields typed events until the terminal one. ``text``, ``reasoning``,
-    ``tool_calls``, ``usage`` and ``finish_reason`` reflect the events read so far
-    through this handle (after :meth:`wait`, the whole message).
-    """
-
-    def __init__(self, tw: Tokenwire, stream_id: str, *, start: Start | None = None) -> None:
-        self._tw = tw
-        self.stream_id = stream_id
-        self.state = MessageState()
-        self._on_event: list[EventCallback] = []
-        self._then: list[StreamCallback] = []
-        self._finally: list[StreamCallback] = []
-        self._follower: asyncio.Task[None] | None = None
-        if start is not None:
-            self.state.apply(start)
-
-    @property
-    def message_id(self) -> str | None:
-        return self.state.start.message_id if self.state.start else None
-
-    @property
-    def conversation_id(self) -> str | None:
-        return self.state.start.conversation_id if self.state.start else None
-
-    text = property(lambda self: self.state.text, doc="All text so far.")
-    reasoning = property(lambda self: self.state.reasoning, doc="All reasoning so far.")
-    tool_calls = property(lambda self: self.state.tool_calls, doc="Tool-call parts so far.")
-    usage = property(lambda self: self.state.usage, doc="Last token usage, or None.")
-    finish_reason = property(lambda self: self.state.finish_reason, doc="Set after finish.")
-    status = property(lambda self: self.state.status, doc="pending … completed/failed/cancelled.")
-
-    async def events(self, after: int = 0) -> AsyncIterator[Event]:
-        """Events with ``seq > after``, replayed then live, ending with the terminal one."""
-        async for batch in self._tw.log.read(self.stream_id, after):
-            for event in batch:
-                if event.seq > self.state.last_seq:
-                    self.state.apply(event)
-                yield event
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self.events()
-
-    async def wait(self) -> Stream:
-        """Read to the terminal event; return ``self`` with the whole message."""
-        async for _ in self.events(self.state.last_seq):
-            pass
-        return self
-
-    async def cancel(self, reason: str = "user") -> bool:
-        """Stop the generation (see :meth:`Tokenwire.cancel`)."""
-        return await self._tw.cancel(self.stream_id, reason)
-
-    def on_event(self, callback: EventCallback) -> Stream:
-        """Call ``callback(event)`` for every event (from a background reader)."""
-        self._on_event.append(callback)
-        return self._follow()
-
-    def then(self, callback: StreamCallback) -> Stream:
-        """Call ``callback(stream)`` when the stream finishes successfully."""
-        self._then.append(callback)
-        return self._follow()
-
-    def finally_(self, callback: StreamCallback) -> Stream:
-        """Call ``callback(stream)`` when the stream ends, however it ends."""
-        self._finally.append(callback)
-        return self._follow()
-
-    def _follow(self) -> Stream:
-        if self._follower is None:
-            self._follower = asyncio.create_task(self._run_callbacks())
-        return self
-
-    async def _run_callbacks(self) -> None:
-        state = MessageState()
-        async for batch in self._tw.log.read(self.stream_id):
-            for event in batch:
-                state.apply(event)
-                for callback in list(self._on_event):
-                    await _call(callback, event)
-                if is_terminal(event):
-                    self.state = state
-                    targets = (self._then if state.status == "completed" else []) + self._finally
-                    for done in targets:
-                        await _call(done, self)
-
-    def sse_response(
-        self,
-        request: Request | None = None,
-        *,
-        after: int = 0,
-        headers: dict[str, str] | None = None,
-    ) -> EventStreamResponse:
-        """An SSE response for this stream from ``seq > after``, or after the request's
-        ``Last-Event-ID`` when it has one; ``headers`` are added to the response."""
-        if request is not None:
-            after = _last_event_id(request, after)
-        return EventStreamResponse(
-            self._tw.log,
-            self.stream_id,
-            after=after,
-            heartbeat_interval=self._tw.settings.heartbeat_interval,
-            headers=headers,
-        )
-
-
-async def _call(callback: Callable[[Any], Awaitable[None] | None], arg: Any) -> None:
-    try:
-        result = callback(arg)
-        if result is not None:
-            await result
-    except Exception:
-        logger.exception("stream callback failed")
-
-
-def _last_event_id(request: Request, default: int) -> int:
-    """The request's ``Last-Event-ID``, or ``default`` without one or with a malformed
-    one (the native API's route answers 400 to a malformed one instead)."""
-    try:
-        seq = parse_last_event_id(request.headers.get("last-event-id"))
-    except ValueError:
-        return default
-    return default if seq is None else seq
 
 
 def _text_of(parts: list[dict[str, object]]) -> str:
