@@ -23,7 +23,7 @@ Storage: this process's memory, or Redis when ``TOKENWIRE_LOG_URL`` is
 
 A refusal raises :class:`RateLimitedError`; each surface answers it as 429 with
 ``Retry-After`` (whole seconds) in its own error shape
-(:func:`tokenwire.server.limits.rate_limited_response` for the native API's).
+(:func:`tokenwire.server.errors.error_response` for the native API's).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from limits import RateLimitItem, RateLimitItemPerDay, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
-from tokenwire.errors import TokenwireError
+from tokenwire.errors import RateLimitedError, TokenwireError
 from tokenwire.settings import LIMIT_GRAMMAR
 
 if TYPE_CHECKING:
@@ -75,22 +75,6 @@ def parse_rate(value: str) -> RateLimitItem:
     if match is None:
         raise ValueError(f"{value!r} is not N/second, N/minute, N/hour or N/day")
     return parse(f"{match.group(1)}/{match.group(2)}")
-
-
-class RateLimitedError(TokenwireError):
-    """A limit refused a start (HTTP 429).
-
-    Attributes:
-        limit: which limit (the ``limit`` label of ``tokenwire_rate_limited_total``).
-        retry_after: whole seconds after which a retry may succeed (≥ 1).
-        message: a sentence for the client.
-    """
-
-    def __init__(self, limit: Limit, retry_after: int, message: str) -> None:
-        super().__init__(message)
-        self.limit: Limit = limit
-        self.retry_after = max(1, retry_after)
-        self.message = message
 
 
 class Ticket:

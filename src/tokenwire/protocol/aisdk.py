@@ -42,6 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tokenwire.errors import ChatRequestError
 from tokenwire.events import (
     Cancelled,
     Error,
@@ -92,10 +93,6 @@ _FINISH_REASONS = {
 Chunk = dict[str, Any]
 
 
-class ChatRequestError(ValueError):
-    """The request body is not what ``DefaultChatTransport`` sends (HTTP 400/422)."""
-
-
 def parse_dialect(value: str | None) -> Dialect:
     """The dialect named by a header value (``"5"``, ``"6"``, ``"7"``, or ``v``-prefixed).
 
@@ -111,7 +108,7 @@ def parse_dialect(value: str | None) -> Dialect:
     for dialect in DIALECTS:
         if name == dialect:
             return dialect
-    raise ChatRequestError(f"x-tokenwire-ai-sdk must be one of 5, 6, 7, not {value!r}")
+    raise ChatRequestError(f"x-tokenwire-ai-sdk must be one of 5, 6, 7, not {value!r}", header=True)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from tokenwire.errors import TokenwireError
+from tokenwire.errors import OpenAIRequestError
 from tokenwire.events import (
     Cancelled,
     Error,
@@ -71,26 +71,6 @@ DONE = b"data: [DONE]\n\n"
 
 Role = Literal["user", "assistant"]
 _json = msgspec.json.Encoder()
-
-
-class OpenAIRequestError(TokenwireError):
-    """A request the OpenAI-compatible endpoint refuses (answered in OpenAI's error shape).
-
-    Args:
-        message: names the problem and the offending field.
-        param: the request field at fault (``messages[1].content``), or ``None``.
-        status: HTTP status: 400, or 404 for an unknown model.
-        code: OpenAI-style machine code (``model_not_found``, ``unsupported_parameter``…).
-    """
-
-    def __init__(
-        self, message: str, *, param: str | None = None, status: int = 400, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.status = status
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)

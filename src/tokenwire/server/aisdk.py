@@ -40,8 +40,12 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from tokenwire.engine import Tokenwire
-from tokenwire.engine.limits import RateLimitedError
-from tokenwire.errors import ConversationNotFoundError, InvalidRequestError, UnknownModelError
+from tokenwire.errors import (
+    ConversationNotFoundError,
+    InvalidRequestError,
+    RateLimitedError,
+    UnknownModelError,
+)
 from tokenwire.events import Event, is_terminal
 from tokenwire.protocol.aisdk import (
     DONE,
@@ -54,8 +58,8 @@ from tokenwire.protocol.aisdk import (
     parse_dialect,
 )
 from tokenwire.providers import Message
+from tokenwire.server.errors import error_response
 from tokenwire.server.identity import caller_dependency, require_json
-from tokenwire.server.limits import rate_limited_response
 from tokenwire.server.routes import responses
 from tokenwire.transports.sse import EventStreamResponse
 
@@ -95,7 +99,7 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             return _detail(400, "the body must be JSON (UTF-8, nested at most ~1000 levels)")
         except ChatRequestError as exc:
-            return _detail(422 if "x-tokenwire" not in str(exc) else 400, str(exc))
+            return _detail(400 if exc.header else exc.http_status, exc.message)
         model = body.model if body.model is not None else x_tokenwire_model
         history = [Message(role, text) for role, text in body.history]
         try:  # before the conversation is created, so a bad request leaves nothing behind
@@ -106,18 +110,18 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
                 params=body.params,
             )
         except UnknownModelError as exc:
-            return _detail(422, f"model: {exc}")
+            return _detail(exc.http_status, f"model: {exc}")
         except InvalidRequestError as exc:
-            return _detail(422, str(exc))
+            return _detail(exc.http_status, str(exc))
         try:  # 429 before the conversation is created
             ticket = await tw.admit(request)
         except RateLimitedError as exc:
-            return rate_limited_response(exc)
+            return error_response(exc)
         regenerate = body.trigger == "regenerate-message"
         try:
             existing = await tw.access.find_conversation(request, body.chat_id)
-        except ConversationNotFoundError:
-            return _detail(404, "chat not found")
+        except ConversationNotFoundError as exc:
+            return _detail(exc.http_status, "chat not found")
         if existing is None and await tw.store.create_conversation_if_absent(
             body.chat_id, owner=owner, source="ai-sdk"
         ):  # created here (a concurrent first request may have created it first)
@@ -138,11 +142,11 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
                 ticket=ticket,
             )
         except UnknownModelError as exc:
-            return _detail(422, f"model: {exc}")
+            return _detail(exc.http_status, f"model: {exc}")
         except InvalidRequestError as exc:
-            return _detail(422, str(exc))
-        except ConversationNotFoundError:
-            return _detail(404, "chat not found")
+            return _detail(exc.http_status, str(exc))
+        except ConversationNotFoundError as exc:
+            return _detail(exc.http_status, "chat not found")
         return _response(tw, stream.stream_id, dialect)
 
     @router.get(
@@ -161,7 +165,7 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         try:
             dialect = parse_dialect(x_tokenwire_ai_sdk)
         except ChatRequestError as exc:
-            return _detail(400, str(exc))
+            return _detail(400, exc.message)
         try:
             await tw.access.conversation(request, chat_id)
         except ConversationNotFoundError:
@@ -182,8 +186,8 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         an unknown chat or another owner's."""
         try:
             await tw.access.conversation(request, chat_id)
-        except ConversationNotFoundError:
-            return _detail(404, "chat not found")
+        except ConversationNotFoundError as exc:
+            return _detail(exc.http_status, "chat not found")
         stream_id = await _running_stream(tw, chat_id)
         stopped = stream_id is not None and await tw.cancel(stream_id, "user")
         return JSONResponse({"chat_id": chat_id, "stream_id": stream_id, "stopped": stopped})

@@ -25,23 +25,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenwire.engine import Tokenwire
-from tokenwire.engine.limits import RateLimitedError
 from tokenwire.errors import (
-    AuthenticationError,
-    ConversationNotFoundError,
-    InvalidRequestError,
-    LogUnavailableError,
-    ShuttingDownError,
     StoreError,
-    StreamExpiredError,
-    StreamNotFoundError,
     TokenwireError,
-    UnknownModelError,
 )
 from tokenwire.observability import metrics as obs_metrics
 from tokenwire.observability.logs import RequestIdMiddleware
 from tokenwire.server.aisdk import build_aisdk_router
-from tokenwire.server.limits import rate_limited_response
+from tokenwire.server.errors import error_response
 from tokenwire.server.openai_compat import build_openai_router
 from tokenwire.server.pusher import PusherHub
 from tokenwire.server.pusher_http import build_pusher_router
@@ -116,35 +107,9 @@ def create_app(
 
 
 def _exception_handlers(app: FastAPI) -> None:
-    statuses: list[tuple[type[Exception], int, str]] = [
-        (StreamNotFoundError, 404, "stream not found"),
-        (ConversationNotFoundError, 404, "conversation not found"),
-        (StreamExpiredError, 410, "the stream's events have expired; the message is in the store"),
-        (StoreError, 503, "the conversation store is unavailable"),
-        (LogUnavailableError, 503, "the stream log is unavailable"),
-        (ShuttingDownError, 503, "the server is shutting down; try again"),
-    ]
-    for exc_type, status, message in statuses:
-
-        async def handler(
-            request: Request, exc: Exception, status: int = status, message: str = message
-        ) -> JSONResponse:
-            return JSONResponse({"detail": message}, status_code=status)
-
-        app.add_exception_handler(exc_type, handler)
-
-    async def unknown_model(request: Request, exc: Exception) -> JSONResponse:
-        detail = [{"loc": ["body", "model"], "msg": str(exc), "type": "value_error"}]
-        return JSONResponse({"detail": detail}, status_code=422)
-
-    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, InvalidRequestError)
-        loc = ["body", *exc.field.split(".")]
-        detail = [{"loc": loc, "msg": exc.message, "type": "value_error"}]
-        return JSONResponse({"detail": detail}, status_code=422)
-
-    async def bad_value(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    async def tokenwire_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, TokenwireError)
+        return error_response(exc)  # status, code and message from the class
 
     async def python_value_error(request: Request, exc: Exception) -> JSONResponse:
         # A ValueError that escaped a route: its text is Python's (``invalid literal
@@ -152,22 +117,8 @@ def _exception_handlers(app: FastAPI) -> None:
         logger.info("invalid value in %s %s: %r", request.method, request.url.path, exc)
         return JSONResponse({"detail": "invalid value in the request"}, status_code=422)
 
-    async def unauthenticated(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, AuthenticationError)
-        headers = {"www-authenticate": exc.www_authenticate}
-        return JSONResponse({"detail": exc.message}, status_code=401, headers=headers)
-
-    app.add_exception_handler(AuthenticationError, unauthenticated)
-
-    async def rate_limited(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RateLimitedError)
-        return rate_limited_response(exc)
-
-    app.add_exception_handler(RateLimitedError, rate_limited)
-    app.add_exception_handler(UnknownModelError, unknown_model)
-    app.add_exception_handler(InvalidRequestError, invalid_request)
     app.add_exception_handler(ValueError, python_value_error)
-    app.add_exception_handler(TokenwireError, bad_value)
+    app.add_exception_handler(TokenwireError, tokenwire_error)
 
 
 def _operations(app: FastAPI, tw: Tokenwire, hub: PusherHub) -> None:

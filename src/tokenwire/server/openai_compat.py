@@ -39,10 +39,10 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from tokenwire.engine import Tokenwire
-from tokenwire.engine.limits import RateLimitedError
 from tokenwire.errors import (
     AuthenticationError,
     InvalidRequestError,
+    RateLimitedError,
     ShuttingDownError,
     StoreError,
     StreamExpiredError,
@@ -112,11 +112,9 @@ class OpenAIRoute(APIRoute):
             except InvalidRequestError as exc:
                 return _error(400, str(exc), param=exc.field)
             except (StreamNotFoundError, StreamExpiredError):
-                return _error(404, "stream not found", code="stream_not_found")
-            except StoreError:
-                return _error(503, "the conversation store is unavailable", code="store_error")
-            except ShuttingDownError:
-                return _error(503, "the server is shutting down; try again", code="shutting_down")
+                return _error(404, "stream not found", code=StreamNotFoundError.error_code)
+            except (StoreError, ShuttingDownError) as exc:
+                return _error(exc.http_status, exc.public_message or "", code=exc.error_code)
             except HTTPException as exc:
                 return _error(exc.status_code, str(exc.detail))
 

@@ -21,14 +21,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.accumulate import MessageState
 from tokenwire.engine import Tokenwire
-from tokenwire.engine.limits import RateLimitedError
-from tokenwire.errors import ConversationNotFoundError, InvalidRequestError, UnknownModelError
+from tokenwire.errors import (
+    ConversationNotFoundError,
+    InvalidRequestError,
+    RateLimitedError,
+    UnknownModelError,
+)
 from tokenwire.events import encode_event, is_terminal
 from tokenwire.observability.cost import price
 from tokenwire.protocol.sse import MAX_SEQ, parse_last_event_id
 from tokenwire.providers import Message, split_model
+from tokenwire.server.errors import error_response, field_error
 from tokenwire.server.identity import caller_dependency, require_json
-from tokenwire.server.limits import rate_limited_response
 from tokenwire.transports.sse import EventStreamResponse, resume_point
 
 __all__ = ["build_router"]
@@ -100,12 +104,7 @@ class ConversationPatch(BaseModel):
     title: str = Field(min_length=1, max_length=200)
 
 
-def _field_error(field: str, message: str) -> JSONResponse:
-    """422 in FastAPI's validation format; ``field`` may be dotted (``params.tokens``)."""
-    loc = ["body", *field.split(".")]
-    return JSONResponse(
-        {"detail": [{"loc": loc, "msg": message, "type": "value_error"}]}, status_code=422
-    )
+_field_error = field_error
 
 
 def build_router(tw: Tokenwire) -> APIRouter:
@@ -127,7 +126,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
         try:
             tw.registry.resolve(body.model or tw.settings.resolved_default_model())
         except UnknownModelError as exc:
-            return _field_error("model", str(exc))
+            return error_response(exc)
         await access.conversation(request, body.conversation_id)
         active = await tw.active_stream(body.conversation_id)
         if active is not None:
@@ -156,10 +155,8 @@ def build_router(tw: Tokenwire) -> APIRouter:
         messages = [Message(m.role, m.content) for m in body.messages]
         try:  # before anything is deleted or created
             tw.check(body.model, messages, system=body.system, params=body.params)
-        except UnknownModelError as exc:
-            return _field_error("model", str(exc))
-        except InvalidRequestError as exc:
-            return _field_error(exc.field, exc.message)
+        except (UnknownModelError, InvalidRequestError) as exc:
+            return error_response(exc)
         if body.from_message_id is not None:
             refused = await drop_from(request, body, body.from_message_id)
             if refused is not None:
@@ -167,7 +164,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
         try:  # 429 before anything is created
             ticket = await tw.admit(request)
         except RateLimitedError as exc:
-            return rate_limited_response(exc)
+            return error_response(exc)
         try:
             stream = await tw.start(
                 body.model,
@@ -179,12 +176,10 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 source=body.source,
                 ticket=ticket,
             )
-        except UnknownModelError as exc:
-            return _field_error("model", str(exc))
-        except InvalidRequestError as exc:
-            return _field_error(exc.field, exc.message)
-        except ConversationNotFoundError:
-            return JSONResponse({"detail": "conversation not found"}, status_code=404)
+        except (UnknownModelError, InvalidRequestError) as exc:
+            return error_response(exc)
+        except ConversationNotFoundError as exc:
+            return error_response(exc)
         if "text/event-stream" in accept:
             return stream.sse_response(headers={"x-tokenwire-stream-id": stream.stream_id})
         base = str(request.url_for("stream_events", stream_id=stream.stream_id))
