@@ -225,7 +225,7 @@ def test_unmasked_errors_and_batches_split_anywhere() -> None:
     whole = UIMessageStreamEncoder("7").encode(events)
     split = [c for e in events for c in enc.encode([e])]
     assert split == whole
-    assert enc.encode([Error(code="x", message="boom")])[-1] == {
+    assert enc.encode([Error(code="provider_error", message="boom")])[-1] == {
         "type": "error",
         "errorText": "boom",
     }

@@ -13,6 +13,7 @@ from tokenwire.events import (
     Error,
     Event,
     Finish,
+    MessageStatus,
     ReasoningDelta,
     Source,
     Start,
@@ -42,7 +43,7 @@ class MessageState:
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
         self.cancel_reason: str | None = None
-        self.status = "pending"
+        self.status = MessageStatus.PENDING
         self.last_seq = 0
         self.start: Start | None = None
 
@@ -52,7 +53,7 @@ class MessageState:
         match event:
             case Start():
                 self.start = event
-                self.status = "streaming"
+                self.status = self.status.then(MessageStatus.STREAMING)
             case TextDelta(part=part, delta=delta):
                 self._append(part, "text", delta)
             case ReasoningDelta(part=part, delta=delta):
@@ -74,15 +75,15 @@ class MessageState:
             case Usage():
                 self.usage = event.as_token_usage()
             case Finish():
-                self.status = "completed"
+                self.status = self.status.then(MessageStatus.COMPLETED)
                 self.finish_reason = event.finish_reason
                 if event.usage is not None:
                     self.usage = event.usage
             case Error():
-                self.status = "failed"
+                self.status = self.status.then(MessageStatus.FAILED)
                 self.error = {"code": event.code, "message": event.message}
             case Cancelled():
-                self.status = "cancelled"
+                self.status = self.status.then(MessageStatus.CANCELLED)
                 self.cancel_reason = event.reason
 
     def _append(self, part: int, kind: str, delta: str) -> None:

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from tokenwire.events import ErrorCode
+
 __all__ = [
     "AuthenticationError",
     "ChatRequestError",
@@ -78,10 +80,15 @@ class ProviderError(TokenwireError):
     error_code = "provider_error"
 
     def __init__(
-        self, code: str, message: str, *, retryable: bool = False, status: int | None = None
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        retryable: bool = False,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
-        self.code = code
+        self.code: ErrorCode = code
         self.message = message
         self.retryable = retryable
         self.status = status

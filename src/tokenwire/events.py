@@ -15,7 +15,8 @@ Evolution"), so older readers keep decoding newer streams.
 
 from __future__ import annotations
 
-from typing import Literal
+from enum import StrEnum
+from typing import Final, Literal
 
 import msgspec
 
@@ -27,9 +28,11 @@ __all__ = [
     "Event",
     "Finish",
     "FinishReason",
+    "MessageStatus",
     "ReasoningDelta",
     "Source",
     "Start",
+    "StreamStatus",
     "TextDelta",
     "TokenUsage",
     "ToolCall",
@@ -39,6 +42,7 @@ __all__ = [
     "decode_event",
     "encode_event",
     "is_terminal",
+    "outcome",
     "with_seq",
 ]
 
@@ -159,7 +163,7 @@ class Finish(_Base, tag="finish", frozen=True):
 class Error(_Base, tag="error", frozen=True):
     """Terminal: the generation failed. ``message`` never carries our exception text."""
 
-    code: str
+    code: ErrorCode
     message: str
     retryable: bool = False
 
@@ -204,6 +208,65 @@ def decode_event(data: bytes | str) -> Event:
         msgspec.DecodeError: the input is not JSON.
     """
     return _decoder.decode(data)
+
+
+class StreamStatus(StrEnum):
+    """A stream's lifecycle in the log: ``running`` until its terminal event is
+    appended, then the outcome that event names (JSON: the plain string)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class MessageStatus(StrEnum):
+    """An assistant message's lifecycle (``messages.status``): ``pending`` until the
+    stream's ``start``, ``streaming`` until its terminal event, then the outcome.
+
+    The allowed transitions are checked in one place, :meth:`then`.
+    """
+
+    PENDING = "pending"
+    STREAMING = "streaming"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """``completed``, ``failed`` or ``cancelled``: no transition leaves it."""
+        return self not in (MessageStatus.PENDING, MessageStatus.STREAMING)
+
+    def then(self, new: MessageStatus) -> MessageStatus:
+        """The status after a transition to ``new`` (forward only: ``pending`` ->
+        ``streaming`` -> outcome; a status may repeat, as when an event is applied
+        twice).
+
+        Raises:
+            ValueError: ``new`` does not follow ``self`` (a final status never changes).
+        """
+        if new is self or (not self.is_final and _RANK[new] > _RANK[self]):
+            return new
+        raise ValueError(f"a message cannot go from {self.value} to {new.value}")
+
+
+_RANK: Final = {status: rank for rank, status in enumerate(MessageStatus)}
+
+_OUTCOMES: Final[dict[type[Event], StreamStatus]] = {
+    Finish: StreamStatus.COMPLETED,
+    Error: StreamStatus.FAILED,
+    Cancelled: StreamStatus.CANCELLED,
+}
+
+
+def outcome(event: Event) -> StreamStatus:
+    """The status a terminal event ends its stream (and message) with.
+
+    Raises:
+        KeyError: ``event`` is not terminal.
+    """
+    return _OUTCOMES[type(event)]
 
 
 def is_terminal(event: Event) -> bool:

@@ -124,8 +124,6 @@ class Settings(BaseSettings):
     shutdown_grace: float = 10.0
     """Seconds running generations may go on after SIGTERM (``tokenwire serve`` and
     ``tokenwire worker``) before they end with ``cancelled{reason: "shutdown"}``."""
-    reader_buffer: int = 1024
-    """Events a live reader may fall behind before it is moved back to the log."""
     max_retries: int = 2
     """Retries of an upstream call that failed before its first event."""
     retry_backoff: float = 0.5

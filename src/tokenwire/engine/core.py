@@ -133,10 +133,11 @@ class Tokenwire:
         self.log.on_producer_lost = self._finish_lost_message
         if self._warm_up is None:
             self._warm_up = asyncio.create_task(self._warm_up_default_model())
-        sweep = getattr(self.log, "sweep_expired_leases", None)
-        if self._sweeper is None and sweep is not None and self.settings.lease_sweep_interval > 0:
+        if self._sweeper is None and self.settings.lease_sweep_interval > 0:
             self._sweeper = asyncio.create_task(
-                self._sweep_leases(sweep, self.settings.lease_sweep_interval),
+                self._sweep_leases(
+                    self.log.sweep_expired_leases, self.settings.lease_sweep_interval
+                ),
                 name="tokenwire-lease-sweep",
             )
 

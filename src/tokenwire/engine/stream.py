@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from tokenwire.accumulate import MessageState
-from tokenwire.events import Event, Start, is_terminal
+from tokenwire.events import Event, MessageStatus, Start, TokenUsage, is_terminal
 from tokenwire.log.base import StreamLog
 from tokenwire.protocol.sse import parse_last_event_id
 
@@ -64,12 +64,35 @@ class Stream:
     def conversation_id(self) -> str | None:
         return self.state.start.conversation_id if self.state.start else None
 
-    text = property(lambda self: self.state.text, doc="All text so far.")
-    reasoning = property(lambda self: self.state.reasoning, doc="All reasoning so far.")
-    tool_calls = property(lambda self: self.state.tool_calls, doc="Tool-call parts so far.")
-    usage = property(lambda self: self.state.usage, doc="Last token usage, or None.")
-    finish_reason = property(lambda self: self.state.finish_reason, doc="Set after finish.")
-    status = property(lambda self: self.state.status, doc="pending … completed/failed/cancelled.")
+    @property
+    def text(self) -> str:
+        """All text so far."""
+        return self.state.text
+
+    @property
+    def reasoning(self) -> str:
+        """All reasoning so far."""
+        return self.state.reasoning
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """Tool-call parts so far."""
+        return self.state.tool_calls
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        """Last token usage, or None."""
+        return self.state.usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Set after finish."""
+        return self.state.finish_reason
+
+    @property
+    def status(self) -> MessageStatus:
+        """``pending`` … ``completed``/``failed``/``cancelled``."""
+        return self.state.status
 
     async def events(self, after: int = 0) -> AsyncIterator[Event]:
         """Events with ``seq > after``, replayed then live, ending with the terminal one."""

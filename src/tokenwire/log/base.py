@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from tokenwire.events import Event
+from tokenwire.events import Event, StreamStatus
 
 __all__ = ["StreamInfo", "StreamLog"]
 
@@ -36,7 +36,7 @@ class StreamInfo(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     stream_id: str
-    status: str
+    status: StreamStatus
     last_seq: int
     meta: Mapping[str, str]
     created_at: float
@@ -115,6 +115,15 @@ class StreamLog(Protocol):
     async def readers(self, stream_id: str) -> tuple[int, float | None]:
         """``(live readers now, Unix seconds when the last one left)``; the time is
         ``None`` while the stream has never had a reader."""
+
+    async def sweep_expired_leases(self) -> list[str]:
+        """End every running stream whose producer's lease expired with
+        ``error{producer_lost}`` (and ``on_producer_lost``), read or not; return the ids
+        this call ended."""
+
+    def statistics(self) -> dict[str, int]:
+        """This process's counts for ``/metrics``: ``streams``, ``running``, ``events``
+        and ``readers`` (a backend may count only what this process sees)."""
 
     async def close(self) -> None:
         """Release resources."""

@@ -16,12 +16,18 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from typing import Any
 
 from tokenwire.errors import StreamExpiredError, StreamNotFoundError
-from tokenwire.events import Cancelled, Error, Event, Finish, with_seq
+from tokenwire.events import (
+    Error,
+    Event,
+    StreamStatus,
+    is_terminal,
+    outcome,
+    with_seq,
+)
 from tokenwire.log.base import StreamInfo
 
 __all__ = ["MemoryStreamLog"]
 
-_OUTCOME: dict[type[Any], str] = {Finish: "completed", Error: "failed", Cancelled: "cancelled"}
 _EXPIRED_KEPT = 100_000
 """How many expired stream ids are remembered to answer 410 rather than 404."""
 
@@ -46,7 +52,7 @@ class _Stream:
     def __init__(self, stream_id: str, meta: Mapping[str, str], now: float) -> None:
         self.stream_id = stream_id
         self.events: list[Event] = []
-        self.status = "running"
+        self.status = StreamStatus.RUNNING
         self.meta = dict(meta)
         self.created_at = now
         self.finished_at: float | None = None
@@ -174,9 +180,8 @@ class MemoryStreamLog:
             numbered = with_seq(event, len(log) + 1)
             log.append(numbered)
             out.append(numbered)
-            outcome = _OUTCOME.get(type(event))
-            if outcome is not None:
-                stream.status = outcome
+            if is_terminal(event):
+                stream.status = outcome(event)
                 stream.finished_at = self._clock()
                 stream.lease_until = None
                 stream.cancel_watchers.clear()
@@ -210,7 +215,7 @@ class MemoryStreamLog:
                     chunk = log[after : after + batch]
                     after = chunk[-1].seq
                     yield chunk
-                    if _OUTCOME.get(type(chunk[-1])) is not None:
+                    if is_terminal(chunk[-1]):
                         return
                     if idle is not None:
                         quiet_until = time.monotonic() + idle

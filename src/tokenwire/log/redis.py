@@ -103,7 +103,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
-from tokenwire.events import Event
+from tokenwire.events import Event, StreamStatus
 from tokenwire.log.base import StreamInfo
 from tokenwire.log.redis_cancel import CancelWatch
 from tokenwire.log.redis_core import STOP_TIMEOUT, RedisCore, as_str, stop_task
@@ -312,7 +312,7 @@ class RedisStreamLog:
         finished_at = fields.get("finished_at")
         return StreamInfo(
             stream_id=stream_id,
-            status=fields["status"],
+            status=StreamStatus(fields["status"]),
             last_seq=int(fields["last_seq"]),
             meta=json.loads(fields.get("meta", "{}")),
             created_at=float(fields["created_at"]),

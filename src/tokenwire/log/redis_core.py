@@ -20,13 +20,18 @@ from tokenwire.errors import (
     StreamNotFoundError,
     TokenwireError,
 )
-from tokenwire.events import Cancelled, Error, Event, Finish, encode_event, with_seq
+from tokenwire.events import (
+    Error,
+    Event,
+    encode_event,
+    is_terminal,
+    outcome,
+    with_seq,
+)
 from tokenwire.log import redis_scripts as scripts
 
-__all__ = ["OUTCOME", "RedisCore"]
+__all__ = ["RedisCore"]
 
-OUTCOME: dict[type[Any], str] = {Finish: "completed", Error: "failed", Cancelled: "cancelled"}
-"""The stream status each terminal event type sets."""
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
 """Seconds between reconnection attempts of the background tasks (doubling)."""
 STOP_TIMEOUT = 3.0
@@ -159,7 +164,7 @@ class RedisCore:
         ]
         for event in events:
             head, tail = split_event(event)
-            args += [OUTCOME.get(type(event), ""), head, tail]
+            args += [outcome(event) if is_terminal(event) else "", head, tail]
         code, first, count = await self.call(
             self.append_script(
                 keys=[

@@ -10,11 +10,10 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from tokenwire.errors import LogUnavailableError
-from tokenwire.events import Event, decode_event
+from tokenwire.events import Event, StreamStatus, decode_event, is_terminal
 from tokenwire.log.redis_core import (
     BACKOFF_MAX,
     BACKOFF_MIN,
-    OUTCOME,
     RedisCore,
     as_str,
     entry_field,
@@ -105,12 +104,12 @@ class Follow:
                     await self._back_off()
                     continue
                 chunk, status = fetched
-                if not chunk and status != "running":
+                if not chunk and status != StreamStatus.RUNNING:
                     return
             if chunk:
                 self.after = chunk[-1].seq
                 yield chunk
-                if type(chunk[-1]) in OUTCOME:
+                if is_terminal(chunk[-1]):
                     return
                 if self.idle is not None:
                     self.quiet_until = time.monotonic() + self.idle

@@ -16,6 +16,7 @@ import msgspec
 
 from tokenwire.errors import ProviderError
 from tokenwire.events import (
+    ErrorCode,
     Finish,
     FinishReason,
     ReasoningDelta,
@@ -201,7 +202,7 @@ def error_for_code(kind: str | None, message: str | None) -> ProviderError:
     text = message or (f"the provider reported an error ({kind})" if kind else "")
     text = text or "the provider reported an error"
     lowered = kind.lower()
-    code = "provider_error"
+    code: ErrorCode = "provider_error"
     if "overloaded" in lowered:
         code = "provider_overloaded"
     elif "rate_limit" in lowered:

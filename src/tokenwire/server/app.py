@@ -168,17 +168,15 @@ def _operations(app: FastAPI, tw: Tokenwire, hub: PusherHub) -> None:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        statistics = getattr(tw.log, "statistics", None)
-        if statistics is not None:
-            for name, value in statistics().items():
-                if name in gauges:
-                    gauges[name].set(value)
+        log_statistics = tw.log.statistics()
+        for name, value in log_statistics.items():
+            if name in gauges:
+                gauges[name].set(value)
         hub_statistics = hub.statistics()
         for name, value in hub_statistics.items():
             pusher_gauges[name].set(value)
         active.set(tw.producer.running())
-        log_readers = statistics().get("readers", 0) if statistics is not None else 0
-        readers.set(log_readers + hub_statistics.get("connections", 0))
+        readers.set(log_statistics.get("readers", 0) + hub_statistics.get("connections", 0))
         if tw.queue is not None:
             queue_depth.set(await _queue_depth(tw))
         body = generate_latest(registry) + generate_latest(obs_metrics.REGISTRY)

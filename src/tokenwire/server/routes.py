@@ -27,7 +27,7 @@ from tokenwire.errors import (
     RateLimitedError,
     UnknownModelError,
 )
-from tokenwire.events import encode_event, is_terminal
+from tokenwire.events import encode_event, is_terminal, outcome
 from tokenwire.observability.cost import price
 from tokenwire.protocol.sse import MAX_SEQ, parse_last_event_id
 from tokenwire.providers import Message, split_model
@@ -37,7 +37,6 @@ from tokenwire.transports.sse import EventStreamResponse, resume_point
 
 __all__ = ["build_router"]
 
-_OUTCOME = {"finish": "completed", "error": "failed", "cancelled": "cancelled"}
 MAX_WAIT = 30.0
 """Longest long-poll wait, seconds."""
 MAX_UNIX = 253_402_300_799.0
@@ -243,7 +242,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 events = await tw.log.events(stream_id, since)
             status = info.status
             if events and is_terminal(events[-1]):
-                status = _OUTCOME[str(events[-1].__struct_config__.tag)]
+                status = outcome(events[-1])
             body = b'{"events":[%s],"last_seq":%d,"status":"%s"}' % (
                 b",".join(encode_event(e) for e in events),
                 max(info.last_seq, events[-1].seq if events else 0),

@@ -32,6 +32,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from tokenwire.events import MessageStatus as _Lifecycle
+
 __all__ = [
     "MESSAGE_ROLES",
     "MESSAGE_STATUSES",
@@ -49,10 +51,8 @@ __all__ = [
 MessageStatus = Literal["pending", "streaming", "completed", "failed", "cancelled"]
 MessageRole = Literal["system", "user", "assistant", "tool"]
 
-MESSAGE_STATUSES: Final[frozenset[str]] = frozenset(
-    {"pending", "streaming", "completed", "failed", "cancelled"}
-)
-"""Every valid ``messages.status``."""
+MESSAGE_STATUSES: Final[frozenset[str]] = frozenset(_Lifecycle)
+"""Every valid ``messages.status`` (the values of :class:`tokenwire.events.MessageStatus`)."""
 MESSAGE_ROLES: Final[frozenset[str]] = frozenset({"system", "user", "assistant", "tool"})
 """Every valid ``messages.role``."""
 

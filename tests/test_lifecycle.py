@@ -1,0 +1,74 @@
+"""The lifecycle enums of :mod:`tokenwire.events`: their JSON is the plain string and
+their transitions are checked in one place."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from tokenwire.accumulate import MessageState
+from tokenwire.events import (
+    Cancelled,
+    Error,
+    Finish,
+    MessageStatus,
+    Start,
+    StreamStatus,
+    TextDelta,
+    outcome,
+)
+from tokenwire.store import MESSAGE_STATUSES
+
+
+def test_json_values_are_the_plain_strings() -> None:
+    assert json.dumps({"status": StreamStatus.RUNNING}) == '{"status": "running"}'
+    assert msgspec.json.encode(MessageStatus.CANCELLED) == b'"cancelled"'
+    assert {"pending", "streaming", "completed", "failed", "cancelled"} == MESSAGE_STATUSES
+    assert f"{StreamStatus.FAILED}" == "failed"
+
+
+def test_outcome_of_each_terminal_event() -> None:
+    assert outcome(Finish(finish_reason="stop")) is StreamStatus.COMPLETED
+    assert outcome(Error(code="provider_error", message="x")) is StreamStatus.FAILED
+    assert outcome(Cancelled(reason="user")) is StreamStatus.CANCELLED
+    with pytest.raises(KeyError):
+        outcome(TextDelta(part=0, delta="a"))
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("pending", "streaming"),
+        ("pending", "failed"),
+        ("streaming", "streaming"),
+        ("streaming", "completed"),
+        ("streaming", "cancelled"),
+        ("completed", "completed"),
+    ],
+)
+def test_allowed_transitions(old: str, new: str) -> None:
+    assert MessageStatus(old).then(MessageStatus(new)) is MessageStatus(new)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("streaming", "pending"), ("completed", "failed"), ("cancelled", "streaming")],
+)
+def test_refused_transitions(old: str, new: str) -> None:
+    with pytest.raises(ValueError, match=f"from {old} to {new}"):
+        MessageStatus(old).then(MessageStatus(new))
+
+
+def test_message_state_follows_the_events() -> None:
+    state = MessageState()
+    assert state.status is MessageStatus.PENDING
+    state.apply(
+        Start(seq=1, stream_id="s", message_id="m", conversation_id="c", model="m", created_at=0.0)
+    )
+    assert state.status is MessageStatus.STREAMING
+    state.apply(Finish(seq=2, finish_reason="stop"))
+    assert state.status is MessageStatus.COMPLETED
+    with pytest.raises(ValueError):
+        state.apply(Error(seq=3, code="internal_error", message="late"))
