@@ -46,6 +46,7 @@ def test_outcome_of_each_terminal_event() -> None:
         ("streaming", "completed"),
         ("streaming", "cancelled"),
         ("completed", "completed"),
+        ("completed", "failed"),  # the log's first terminal event wins over a local fold
     ],
 )
 def test_allowed_transitions(old: str, new: str) -> None:
@@ -54,7 +55,7 @@ def test_allowed_transitions(old: str, new: str) -> None:
 
 @pytest.mark.parametrize(
     ("old", "new"),
-    [("streaming", "pending"), ("completed", "failed"), ("cancelled", "streaming")],
+    [("streaming", "pending"), ("completed", "streaming"), ("cancelled", "pending")],
 )
 def test_refused_transitions(old: str, new: str) -> None:
     with pytest.raises(ValueError, match=f"from {old} to {new}"):
@@ -70,5 +71,11 @@ def test_message_state_follows_the_events() -> None:
     assert state.status is MessageStatus.STREAMING
     state.apply(Finish(seq=2, finish_reason="stop"))
     assert state.status is MessageStatus.COMPLETED
-    with pytest.raises(ValueError):
-        state.apply(Error(seq=3, code="internal_error", message="late"))
+    state.apply(Error(seq=3, code="producer_lost", message="lost"))
+    assert state.status is MessageStatus.FAILED
+    with pytest.raises(ValueError, match="from failed to streaming"):
+        state.apply(
+            Start(
+                seq=1, stream_id="s", message_id="m", conversation_id="c", model="m", created_at=0.0
+            )
+        )

@@ -239,19 +239,19 @@ class MessageStatus(StrEnum):
         return self not in (MessageStatus.PENDING, MessageStatus.STREAMING)
 
     def then(self, new: MessageStatus) -> MessageStatus:
-        """The status after a transition to ``new`` (forward only: ``pending`` ->
-        ``streaming`` -> outcome; a status may repeat, as when an event is applied
-        twice).
+        """The status after a transition to ``new``: forward only, ``pending`` ->
+        ``streaming`` -> an outcome. A status may repeat (an event applied twice), and
+        an outcome may be replaced by another: the log keeps the first terminal event,
+        and a local fold (the producer's) may have seen its own first.
 
         Raises:
-            ValueError: ``new`` does not follow ``self`` (a final status never changes).
+            ValueError: ``new`` goes back (to ``pending``, or from an outcome to
+                ``streaming``).
         """
-        if new is self or (not self.is_final and _RANK[new] > _RANK[self]):
+        if new is self or new.is_final or (new is MessageStatus.STREAMING and not self.is_final):
             return new
         raise ValueError(f"a message cannot go from {self.value} to {new.value}")
 
-
-_RANK: Final = {status: rank for rank, status in enumerate(MessageStatus)}
 
 _OUTCOMES: Final[dict[type[Event], StreamStatus]] = {
     Finish: StreamStatus.COMPLETED,
