@@ -33,6 +33,8 @@ import anyio.lowlevel
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from tokenwire.protocol.sse import encode_sse
+
 __all__ = [
     "ANTHROPIC_MESSAGES",
     "OPENAI_CHAT",
@@ -235,7 +237,7 @@ def inband_error_event(api: str, *, sequence_number: int) -> bytes:
     payload: dict[str, object]
     if api == ANTHROPIC_MESSAGES:
         payload = {"type": "error", "error": {"type": "overloaded_error", "message": message}}
-        return b"event: error\ndata: " + _compact(payload) + b"\n\n"
+        return encode_sse(_compact(payload), event="error")
     if api == OPENAI_RESPONSES:
         payload = {
             "type": "error",
@@ -244,9 +246,9 @@ def inband_error_event(api: str, *, sequence_number: int) -> bytes:
             "param": None,
             "sequence_number": sequence_number,
         }
-        return b"event: error\ndata: " + _compact(payload) + b"\n\n"
+        return encode_sse(_compact(payload), event="error")
     payload = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
-    return b"data: " + _compact(payload) + b"\n\n"
+    return encode_sse(_compact(payload))
 
 
 def _compact(payload: Mapping[str, object]) -> bytes:

@@ -56,6 +56,7 @@ from tokenwire.events import (
     ToolCallDelta,
     ToolCallStart,
 )
+from tokenwire.protocol.sse import DONE, encode_sse
 
 __all__ = [
     "DEFAULT_DIALECT",
@@ -75,7 +76,6 @@ __all__ = [
 Dialect = Literal["5", "6", "7"]
 DIALECTS: tuple[Dialect, ...] = ("5", "6", "7")
 DEFAULT_DIALECT: Dialect = "7"
-DONE = b"data: [DONE]\n\n"
 """The last frame of every response (the SDK's ``JsonToSseTransformStream`` ends so)."""
 HEADERS = {"x-vercel-ai-ui-message-stream": "v1"}
 """Response headers the SDK's ``UI_MESSAGE_STREAM_HEADERS`` add to the SSE ones."""
@@ -344,6 +344,6 @@ def _tool_call(event: ToolCall) -> Chunk:
 def frame_chunks(chunks: Iterable[Chunk]) -> bytes:
     """``data: <json>\\n\\n`` per chunk (compact JSON, UTF-8, no line breaks)."""
     return b"".join(
-        b"data: %s\n\n" % json.dumps(c, ensure_ascii=False, separators=(",", ":")).encode()
+        encode_sse(json.dumps(c, ensure_ascii=False, separators=(",", ":")).encode())
         for c in chunks
     )

@@ -54,6 +54,7 @@ from tokenwire.events import (
     ToolCallStart,
     Usage,
 )
+from tokenwire.protocol.sse import DONE, encode_sse
 
 __all__ = [
     "DONE",
@@ -66,8 +67,6 @@ __all__ = [
     "parse_request",
 ]
 
-DONE = b"data: [DONE]\n\n"
-"""The last frame of a successful (or cancelled) stream."""
 
 Role = Literal["user", "assistant"]
 _json = msgspec.json.Encoder()
@@ -365,7 +364,7 @@ def _event_error(event: Error) -> dict[str, Any]:
 
 def frame(chunk: Mapping[str, Any]) -> bytes:
     """One SSE frame: ``data: <compact JSON>\\n\\n``."""
-    return b"data: " + _json.encode(chunk) + b"\n\n"
+    return encode_sse(_json.encode(chunk))
 
 
 def _usage(usage: TokenUsage | None) -> dict[str, Any]:

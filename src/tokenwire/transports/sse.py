@@ -23,7 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
 from tokenwire.events import Event, encode_event
 from tokenwire.log.base import StreamInfo, StreamLog
-from tokenwire.protocol.sse import HEARTBEAT
+from tokenwire.protocol.sse import HEARTBEAT, encode_sse
 
 __all__ = ["SSE_HEADERS", "EventStreamResponse", "frame_events", "resume_point"]
 
@@ -37,15 +37,20 @@ logger = logging.getLogger("tokenwire.sse")
 
 
 def frame_events(events: list[Event]) -> bytes:
-    """SSE frames for ``events``, concatenated (byte-exact to DESIGN §3)."""
-    out = []
-    for event in events:
-        cls = type(event)
-        tag = _TAGS.get(cls)
-        if tag is None:
-            tag = _TAGS[cls] = str(cls.__struct_config__.tag).encode()
-        out.append(b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, tag, encode_event(event)))
-    return b"".join(out)
+    """SSE frames for ``events``, concatenated (byte-exact to DESIGN §3), each framed
+    by :func:`~tokenwire.protocol.sse.encode_sse`."""
+    tags = _TAGS
+    return b"".join(
+        [
+            encode_sse(encode_event(e), event=tags.get(type(e)) or _tag(type(e)), id=e.seq)
+            for e in events
+        ]
+    )
+
+
+def _tag(cls: type) -> bytes:
+    tag = _TAGS[cls] = str(cls.__struct_config__.tag).encode()  # type: ignore[attr-defined]
+    return tag
 
 
 def resume_point(info: StreamInfo, after: int) -> int:
