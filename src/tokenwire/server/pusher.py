@@ -55,8 +55,10 @@ from tokenwire.protocol.pusher import (
     ClientFrame,
     ErrorCode,
     PusherError,
+    broadcast_conversation,
     channel_auth,
     channel_kind,
+    conversation_channel,
     encode_frame,
     error_frame,
     new_socket_id,
@@ -73,7 +75,6 @@ if TYPE_CHECKING:
     from tokenwire.settings import Settings
 
 __all__ = [
-    "CONVERSATION_CHANNEL",
     "PONG_TIMEOUT",
     "ChannelAuthorizer",
     "PusherHub",
@@ -81,8 +82,6 @@ __all__ = [
 
 logger = logging.getLogger("tokenwire.pusher")
 
-CONVERSATION_CHANNEL = re.compile(r"private-conversation\.([A-Za-z0-9_\-]+)")
-"""The channel of a conversation's broadcasts; group 1 is the conversation id."""
 PONG_TIMEOUT = 30.0
 """Seconds the server waits for any frame after its ``pusher:ping`` (then closes 4201)."""
 ChannelAuthorizer = Callable[[Identity | None, "re.Match[str]"], Awaitable[bool]]
@@ -302,7 +301,7 @@ class PusherHub:
             )
 
     def _relay(self, conversation_id: str, stream_id: str, after: int) -> None:
-        channel = f"private-conversation.{conversation_id}"
+        channel = conversation_channel(conversation_id)
         if channel not in self._channels[self.broadcast_app.id]:
             return  # nobody here watches it
         relays = self._relays.setdefault(conversation_id, {})
@@ -494,9 +493,9 @@ class PusherHub:
                     data_added.decode(),
                     conn.socket_id,
                 )
-        match = CONVERSATION_CHANNEL.fullmatch(channel)
-        if match and app is self.broadcast_app and len(subscribers) == 1:
-            await self._watch_conversation(match.group(1))
+        conversation_id = broadcast_conversation(channel)
+        if conversation_id and app is self.broadcast_app and len(subscribers) == 1:
+            await self._watch_conversation(conversation_id)
 
     async def _unsubscribe(self, conn: Connection, channel: str) -> None:
         kind = conn.channels.pop(channel, None)
@@ -507,9 +506,9 @@ class PusherHub:
         subscribers.pop(conn.socket_id, None)
         if not subscribers:
             self._channels[app_id].pop(channel, None)
-            match = CONVERSATION_CHANNEL.fullmatch(channel)
-            if match and app_id == self.broadcast_app.id:
-                for task in self._relays.pop(match.group(1), {}).values():
+            conversation_id = broadcast_conversation(channel)
+            if conversation_id and app_id == self.broadcast_app.id:
+                for task in self._relays.pop(conversation_id, {}).values():
                     task.cancel()
         await _quietly(self.bus.count(app_id, channel, -1))
         if kind is ChannelKind.PRESENCE:
