@@ -45,9 +45,9 @@ from tokenwire.protocol.pusher import (
     user_auth,
     verify_api_request,
 )
-from tokenwire.server.pusher import PusherHub
 from tokenwire.server.routes import responses
 from tokenwire.settings import PusherApp
+from tokenwire.transports.pusher.hub import PusherHub
 
 __all__ = ["build_pusher_router"]
 

@@ -3,7 +3,7 @@
 :class:`PusherHub` is a raw ASGI WebSocket app mounted in the same app as the
 HTTP API (``create_app`` does it). It keeps this node's connections and
 subscriptions, delivers publishes to them and shares the rest with the other
-nodes through a :class:`~tokenwire.server.pusher_bus.Bus`. The protocol rules
+nodes through a :class:`~tokenwire.transports.pusher.bus.Bus`. The protocol rules
 (frames, names, signatures, error codes) are in :mod:`tokenwire.protocol.pusher`.
 
 Conversations: every stream of conversation ``X`` is broadcast on
@@ -14,7 +14,7 @@ subscribers of that channel, so they arrive in order, from whichever process
 runs the generation; a client that missed some fetches them from
 ``GET /v1/streams/{id}/events?after=N`` (``web/tokenwire-pusher.js``).
 
-Delivery (:class:`~tokenwire.transports.websocket.Connection`): one frame is
+Delivery (:class:`~tokenwire.transports.pusher.connection.Connection`): one frame is
 encoded per publish and written to each subscriber at once; a subscriber whose
 socket is not draining gets a backlog of at most ``MAX_BACKLOG`` frames and the
 app's ``max_backlog_bytes``, then is closed with 4100 (reconnect after backing
@@ -66,9 +66,9 @@ from tokenwire.protocol.pusher import (
     user_auth,
     verify_auth,
 )
-from tokenwire.server.pusher_bus import Bus, BusMessage, MemoryBus, RedisBus
 from tokenwire.settings import PusherApp
-from tokenwire.transports.websocket import WRITE_FRAME, Connection
+from tokenwire.transports.pusher.bus import Bus, BusMessage, MemoryBus, RedisBus
+from tokenwire.transports.pusher.connection import WRITE_FRAME, Connection
 
 if TYPE_CHECKING:
     from tokenwire.log.base import StreamLog
