@@ -6,7 +6,8 @@ Sources: the Pusher Channels Protocol reference
 same library auth reference, and what ``pusher-js`` 8 and the Python ``pusher`` 3
 library send (``pusher/http.py``: ``body_md5`` also on GET).
 
-Nothing here does I/O or keeps connection state; :mod:`tokenwire.transports.pusher.hub`
+Nothing here does I/O or keeps connection state (one connection's state is
+:mod:`tokenwire.protocol.pusher_session`); :mod:`tokenwire.transports.pusher.hub`
 is the WebSocket and HTTP shell around it.
 
 Frames are JSON objects ``{"event", "channel"?, "data"}``. In frames the server
