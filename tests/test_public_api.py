@@ -82,6 +82,7 @@ BRIDGES = {
 NEVER = {
     "engine": {"tokenwire.server", *WEB},
     "worker": {"tokenwire.server", *WEB},
+    "transports": {"tokenwire.server"},
     "protocol": IO_LIBRARIES,
 }
 """Module (prefix) -> what it never imports, at any time (same layer or not)."""

@@ -20,7 +20,7 @@ from tests.support.servers import uvicorn_thread
 from tokenwire.server.app import create_app
 from tokenwire.server.serving import FanoutWebSocketProtocol
 from tokenwire.settings import PusherApp, Settings
-from tokenwire.transports.websocket import MAX_BACKLOG, Connection
+from tokenwire.transports.pusher.connection import MAX_BACKLOG, Connection
 
 pytestmark = pytest.mark.anyio
 

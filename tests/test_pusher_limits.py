@@ -25,8 +25,8 @@ from tokenwire.protocol.pusher import channel_auth
 from tokenwire.server.app import create_app
 from tokenwire.server.serving import FanoutWebSocketProtocol
 from tokenwire.settings import PusherApp, Settings
-from tokenwire.transports import websocket
-from tokenwire.transports.websocket import Connection
+from tokenwire.transports.pusher import connection as websocket
+from tokenwire.transports.pusher.connection import Connection
 
 KEY, SECRET = "k", "s"
 WAIT = 20.0

@@ -24,10 +24,13 @@ from tokenwire.protocol.pusher import (
     ErrorCode,
     PusherError,
     api_signature,
+    broadcast_conversation,
     channel_auth,
     channel_kind,
     check_event_name,
     check_socket_id,
+    conversation_channel,
+    conversation_of_channel,
     encode_frame,
     error_frame,
     new_socket_id,
@@ -398,3 +401,26 @@ def test_error_code_ranges() -> None:
         ErrorCode.MESSAGE_TOO_LARGE,
     ]
     assert staying == [4300, 4301, 4302, 4303]
+
+
+# -- the one conversation-channel grammar ----------------------------------------------
+
+
+def test_conversation_channel_grammar() -> None:
+    assert conversation_channel("c-1_x") == "private-conversation.c-1_x"
+    assert broadcast_conversation("private-conversation.c-1_x") == "c-1_x"
+    for prefix in ("private-", "private-encrypted-", "presence-"):
+        assert conversation_of_channel(f"{prefix}conversation.c1") == "c1"
+    # only the private- one is the broadcast channel
+    assert broadcast_conversation("presence-conversation.c1") is None
+    assert broadcast_conversation("private-encrypted-conversation.c1") is None
+    for other in (
+        "conversation.c1",
+        "public-conversation.c1",
+        "private-conversation.",
+        "private-conversation.a.b",
+        "private-conversation.c1;x",
+        "private-chat.c1",
+    ):
+        assert conversation_of_channel(other) is None, other
+        assert broadcast_conversation(other) is None, other

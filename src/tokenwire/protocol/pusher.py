@@ -6,7 +6,8 @@ Sources: the Pusher Channels Protocol reference
 same library auth reference, and what ``pusher-js`` 8 and the Python ``pusher`` 3
 library send (``pusher/http.py``: ``body_md5`` also on GET).
 
-Nothing here does I/O or keeps connection state; :mod:`tokenwire.server.pusher`
+Nothing here does I/O or keeps connection state (one connection's state is
+:mod:`tokenwire.protocol.pusher_session`); :mod:`tokenwire.transports.pusher.hub`
 is the WebSocket and HTTP shell around it.
 
 Frames are JSON objects ``{"event", "channel"?, "data"}``. In frames the server
@@ -41,10 +42,13 @@ __all__ = [
     "ErrorCode",
     "PusherError",
     "api_signature",
+    "broadcast_conversation",
     "channel_auth",
     "channel_kind",
     "check_event_name",
     "check_socket_id",
+    "conversation_channel",
+    "conversation_of_channel",
     "encode_frame",
     "error_frame",
     "new_socket_id",
@@ -65,6 +69,35 @@ USER_CHANNEL_PREFIX = "#server-to-user-"
 
 _CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-=@,.;]+")
 _SOCKET_ID_RE = re.compile(r"\d+\.\d+")
+_CONVERSATION_RE = re.compile(
+    r"(?P<prefix>private-|private-encrypted-|presence-)conversation\.(?P<id>[A-Za-z0-9_\-]+)"
+)
+"""The one grammar of a conversation's channel names: ``{prefix}conversation.{id}``."""
+_BROADCAST_PREFIX = "private-"
+"""The prefix of the channel tokenwire broadcasts a conversation's streams on."""
+
+
+def conversation_channel(conversation_id: str) -> str:
+    """The channel a conversation's streams are broadcast on:
+    ``private-conversation.{conversation_id}``."""
+    return f"{_BROADCAST_PREFIX}conversation.{conversation_id}"
+
+
+def conversation_of_channel(channel: str) -> str | None:
+    """The conversation id a ``private-``, ``private-encrypted-`` or ``presence-``
+    ``conversation.{id}`` channel names (the channels only the conversation's owner
+    may join), or None for any other channel."""
+    match = _CONVERSATION_RE.fullmatch(channel)
+    return None if match is None else match.group("id")
+
+
+def broadcast_conversation(channel: str) -> str | None:
+    """The conversation id of its broadcast channel (``private-conversation.{id}``,
+    :func:`conversation_channel`), or None for any other channel."""
+    match = _CONVERSATION_RE.fullmatch(channel)
+    if match is None or match.group("prefix") != _BROADCAST_PREFIX:
+        return None
+    return match.group("id")
 
 
 class ErrorCode:

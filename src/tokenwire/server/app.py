@@ -34,10 +34,10 @@ from tokenwire.observability.logs import RequestIdMiddleware
 from tokenwire.server.aisdk import build_aisdk_router
 from tokenwire.server.errors import error_response
 from tokenwire.server.openai_compat import build_openai_router
-from tokenwire.server.pusher import PusherHub
 from tokenwire.server.pusher_http import build_pusher_router
 from tokenwire.server.routes import EVERY_ROUTE, responses
 from tokenwire.settings import Settings
+from tokenwire.transports.pusher.hub import PusherHub
 
 __all__ = ["create_app"]
 

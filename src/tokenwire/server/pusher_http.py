@@ -22,7 +22,6 @@ API servers call (Pusher "HTTP API reference"; the Python ``pusher`` library's p
 from __future__ import annotations
 
 import base64
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,19 +40,17 @@ from tokenwire.protocol.pusher import (
     channel_kind,
     check_event_name,
     check_socket_id,
+    conversation_of_channel,
     shared_secret,
     user_auth,
     verify_api_request,
 )
-from tokenwire.server.pusher import PusherHub
 from tokenwire.server.routes import responses
 from tokenwire.settings import PusherApp
+from tokenwire.transports.pusher.hub import PusherHub
 
 __all__ = ["build_pusher_router"]
 
-_CONVERSATION = re.compile(
-    r"(?:private-|private-encrypted-|presence-)conversation\.([A-Za-z0-9_\-]+)"
-)
 MAX_CHANNELS = 100
 """Channels one ``events`` request may name (HTTP API reference)."""
 MAX_BATCH = 10
@@ -91,10 +88,10 @@ def build_pusher_router(hub: PusherHub, access: Access) -> APIRouter:
     router = APIRouter()
 
     async def allowed(request: Request, identity: Identity | None, channel: str) -> None:
-        match = _CONVERSATION.fullmatch(channel)
-        if match is not None:
+        conversation_id = conversation_of_channel(channel)
+        if conversation_id is not None:
             try:
-                await access.conversation(request, match.group(1))
+                await access.conversation(request, conversation_id)
             except ConversationNotFoundError:
                 raise _Refused(404, "no such conversation") from None
             return

@@ -48,11 +48,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from tokenwire.settings import Settings
-from tokenwire.transports.websocket import WRITE_FRAME
+from tokenwire.transports.pusher.connection import WRITE_FRAME
 
 if TYPE_CHECKING:
     from tokenwire.engine import Tokenwire
-    from tokenwire.server.pusher import PusherHub
+    from tokenwire.transports.pusher.hub import PusherHub
 
 __all__ = ["FanoutWebSocketProtocol", "HeaderTimeoutProtocol", "run"]
 

@@ -3,8 +3,11 @@
 :class:`PusherHub` is a raw ASGI WebSocket app mounted in the same app as the
 HTTP API (``create_app`` does it). It keeps this node's connections and
 subscriptions, delivers publishes to them and shares the rest with the other
-nodes through a :class:`~tokenwire.server.pusher_bus.Bus`. The protocol rules
-(frames, names, signatures, error codes) are in :mod:`tokenwire.protocol.pusher`.
+nodes through a :class:`~tokenwire.transports.pusher.bus.Bus`. The protocol rules
+(frames, names, signatures, error codes) are in :mod:`tokenwire.protocol.pusher`;
+each connection's protocol state is a sans-I/O
+:class:`~tokenwire.protocol.pusher_session.PusherSession`: the hub feeds it the
+client's frames and applies the actions it returns (the I/O shell).
 
 Conversations: every stream of conversation ``X`` is broadcast on
 ``private-conversation.X``, with the Pusher event name equal to the event's
@@ -14,7 +17,7 @@ subscribers of that channel, so they arrive in order, from whichever process
 runs the generation; a client that missed some fetches them from
 ``GET /v1/streams/{id}/events?after=N`` (``web/tokenwire-pusher.js``).
 
-Delivery (:class:`~tokenwire.transports.websocket.Connection`): one frame is
+Delivery (:class:`~tokenwire.transports.pusher.connection.Connection`): one frame is
 encoded per publish and written to each subscriber at once; a subscriber whose
 socket is not draining gets a backlog of at most ``MAX_BACKLOG`` frames and the
 app's ``max_backlog_bytes``, then is closed with 4100 (reconnect after backing
@@ -48,32 +51,32 @@ from tokenwire.engine.identity import Identity
 from tokenwire.errors import TokenwireError
 from tokenwire.events import Event, Start, encode_event
 from tokenwire.protocol.pusher import (
-    JSON_ERRORS,
     PROTOCOL_VERSION,
-    USER_CHANNEL_PREFIX,
     ChannelKind,
-    ClientFrame,
     ErrorCode,
     PusherError,
-    channel_auth,
-    channel_kind,
+    broadcast_conversation,
+    conversation_channel,
     encode_frame,
     error_frame,
     new_socket_id,
-    parse_frame,
-    user_auth,
-    verify_auth,
 )
-from tokenwire.server.pusher_bus import Bus, BusMessage, MemoryBus, RedisBus
+from tokenwire.protocol.pusher_session import (
+    Action,
+    ClientEvent,
+    SendFrame,
+    Subscribe,
+    Unsubscribe,
+)
 from tokenwire.settings import PusherApp
-from tokenwire.transports.websocket import WRITE_FRAME, Connection
+from tokenwire.transports.pusher.bus import Bus, BusMessage, MemoryBus, RedisBus
+from tokenwire.transports.pusher.connection import WRITE_FRAME, Connection
 
 if TYPE_CHECKING:
     from tokenwire.log.base import StreamLog
     from tokenwire.settings import Settings
 
 __all__ = [
-    "CONVERSATION_CHANNEL",
     "PONG_TIMEOUT",
     "ChannelAuthorizer",
     "PusherHub",
@@ -81,14 +84,11 @@ __all__ = [
 
 logger = logging.getLogger("tokenwire.pusher")
 
-CONVERSATION_CHANNEL = re.compile(r"private-conversation\.([A-Za-z0-9_\-]+)")
-"""The channel of a conversation's broadcasts; group 1 is the conversation id."""
 PONG_TIMEOUT = 30.0
 """Seconds the server waits for any frame after its ``pusher:ping`` (then closes 4201)."""
 ChannelAuthorizer = Callable[[Identity | None, "re.Match[str]"], Awaitable[bool]]
 """``async (identity, match) -> allowed``: decides a private or presence channel
 whose name matches the pattern it was registered with (:meth:`PusherHub.channel`)."""
-_PONG = encode_frame("pusher:pong", {})
 _PING = encode_frame("pusher:ping", {})
 
 
@@ -261,7 +261,7 @@ class PusherHub:
 
     def _terminate(self, app_id: str, user_id: str) -> None:
         for conn in list(self.connections.values()):
-            if conn.app.id == app_id and conn.user_id == user_id:
+            if conn.app.id == app_id and conn.session.user_id == user_id:
                 self._spawn(conn.close(ErrorCode.UNAUTHORIZED, "connection terminated"))
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -302,7 +302,7 @@ class PusherHub:
             )
 
     def _relay(self, conversation_id: str, stream_id: str, after: int) -> None:
-        channel = f"private-conversation.{conversation_id}"
+        channel = conversation_channel(conversation_id)
         if channel not in self._channels[self.broadcast_app.id]:
             return  # nobody here watches it
         relays = self._relays.setdefault(conversation_id, {})
@@ -355,7 +355,16 @@ class PusherHub:
             return
         assert app is not None
         write_frame = scope.get("extensions", {}).get(WRITE_FRAME)
-        conn = Connection(app, new_socket_id(), send, time.monotonic(), write_frame)
+        socket_id = new_socket_id()
+        rate = RateLimitItemPerSecond(app.client_event_rate)
+        conn = Connection(
+            app,
+            socket_id,
+            send,
+            time.monotonic(),
+            write_frame,
+            allow_client_event=lambda: self._limiter.hit(rate, app.id, socket_id),
+        )
         self.connections[conn.socket_id] = conn
         self._app_connections[app.id] += 1
         try:
@@ -387,6 +396,7 @@ class PusherHub:
         return None
 
     async def _serve(self, conn: Connection, receive: Receive) -> None:
+        session = conn.session
         while True:
             message: Message = await receive()
             if message["type"] == "websocket.disconnect" or conn.closed:
@@ -397,12 +407,8 @@ class PusherHub:
             if text is None:
                 text = (message.get("bytes") or b"").decode("utf-8", "replace")
             try:
-                if len(text.encode()) > conn.app.max_message_size:
-                    raise PusherError(
-                        ErrorCode.MESSAGE_TOO_LARGE,
-                        f"frame larger than {conn.app.max_message_size} bytes",
-                    )
-                await self._handle(conn, parse_frame(text))
+                if not await self._apply(conn, session.receive_text(text)):
+                    return
             except PusherError as exc:
                 if exc.close and exc.code is not None:
                     await conn.close(exc.code, exc.message)
@@ -412,74 +418,38 @@ class PusherHub:
                 logger.exception("pusher frame failed on connection %s", conn.socket_id)
                 conn.send(error_frame(None, "internal error; try again"))
 
-    async def _handle(self, conn: Connection, frame: ClientFrame) -> None:
-        event = frame.event
-        if event == "pusher:ping":
-            conn.send(_PONG)
-        elif event == "pusher:pong":
-            pass
-        elif event == "pusher:subscribe":
-            await self._subscribe(conn, frame.data_object())
-        elif event == "pusher:unsubscribe":
-            channel = frame.data_object().get("channel")
-            if isinstance(channel, str):
-                await self._unsubscribe(conn, channel)
-        elif event == "pusher:signin":
-            self._signin(conn, frame.data_object())
-        elif event.startswith("client-"):
-            await self._client_event(conn, frame)
-        else:
-            raise PusherError(ErrorCode.INVALID_FRAME, f"unknown event {event[:50]!r}")
+    async def _apply(self, conn: Connection, actions: list[Action]) -> bool:
+        """Do what the session asked for, in order; False once the connection is closed."""
+        for action in actions:
+            if isinstance(action, SendFrame):
+                conn.send(action.text)
+            elif isinstance(action, Subscribe):
+                await self._subscribe(conn, action)
+            elif isinstance(action, Unsubscribe):
+                await self._unsubscribe(conn, action)
+            elif isinstance(action, ClientEvent):
+                await self.publish(
+                    conn.app.id,
+                    action.channel,
+                    action.event,
+                    action.data,
+                    conn.socket_id,
+                    action.user_id,
+                )
+            else:
+                await conn.close(action.code, action.reason)
+                return False
+        return True
 
-    async def _subscribe(self, conn: Connection, data: dict[str, Any]) -> None:
-        channel = data.get("channel")
-        try:
-            kind = channel_kind(channel)
-        except ValueError as exc:
-            if isinstance(channel, str):
-                _subscription_error(conn, channel, "InvalidChannel", str(exc), 400)
-                return
-            raise PusherError(ErrorCode.INVALID_FRAME, f"pusher:subscribe: {exc}") from None
-        assert isinstance(channel, str)
-        app = conn.app
-        if channel not in conn.channels and len(conn.channels) >= app.max_channels:
-            _subscription_error(
-                conn,
-                channel,
-                "LimitReached",
-                f"a connection may be subscribed to at most {app.max_channels} channels",
-                ErrorCode.TOO_MANY_CHANNELS,
-            )
-            return
-        member: tuple[str, Any] | None = None
-        if kind is ChannelKind.USER:
-            if conn.user_id is None or channel != f"{USER_CHANNEL_PREFIX}{conn.user_id}":
-                _subscription_error(conn, channel, "AuthError", "not signed in as this user", 403)
-                return
-        elif kind.needs_auth:
-            channel_data = data.get("channel_data") if kind is ChannelKind.PRESENCE else None
-            if kind is ChannelKind.PRESENCE:
-                member = _presence_member(channel_data)
-                if member is None:
-                    _subscription_error(
-                        conn, channel, "AuthError", "channel_data must name a user_id", 400
-                    )
-                    return
-            expected = channel_auth(app.key, app.secret, conn.socket_id, channel, channel_data)
-            if not verify_auth(data.get("auth"), expected):
-                _subscription_error(conn, channel, "AuthError", "invalid auth signature", 401)
-                return
-        if channel in conn.channels:
-            await self._unsubscribe(conn, channel)  # a re-subscription starts afresh
-        conn.channels[channel] = kind
+    async def _subscribe(self, conn: Connection, action: Subscribe) -> None:
+        app, channel = conn.app, action.channel
         subscribers = self._channels[app.id].setdefault(channel, {})
         subscribers[conn.socket_id] = conn
         await _quietly(self.bus.count(app.id, channel, 1))
-        if member is None:
+        if action.member is None:
             conn.send(encode_frame("pusher_internal:subscription_succeeded", "{}", channel))
         else:
-            user_id, user_info = member
-            conn.members[channel] = user_id
+            user_id, user_info = action.member
             added, members = await self.bus.join(
                 app.id, channel, conn.socket_id, user_id, user_info
             )
@@ -494,82 +464,25 @@ class PusherHub:
                     data_added.decode(),
                     conn.socket_id,
                 )
-        match = CONVERSATION_CHANNEL.fullmatch(channel)
-        if match and app is self.broadcast_app and len(subscribers) == 1:
-            await self._watch_conversation(match.group(1))
+        conversation_id = broadcast_conversation(channel)
+        if conversation_id and app is self.broadcast_app and len(subscribers) == 1:
+            await self._watch_conversation(conversation_id)
 
-    async def _unsubscribe(self, conn: Connection, channel: str) -> None:
-        kind = conn.channels.pop(channel, None)
-        if kind is None:
-            return
-        app_id = conn.app.id
+    async def _unsubscribe(self, conn: Connection, action: Unsubscribe) -> None:
+        app_id, channel = conn.app.id, action.channel
         subscribers = self._channels[app_id].get(channel, {})
         subscribers.pop(conn.socket_id, None)
         if not subscribers:
             self._channels[app_id].pop(channel, None)
-            match = CONVERSATION_CHANNEL.fullmatch(channel)
-            if match and app_id == self.broadcast_app.id:
-                for task in self._relays.pop(match.group(1), {}).values():
+            conversation_id = broadcast_conversation(channel)
+            if conversation_id and app_id == self.broadcast_app.id:
+                for task in self._relays.pop(conversation_id, {}).values():
                     task.cancel()
         await _quietly(self.bus.count(app_id, channel, -1))
-        if kind is ChannelKind.PRESENCE:
-            conn.members.pop(channel, None)
+        if action.kind is ChannelKind.PRESENCE:
             user_id = await _quietly(self.bus.leave(app_id, channel, conn.socket_id))
             if user_id is not None:
                 await _quietly(self._member_removed(app_id, channel, user_id))
-
-    def _signin(self, conn: Connection, data: dict[str, Any]) -> None:
-        user_data = data.get("user_data")
-        user_id = None
-        if isinstance(user_data, str):
-            with contextlib.suppress(*JSON_ERRORS):
-                decoded = msgspec.json.decode(user_data)
-                if isinstance(decoded, dict) and isinstance(decoded.get("id"), str | int):
-                    user_id = str(decoded["id"])
-        if not user_id:
-            raise PusherError(
-                ErrorCode.UNAUTHORIZED, "pusher:signin: user_data must name an id", close=True
-            )
-        assert isinstance(user_data, str)
-        expected = user_auth(conn.app.key, conn.app.secret, conn.socket_id, user_data)
-        if not verify_auth(data.get("auth"), expected):
-            raise PusherError(
-                ErrorCode.UNAUTHORIZED, "pusher:signin: invalid auth signature", close=True
-            )
-        conn.user_id = user_id
-        conn.send(encode_frame("pusher:signin_success", {"user_data": user_data}))
-
-    async def _client_event(self, conn: Connection, frame: ClientFrame) -> None:
-        channel = frame.channel
-        kind = conn.channels.get(channel) if channel is not None else None
-        if kind is None:
-            raise PusherError(
-                ErrorCode.CLIENT_EVENT_REJECTED,
-                f"client event on channel {channel!r}, which this connection is not subscribed to",
-            )
-        if not kind.allows_client_events:
-            raise PusherError(
-                ErrorCode.CLIENT_EVENT_REJECTED,
-                "client events are only allowed on private- and presence- channels",
-            )
-        assert channel is not None
-        app = conn.app
-        item = RateLimitItemPerSecond(app.client_event_rate)
-        if not self._limiter.hit(item, app.id, conn.socket_id):
-            raise PusherError(
-                ErrorCode.CLIENT_EVENT_RATE_LIMIT,
-                f"client event rejected: more than {app.client_event_rate} per second",
-            )
-        data = (
-            frame.data if isinstance(frame.data, str) else msgspec.json.encode(frame.data).decode()
-        )
-        if len(data.encode()) > app.max_message_size:
-            raise PusherError(
-                ErrorCode.MESSAGE_TOO_LARGE,
-                f"client event data larger than {app.max_message_size} bytes",
-            )
-        user_id = conn.members[channel] if kind is ChannelKind.PRESENCE else None
-        await self.publish(app.id, channel, frame.event, data, conn.socket_id, user_id)
 
     # -- connection end and liveness ----------------------------------------------
 
@@ -578,8 +491,7 @@ class PusherHub:
             return
         self._app_connections[conn.app.id] -= 1
         conn.closed = True
-        for channel in list(conn.channels):
-            await self._unsubscribe(conn, channel)
+        await self._apply(conn, conn.session.unsubscribe_all())
         self._limiter.clear(
             RateLimitItemPerSecond(conn.app.client_event_rate), conn.app.id, conn.socket_id
         )
@@ -606,31 +518,6 @@ def _event_frame(channel: str, stream_id: str, event: Event) -> str:
     if not isinstance(event, Start):
         body = b'{"stream_id":' + msgspec.json.encode(stream_id) + b"," + body[1:]
     return encode_frame(str(event.__struct_config__.tag), body.decode(), channel)
-
-
-def _subscription_error(
-    conn: Connection, channel: str, type_: str, error: str, status: int
-) -> None:
-    """``pusher:subscription_error`` on ``channel`` only (Echo's ``.error()`` gets it);
-    the connection and its other subscriptions go on."""
-    data = {"type": type_, "error": error, "status": status}
-    conn.send(encode_frame("pusher:subscription_error", data, channel))
-
-
-def _presence_member(channel_data: object) -> tuple[str, Any] | None:
-    """``(user_id, user_info)`` from a presence subscription's ``channel_data``."""
-    if not isinstance(channel_data, str):
-        return None
-    try:
-        decoded = msgspec.json.decode(channel_data)
-    except JSON_ERRORS:
-        return None
-    if not isinstance(decoded, dict):
-        return None
-    user_id = decoded.get("user_id")
-    if isinstance(user_id, bool) or not isinstance(user_id, str | int) or user_id == "":
-        return None
-    return str(user_id), decoded.get("user_info")
 
 
 async def _quietly(awaitable: Coroutine[Any, Any, Any]) -> Any:

@@ -27,7 +27,8 @@ from typing import Any
 from starlette.types import Send
 
 from tokenwire.observability.metrics import SLOW_READERS_DROPPED
-from tokenwire.protocol.pusher import ChannelKind, ErrorCode, error_frame
+from tokenwire.protocol.pusher import ErrorCode, error_frame
+from tokenwire.protocol.pusher_session import PusherSession
 from tokenwire.settings import PusherApp
 
 __all__ = ["CLOSE_TIMEOUT", "MAX_BACKLOG", "WRITE_FRAME", "Connection"]
@@ -43,7 +44,9 @@ returns ``False`` having written nothing (compression, socket not draining, clos
 
 
 class Connection:
-    """One client connection: its ``socket_id``, subscriptions and outgoing frames."""
+    """One client connection: its ``socket_id``, its protocol state (``session``, a
+    sans-I/O :class:`~tokenwire.protocol.pusher_session.PusherSession`) and outgoing
+    frames."""
 
     __slots__ = (
         "_backlog",
@@ -51,13 +54,11 @@ class Connection:
         "_send",
         "_writer",
         "app",
-        "channels",
         "closed",
         "last_seen",
-        "members",
         "pinged",
+        "session",
         "socket_id",
-        "user_id",
         "write_frame",
     )
 
@@ -68,17 +69,23 @@ class Connection:
         send: Send,
         now: float,
         write_frame: Callable[[bytes], bool] | None = None,
+        allow_client_event: Callable[[], bool] = lambda: True,
     ) -> None:
         self.app = app
         self.write_frame = write_frame
         """The server's ``tokenwire.write_frame`` extension, if it has one
         (:mod:`tokenwire.server.serving`)."""
         self.socket_id = socket_id
-        self.channels: dict[str, ChannelKind] = {}
-        self.user_id: str | None = None
-        """Set by ``pusher:signin``."""
-        self.members: dict[str, str] = {}
-        """Presence channel -> the ``user_id`` this connection joined it as."""
+        self.session = PusherSession(
+            socket_id,
+            app.key,
+            app.secret,
+            max_channels=app.max_channels,
+            max_message_size=app.max_message_size,
+            client_event_rate=app.client_event_rate,
+            allow_client_event=allow_client_event,
+        )
+        """Its subscriptions, presence memberships and signed-in user."""
         self.last_seen = now
         self.pinged = False
         self.closed = False
