@@ -103,9 +103,6 @@ class ConversationPatch(BaseModel):
     title: str = Field(min_length=1, max_length=200)
 
 
-_field_error = field_error
-
-
 def build_router(tw: Tokenwire) -> APIRouter:
     """The native API routes, bound to ``tw``.
 
@@ -121,7 +118,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
         (cancelling its running answer as ``superseded``), or the 4xx answer that
         refuses it; nothing is deleted for a request that could not start."""
         if body.conversation_id is None:
-            return _field_error("conversation_id", "from_message_id needs conversation_id")
+            return field_error("conversation_id", "from_message_id needs conversation_id")
         try:
             tw.registry.resolve(body.model or tw.settings.resolved_default_model())
         except UnknownModelError as exc:
@@ -131,7 +128,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
         if active is not None:
             await tw.cancel(active[0], "superseded")
         if not await tw.store.delete_messages_from(body.conversation_id, message_id):
-            return _field_error("from_message_id", "no such message in the conversation")
+            return field_error("from_message_id", "no such message in the conversation")
         return None
 
     @router.post(
@@ -150,7 +147,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
         later one are deleted first (the running answer, if any, is cancelled as
         ``superseded``): edit-and-resend and regenerate."""
         if not body.messages and body.from_message_id is None:
-            return _field_error("messages", "List should have at least 1 item")
+            return field_error("messages", "List should have at least 1 item")
         messages = [Message(m.role, m.content) for m in body.messages]
         try:  # before anything is deleted or created
             tw.check(body.model, messages, system=body.system, params=body.params)
@@ -335,7 +332,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
         """Rename: ``{"title": "…"}``; 404 for a conversation the caller may not see."""
         await access.conversation(request, conversation_id)
         if not body.title.strip():
-            return _field_error("title", "title must not be blank")
+            return field_error("title", "title must not be blank")
         record = await tw.store.rename_conversation(conversation_id, body.title)
         if record is None:
             raise ConversationNotFoundError(conversation_id)
