@@ -9,7 +9,6 @@ The end-to-end variant with a killed ``tokenwire worker`` process is in
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import anyio.lowlevel
 import pytest
 import redis.asyncio as aioredis
 
+from tests.support.redis_logs import REDIS_URL, namespace, open_redis_logs
 from tokenwire import Settings, Tokenwire
 from tokenwire.events import Error, Event, Finish, Start, TextDelta
 from tokenwire.log.memory import MemoryStreamLog
@@ -26,7 +26,6 @@ from tokenwire.log.redis import RedisStreamLog
 
 pytestmark = pytest.mark.anyio
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 SHORT_TTL = 0.05
 """Seconds: a lease that is never renewed."""
 
@@ -34,29 +33,8 @@ SHORT_TTL = 0.05
 @contextlib.asynccontextmanager
 async def _redis_logs() -> AsyncIterator[Callable[[], RedisStreamLog]]:
     """Fresh Redis logs (one per "process") under a unique prefix, deleted afterwards."""
-    prefix = f"twtest:{uuid.uuid4().hex[:12]}:"
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        with anyio.fail_after(2):
-            await client.ping()
-    except Exception:
-        await client.aclose()
-        pytest.skip("no Redis server on 127.0.0.1:6379")
-    made: list[RedisStreamLog] = []
-
-    def make() -> RedisStreamLog:
-        made.append(RedisStreamLog.from_url(REDIS_URL, prefix=prefix))
-        return made[-1]
-
-    try:
+    async with namespace() as prefix, open_redis_logs(prefix) as make:
         yield make
-    finally:
-        for log in made:
-            await log.close()
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -17,6 +17,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
+from tests.support.redis_logs import REDIS_URL, namespace, open_redis_logs
 from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
 from tokenwire.events import Cancelled, Error, Event, Finish, TextDelta, encode_event
 from tokenwire.log.base import StreamLog
@@ -24,8 +25,6 @@ from tokenwire.log.memory import MemoryStreamLog
 from tokenwire.log.redis import RedisStreamLog
 
 pytestmark = pytest.mark.anyio
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 MakeLog = Callable[..., Awaitable[StreamLog]]
 """``await make_log(retention=…)``: a fresh log of the backend under test."""
@@ -35,59 +34,16 @@ def delta(text: str) -> TextDelta:
     return TextDelta(part=0, delta=text)
 
 
-async def _redis_or_skip() -> aioredis.Redis:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        with anyio.fail_after(2):
-            await client.ping()
-    except Exception:
-        await client.aclose()
-        pytest.skip("no Redis server on 127.0.0.1:6379")
-    return client
-
-
-@contextlib.asynccontextmanager
-async def _namespace() -> AsyncIterator[str]:
-    """A unique key prefix; every key under it is deleted afterwards."""
-    prefix = f"twtest:{uuid.uuid4().hex[:12]}:"
-    client = await _redis_or_skip()
-    try:
-        yield prefix
-    finally:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
-
-
-@contextlib.asynccontextmanager
-async def _redis_logs(prefix: str) -> AsyncIterator[Callable[..., RedisStreamLog]]:
-    made: list[RedisStreamLog] = []
-
-    def make(*, retention: float = 3600.0, process_ttl: float | None = None) -> RedisStreamLog:
-        log = RedisStreamLog.from_url(REDIS_URL, prefix=prefix, retention=retention)
-        if process_ttl is not None:  # from_url has no such option: set it inside
-            log._counts.process_ttl = process_ttl
-        made.append(log)
-        return log
-
-    try:
-        yield make
-    finally:
-        for log in made:
-            await log.close()
-
-
 @pytest.fixture
 async def redis_prefix() -> AsyncIterator[str]:
-    async with _namespace() as prefix:
+    async with namespace() as prefix:
         yield prefix
 
 
 @pytest.fixture
 async def redis_logs(redis_prefix: str) -> AsyncIterator[Callable[..., RedisStreamLog]]:
     """``make(**kwargs)``: a new :class:`RedisStreamLog` (a "process") on the test prefix."""
-    async with _redis_logs(redis_prefix) as make:
+    async with open_redis_logs(redis_prefix) as make:
         yield make
 
 
@@ -97,8 +53,8 @@ async def make_log(request: pytest.FixtureRequest) -> AsyncIterator[MakeLog]:
     async with contextlib.AsyncExitStack() as stack:
         make_redis = None
         if request.param == "redis":
-            prefix = await stack.enter_async_context(_namespace())
-            make_redis = await stack.enter_async_context(_redis_logs(prefix))
+            prefix = await stack.enter_async_context(namespace())
+            make_redis = await stack.enter_async_context(open_redis_logs(prefix))
 
         async def make(*, retention: float = 3600.0) -> StreamLog:
             if make_redis is not None:
