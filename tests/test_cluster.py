@@ -29,8 +29,9 @@ import pytest
 from tests.support.cluster import (
     REDIS_URL,
     Cluster,
-    pg_admin,
+    drop_queue_keys,
     poll,
+    services_env,
     start_lorem,
     unavailable,
 )
@@ -114,7 +115,7 @@ async def test_queue_round_trip_in_one_process(tmp_path: Path) -> None:
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
-        await _drop_keys(name)
+        await drop_queue_keys(name)
 
 
 def _generation_of(stream: Any, meta: Any) -> Any:
@@ -127,18 +128,6 @@ def _generation_of(stream: Any, meta: Any) -> Any:
         conversation_id=meta["conversation_id"],
         request=request,
     )
-
-
-async def _drop_keys(name: str) -> None:
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        for pattern in (f"saq:{name}:*", f"saq:job:{name}:*", f"tokenwire:{name}:*"):
-            async for key in client.scan_iter(match=pattern, count=1000):
-                await client.delete(key)
-    finally:
-        await client.aclose()
 
 
 @needs_services
@@ -180,45 +169,27 @@ def cluster(mock_provider: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     missing = _redis_log_missing()
     if missing is not None:
         pytest.skip(missing)
-    tag = uuid.uuid4().hex[:10]
-    database = f"tw_cluster_{tag}"
-    asyncio.run(pg_admin(f'CREATE DATABASE "{database}"'))
-    env = {
-        "TOKENWIRE_LOG_URL": REDIS_URL,
-        "TOKENWIRE_LOG_PREFIX": f"tw-test-{tag}:",
-        "TOKENWIRE_QUEUE_NAME": f"tw-test-{tag}",
-        "TOKENWIRE_STORE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
-        "TOKENWIRE_DATA_DIR": str(tmp_path_factory.mktemp("cluster")),
-        "TOKENWIRE_DEFAULT_MODEL": "fake:lorem",
-        "TOKENWIRE_FAKE_PROVIDER": "1",
-        "TOKENWIRE_LEASE_TTL": str(LEASE_TTL),
-        "TOKENWIRE_CHECKPOINT_INTERVAL": "1",
-        "TOKENWIRE_ORPHAN_TIMEOUT": "600",
-        "TOKENWIRE_LIMIT_CONCURRENT_STREAMS": "0",  # 100 streams from one client address
-        "TOKENWIRE_HEARTBEAT_INTERVAL": "1",
-        "OPENAI_BASE_URL": mock_provider + "/v1",
-        "OPENAI_API_KEY": "x",
-        "ANTHROPIC_BASE_URL": mock_provider,
-        "ANTHROPIC_API_KEY": "x",
-    }
-    group = Cluster(env, tmp_path_factory.mktemp("cluster-logs"))
-    try:
-        group.heal()
-        yield group
-    finally:
-        group.close()
-        asyncio.run(_drop_keys(env["TOKENWIRE_QUEUE_NAME"]))
-        _drop_prefix(env["TOKENWIRE_LOG_PREFIX"])
-        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-
-
-def _drop_prefix(prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(match=prefix + "*", count=1000):
-        client.delete(key)
-    client.close()
+    with services_env("cluster", tmp_path_factory.mktemp("cluster")) as env:
+        env.update(
+            {
+                "TOKENWIRE_LEASE_TTL": str(LEASE_TTL),
+                "TOKENWIRE_CHECKPOINT_INTERVAL": "1",
+                "TOKENWIRE_ORPHAN_TIMEOUT": "600",
+                # 100 streams from one client address
+                "TOKENWIRE_LIMIT_CONCURRENT_STREAMS": "0",
+                "TOKENWIRE_HEARTBEAT_INTERVAL": "1",
+                "OPENAI_BASE_URL": mock_provider + "/v1",
+                "OPENAI_API_KEY": "x",
+                "ANTHROPIC_BASE_URL": mock_provider,
+                "ANTHROPIC_API_KEY": "x",
+            }
+        )
+        group = Cluster(env, tmp_path_factory.mktemp("cluster-logs"))
+        try:
+            group.heal()
+            yield group
+        finally:
+            group.close()
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.cluster import REDIS_URL, unavailable
+from tests.support.cluster import REDIS_URL, drop_queue_keys, unavailable
 from tests.support.servers import free_port, tokenwire_process, uvicorn_thread, wait_for_http
 from tests.support.sse import chat_sse
 from tokenwire import Settings, create_app
@@ -398,20 +398,7 @@ def test_worker_generation_has_its_span_and_the_gateway_its_queue_depth(
             assert span.attributes["tokenwire.outcome"] == "completed"
     finally:
         exporter.clear()
-        asyncio.run(_drop_keys(name))
-
-
-async def _drop_keys(name: str) -> None:
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        patterns = (f"saq:{name}:*", f"saq:job:{name}:*", f"tokenwire:{name}:*", f"{name}:*")
-        for pattern in patterns:
-            async for key in client.scan_iter(match=pattern, count=1000):
-                await client.delete(key)
-    finally:
-        await client.aclose()
+        asyncio.run(drop_queue_keys(name))
 
 
 @pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
@@ -452,4 +439,4 @@ def test_worker_command_serves_its_metrics(tmp_path: Path) -> None:
     finally:
         worker.terminate()
         worker.wait(timeout=15)
-        asyncio.run(_drop_keys(name))
+        asyncio.run(drop_queue_keys(name))

@@ -15,11 +15,9 @@ Every wait polls the HTTP API, Redis or the process; nothing sleeps a fixed time
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,8 +25,8 @@ import httpx
 import pytest
 import redis
 
-from tests.support.cluster import REDIS_URL, Cluster, pg_admin, poll, unavailable
-from tests.test_cluster import _drop_keys, _drop_prefix, assert_whole, lorem, read, wait_stored
+from tests.support.cluster import REDIS_URL, Cluster, poll, services_env, unavailable
+from tests.test_cluster import assert_whole, lorem, read, wait_stored
 
 pytestmark = pytest.mark.slow
 
@@ -46,35 +44,25 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     why_not = unavailable()
     if why_not is not None:
         pytest.skip(why_not)
-    tag = uuid.uuid4().hex[:10]
-    database = f"tw_shutdown_{tag}"
-    asyncio.run(pg_admin(f'CREATE DATABASE "{database}"'))
-    env = {
-        "TOKENWIRE_LOG_URL": REDIS_URL,
-        "TOKENWIRE_LOG_PREFIX": f"tw-test-{tag}:",
-        "TOKENWIRE_QUEUE_NAME": f"tw-test-{tag}",
-        "TOKENWIRE_STORE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
-        "TOKENWIRE_DATA_DIR": str(tmp_path_factory.mktemp("cluster")),
-        "TOKENWIRE_FAKE_PROVIDER": "1",
-        "TOKENWIRE_DEFAULT_MODEL": "fake:lorem",
-        "TOKENWIRE_MODELS": '["fake:lorem"]',
-        "TOKENWIRE_LEASE_TTL": str(LEASE_TTL),
-        "TOKENWIRE_LEASE_SWEEP_INTERVAL": str(SWEEP),
-        "TOKENWIRE_SHUTDOWN_GRACE": str(GRACE),
-        "TOKENWIRE_CHECKPOINT_INTERVAL": "1",
-        "TOKENWIRE_ORPHAN_TIMEOUT": "600",
-        "TOKENWIRE_HEARTBEAT_INTERVAL": "1",
-        "TOKENWIRE_COALESCE_MS": "0",
-    }
-    group = Cluster(env, tmp_path_factory.mktemp("cluster-logs"), concurrency=8)
-    try:
-        group.heal(nodes=2, workers=1)
-        yield group
-    finally:
-        group.close()
-        asyncio.run(_drop_keys(env["TOKENWIRE_QUEUE_NAME"]))
-        _drop_prefix(env["TOKENWIRE_LOG_PREFIX"])
-        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    with services_env("shutdown", tmp_path_factory.mktemp("cluster")) as env:
+        env.update(
+            {
+                "TOKENWIRE_MODELS": '["fake:lorem"]',
+                "TOKENWIRE_LEASE_TTL": str(LEASE_TTL),
+                "TOKENWIRE_LEASE_SWEEP_INTERVAL": str(SWEEP),
+                "TOKENWIRE_SHUTDOWN_GRACE": str(GRACE),
+                "TOKENWIRE_CHECKPOINT_INTERVAL": "1",
+                "TOKENWIRE_ORPHAN_TIMEOUT": "600",
+                "TOKENWIRE_HEARTBEAT_INTERVAL": "1",
+                "TOKENWIRE_COALESCE_MS": "0",
+            }
+        )
+        group = Cluster(env, tmp_path_factory.mktemp("cluster-logs"), concurrency=8)
+        try:
+            group.heal(nodes=2, workers=1)
+            yield group
+        finally:
+            group.close()
 
 
 def start(base: str, params: dict[str, Any]) -> dict[str, str]:

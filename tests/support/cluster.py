@@ -9,6 +9,7 @@ polls; nothing sleeps a fixed time. Every process is killed at :meth:`close`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -196,3 +197,51 @@ def start_lorem(base: str, tokens: int, delay_ms: float) -> dict[str, str]:
     response = httpx.post(base + "/v1/chat", json=body, timeout=10)
     assert response.status_code == 202, response.text
     return dict(response.json())
+
+
+async def drop_queue_keys(name: str) -> None:
+    """Delete the Redis keys of the job queue ``name`` (saq's and tokenwire's claims),
+    and any under the prefix ``name:``."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        patterns = (f"saq:{name}:*", f"saq:job:{name}:*", f"tokenwire:{name}:*", f"{name}:*")
+        for pattern in patterns:
+            async for key in client.scan_iter(match=pattern, count=1000):
+                await client.delete(key)
+    finally:
+        await client.aclose()
+
+
+def drop_prefix(prefix: str) -> None:
+    """Delete every Redis key under ``prefix``."""
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(match=prefix + "*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@contextlib.contextmanager
+def services_env(kind: str, data_dir: Path) -> Iterator[dict[str, str]]:
+    """The settings of a cluster on the machine's Redis and a new PostgreSQL database
+    (``tw_{kind}_{tag}``): its own log prefix, queue name and store; the database and
+    every key are dropped afterwards."""
+    tag = uuid.uuid4().hex[:10]
+    database = f"tw_{kind}_{tag}"
+    asyncio.run(pg_admin(f'CREATE DATABASE "{database}"'))
+    env = {
+        "TOKENWIRE_LOG_URL": REDIS_URL,
+        "TOKENWIRE_LOG_PREFIX": f"tw-test-{tag}:",
+        "TOKENWIRE_QUEUE_NAME": f"tw-test-{tag}",
+        "TOKENWIRE_STORE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
+        "TOKENWIRE_DATA_DIR": str(data_dir),
+        "TOKENWIRE_FAKE_PROVIDER": "1",
+        "TOKENWIRE_DEFAULT_MODEL": "fake:lorem",
+    }
+    try:
+        yield env
+    finally:
+        asyncio.run(drop_queue_keys(env["TOKENWIRE_QUEUE_NAME"]))
+        drop_prefix(env["TOKENWIRE_LOG_PREFIX"])
+        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
