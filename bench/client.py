@@ -22,9 +22,9 @@ import re
 import resource
 import time
 from array import array
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, TypeVar, cast
 
 __all__ = ["LoadResult", "LoadSpec", "run_load", "run_load_in_process"]
 
@@ -302,12 +302,19 @@ def prepare_process(cpu: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def run_load_in_process(spec: LoadSpec) -> LoadResult:
-    """Entry point of a client process (picklable for :mod:`concurrent.futures`)."""
-    prepare_process(spec.cpu)
+T = TypeVar("T")
+
+
+def run_in_process(cpu: int | None, main: Coroutine[Any, Any, T]) -> T:
+    """Pin the process to ``cpu``, then run ``main`` on uvloop (asyncio without it)."""
+    prepare_process(cpu)
     try:
         import uvloop
-
-        return uvloop.run(run_load(spec))
     except ImportError:
-        return asyncio.run(run_load(spec))
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def run_load_in_process(spec: LoadSpec) -> LoadResult:
+    """Entry point of a client process (picklable for :mod:`concurrent.futures`)."""
+    return run_in_process(spec.cpu, run_load(spec))

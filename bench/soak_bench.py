@@ -42,7 +42,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.client import LoadResult, prepare_process, read_stream
+from bench.client import LoadResult, prepare_process, read_stream, run_in_process
 
 __all__ = ["main"]
 
@@ -203,13 +203,7 @@ async def _soak(spec: SoakSpec) -> LoadResult:
 
 def run_soak_in_process(spec: SoakSpec) -> LoadResult:
     """Entry point of the client process."""
-    prepare_process(spec.cpu)
-    try:
-        import uvloop
-
-        return uvloop.run(_soak(spec))
-    except ImportError:
-        return asyncio.run(_soak(spec))
+    return run_in_process(spec.cpu, _soak(spec))
 
 
 def _gauges(port: int) -> dict[str, float]:
