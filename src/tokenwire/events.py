@@ -32,12 +32,15 @@ __all__ = [
     "ReasoningDelta",
     "Source",
     "Start",
+    "StepFinish",
+    "StepStart",
     "StreamStatus",
     "TextDelta",
     "TokenUsage",
     "ToolCall",
     "ToolCallDelta",
     "ToolCallStart",
+    "ToolResult",
     "Usage",
     "decode_event",
     "encode_event",
@@ -118,6 +121,37 @@ class ToolCall(_Base, tag="tool-call", frozen=True):
     invalid: bool = False
 
 
+class ToolResult(_Base, tag="tool-result", frozen=True):
+    """The output of a tool that tokenwire ran (a server-side tool, issue #13).
+
+    ``tool_call_id`` names the :class:`ToolCall` it answers; ``output`` is the tool's
+    return value as JSON; ``is_error`` is true when the tool raised or timed out, and
+    ``output`` is then a message written for the model (never our exception text).
+    """
+
+    part: int
+    tool_call_id: str
+    output: object = None
+    is_error: bool = False
+
+
+class StepStart(_Base, tag="step-start", frozen=True):
+    """One model call of an agent loop begins; ``step`` counts from 1.
+
+    A stream without tools has no step events: its single model call is implied.
+    """
+
+    step: int = 1
+
+
+class StepFinish(_Base, tag="step-finish", frozen=True):
+    """One model call of an agent loop ended; ``usage`` is that step's own tokens."""
+
+    step: int = 1
+    finish_reason: FinishReason = "stop"
+    usage: TokenUsage | None = None
+
+
 class Source(_Base, tag="source", frozen=True):
     """A citation (web search result)."""
 
@@ -182,6 +216,9 @@ Event = (
     | ToolCallStart
     | ToolCallDelta
     | ToolCall
+    | ToolResult
+    | StepStart
+    | StepFinish
     | Source
     | Usage
     | Finish

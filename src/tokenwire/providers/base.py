@@ -32,9 +32,11 @@ __all__ = [
     "CheckedProvider",
     "GenerationRequest",
     "Message",
+    "MessageToolCall",
     "Parts",
     "Provider",
     "ProviderEvent",
+    "ToolSpec",
     "error_for_code",
     "error_for_status",
     "finish",
@@ -47,11 +49,52 @@ ProviderEvent = (
 )
 
 
-class Message(msgspec.Struct, frozen=True):
-    """One chat message. ``role`` is ``user``, ``assistant`` or ``system``."""
+class MessageToolCall(msgspec.Struct, frozen=True):
+    """A tool call an assistant message made (OpenAI Chat Completions
+    ``message.tool_calls[]``, Anthropic ``tool_use`` block, Gemini ``functionCall``).
 
-    role: Literal["user", "assistant", "system"]
+    Attributes:
+        id: the provider's tool call id (``call_…``, ``toolu_…``); a tool message
+            answers it with the same ``tool_call_id``.
+        name: the tool's name.
+        arguments: the arguments as JSON text, exactly as the model produced them.
+    """
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+
+class Message(msgspec.Struct, frozen=True):
+    """One chat message.
+
+    ``role`` is ``user``, ``assistant``, ``system`` or ``tool``. An ``assistant``
+    message may carry ``tool_calls`` (its ``content`` may then be empty); a ``tool``
+    message is the result of one call: ``tool_call_id`` names the call, ``name`` the
+    tool, ``content`` the output as text, ``is_error`` marks a failed call.
+    """
+
+    role: Literal["user", "assistant", "system", "tool"]
     content: str
+    tool_calls: tuple[MessageToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+    is_error: bool = False
+
+
+class ToolSpec(msgspec.Struct, frozen=True):
+    """A tool the model may call (OpenAI ``tools[].function``, Anthropic ``tools[]``,
+    Gemini ``functionDeclarations[]``).
+
+    Attributes:
+        name: the tool's name, as the model calls it.
+        description: what the tool does, for the model.
+        parameters: the JSON Schema of the arguments object.
+    """
+
+    name: str
+    description: str = ""
+    parameters: dict[str, object] = msgspec.field(default_factory=lambda: {"type": "object"})
 
 
 class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,12 +106,14 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
         system: a system prompt, or ``None``.
         params: provider parameters passed through (``temperature``,
             ``max_tokens`` …); unknown keys are the provider's to reject.
+        tools: the tools the model may call; empty means none.
     """
 
     model: str
     messages: list[Message]
     system: str | None = None
     params: dict[str, object] = msgspec.field(default_factory=dict)
+    tools: list[ToolSpec] = msgspec.field(default_factory=list)
 
 
 class Provider(Protocol):
