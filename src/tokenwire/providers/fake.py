@@ -6,6 +6,10 @@ The model name picks the script; ``request.params`` steer it:
 - ``fake:lorem``: answers with ``tokens`` (default 20) words.
 - ``fake:think``: reasoning ``"Let me think."`` then the echo.
 - ``fake:tool``: a ``get_weather`` tool call whose arguments arrive in pieces.
+- ``fake:tools``: an agent step. When the history ends with tool results, answers
+  with their text (joined by a space); otherwise, when tools are offered
+  (``request.tools``), calls the first one with ``params.tool_args`` (an object,
+  default ``{}``) and finishes with ``tool_calls``; with no tools offered, echoes.
 
 Params (all optional): ``tokens`` (int, lorem length); ``delay_ms`` (float, pause
 before each delta); ``text`` (str, the answer, overriding the script's);
@@ -30,6 +34,8 @@ import asyncio
 import itertools
 import math
 from collections.abc import AsyncIterator, Mapping
+
+import msgspec
 
 from tokenwire.errors import InvalidRequestError, ProviderError
 from tokenwire.events import ReasoningDelta, TextDelta, ToolCallDelta, ToolCallStart, Usage
@@ -109,6 +115,9 @@ class FakeProvider:
                 raise InvalidRequestError(
                     f"params.{key}", f"must be a number from {low:g} to {high:g}"
                 )
+        tool_args = params.get("tool_args")
+        if tool_args is not None and not isinstance(tool_args, dict):
+            raise InvalidRequestError("params.tool_args", "must be a JSON object")
         text = params.get("text")
         if text is not None and (not isinstance(text, str) or len(text) > MAX_TEXT_CHARS):
             raise InvalidRequestError(
@@ -128,7 +137,8 @@ class FakeProvider:
         delay = float(_number(params, "delay_ms", 0)) / 1000
         parts = Parts()
         count = 0
-        for event in _script(request, parts):
+        events = _script(request, parts)
+        for event in events:
             if isinstance(event, TextDelta | ReasoningDelta | ToolCallDelta):
                 if count == _int(params, "stall_after", -1):
                     await asyncio.Event().wait()
@@ -141,7 +151,8 @@ class FakeProvider:
             yield event
         usage = Usage(input_tokens=_words(request), output_tokens=count)
         yield usage
-        yield finish("tool_calls" if request.model == "tool" else "stop", None, usage)
+        calls_tool = any(isinstance(event, ToolCallStart) for event in events)
+        yield finish("tool_calls" if calls_tool else "stop", None, usage)
 
 
 def _script(request: GenerationRequest, parts: Parts) -> list[ProviderEvent]:
@@ -156,6 +167,12 @@ def _script(request: GenerationRequest, parts: Parts) -> list[ProviderEvent]:
             *(ToolCallDelta(part=part, tool_call_id="call_1", delta=p) for p in pieces),
             tool_call(part, "call_1", "get_weather", args),
         ]
+    if request.model == "tools":
+        results = _trailing_tool_results(request)
+        if results:
+            text = " ".join(results)
+        elif request.tools:
+            return _first_tool_call(request, parts)
     events: list[ProviderEvent] = []
     if request.model == "think":
         part = parts.index("reasoning")
@@ -169,6 +186,31 @@ def _script(request: GenerationRequest, parts: Parts) -> list[ProviderEvent]:
         answer = last_user
     part = parts.index("text")
     return events + [TextDelta(part=part, delta=piece) for piece in _pieces(answer)]
+
+
+def _trailing_tool_results(request: GenerationRequest) -> list[str]:
+    """The contents of the tool messages that end the history, oldest first."""
+    results: list[str] = []
+    for message in reversed(request.messages):
+        if message.role != "tool":
+            break
+        results.insert(0, message.content)
+    return results
+
+
+def _first_tool_call(request: GenerationRequest, parts: Parts) -> list[ProviderEvent]:
+    """A call of the first offered tool, numbered after the history's earlier calls."""
+    earlier = sum(len(m.tool_calls) for m in request.messages)
+    call_id = f"call_{earlier + 1}"
+    name = request.tools[0].name
+    tool_args = request.params.get("tool_args")
+    args = msgspec.json.encode(tool_args if isinstance(tool_args, dict) else {}).decode()
+    part = parts.index("tool", call_id)
+    return [
+        ToolCallStart(part=part, tool_call_id=call_id, name=name),
+        ToolCallDelta(part=part, tool_call_id=call_id, delta=args),
+        tool_call(part, call_id, name, args),
+    ]
 
 
 def _pieces(text: str) -> list[str]:
