@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.anyio
-
 from tokenwire.errors import InvalidRequestError
 from tokenwire.events import TextDelta, ToolCall
 from tokenwire.providers.base import GenerationRequest, Message, MessageToolCall, ToolSpec
 from tokenwire.providers.fake import FakeProvider
+
+pytestmark = pytest.mark.anyio
 
 
 async def _events(request: GenerationRequest) -> list[object]:
