@@ -4,8 +4,11 @@
   (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``);
 - ``openai-responses:`` the Responses API (the same variables);
 - ``anthropic:`` the Messages API (``ANTHROPIC_BASE_URL``, ``ANTHROPIC_API_KEY``);
-- ``ollama:`` Ollama's OpenAI-compatible endpoint
-  (``OLLAMA_HOST``, default ``http://127.0.0.1:11434``);
+- ``gemini:`` the Gemini API (``GEMINI_API_KEY``, ``GEMINI_BASE_URL``);
+- ``ollama:`` Ollama's native ``/api/chat`` (``OLLAMA_BASE_URL`` or ``OLLAMA_HOST``,
+  default ``http://127.0.0.1:11434``);
+- ``groq:``, ``deepseek:``, ``mistral:``, ``openrouter:`` Chat Completions at each
+  service (``<NAME>_API_KEY``, ``<NAME>_BASE_URL``; :mod:`tokenwire.providers.presets`);
 - ``local:`` the bundled SmolLM2-135M on the CPU;
 - ``fake:`` scripted, for tests, benchmarks and demos: only when asked
   (``ProviderRegistry(fake=True)``; the server's ``TOKENWIRE_FAKE_PROVIDER=1``).
@@ -13,7 +16,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -69,13 +71,25 @@ def _anthropic() -> Provider:
     return AnthropicProvider()
 
 
-def _ollama() -> Provider:
-    from tokenwire.providers.openai_chat import OpenAIChatProvider
+def _gemini() -> Provider:
+    from tokenwire.providers.gemini import GeminiProvider
 
-    host = os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434").rstrip("/")
-    if "://" not in host:
-        host = "http://" + host
-    return OpenAIChatProvider(base_url=host + "/v1", api_key="ollama")
+    return GeminiProvider()
+
+
+def _ollama() -> Provider:
+    from tokenwire.providers.ollama import OllamaProvider
+
+    return OllamaProvider()
+
+
+def _preset(name: str) -> Callable[[], Provider]:
+    def make() -> Provider:
+        from tokenwire.providers.presets import PRESETS, OpenAIPreset
+
+        return OpenAIPreset(PRESETS[name])
+
+    return make
 
 
 def _local(threads: int | None = None) -> Provider:
@@ -94,7 +108,9 @@ _FACTORIES: dict[str, Callable[[], Provider]] = {
     "openai": _openai,
     "openai-responses": _openai_responses,
     "anthropic": _anthropic,
+    "gemini": _gemini,
     "ollama": _ollama,
+    **{name: _preset(name) for name in ("groq", "deepseek", "mistral", "openrouter")},
     "local": _local,
     "fake": _fake,
 }
