@@ -10,9 +10,18 @@ directory is :data:`BUNDLED_RECORDINGS`, the copy that ships inside the package
   (``AsyncOpenAI(base_url="http://HOST:PORT/v1")``);
 - ``POST /v1/responses``: ``openai-responses`` (same base URL);
 - ``POST /v1/messages``: ``anthropic-messages``
-  (``AsyncAnthropic(base_url="http://HOST:PORT")``).
+  (``AsyncAnthropic(base_url="http://HOST:PORT")``);
+- ``POST /v1beta/models/{model}:streamGenerateContent[?alt=sse]``: ``gemini``
+  (``GEMINI_BASE_URL=http://HOST:PORT``); the model is the one in the path. The
+  body is replayed as recorded, whatever ``alt`` says: ``.sse`` recordings are
+  Gemini's ``alt=sse`` framing, ``.json`` ones its JSON-array framing;
+- ``POST /api/chat`` and ``POST /api/generate``: ``ollama-generate``
+  (``OLLAMA_BASE_URL=http://HOST:PORT``). The recordings at hand are of
+  ``/api/generate``, whose lines carry the text in ``response`` where ``/api/chat``
+  has ``message.content``; ``/api/chat`` replays them unchanged (tokenwire's Ollama
+  parser reads both shapes). ``stream`` defaults to true, as in Ollama.
 
-The JSON body's ``model`` picks the recording: its path under the directory
+The JSON body's ``model`` (Gemini: the path's) picks the recording: its path under the directory
 without extension, e.g. ``openai-chat/gpt-4o_refusal``. An unknown model, or a
 recording of another API than the endpoint's, is answered 404 in that API's error
 shape naming the model (the SDKs raise ``NotFoundError``). Only streams are
@@ -83,6 +92,8 @@ from starlette.routing import Route
 
 from tokenwire.mock_provider_faults import (
     ANTHROPIC_MESSAGES,
+    GEMINI,
+    OLLAMA_GENERATE,
     OPENAI_CHAT,
     OPENAI_RESPONSES,
     FaultHeaderError,
@@ -112,7 +123,7 @@ licenses in ``NOTICE`` beside them)."""
 
 _BODY_SUFFIXES = (".sse", ".ndjson", ".json")
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)")
-_REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
+_REDACTED_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
 _MAX_RECORDS = 10_000
 
 
@@ -233,10 +244,28 @@ class _Rejection(Exception):
 
 
 _ENDPOINTS = {
-    OPENAI_CHAT: "/v1/chat/completions",
-    OPENAI_RESPONSES: "/v1/responses",
-    ANTHROPIC_MESSAGES: "/v1/messages",
+    OPENAI_CHAT: ("/v1/chat/completions",),
+    OPENAI_RESPONSES: ("/v1/responses",),
+    ANTHROPIC_MESSAGES: ("/v1/messages",),
+    GEMINI: ("/v1beta/models/{model}:streamGenerateContent",),
+    OLLAMA_GENERATE: ("/api/chat", "/api/generate"),
 }
+_GEMINI_METHOD = ":streamGenerateContent"
+
+
+def _gemini_model(target: str) -> str | None:
+    """The model of a Gemini path after ``/v1beta/`` (``models/{model}:streamGenerateContent``)."""
+    if not target.startswith("models/") or not target.endswith(_GEMINI_METHOD):
+        return None
+    return target.removeprefix("models/").removesuffix(_GEMINI_METHOD) or None
+
+
+def _wants_stream(api: str, body: dict[str, object]) -> bool:
+    if api == GEMINI:  # the method itself streams
+        return True
+    if api == OLLAMA_GENERATE:  # Ollama streams unless told not to
+        return body.get("stream", True) is True
+    return body.get("stream") is True
 
 
 class _MockProvider:
@@ -248,11 +277,13 @@ class _MockProvider:
         self.records: deque[RequestRecord] = deque(maxlen=_MAX_RECORDS)
         self._ids = itertools.count(1)
 
-    def endpoint(self, api: str) -> Route:
+    def endpoints(self, api: str) -> list[Route]:
         async def replay(request: Request) -> Response:
             return await self._replay(request, api)
 
-        return Route(_ENDPOINTS[api], replay, methods=["POST"])
+        if api == GEMINI:
+            return [Route("/v1beta/{target:path}", replay, methods=["POST"])]
+        return [Route(path, replay, methods=["POST"]) for path in _ENDPOINTS[api]]
 
     async def _replay(self, request: Request, api: str) -> Response:
         headers = {
@@ -291,7 +322,15 @@ class _MockProvider:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError):
             raise _Rejection(400, "the request body is not JSON") from None
-        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            raise _Rejection(400, "the request body is not a JSON object")
+        if record.api == GEMINI:
+            model = _gemini_model(request.path_params.get("target", ""))
+            if model is None:
+                path = _ENDPOINTS[GEMINI][0]
+                raise _Rejection(404, f"Only POST {path} is served")
+        else:
+            model = body.get("model")
         if not isinstance(model, str):
             raise _Rejection(400, "the request body has no string `model`")
         record.model = model
@@ -299,7 +338,7 @@ class _MockProvider:
         if recording is None:
             raise _Rejection(404, f"The model `{model}` does not exist: no such recording")
         if recording.api != record.api:
-            where = _ENDPOINTS.get(recording.api, "no endpoint of this server")
+            where = " and ".join(_ENDPOINTS.get(recording.api, ("no endpoint of this server",)))
             message = (
                 f"The model `{model}` is a recording of api {recording.api}, served at {where}"
             )
@@ -310,7 +349,7 @@ class _MockProvider:
             raise _Rejection(400, str(exc)) from None
         if faults.status is not None:
             raise _Rejection(faults.status, f"Injected HTTP {faults.status} (x-mock-status)")
-        if body.get("stream") is not True:
+        if not _wants_stream(record.api, body):
             raise _Rejection(400, f"Only streams are recorded: send `stream: true` for `{model}`")
         if faults.recorded_timing and recording.reads is None:
             raise _Rejection(400, f"The recording `{model}` has no recorded timing")
@@ -383,7 +422,7 @@ def create_app(recordings: Path = BUNDLED_RECORDINGS, *, pace_ms: float = 0) -> 
         raise ValueError("pace_ms must be >= 0")
     mock = _MockProvider(load_recordings(recordings), pace_ms)
     routes = [
-        *(mock.endpoint(api) for api in _ENDPOINTS),
+        *(route for api in _ENDPOINTS for route in mock.endpoints(api)),
         Route("/", mock.health, methods=["GET"]),
         Route("/_mock/health", mock.health, methods=["GET"]),
         Route("/_mock/models", mock.models, methods=["GET"]),

@@ -12,10 +12,14 @@ Error shapes:
   codes": ``{"error": {"message", "type", "param", "code"}}``.
 - Anthropic Messages, per the Anthropic API reference "Errors":
   ``{"type": "error", "error": {"type", "message"}, "request_id"}``.
+- Gemini, per the Gemini API "Troubleshooting" page (Google's ``google.rpc.Status``):
+  ``{"error": {"code", "message", "status"}}`` (``RESOURCE_EXHAUSTED`` for 429 …).
+- Ollama, per its API docs "Errors": ``{"error": "message"}``.
 
 In-band errors (a failure after the 200 status line) follow each API's streaming
 reference: a Chat Completions chunk ``data: {"error": {...}}`` (what the OpenAI SDK
-checks for), the Responses ``error`` event, and the Anthropic ``event: error``.
+checks for), the Responses ``error`` event, the Anthropic ``event: error``, a Gemini
+``data: {"error": {...}}`` event, and an Ollama NDJSON line ``{"error": "…"}``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from tokenwire.protocol.sse import encode_sse
 
 __all__ = [
     "ANTHROPIC_MESSAGES",
+    "GEMINI",
+    "OLLAMA_GENERATE",
     "OPENAI_CHAT",
     "OPENAI_RESPONSES",
     "SERVED_APIS",
@@ -54,7 +60,21 @@ __all__ = [
 OPENAI_CHAT = "openai-chat"
 OPENAI_RESPONSES = "openai-responses"
 ANTHROPIC_MESSAGES = "anthropic-messages"
-SERVED_APIS = (OPENAI_CHAT, OPENAI_RESPONSES, ANTHROPIC_MESSAGES)
+GEMINI = "gemini"
+OLLAMA_GENERATE = "ollama-generate"
+SERVED_APIS = (OPENAI_CHAT, OPENAI_RESPONSES, ANTHROPIC_MESSAGES, GEMINI, OLLAMA_GENERATE)
+
+# google.rpc.Code names Gemini answers with: HTTP status -> error.status.
+_GEMINI_STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 
 # Anthropic API reference, "Errors": HTTP status -> error.type.
 _ANTHROPIC_TYPES = {
@@ -211,6 +231,11 @@ def error_body(api: str, status: int, message: str, *, request_id: str) -> dict[
             "error": {"type": kind, "message": message},
             "request_id": request_id,
         }
+    if api == GEMINI:
+        name = _GEMINI_STATUSES.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
+        return {"error": {"code": status, "message": message, "status": name}}
+    if api == OLLAMA_GENERATE:
+        return {"error": message}
     kind, code = _OPENAI_TYPES.get(
         status, ("server_error" if status >= 500 else "invalid_request_error", None)
     )
@@ -247,6 +272,11 @@ def inband_error_event(api: str, *, sequence_number: int) -> bytes:
             "sequence_number": sequence_number,
         }
         return encode_sse(_compact(payload), event="error")
+    if api == GEMINI:
+        payload = {"error": {"code": 503, "message": message, "status": "UNAVAILABLE"}}
+        return encode_sse(_compact(payload))
+    if api == OLLAMA_GENERATE:
+        return _compact({"error": message}) + b"\n"
     payload = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
     return encode_sse(_compact(payload))
 
