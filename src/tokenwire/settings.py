@@ -262,6 +262,8 @@ class Settings(BaseSettings):
             found.append("openai:gpt-4o-mini")
         if os.environ.get("ANTHROPIC_API_KEY"):
             found.append("anthropic:claude-sonnet-4-6")
+        if os.environ.get("GEMINI_API_KEY"):
+            found.append("gemini:gemini-2.5-flash")
         found.append("local:smollm2")
         return list(dict.fromkeys(found))
 
