@@ -55,7 +55,7 @@ from tokenwire.providers.base import (
     tool_call,
 )
 from tokenwire.providers.gemini_request import build_request, split_call_id
-from tokenwire.providers.http import HTTPProvider, env_url
+from tokenwire.providers.http import HTTPProvider, count, decode_json, env_url
 from tokenwire.providers.openai_chat import closed_early
 
 __all__ = ["GeminiParser", "GeminiProvider", "JSONArraySplitter", "build_request", "split_call_id"]
@@ -261,17 +261,13 @@ def _slot(container: Any, key: str | int, fresh: Any, *, replace: bool = False) 
     return None
 
 
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _usage(usage: Mapping[str, Any]) -> Usage:
-    thoughts = _count(usage.get("thoughtsTokenCount"))
+    thoughts = count(usage.get("thoughtsTokenCount"))
     return Usage(
-        input_tokens=_count(usage.get("promptTokenCount")),
-        output_tokens=_count(usage.get("candidatesTokenCount")) + thoughts,
+        input_tokens=count(usage.get("promptTokenCount")),
+        output_tokens=count(usage.get("candidatesTokenCount")) + thoughts,
         reasoning_tokens=thoughts,
-        cached_input_tokens=_count(usage.get("cachedContentTokenCount")),
+        cached_input_tokens=count(usage.get("cachedContentTokenCount")),
     )
 
 
@@ -383,18 +379,9 @@ class GeminiProvider(HTTPProvider):
                 if array:
                     chunks = splitter.feed(data)
                 else:
-                    chunks = [_decode(e.data) for e in decoder.decode(data) if e.data.strip()]
+                    chunks = [decode_json(e.data) for e in decoder.decode(data) if e.data.strip()]
                 for chunk in chunks:
                     for event in parser.feed(chunk):
                         yield event
         for event in parser.end():
             yield event
-
-
-def _decode(data: str) -> Any:
-    try:
-        return msgspec.json.decode(data)
-    except msgspec.DecodeError:
-        raise ProviderError(
-            "provider_error", "the provider sent a chunk that is not JSON"
-        ) from None

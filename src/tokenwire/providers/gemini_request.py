@@ -22,9 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
-from tokenwire.providers.base import GenerationRequest, Message
+from tokenwire.providers.base import GenerationRequest, Message, parse_arguments
 
 __all__ = ["build_request", "split_call_id"]
 
@@ -130,7 +128,10 @@ def _parts(message: Message, names: dict[str, str]) -> list[dict[str, Any]]:
         parts.append({"text": message.content})
     for call in message.tool_calls:
         base, signature = split_call_id(call.id)
-        function: dict[str, Any] = {"name": call.name, "args": _args(call.arguments)}
+        function: dict[str, Any] = {
+            "name": call.name,
+            "args": parse_arguments(call.arguments)[0] or {},
+        }
         if base and not base.startswith("gc_"):
             function["id"] = base
         part: dict[str, Any] = {"functionCall": function}
@@ -138,11 +139,3 @@ def _parts(message: Message, names: dict[str, str]) -> list[dict[str, Any]]:
             part["thoughtSignature"] = signature
         parts.append(part)
     return parts
-
-
-def _args(text: str) -> object:
-    try:
-        value = msgspec.json.decode(text or "{}")
-    except msgspec.DecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}

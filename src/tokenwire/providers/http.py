@@ -15,14 +15,16 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx2
+import msgspec
 
 from tokenwire.errors import ProviderError
 from tokenwire.providers.base import error_for_status
 from tokenwire.providers.openai_chat import body_error
 
-__all__ = ["HTTPProvider", "env_url"]
+__all__ = ["HTTPProvider", "count", "decode_json", "env_url"]
 
 DEFAULT_TIMEOUT = httpx2.Timeout(300.0, connect=10.0)
 """Seconds: connect 10, and 300 for each read (thinking models pause long)."""
@@ -89,6 +91,24 @@ class HTTPProvider:
             await client.aclose()
         if self._http_client is not None:
             await self._http_client.aclose()
+
+
+def count(value: object) -> int:
+    """A token count from a provider's JSON: an integer, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def decode_json(data: str | bytes) -> Any:
+    """One JSON value of a streamed body (an SSE ``data:`` field, an NDJSON line).
+
+    Raises:
+        ProviderError: ``provider_error`` (retryable) when it is not JSON.
+    """
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        message = "the provider sent a chunk that is not JSON"
+        raise ProviderError("provider_error", message, retryable=True) from None
 
 
 def _status_error(status: int, raw: bytes) -> ProviderError:

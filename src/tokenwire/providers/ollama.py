@@ -29,7 +29,6 @@ from typing import Any
 import httpx2
 import msgspec
 
-from tokenwire.errors import ProviderError
 from tokenwire.events import FinishReason, ReasoningDelta, TextDelta, ToolCallStart, Usage
 from tokenwire.providers.base import (
     GenerationRequest,
@@ -38,9 +37,10 @@ from tokenwire.providers.base import (
     ProviderEvent,
     error_for_code,
     finish,
+    parse_arguments,
     tool_call,
 )
-from tokenwire.providers.http import HTTPProvider, env_url
+from tokenwire.providers.http import HTTPProvider, count, decode_json, env_url
 from tokenwire.providers.openai_chat import closed_early
 from tokenwire.providers.think import ThinkSplitter
 
@@ -103,8 +103,8 @@ class OllamaParser:
             self._done_reason = reason if isinstance(reason, str) and reason else "stop"
             if "prompt_eval_count" in chunk or "eval_count" in chunk:
                 self._usage = Usage(
-                    input_tokens=_count(chunk.get("prompt_eval_count")),
-                    output_tokens=_count(chunk.get("eval_count")),
+                    input_tokens=count(chunk.get("prompt_eval_count")),
+                    output_tokens=count(chunk.get("eval_count")),
                 )
                 out.append(self._usage)
         return out
@@ -150,10 +150,6 @@ class OllamaParser:
         out.append(tool_call(part, call_id, name, text))
 
 
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 class NDJSONSplitter:
     """Cuts a byte stream into JSON lines as they arrive (blank lines skipped)."""
 
@@ -168,19 +164,12 @@ class NDJSONSplitter:
         """
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
-        return [_decode(line) for line in lines if line.strip()]
+        return [decode_json(line) for line in lines if line.strip()]
 
     def flush(self) -> list[Any]:
         """End of input: the last line, if it had no line break."""
         rest, self._buffer = self._buffer, b""
-        return [_decode(rest)] if rest.strip() else []
-
-
-def _decode(line: bytes) -> Any:
-    try:
-        return msgspec.json.decode(line)
-    except msgspec.DecodeError:
-        raise ProviderError("provider_error", "the provider sent a line that is not JSON") from None
+        return [decode_json(rest)] if rest.strip() else []
 
 
 def build_request(request: GenerationRequest) -> dict[str, Any]:
@@ -224,20 +213,12 @@ def _message(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.tool_calls:
         out["tool_calls"] = [
-            {"function": {"name": c.name, "arguments": _arguments(c.arguments)}}
+            {"function": {"name": c.name, "arguments": parse_arguments(c.arguments)[0] or {}}}
             for c in message.tool_calls
         ]
     if message.role == "tool" and message.name:
         out["tool_name"] = message.name
     return out
-
-
-def _arguments(text: str) -> object:
-    try:
-        value = msgspec.json.decode(text or "{}")
-    except msgspec.DecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 class OllamaProvider(HTTPProvider):
