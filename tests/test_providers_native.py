@@ -28,7 +28,7 @@ from tokenwire.providers.base import (
     ProviderEvent,
     ToolSpec,
 )
-from tokenwire.providers.gemini import GeminiProvider, build_request, split_call_id
+from tokenwire.providers.gemini import GeminiParser, GeminiProvider, build_request, split_call_id
 from tokenwire.providers.ollama import OllamaProvider
 from tokenwire.providers.ollama import build_request as ollama_request
 from tokenwire.providers.presets import PRESETS, OpenAIPreset
@@ -369,3 +369,53 @@ def test_gemini_needs_a_key_and_ollama_does_not(monkeypatch: pytest.MonkeyPatch)
     assert provider._base_url == "http://ollama.lan:11434"
     monkeypatch.setenv("GEMINI_API_KEY", "k")
     assert isinstance(registry.resolve("gemini:gemini-2.5-flash")[0], GeminiProvider)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "reason"),
+    [
+        (
+            [
+                {
+                    "candidates": [
+                        {"content": {"parts": [{"text": "a"}]}, "finishReason": "MAX_TOKENS"}
+                    ]
+                }
+            ],
+            "length",
+        ),
+        ([{"candidates": [{"finishReason": "SAFETY"}]}], "content_filter"),
+        ([{"candidates": [{"finishReason": "RECITATION"}]}], "content_filter"),
+        ([{"promptFeedback": {"blockReason": "OTHER"}}], "content_filter"),
+        ([{"candidates": [{"finishReason": "MALFORMED_FUNCTION_CALL"}]}], "other"),
+    ],
+)
+def test_gemini_finish_reasons(chunks: list[dict[str, Any]], reason: str) -> None:
+    parser = GeminiParser()
+    events = [e for chunk in chunks for e in parser.feed(chunk)] + parser.end()
+    assert summary(events)["finish_reason"] == reason
+
+
+def test_gemini_follows_candidate_zero_only() -> None:
+    parser = GeminiParser()
+    chunk = {
+        "candidates": [
+            {"index": 1, "content": {"parts": [{"text": "other"}]}, "finishReason": "STOP"},
+            {"index": 0, "content": {"parts": [{"text": "mine"}]}, "finishReason": "STOP"},
+        ]
+    }
+    assert summary(parser.feed(chunk) + parser.end())["text"] == "mine"
+
+
+@pytest.mark.parametrize("path", [GEMINI[0], OLLAMA[0]], ids=["gemini", "ollama"])
+async def test_closing_the_adapter_closes_the_response(path: Path) -> None:
+    body = body_of(path, 200)
+    body.block = True  # the provider would go on generating
+    respond, _ = respond_with(body, content_type=CONTENT_TYPES[path.suffix])
+    stream = provider_for(path, respond).stream(
+        GenerationRequest(model="m", messages=[Message("user", "hi")])
+    )
+    seen = [await stream.__anext__() for _ in range(2)]
+    assert len(seen) == 2 and not body.closed
+    await stream.aclose()
+    assert body.closed
