@@ -177,3 +177,19 @@ def test_every_fault_ends_with_exactly_one_error(faulty: str, kind: str, fault: 
         code or ("provider_overloaded" if kind == "gemini" else "provider_error")
     )
     assert "Traceback" not in last["message"]
+
+
+def test_missing_key_is_a_422_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for variable in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "MISTRAL_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    tw = Tokenwire(Settings(data_dir=tmp_path))
+    with uvicorn_thread(create_app(tokenwire=tw)) as url:
+        for model, variable in (("gemini:g", "GEMINI_API_KEY"), ("mistral:m", "MISTRAL_API_KEY")):
+            response = httpx.post(
+                url + "/v1/chat",
+                json={"model": model, "messages": [{"role": "user", "content": "x"}]},
+                headers={"accept": "text/event-stream"},
+            )
+            assert response.status_code == 422 and variable in response.text

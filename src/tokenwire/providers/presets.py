@@ -79,5 +79,6 @@ class OpenAIPreset(OpenAIChatProvider):
 
     @property
     def base_url(self) -> str:
-        """The base URL requests go to now (the variable, else the default)."""
+        """The base URL a client made now would use (the variable, else the default);
+        the client is made once, on the first request for the preset's models."""
         return (os.environ.get(self.preset.url_variable) or self.preset.base_url).rstrip("/")
