@@ -367,6 +367,10 @@ def test_gemini_needs_a_key_and_ollama_does_not(monkeypatch: pytest.MonkeyPatch)
     provider, _ = registry.resolve("ollama:llama3.2")
     assert isinstance(provider, OllamaProvider)
     assert provider._base_url == "http://ollama.lan:11434"
+    monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0")
+    assert OllamaProvider()._base_url == "http://0.0.0.0:11434"
+    monkeypatch.setenv("OLLAMA_BASE_URL", "https://ollama.example/")
+    assert OllamaProvider()._base_url == "https://ollama.example"
     monkeypatch.setenv("GEMINI_API_KEY", "k")
     assert isinstance(registry.resolve("gemini:gemini-2.5-flash")[0], GeminiProvider)
 

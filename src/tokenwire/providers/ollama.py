@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import msgspec
@@ -221,12 +222,22 @@ def _message(message: Message) -> dict[str, Any]:
     return out
 
 
+def _host_url(host: str | None) -> str | None:
+    """``OLLAMA_HOST`` as Ollama's own client reads it: ``host``, ``host:port`` or a
+    URL; without a port, 11434."""
+    if not host:
+        return None
+    url = env_url(host, DEFAULT_BASE_URL)
+    return url if urlsplit(url).port is not None else f"{url}:11434"
+
+
 class OllamaProvider(HTTPProvider):
     """Ollama's ``/api/chat`` over ``httpx2``.
 
     Args:
         base_url: ``None`` = ``OLLAMA_BASE_URL``, else ``OLLAMA_HOST`` (Ollama's own
-            variable; ``host:port`` is enough), default ``http://127.0.0.1:11434``.
+            variable; ``host`` or ``host:port`` is enough, port 11434 by default),
+            default ``http://127.0.0.1:11434``.
         api_key: sent as ``Authorization: Bearer`` (ollama.com, or a proxy in front);
             ``None`` = ``OLLAMA_API_KEY``, unset = no header.
         http_client: an ``httpx2.AsyncClient`` to send requests with; ``None`` =
@@ -240,10 +251,9 @@ class OllamaProvider(HTTPProvider):
         api_key: str | None = None,
         http_client: httpx2.AsyncClient | None = None,
     ) -> None:
-        env = os.environ.get("OLLAMA_BASE_URL") or os.environ.get("OLLAMA_HOST")
-        super().__init__(
-            base_url=base_url or env_url(env, DEFAULT_BASE_URL), http_client=http_client
-        )
+        if base_url is None:
+            base_url = os.environ.get("OLLAMA_BASE_URL") or _host_url(os.environ.get("OLLAMA_HOST"))
+        super().__init__(base_url=env_url(base_url, DEFAULT_BASE_URL), http_client=http_client)
         self._api_key = api_key or os.environ.get("OLLAMA_API_KEY")
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
