@@ -35,6 +35,7 @@ from tokenwire.log.memory import MemoryStreamLog
 from tokenwire.observability import logs as obs_logs
 from tokenwire.producer import Generation, Producer, ProducerConfig
 from tokenwire.providers import GenerationRequest, Message, Provider, ProviderRegistry
+from tokenwire.providers.base import ToolSpec
 from tokenwire.settings import Settings
 from tokenwire.store import Store
 
@@ -339,6 +340,7 @@ class Tokenwire:
         owner: str | None = None,
         source: str | None = None,
         ticket: Ticket | None = None,
+        tools: Sequence[ToolSpec] = (),
     ) -> Stream:
         """Start a generation and return its stream at once (the ``start`` event is logged).
 
@@ -374,6 +376,7 @@ class Tokenwire:
                 owner=owner,
                 source=source,
                 ticket=ticket,
+                tools=tools,
             )
         except BaseException:
             if ticket is not None and not ticket.started:
@@ -391,6 +394,7 @@ class Tokenwire:
         owner: str | None,
         source: str | None,
         ticket: Ticket | None,
+        tools: Sequence[ToolSpec] = (),
     ) -> Stream:
         if not messages and conversation_id is None:
             raise InvalidRequestError("messages", "must not be empty")
@@ -428,7 +432,11 @@ class Tokenwire:
         for announce in self.stream_started:
             await announce(start)
         request = GenerationRequest(
-            model=provider_model, messages=[*history, *messages], system=system, params=params or {}
+            model=provider_model,
+            messages=[*history, *messages],
+            system=system,
+            params=params or {},
+            tools=list(tools),
         )
         generation = Generation(
             stream_id=stream_id,

@@ -31,6 +31,7 @@ from tokenwire.errors import (
 )
 from tokenwire.observability import metrics as obs_metrics
 from tokenwire.observability.logs import RequestIdMiddleware
+from tokenwire.server.agui import build_agui_router
 from tokenwire.server.aisdk import build_aisdk_router
 from tokenwire.server.errors import error_response
 from tokenwire.server.openai_compat import build_openai_router
@@ -88,6 +89,7 @@ def create_app(
     app.include_router(tw.router, responses=every)
     app.include_router(build_openai_router(tw), responses=every)
     app.include_router(build_aisdk_router(tw), responses=every)
+    app.include_router(build_agui_router(tw), responses=every)
     app.include_router(build_pusher_router(hub, tw.access), responses=every)
     if tw.settings.cors_origins:
         app.add_middleware(

@@ -1,0 +1,154 @@
+"""AG-UI endpoints (the Agent User Interaction protocol), for ``HttpAgent`` from
+``@ag-ui/client`` and CopilotKit.
+
+- ``POST /api/agui``: the ``RunAgentInput`` an AG-UI client POSTs; answers the AG-UI
+  event stream (SSE, ``data: <json>`` frames) of a new tokenwire generation in the
+  conversation whose id is the ``threadId`` (created on first use). The stream id is
+  in the ``x-tokenwire-stream-id`` header, for the native API (resume with
+  ``Last-Event-ID``, ``POST /v1/streams/{id}/cancel``).
+- ``GET /api/agui/{thread_id}/stream``: reconnect: the thread's running generation
+  replayed from ``RUN_STARTED``, then followed live (``?runId=`` is echoed, default:
+  the stream id); ``204`` when none runs.
+
+Ownership (:mod:`tokenwire.engine.identity`): a thread created here is its caller's;
+another owner's thread answers 404 to ``POST`` and 204 to ``GET``, and nothing of it
+is read or changed. Without a valid identity where one is required: 401. The body
+must be declared as JSON (415 otherwise).
+
+Choices travel in ``forwardedProps`` (``model``, ``system``, ``params``); see
+:func:`tokenwire.protocol.agui.parse_run_input`. Bad requests answer ``400`` (not
+JSON) or ``422`` in FastAPI's validation shape naming the field; over a limit:
+``429`` with ``Retry-After``. The event mapping is
+:class:`tokenwire.protocol.agui.AguiEncoder`; every stream ends with exactly one
+``RUN_FINISHED`` or ``RUN_ERROR``.
+
+Protocol reference: https://docs.ag-ui.com/concepts/events and the ``ag-ui-protocol``
+package (types and ``EventEncoder``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from tokenwire.engine import Tokenwire
+from tokenwire.errors import ConversationNotFoundError, TokenwireError
+from tokenwire.events import Event
+from tokenwire.protocol.agui import AguiEncoder, AguiRun, frame_events, parse_run_input
+from tokenwire.server.errors import error_response
+from tokenwire.server.identity import require_json
+from tokenwire.server.routes import responses
+from tokenwire.transports.sse import EventStreamResponse
+
+__all__ = ["build_agui_router"]
+
+SOURCE = "ag-ui"
+"""The ``source`` recorded with a conversation this surface creates."""
+
+
+def build_agui_router(tw: Tokenwire) -> APIRouter:
+    """The ``/api/agui`` routes bound to ``tw``."""
+    router = APIRouter()
+
+    @router.post(
+        "/api/agui",
+        response_model=None,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "AG-UI event stream"},
+            **responses(400, 401, 404, 415, 422, 429, 503),
+        },
+    )
+    async def run(request: Request) -> Response:
+        """Run the agent: start a generation and answer its AG-UI event stream."""
+        owner = await tw.access.owner(request)
+        require_json(request)
+        try:
+            body = json.loads(await request.body() or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            return JSONResponse(
+                {"detail": "the body must be JSON (UTF-8, nested at most ~1000 levels)"},
+                status_code=400,
+            )
+        try:
+            agui = parse_run_input(body)
+            stream_id = await _start(tw, request, agui, owner)
+        except TokenwireError as exc:
+            return error_response(exc)
+        return _response(tw, stream_id, agui.thread_id, agui.run_id)
+
+    @router.get(
+        "/api/agui/{thread_id}/stream",
+        response_model=None,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "AG-UI event stream"},
+            **responses(204, 401, 503),
+        },
+    )
+    async def reconnect(
+        request: Request,
+        thread_id: str,
+        run_id: Annotated[str | None, Query(alias="runId")] = None,
+    ) -> Response:
+        """Replay the thread's running generation from ``RUN_STARTED``; 204 when none
+        runs (also for an unknown thread or another owner's)."""
+        try:
+            await tw.access.conversation(request, thread_id)
+        except ConversationNotFoundError:
+            return Response(status_code=204)
+        active = await tw.active_stream(thread_id)
+        if active is None:
+            return Response(status_code=204)
+        return _response(tw, active[0], thread_id, run_id or active[0])
+
+    return router
+
+
+async def _start(tw: Tokenwire, request: Request, agui: AguiRun, owner: str | None) -> str:
+    """Start the run's generation; the stream id.
+
+    A thread tokenwire does not know is created with the request's whole history; a
+    known one gets :attr:`AguiRun.new` after its stored history.
+
+    Raises:
+        UnknownModelError, InvalidRequestError: before anything is created.
+        RateLimitedError: over a limit (429), before anything is created.
+        ConversationNotFoundError: the thread is another owner's.
+    """
+    tw.check(agui.model, agui.history, system=agui.system, params=agui.params)
+    existing = await tw.access.find_conversation(request, agui.thread_id)
+    ticket = await tw.admit(request)  # 429 before the thread is created
+    created = existing is None and await tw.store.create_conversation_if_absent(
+        agui.thread_id, owner=owner, source=SOURCE
+    )
+    stream = await tw.start(
+        agui.model,
+        agui.history if created else agui.new,
+        conversation_id=agui.thread_id,
+        system=agui.system,
+        params=agui.params,
+        owner=owner,
+        ticket=ticket,
+        tools=agui.tools,
+    )
+    return stream.stream_id
+
+
+def _response(tw: Tokenwire, stream_id: str, thread_id: str, run_id: str) -> EventStreamResponse:
+    """The stream from ``seq`` 1 as AG-UI events: the native SSE response's reading,
+    batching, heartbeats (SSE comments, which AG-UI clients skip) and disconnect
+    handling, with this framing."""
+    encoder = AguiEncoder(thread_id, run_id)
+
+    def frame(batch: list[Event]) -> bytes:
+        return frame_events(encoder.encode(batch))
+
+    return EventStreamResponse(
+        tw.log,
+        stream_id,
+        heartbeat_interval=tw.settings.heartbeat_interval,
+        headers={"x-tokenwire-stream-id": stream_id},
+        frame=frame,
+    )
