@@ -1,0 +1,492 @@
+"""The AG-UI adapter (``/api/agui``): the pure encoder and parser, then end to end
+against a real tokenwire server on 127.0.0.1 (Redis stream log, PostgreSQL store,
+``fake:`` models), the answers parsed with the ``ag-ui-protocol`` package's own
+pydantic event types; and ``HttpAgent`` from ``@ag-ui/client`` in Node
+(``tests/js/agui/``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydantic
+import pytest
+from ag_ui.core import BaseEvent, EventType
+from ag_ui.core import Event as AguiEvent
+
+from tests.support.cluster import services_env, unavailable
+from tests.support.node import node_with
+from tests.support.servers import uvicorn_thread
+from tokenwire import Settings, Tokenwire, create_app
+from tokenwire.errors import InvalidRequestError
+from tokenwire.events import (
+    Cancelled,
+    Error,
+    Event,
+    Finish,
+    ReasoningDelta,
+    Start,
+    StepFinish,
+    StepStart,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolResult,
+)
+from tokenwire.protocol.agui import AguiEncoder, frame_events, parse_run_input
+from tokenwire.protocol.sse import SSEDecoder
+
+AGUI_DIR = Path(__file__).resolve().parent / "js" / "agui"
+EVENTS: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(AguiEvent)
+TOKENS = {"ta": "alice", "tb": "bob"}
+ALICE = {"authorization": "Bearer ta"}
+BOB = {"authorization": "Bearer tb"}
+START = Start(stream_id="s", message_id="m", conversation_id="t", model="fake:x", created_at=1.0)
+TIME_TOOL = {
+    "name": "get_time",
+    "description": "The current time",
+    "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}},
+}
+
+# --- pure encoder and parser ---------------------------------------------------------
+
+
+def _types(events: list[Event]) -> list[str]:
+    encoded = AguiEncoder("t", "r").encode([START, *events])
+    return [e.type.value for e in encoded]
+
+
+def test_encoder_text_reasoning_and_finish() -> None:
+    events = [
+        ReasoningDelta(part=0, delta="hm"),
+        TextDelta(part=1, delta="a"),
+        TextDelta(part=1, delta="b"),
+        Finish(finish_reason="stop"),
+    ]
+    encoded = AguiEncoder("t", "r").encode([START, *events])
+    assert [e.type.value for e in encoded] == [
+        "RUN_STARTED",
+        "REASONING_START",
+        "REASONING_MESSAGE_START",
+        "REASONING_MESSAGE_CONTENT",
+        "REASONING_MESSAGE_END",
+        "REASONING_END",
+        "TEXT_MESSAGE_START",
+        "TEXT_MESSAGE_CONTENT",
+        "TEXT_MESSAGE_CONTENT",
+        "TEXT_MESSAGE_END",
+        "RUN_FINISHED",
+    ]
+    assert encoded[6].message_id == "m"  # type: ignore[attr-defined]
+    finished = encoded[-1].model_dump(by_alias=True)
+    assert finished["threadId"] == "t" and finished["runId"] == "r"
+    assert finished["outcome"] == {"type": "success"}
+
+
+def test_encoder_agent_loop_steps_and_tool_results() -> None:
+    events: list[Event] = [
+        StepStart(step=1),
+        ToolCallStart(part=0, tool_call_id="c1", name="get_time"),
+        ToolCallDelta(part=0, tool_call_id="c1", delta='{"zone"'),
+        ToolCallDelta(part=0, tool_call_id="c1", delta=': "UTC"}'),
+        ToolCall(part=0, tool_call_id="c1", name="get_time", arguments={"zone": "UTC"}),
+        ToolResult(part=1, tool_call_id="c1", output={"time": "12:00"}),
+        StepFinish(step=1, finish_reason="tool_calls"),
+        StepStart(step=2),
+        TextDelta(part=2, delta="noon"),
+        StepFinish(step=2),
+        Finish(finish_reason="stop"),
+    ]
+    encoded = AguiEncoder("t", "r").encode([START, *events])
+    assert [e.type.value for e in encoded] == [
+        "RUN_STARTED",
+        "STEP_STARTED",
+        "TOOL_CALL_START",
+        "TOOL_CALL_ARGS",
+        "TOOL_CALL_ARGS",
+        "TOOL_CALL_END",
+        "TOOL_CALL_RESULT",
+        "STEP_FINISHED",
+        "STEP_STARTED",
+        "TEXT_MESSAGE_START",
+        "TEXT_MESSAGE_CONTENT",
+        "TEXT_MESSAGE_END",
+        "STEP_FINISHED",
+        "RUN_FINISHED",
+    ]
+    result = encoded[6].model_dump(by_alias=True)
+    assert result["toolCallId"] == "c1" and json.loads(result["content"]) == {"time": "12:00"}
+    assert [e.step_name for e in encoded if "STEP" in e.type.value] == ["step-1"] * 2 + [  # type: ignore[attr-defined]
+        "step-2"
+    ] * 2
+    assert encoded[-1].outcome.pending_tool_call_ids is None  # type: ignore[attr-defined]
+
+
+def test_encoder_tool_call_without_deltas_and_pending_ids() -> None:
+    encoded = AguiEncoder("t", "r").encode(
+        [
+            START,
+            ToolCall(part=0, tool_call_id="c9", name="f", arguments={"a": 1}),
+            Finish(finish_reason="tool_calls"),
+        ]
+    )
+    assert [e.type.value for e in encoded] == [
+        "RUN_STARTED",
+        "TOOL_CALL_START",
+        "TOOL_CALL_ARGS",
+        "TOOL_CALL_END",
+        "RUN_FINISHED",
+    ]
+    assert json.loads(encoded[2].delta) == {"a": 1}  # type: ignore[attr-defined]
+    assert encoded[-1].outcome.pending_tool_call_ids == ["c9"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("terminal", "last"),
+    [
+        (Error(code="provider_error", message="boom"), "RUN_ERROR"),
+        (Cancelled(reason="user"), "RUN_FINISHED"),
+    ],
+)
+def test_encoder_closes_everything_before_the_one_terminal_event(
+    terminal: Event, last: str
+) -> None:
+    types = _types(
+        [
+            StepStart(step=1),
+            TextDelta(part=0, delta="a"),
+            ToolCallStart(part=1, tool_call_id="c", name="f"),
+            terminal,
+        ]
+    )
+    assert types[-4:] == ["TOOL_CALL_START", "TOOL_CALL_END", "STEP_FINISHED", last]
+    assert types.count("TEXT_MESSAGE_END") == 1
+    assert sum(t in ("RUN_FINISHED", "RUN_ERROR") for t in types) == 1
+
+
+def test_frames_are_the_package_encoders() -> None:
+    body = frame_events(AguiEncoder("t", "r").encode([START])).decode()
+    assert body == 'data: {"type":"RUN_STARTED","threadId":"t","runId":"r"}\n\n'
+
+
+def _input(messages: list[dict[str, Any]], **more: Any) -> dict[str, Any]:
+    return {
+        "threadId": "t",
+        "runId": "r",
+        "messages": messages,
+        "tools": [],
+        "context": [],
+        "state": {},
+        "forwardedProps": {},
+        **more,
+    }
+
+
+def _tool_call_message(call_id: str = "c1") -> dict[str, Any]:
+    function = {"name": "get_time", "arguments": "{}"}
+    return {
+        "id": "a1",
+        "role": "assistant",
+        "toolCalls": [{"id": call_id, "type": "function", "function": function}],
+    }
+
+
+def test_parse_run_input_maps_messages_tools_and_forwarded_props() -> None:
+    run = parse_run_input(
+        _input(
+            [
+                {"id": "s", "role": "system", "content": "Be brief."},
+                {"id": "u", "role": "user", "content": [{"type": "text", "text": "time?"}]},
+                _tool_call_message(),
+                {"id": "x", "role": "tool", "toolCallId": "c1", "content": "12:00"},
+            ],
+            tools=[TIME_TOOL],
+            context=[{"description": "city", "value": "Paris"}],
+            forwardedProps={"model": "fake:tools", "params": {"k": 1}, "system": "Hi."},
+        )
+    )
+    assert [m.role for m in run.history] == ["user", "assistant", "tool"]
+    assert run.history[1].tool_calls[0].id == "c1" and run.history[2].tool_call_id == "c1"
+    assert [m.role for m in run.new] == ["assistant", "tool"]
+    assert run.system == "Hi.\n\nBe brief.\n\ncity: Paris"
+    assert run.tools[0].name == "get_time" and run.tools[0].parameters == TIME_TOOL["parameters"]
+    assert (run.model, run.params) == ("fake:tools", {"k": 1})
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ([], "body"),
+        ({"threadId": "t", "messages": []}, "runId"),
+        (_input([{"id": "1", "role": "user"}]), "messages.0.user.content"),
+        (_input([{"id": "1", "role": "nobody", "content": "x"}]), "messages.0"),
+        (_input([]), "messages"),
+        (_input([{"id": "1", "role": "assistant", "content": "x"}]), "messages"),
+        (_input([{"id": "1", "role": "user", "content": "x"}], threadId=""), "threadId"),
+        (_input([{"id": "1", "role": "user", "content": "x"}], forwardedProps=3), "forwardedProps"),
+        (
+            _input([{"id": "1", "role": "user", "content": "x"}], forwardedProps={"model": 1}),
+            "forwardedProps.model",
+        ),
+    ],
+)
+def test_parse_run_input_rejects_naming_the_field(body: Any, field: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        parse_run_input(body)
+    assert caught.value.field == field
+
+
+# --- end to end ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Tokenwire]]:
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with (
+        services_env("agui", tmp_path_factory.mktemp("agui")) as env,
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        for key, value in env.items():
+            mp.setenv(key, value)
+        tw = Tokenwire(Settings(auth_tokens=TOKENS, max_retries=0, default_model="fake:echo"))
+        with uvicorn_thread(create_app(tokenwire=tw)) as url:
+            yield url, tw
+
+
+def run_agent(
+    base: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> list[BaseEvent]:
+    """POST the run and parse every frame with the package's event union."""
+    decoder = SSEDecoder()
+    events: list[BaseEvent] = []
+    with (
+        httpx.Client(base_url=base, timeout=30) as client,
+        client.stream("POST", "/api/agui", json=body, headers=headers or ALICE) as response,
+    ):
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for chunk in response.iter_raw():
+            events += [EVENTS.validate_json(s.data) for s in decoder.decode(chunk) if s.data]
+    return events
+
+
+def _thread() -> str:
+    return f"thread-{uuid.uuid4().hex}"
+
+
+def _user(text: str, id: str = "u1") -> dict[str, Any]:
+    return {"id": id, "role": "user", "content": text}
+
+
+def test_one_turn_streams_the_text_and_creates_the_thread(server: tuple[str, Tokenwire]) -> None:
+    base, _ = server
+    thread = _thread()
+    events = run_agent(base, _input([_user("hello there")], threadId=thread))
+    assert [e.type for e in events] == [
+        EventType.RUN_STARTED,
+        EventType.TEXT_MESSAGE_START,
+        EventType.TEXT_MESSAGE_CONTENT,
+        EventType.TEXT_MESSAGE_CONTENT,
+        EventType.TEXT_MESSAGE_END,
+        EventType.RUN_FINISHED,
+    ]
+    text = "".join(e.delta for e in events if e.type == EventType.TEXT_MESSAGE_CONTENT)  # type: ignore[attr-defined]
+    assert text == "hello there"
+    assert events[0].thread_id == thread and events[0].run_id == "r"  # type: ignore[attr-defined]
+    with httpx.Client(base_url=base, headers=ALICE, timeout=10) as client:
+        stored = client.get(f"/v1/conversations/{thread}").json()
+    assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
+
+
+def test_reasoning_becomes_reasoning_events(server: tuple[str, Tokenwire]) -> None:
+    base, _ = server
+    body = _input([_user("why")], threadId=_thread(), forwardedProps={"model": "fake:think"})
+    events = run_agent(base, body)
+    types = [e.type.value for e in events]
+    assert types[:3] == ["RUN_STARTED", "REASONING_START", "REASONING_MESSAGE_START"]
+    reasoning = "".join(
+        e.delta  # type: ignore[attr-defined]
+        for e in events
+        if e.type == EventType.REASONING_MESSAGE_CONTENT
+    )
+    assert reasoning == "Let me think."
+    assert types.index("REASONING_END") < types.index("TEXT_MESSAGE_START")
+
+
+def test_client_tool_round_trip(server: tuple[str, Tokenwire]) -> None:
+    """Step 1 calls the client's tool and finishes with it pending; the client sends
+    the assistant call and the tool result back; step 2 answers with the result."""
+    base, _ = server
+    thread = _thread()
+    params = {"model": "fake:tools", "params": {"tool_args": {"zone": "UTC"}}}
+    first = _input([_user("what time is it")], threadId=thread, tools=[TIME_TOOL])
+    step1 = run_agent(base, {**first, "forwardedProps": params})
+    assert [e.type.value for e in step1] == [
+        "RUN_STARTED",
+        "TOOL_CALL_START",
+        "TOOL_CALL_ARGS",
+        "TOOL_CALL_END",
+        "RUN_FINISHED",
+    ]
+    start, args = step1[1].model_dump(by_alias=True), step1[2].model_dump(by_alias=True)
+    call_id = start["toolCallId"]
+    assert start["toolCallName"] == "get_time" and json.loads(args["delta"]) == {"zone": "UTC"}
+    assert step1[-1].outcome.pending_tool_call_ids == [call_id]  # type: ignore[attr-defined]
+    messages = [
+        _user("what time is it"),
+        _tool_call_message(call_id),
+        {"id": "t1", "role": "tool", "toolCallId": call_id, "content": "It is 12:00 UTC."},
+    ]
+    step2 = run_agent(
+        base, {**_input(messages, threadId=thread, tools=[TIME_TOOL]), "forwardedProps": params}
+    )
+    types = [e.type.value for e in step2]
+    assert types[0] == "RUN_STARTED" and types[-1] == "RUN_FINISHED"
+    assert "TOOL_CALL_START" not in types
+    text = "".join(e.delta for e in step2 if e.type == EventType.TEXT_MESSAGE_CONTENT)  # type: ignore[attr-defined]
+    assert text == "It is 12:00 UTC."
+
+
+def test_a_provider_error_ends_with_run_error(server: tuple[str, Tokenwire]) -> None:
+    base, _ = server
+    props = {"model": "fake:lorem", "params": {"tokens": 10, "fail_after": 2}}
+    events = run_agent(base, _input([_user("x")], threadId=_thread(), forwardedProps=props))
+    types = [e.type.value for e in events]
+    assert types == [
+        "RUN_STARTED",
+        "TEXT_MESSAGE_START",
+        "TEXT_MESSAGE_CONTENT",
+        "TEXT_MESSAGE_CONTENT",
+        "TEXT_MESSAGE_END",
+        "RUN_ERROR",
+    ]
+    assert events[-1].code == "provider_error" and events[-1].message  # type: ignore[attr-defined]
+
+
+def test_another_users_thread_is_404_and_untouched(server: tuple[str, Tokenwire]) -> None:
+    base, _ = server
+    thread = _thread()
+    run_agent(base, _input([_user("mine")], threadId=thread))
+    with httpx.Client(base_url=base, timeout=10) as client:
+        refused = client.post(
+            "/api/agui", json=_input([_user("yours?", "u2")], threadId=thread), headers=BOB
+        )
+        assert refused.status_code == 404, refused.text
+        assert client.get(f"/api/agui/{thread}/stream", headers=BOB).status_code == 204
+        assert client.post("/api/agui", json=_input([_user("x")])).status_code == 401
+        stored = client.get(f"/v1/conversations/{thread}", headers=ALICE).json()
+    assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"threadId": "t", "messages": []}, ["body", "runId"]),
+        (_input([{"id": "1", "role": "user"}]), ["body", "messages", "0", "user", "content"]),
+        (_input([_user("x")], forwardedProps={"model": "nope:x"}), ["body", "model"]),
+        (_input([_user("x")], forwardedProps={"params": []}), ["body", "forwardedProps", "params"]),
+    ],
+)
+def test_bad_input_is_422_naming_the_field(
+    server: tuple[str, Tokenwire], body: dict[str, Any], loc: list[str]
+) -> None:
+    base, _ = server
+    response = httpx.post(f"{base}/api/agui", json=body, headers=ALICE, timeout=10)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == loc
+
+
+def test_not_json_is_400_and_not_declared_json_is_415(server: tuple[str, Tokenwire]) -> None:
+    base, _ = server
+    with httpx.Client(base_url=base, headers=ALICE, timeout=10) as client:
+        bad = client.post("/api/agui", content=b"{", headers={"content-type": "application/json"})
+        assert bad.status_code == 400
+        form = client.post("/api/agui", content=b"{}", headers={"content-type": "text/plain"})
+        assert form.status_code == 415
+
+
+def test_reconnect_replays_the_running_run(server: tuple[str, Tokenwire]) -> None:
+    base, _ = server
+    thread = _thread()
+    props = {"model": "fake:lorem", "params": {"tokens": 5, "stall_after": 2}}
+    body = _input([_user("x")], threadId=thread, forwardedProps=props)
+    with (
+        httpx.Client(base_url=base, headers=ALICE, timeout=30) as client,
+        client.stream("POST", "/api/agui", json=body) as first,
+    ):
+        stream_id = first.headers["x-tokenwire-stream-id"]
+        decoder = SSEDecoder()
+        seen: list[BaseEvent] = []
+        for chunk in first.iter_raw():  # until the two deltas before the stall arrived
+            seen += [EVENTS.validate_json(s.data) for s in decoder.decode(chunk) if s.data]
+            if sum(e.type == EventType.TEXT_MESSAGE_CONTENT for e in seen) == 2:
+                break
+    decoder = SSEDecoder()
+    replay: list[BaseEvent] = []
+    with (
+        httpx.Client(base_url=base, headers=ALICE, timeout=30) as client,
+        client.stream("GET", f"/api/agui/{thread}/stream?runId=r2") as again,
+    ):
+        assert again.status_code == 200
+        for chunk in again.iter_raw():
+            replay += [EVENTS.validate_json(s.data) for s in decoder.decode(chunk) if s.data]
+            if sum(e.type == EventType.TEXT_MESSAGE_CONTENT for e in replay) == 2:
+                client.post(f"/v1/streams/{stream_id}/cancel", json={})
+    assert replay[0].run_id == "r2"  # type: ignore[attr-defined]
+    assert [e.type.value for e in replay][-2:] == ["TEXT_MESSAGE_END", "RUN_FINISHED"]
+    assert replay[-1].outcome.type == "cancelled"  # type: ignore[attr-defined]
+    assert [e.model_dump() for e in replay[1:4]] == [e.model_dump() for e in seen[1:4]]
+    with httpx.Client(base_url=base, headers=ALICE, timeout=10) as client:
+        assert client.get(f"/api/agui/{thread}/stream").status_code == 204
+
+
+# --- @ag-ui/client in Node -------------------------------------------------------------
+
+
+def run_http_agent(base: str, **config: Any) -> dict[str, Any]:
+    node = node_with(AGUI_DIR, "@ag-ui/client")
+    config = {"url": f"{base}/api/agui", "token": "ta", "threadId": _thread(), **config}
+    done = subprocess.run(
+        [node, str(AGUI_DIR / "run.mjs"), json.dumps(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=AGUI_DIR,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_http_agent_runs_one_turn(server: tuple[str, Tokenwire]) -> None:
+    base, _ = server
+    result = run_http_agent(base, text="hi agent", model="fake:echo")
+    [types] = [r["types"] for r in result["runs"]]
+    assert types[0] == "RUN_STARTED" and types[-1] == "RUN_FINISHED"
+    assert "TEXT_MESSAGE_CONTENT" in types
+    assert [(m["role"], m.get("content")) for m in result["messages"]] == [
+        ("user", "hi agent"),
+        ("assistant", "hi agent"),
+    ]
+
+
+def test_http_agent_client_tool_loop(server: tuple[str, Tokenwire]) -> None:
+    base, _ = server
+    result = run_http_agent(
+        base, text="time?", model="fake:tools", tool=TIME_TOOL, toolResult="12:00 UTC"
+    )
+    first, second = result["runs"]
+    assert first["types"][-2:] == ["TOOL_CALL_END", "RUN_FINISHED"] and first["pending"]
+    assert second["pending"] == [] and "TEXT_MESSAGE_CONTENT" in second["types"]
+    roles = [m["role"] for m in result["messages"]]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+    assert result["messages"][1]["toolCalls"][0]["function"]["name"] == "get_time"
+    assert result["messages"][-1]["content"] == "12:00 UTC"
