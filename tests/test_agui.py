@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from ag_ui.core import Event as AguiEvent
 from tests.support.cluster import services_env, unavailable
 from tests.support.node import node_with
 from tests.support.servers import uvicorn_thread
-from tokenwire import Settings, Tokenwire, create_app
+from tokenwire import ProviderRegistry, Settings, Tokenwire, create_app
 from tokenwire.errors import InvalidRequestError
 from tokenwire.events import (
     Cancelled,
@@ -41,6 +41,12 @@ from tokenwire.events import (
 )
 from tokenwire.protocol.agui import AguiEncoder, frame_events, parse_run_input
 from tokenwire.protocol.sse import SSEDecoder
+from tokenwire.providers.base import (
+    GenerationRequest,
+    MessageToolCall,
+    ProviderEvent,
+)
+from tokenwire.providers.fake import FakeProvider
 
 AGUI_DIR = Path(__file__).resolve().parent / "js" / "agui"
 EVENTS: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(AguiEvent)
@@ -245,6 +251,21 @@ def test_parse_run_input_rejects_naming_the_field(body: Any, field: str) -> None
 # --- end to end ----------------------------------------------------------------------
 
 
+class RecordingFake(FakeProvider):
+    """The ``fake:`` scripts, keeping every request the adapter made (``rec:<script>``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[GenerationRequest] = []
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
+        self.requests.append(request)
+        return super().stream(request)
+
+
+RECORDER = RecordingFake()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Tokenwire]]:
     reason = unavailable()
@@ -256,7 +277,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Toke
     ):
         for key, value in env.items():
             mp.setenv(key, value)
-        tw = Tokenwire(Settings(auth_tokens=TOKENS, max_retries=0, default_model="fake:echo"))
+        settings = Settings(auth_tokens=TOKENS, max_retries=0, default_model="fake:echo")
+        registry = ProviderRegistry(settings)
+        registry.register("rec", RECORDER)
+        tw = Tokenwire(settings, registry=registry)
         with uvicorn_thread(create_app(tokenwire=tw)) as url:
             yield url, tw
 
@@ -326,7 +350,7 @@ def test_client_tool_round_trip(server: tuple[str, Tokenwire]) -> None:
     the assistant call and the tool result back; step 2 answers with the result."""
     base, _ = server
     thread = _thread()
-    params = {"model": "fake:tools", "params": {"tool_args": {"zone": "UTC"}}}
+    params = {"model": "rec:tools", "params": {"tool_args": {"zone": "UTC"}}}
     first = _input([_user("what time is it")], threadId=thread, tools=[TIME_TOOL])
     step1 = run_agent(base, {**first, "forwardedProps": params})
     assert [e.type.value for e in step1] == [
@@ -353,6 +377,25 @@ def test_client_tool_round_trip(server: tuple[str, Tokenwire]) -> None:
     assert "TOOL_CALL_START" not in types
     text = "".join(e.delta for e in step2 if e.type == EventType.TEXT_MESSAGE_CONTENT)  # type: ignore[attr-defined]
     assert text == "It is 12:00 UTC."
+    sent = RECORDER.requests[-1]  # what the model saw in step 2
+    assert [(m.role, m.content) for m in sent.messages] == [
+        ("user", "what time is it"),
+        ("assistant", ""),
+        ("tool", "It is 12:00 UTC."),
+    ]
+    assert sent.messages[1].tool_calls == (MessageToolCall(call_id, "get_time", "{}"),)
+    assert sent.messages[2].tool_call_id == call_id
+    assert [t.name for t in sent.tools] == ["get_time"]
+    messages += [
+        {"id": "a2", "role": "assistant", "content": text},
+        _user("thanks", "u2"),
+    ]
+    run_agent(base, {**_input(messages, threadId=thread), "forwardedProps": params})
+    assert [(m.role, m.content) for m in RECORDER.requests[-1].messages] == [
+        ("user", "what time is it"),
+        ("assistant", "It is 12:00 UTC."),
+        ("user", "thanks"),
+    ]  # the stored history, then only the new message
 
 
 def test_a_provider_error_ends_with_run_error(server: tuple[str, Tokenwire]) -> None:
