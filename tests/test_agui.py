@@ -277,7 +277,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Toke
     ):
         for key, value in env.items():
             mp.setenv(key, value)
-        settings = Settings(auth_tokens=TOKENS, max_retries=0, default_model="fake:echo")
+        settings = Settings(
+            auth_tokens=TOKENS, max_retries=0, default_model="fake:echo", heartbeat_interval=0.05
+        )  # heartbeats (SSE comments) between slow deltas: AG-UI clients must skip them
         registry = ProviderRegistry(settings)
         registry.register("rec", RECORDER)
         tw = Tokenwire(settings, registry=registry)
@@ -286,9 +288,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Toke
 
 
 def run_agent(
-    base: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    base: str,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    comments: list[str] | None = None,
 ) -> list[BaseEvent]:
-    """POST the run and parse every frame with the package's event union."""
+    """POST the run and parse every frame with the package's event union (SSE comments,
+    the heartbeats, go to ``comments``)."""
     decoder = SSEDecoder()
     events: list[BaseEvent] = []
     with (
@@ -298,7 +304,11 @@ def run_agent(
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
         for chunk in response.iter_raw():
-            events += [EVENTS.validate_json(s.data) for s in decoder.decode(chunk) if s.data]
+            for sse in decoder.decode(chunk):
+                if sse.comment is not None and comments is not None:
+                    comments.append(sse.comment)
+                elif sse.data:
+                    events.append(EVENTS.validate_json(sse.data))
     return events
 
 
@@ -313,7 +323,11 @@ def _user(text: str, id: str = "u1") -> dict[str, Any]:
 def test_one_turn_streams_the_text_and_creates_the_thread(server: tuple[str, Tokenwire]) -> None:
     base, _ = server
     thread = _thread()
-    events = run_agent(base, _input([_user("hello there")], threadId=thread))
+    slow = {"model": "fake:echo", "params": {"delay_ms": 150}}
+    comments: list[str] = []
+    body = _input([_user("hello there")], threadId=thread, forwardedProps=slow)
+    events = run_agent(base, body, comments=comments)
+    assert comments  # heartbeats between the slow deltas, which the parsers skip
     assert [e.type for e in events] == [
         EventType.RUN_STARTED,
         EventType.TEXT_MESSAGE_START,
@@ -511,7 +525,9 @@ def run_http_agent(base: str, **config: Any) -> dict[str, Any]:
 
 def test_http_agent_runs_one_turn(server: tuple[str, Tokenwire]) -> None:
     base, _ = server
-    result = run_http_agent(base, text="hi agent", model="fake:echo")
+    result = run_http_agent(
+        base, text="hi agent", model="fake:echo", params={"delay_ms": 150}
+    )  # slower than the heartbeats
     [types] = [r["types"] for r in result["runs"]]
     assert types[0] == "RUN_STARTED" and types[-1] == "RUN_FINISHED"
     assert "TEXT_MESSAGE_CONTENT" in types

@@ -4,7 +4,7 @@
 // Usage: node run.mjs '<json config>'; prints one JSON object on stdout:
 //   {runs: [{types, pending}], messages}: the AG-UI event types each run received,
 //   the tool calls it left pending, and the agent's messages at the end.
-// Config: url, token, threadId, text (the user message), model (forwardedProps.model),
+// Config: url, token, threadId, text (the user message), model and params (forwardedProps),
 // and optionally tool ({name, description, parameters}) and toolResult: then the
 // first run offers the tool, the client answers every pending call with toolResult
 // and runs again (a client-side tool loop).
@@ -32,7 +32,7 @@ async function run(parameters) {
   return { types, pending };
 }
 
-const forwardedProps = { model: config.model };
+const forwardedProps = { model: config.model, params: config.params ?? {} };
 const runs = [];
 if (config.tool) {
   const first = await run({ tools: [config.tool], forwardedProps });
