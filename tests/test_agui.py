@@ -7,7 +7,6 @@ pydantic event types; and ``HttpAgent`` from ``@ag-ui/client`` in Node
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from ag_ui.core import BaseEvent, EventType
 from ag_ui.core import Event as AguiEvent
 
 from tests.support.cluster import services_env, unavailable
-from tests.support.node import node_with
+from tests.support.node import node_with, run_script
 from tests.support.servers import uvicorn_thread
 from tokenwire import ProviderRegistry, Settings, Tokenwire, create_app
 from tokenwire.errors import InvalidRequestError
@@ -511,16 +510,7 @@ def test_reconnect_replays_the_running_run(server: tuple[str, Tokenwire]) -> Non
 def run_http_agent(base: str, **config: Any) -> dict[str, Any]:
     node = node_with(AGUI_DIR, "@ag-ui/client")
     config = {"url": f"{base}/api/agui", "token": "ta", "threadId": _thread(), **config}
-    done = subprocess.run(
-        [node, str(AGUI_DIR / "run.mjs"), json.dumps(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=AGUI_DIR,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
+    return run_script(node, AGUI_DIR / "run.mjs", config)  # type: ignore[no-any-return]
 
 
 def test_http_agent_runs_one_turn(server: tuple[str, Tokenwire]) -> None:

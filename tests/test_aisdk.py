@@ -5,7 +5,6 @@ against a real tokenwire server on 127.0.0.1 fed by the mock provider."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import httpx
 import httpx2
 import pytest
 
-from tests.support.node import node_with
+from tests.support.node import node_with, run_script
 from tests.support.recordings import RECORDINGS, expected
 from tests.support.servers import uvicorn_thread
 from tests.support.sse import read_sse
@@ -309,15 +308,7 @@ def node() -> str:
 
 
 def run_node(node: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        [node, str(AISDK_DIR / "read.mjs"), json.dumps(jobs)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
+    return run_script(node, AISDK_DIR / "read.mjs", jobs)  # type: ignore[no-any-return]
 
 
 def _client(headers: dict[str, str] | None = None) -> httpx2.AsyncClient:

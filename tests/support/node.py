@@ -27,6 +27,21 @@ def node_with(directory: Path, package: str) -> str:
     return exe
 
 
+def run_script(node: str, script: Path, argument: object, timeout: float = 60) -> Any:
+    """Run ``script`` with ``argument`` as its one JSON argument (in its folder, so its
+    packages resolve); the JSON it prints on stdout. Fails the test when it exits non-zero."""
+    done = subprocess.run(
+        [node, str(script), json.dumps(argument)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=script.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def node_with_pusher() -> str:
     """``node``, with ``tests/pusher`` installed."""
     return node_with(PUSHER_DIR, "pusher-js")
