@@ -113,19 +113,22 @@ async def _start(tw: Tokenwire, request: Request, agui: AguiRun, owner: str | No
     known one gets :attr:`AguiRun.new` after its stored history.
 
     Raises:
-        UnknownModelError, InvalidRequestError: before anything is created.
+        UnknownModelError, InvalidRequestError: before anything is created (the
+            limits apply to the messages the model is sent).
         RateLimitedError: over a limit (429), before anything is created.
         ConversationNotFoundError: the thread is another owner's.
     """
-    tw.check(agui.model, agui.history, system=agui.system, params=agui.params)
     existing = await tw.access.find_conversation(request, agui.thread_id)
+    messages = agui.history if existing is None else agui.new
+    tw.check(agui.model, messages, system=agui.system, params=agui.params)
     ticket = await tw.admit(request)  # 429 before the thread is created
-    created = existing is None and await tw.store.create_conversation_if_absent(
+    if existing is None and not await tw.store.create_conversation_if_absent(
         agui.thread_id, owner=owner, source=SOURCE
-    )
+    ):  # a concurrent first run created it first
+        messages = agui.new
     stream = await tw.start(
         agui.model,
-        agui.history if created else agui.new,
+        messages,
         conversation_id=agui.thread_id,
         system=agui.system,
         params=agui.params,
