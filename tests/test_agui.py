@@ -527,6 +527,18 @@ def test_http_agent_runs_one_turn(server: tuple[str, Tokenwire]) -> None:
     ]
 
 
+def test_http_agent_reasoning_and_errors(server: tuple[str, Tokenwire]) -> None:
+    base, _ = server
+    think = run_http_agent(base, text="why", model="fake:think")["runs"][0]
+    assert think["error"] is None and think["outcome"] == "success"
+    assert think["types"][1:3] == ["REASONING_START", "REASONING_MESSAGE_START"]
+    failing = run_http_agent(
+        base, text="x", model="fake:lorem", params={"tokens": 10, "fail_after": 2}
+    )["runs"][0]
+    assert failing["types"][-1] == "RUN_ERROR" and failing["outcome"] is None
+    assert failing["error"]["code"] == "provider_error"
+
+
 def test_http_agent_client_tool_loop(server: tuple[str, Tokenwire]) -> None:
     base, _ = server
     result = run_http_agent(

@@ -2,8 +2,9 @@
 // event verification and message application).
 //
 // Usage: node run.mjs '<json config>'; prints one JSON object on stdout:
-//   {runs: [{types, pending}], messages}: the AG-UI event types each run received,
-//   the tool calls it left pending, and the agent's messages at the end.
+//   {runs: [{types, pending, outcome, error}], messages}: the AG-UI event types each
+//   run received, the tool calls it left pending, its RUN_FINISHED outcome or its
+//   RUN_ERROR (or the rejection of runAgent), and the agent's messages at the end.
 // Config: url, token, threadId, text (the user message), model and params (forwardedProps),
 // and optionally tool ({name, description, parameters}) and toolResult: then the
 // first run offers the tool, the client answers every pending call with toolResult
@@ -21,15 +22,25 @@ const agent = new HttpAgent({
 async function run(parameters) {
   const types = [];
   let pending = [];
-  await agent.runAgent(parameters, {
-    onEvent: ({ event }) => {
-      types.push(event.type);
-    },
-    onRunFinishedEvent: (params) => {
-      if (params.outcome === "success") pending = params.pendingToolCallIds;
-    },
-  });
-  return { types, pending };
+  let outcome = null;
+  let error = null;
+  try {
+    await agent.runAgent(parameters, {
+      onEvent: ({ event }) => {
+        types.push(event.type);
+      },
+      onRunFinishedEvent: (params) => {
+        outcome = params.outcome;
+        if (params.outcome === "success") pending = params.pendingToolCallIds;
+      },
+      onRunErrorEvent: ({ event }) => {
+        error = { message: event.message, code: event.code };
+      },
+    });
+  } catch (e) {
+    error ??= { message: String(e?.message ?? e) };
+  }
+  return { types, pending, outcome, error };
 }
 
 const forwardedProps = { model: config.model, params: config.params ?? {} };
