@@ -150,6 +150,16 @@ def test_encoder_tool_call_without_deltas_and_pending_ids() -> None:
     ]
     assert json.loads(encoded[2].delta) == {"a": 1}  # type: ignore[attr-defined]
     assert encoded[-1].outcome.pending_tool_call_ids == ["c9"]  # type: ignore[attr-defined]
+    searched = AguiEncoder("t", "r").encode(
+        [
+            START,
+            ToolCall(
+                part=0, tool_call_id="ws", name="web_search", arguments={}, provider_executed=True
+            ),
+            Finish(finish_reason="stop"),
+        ]
+    )
+    assert searched[-1].outcome.pending_tool_call_ids is None  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

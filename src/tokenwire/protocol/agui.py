@@ -240,9 +240,9 @@ class AguiEncoder:
     ``step-finish`` → ``STEP_STARTED`` / ``STEP_FINISHED`` (``stepName``
     ``step-<n>``). The terminal event closes whatever is open, then: ``finish`` →
     ``RUN_FINISHED`` (outcome ``success``, ``pendingToolCallIds`` = calls without a
-    result, which the client is to run), ``cancelled`` → ``RUN_FINISHED`` (outcome
-    ``cancelled``), ``error`` → ``RUN_ERROR`` (``message``, ``code``). Sources and
-    usage map to nothing.
+    result and not run by the provider, which the client is to run), ``cancelled`` →
+    ``RUN_FINISHED`` (outcome ``cancelled``), ``error`` → ``RUN_ERROR`` (``message``,
+    ``code``). Sources and usage map to nothing.
 
     Args:
         thread_id: the ``threadId`` to echo.
@@ -257,7 +257,7 @@ class AguiEncoder:
         self._open: tuple[str, str] | None = None  # (kind, id) of the open text/reasoning
         self._tools: dict[str, bool] = {}  # tool call id -> arguments sent
         self._ended: list[str] = []  # tool calls ended, in order
-        self._results: set[str] = set()
+        self._results: set[str] = set()  # calls answered here, or run by the provider
         self._steps: list[str] = []  # open steps
 
     def encode(self, events: Iterable[Event]) -> list[BaseEvent]:
@@ -277,6 +277,8 @@ class AguiEncoder:
             self._reasoning(event, out)
         elif isinstance(event, ToolCallStart):
             self._tool_start(event.tool_call_id, event.name, out)
+            if event.provider_executed:
+                self._results.add(event.tool_call_id)
         elif isinstance(event, ToolCallDelta):
             self._tool_start(event.tool_call_id, "", out)
             self._tools[event.tool_call_id] = True
@@ -330,6 +332,8 @@ class AguiEncoder:
     def _tool_call(self, event: ToolCall, out: list[BaseEvent]) -> None:
         call_id = event.tool_call_id
         self._tool_start(call_id, event.name, out)
+        if event.provider_executed:
+            self._results.add(call_id)
         if call_id in self._ended:
             return
         if not self._tools[call_id]:  # no deltas: the whole argument text at once
