@@ -5,10 +5,10 @@ Two halves, both pure:
 - :func:`parse_run_input` validates the ``RunAgentInput`` an AG-UI client POSTs
   (``HttpAgent`` in ``@ag-ui/client``, CopilotKit's runtime) with the
   ``ag-ui-protocol`` package's own pydantic model and turns it into :class:`AguiRun`:
-  tokenwire :class:`~tokenwire.providers.base.Message`\\ s (assistant tool calls and
-  tool results included), client tools as
-  :class:`~tokenwire.providers.base.ToolSpec`\\ s, the system prompt, and the model
-  and params from ``forwardedProps``.
+  the messages for the model (and which of them are new to a known thread), the
+  client's tools, the system prompt, and the model and params from
+  ``forwardedProps``. (:mod:`tokenwire.server.agui` maps them onto tokenwire's
+  provider types, a layer this module does not import.)
 - :class:`AguiEncoder` turns tokenwire events (DESIGN §2) into the package's event
   models; :func:`frame_events` frames them with its ``EventEncoder``
   (``data: <json>\\n\\n``).
@@ -49,6 +49,7 @@ from ag_ui.core import (
     TextMessageContentEvent,
     TextMessageEndEvent,
     TextMessageStartEvent,
+    Tool,
     ToolCallArgsEvent,
     ToolCallEndEvent,
     ToolCallResultEvent,
@@ -74,9 +75,11 @@ from tokenwire.events import (
     ToolCallStart,
     ToolResult,
 )
-from tokenwire.providers.base import Message, MessageToolCall, ToolSpec
 
-__all__ = ["AguiEncoder", "AguiRun", "frame_events", "parse_run_input"]
+__all__ = ["AguiEncoder", "AguiRun", "ChatMessage", "frame_events", "parse_run_input", "text_of"]
+
+ChatMessage = UserMessage | AssistantMessage | ToolMessage
+"""The messages a model is sent (system and developer ones become the system prompt)."""
 
 _ENCODER = EventEncoder()
 _FORWARDED = ("model", "system", "params")
@@ -89,8 +92,8 @@ class AguiRun:
     Attributes:
         thread_id: ``threadId`` = the tokenwire conversation id.
         run_id: ``runId``, echoed in ``RUN_STARTED`` / ``RUN_FINISHED``.
-        history: every non-system message of the request, oldest first, to seed a
-            thread tokenwire does not know yet.
+        history: the request's user, assistant and tool messages, oldest first, to
+            seed a thread tokenwire does not know yet.
         new: the messages that are new for a thread tokenwire knows: the trailing
             tool results with the assistant message whose calls they answer, else
             the last user message (see :func:`parse_run_input`).
@@ -103,10 +106,10 @@ class AguiRun:
 
     thread_id: str
     run_id: str
-    history: list[Message]
-    new: list[Message]
+    history: list[ChatMessage]
+    new: list[ChatMessage]
     system: str | None = None
-    tools: list[ToolSpec] = field(default_factory=list)
+    tools: list[Tool] = field(default_factory=list)
     model: str | None = None
     params: dict[str, object] = field(default_factory=dict)
 
@@ -136,13 +139,12 @@ def parse_run_input(body: object) -> AguiRun:
     if not run.thread_id or len(run.thread_id) > 200:
         raise InvalidRequestError("threadId", "must be a non-empty string (at most 200 chars)")
     system: list[str] = []
-    history: list[Message] = []
-    for i, message in enumerate(run.messages):
-        converted = _message(message, f"messages.{i}")
-        if isinstance(converted, str):
-            system.append(converted)
-        elif converted is not None:
-            history.append(converted)
+    history: list[ChatMessage] = []
+    for message in run.messages:
+        if isinstance(message, SystemMessage | DeveloperMessage):
+            system.append(message.content)
+        elif isinstance(message, UserMessage | AssistantMessage | ToolMessage):
+            history.append(message)  # activity and reasoning messages are not sent
     forwarded = _forwarded(run.forwarded_props)
     if isinstance(forwarded.get("system"), str):
         system.insert(0, str(forwarded["system"]))
@@ -153,46 +155,21 @@ def parse_run_input(body: object) -> AguiRun:
         history=history,
         new=_new_messages(history),
         system="\n\n".join(system) if system else None,
-        tools=[
-            ToolSpec(t.name, t.description, t.parameters or {"type": "object"})
-            for t in run.tools or ()
-        ],
+        tools=list(run.tools or ()),
         model=forwarded.get("model"),  # type: ignore[arg-type]
         params=dict(forwarded.get("params") or {}),  # type: ignore[call-overload]
     )
 
 
-def _message(message: object, where: str) -> Message | str | None:
-    """A tokenwire message; a system prompt's text; ``None`` for kinds the model
-    is not sent (activity, reasoning)."""
-    if isinstance(message, SystemMessage | DeveloperMessage):
-        return message.content
-    if isinstance(message, UserMessage):
-        return Message("user", _text(message.content))
-    if isinstance(message, AssistantMessage):
-        calls = tuple(
-            MessageToolCall(c.id, c.function.name, c.function.arguments or "{}")
-            for c in message.tool_calls or ()
-        )
-        return Message("assistant", message.content or "", tool_calls=calls)
-    if isinstance(message, ToolMessage):
-        return Message(
-            "tool",
-            _text(message.content) or (message.error or ""),
-            tool_call_id=message.tool_call_id,
-            is_error=message.error is not None,
-        )
-    return None
-
-
-def _text(content: object) -> str:
+def text_of(content: object) -> str:
+    """The text of a message's ``content``: the string, or its ``text`` parts joined."""
     if isinstance(content, str):
         return content
     parts = content if isinstance(content, list) else []
     return "".join(str(getattr(p, "text", "")) for p in parts if getattr(p, "type", "") == "text")
 
 
-def _new_messages(history: Sequence[Message]) -> list[Message]:
+def _new_messages(history: Sequence[ChatMessage]) -> list[ChatMessage]:
     """The tail a known thread has not seen: trailing tool results with the assistant
     message that called them, else the last user message."""
     end = len(history)

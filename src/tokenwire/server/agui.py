@@ -31,13 +31,23 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
+from ag_ui.core import AssistantMessage, ToolMessage
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from tokenwire.engine import Tokenwire
 from tokenwire.errors import ConversationNotFoundError, TokenwireError
 from tokenwire.events import Event
-from tokenwire.protocol.agui import AguiEncoder, AguiRun, frame_events, parse_run_input
+from tokenwire.protocol.agui import (
+    AguiEncoder,
+    AguiRun,
+    ChatMessage,
+    frame_events,
+    parse_run_input,
+    text_of,
+)
+from tokenwire.providers import Message
+from tokenwire.providers.base import MessageToolCall, ToolSpec
 from tokenwire.server.errors import error_response
 from tokenwire.server.identity import require_json
 from tokenwire.server.routes import responses
@@ -119,13 +129,14 @@ async def _start(tw: Tokenwire, request: Request, agui: AguiRun, owner: str | No
         ConversationNotFoundError: the thread is another owner's.
     """
     existing = await tw.access.find_conversation(request, agui.thread_id)
-    messages = agui.history if existing is None else agui.new
+    history, new = [_message(m) for m in agui.history], [_message(m) for m in agui.new]
+    messages = history if existing is None else new
     tw.check(agui.model, messages, system=agui.system, params=agui.params)
     ticket = await tw.admit(request)  # 429 before the thread is created
     if existing is None and not await tw.store.create_conversation_if_absent(
         agui.thread_id, owner=owner, source=SOURCE
     ):  # a concurrent first run created it first
-        messages = agui.new
+        messages = new
     stream = await tw.start(
         agui.model,
         messages,
@@ -134,9 +145,30 @@ async def _start(tw: Tokenwire, request: Request, agui: AguiRun, owner: str | No
         params=agui.params,
         owner=owner,
         ticket=ticket,
-        tools=agui.tools,
+        tools=[
+            ToolSpec(t.name, t.description, t.parameters or {"type": "object"}) for t in agui.tools
+        ],
     )
     return stream.stream_id
+
+
+def _message(message: ChatMessage) -> Message:
+    """An AG-UI message as tokenwire's: an assistant's ``toolCalls`` become
+    ``tool_calls``, a tool message's ``error`` marks the result failed."""
+    if isinstance(message, AssistantMessage):
+        calls = tuple(
+            MessageToolCall(c.id, c.function.name, c.function.arguments or "{}")
+            for c in message.tool_calls or ()
+        )
+        return Message("assistant", message.content or "", tool_calls=calls)
+    if isinstance(message, ToolMessage):
+        return Message(
+            "tool",
+            text_of(message.content) or (message.error or ""),
+            tool_call_id=message.tool_call_id,
+            is_error=message.error is not None,
+        )
+    return Message("user", text_of(message.content))
 
 
 def _response(tw: Tokenwire, stream_id: str, thread_id: str, run_id: str) -> EventStreamResponse:
