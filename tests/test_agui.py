@@ -461,8 +461,15 @@ def test_another_users_thread_is_404_and_untouched(server: tuple[str, Tokenwire]
     [
         ({"threadId": "t", "messages": []}, ["body", "runId"]),
         (_input([{"id": "1", "role": "user"}]), ["body", "messages", "0", "user", "content"]),
-        (_input([_user("x")], forwardedProps={"model": "nope:x"}), ["body", "model"]),
+        (
+            _input([_user("x")], forwardedProps={"model": "nope:x"}),
+            ["body", "forwardedProps", "model"],
+        ),
         (_input([_user("x")], forwardedProps={"params": []}), ["body", "forwardedProps", "params"]),
+        (
+            _input([_user("x")], forwardedProps={"model": "fake:lorem", "params": {"tokens": -1}}),
+            ["body", "forwardedProps", "params", "tokens"],
+        ),
     ],
 )
 def test_bad_input_is_422_naming_the_field(

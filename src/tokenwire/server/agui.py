@@ -36,7 +36,12 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from tokenwire.engine import Tokenwire
-from tokenwire.errors import ConversationNotFoundError, TokenwireError
+from tokenwire.errors import (
+    ConversationNotFoundError,
+    InvalidRequestError,
+    TokenwireError,
+    UnknownModelError,
+)
 from tokenwire.events import Event
 from tokenwire.protocol.agui import (
     AguiEncoder,
@@ -48,7 +53,7 @@ from tokenwire.protocol.agui import (
 )
 from tokenwire.providers import Message
 from tokenwire.providers.base import MessageToolCall, ToolSpec
-from tokenwire.server.errors import error_response
+from tokenwire.server.errors import error_response, field_error
 from tokenwire.server.identity import require_json
 from tokenwire.server.routes import responses
 from tokenwire.transports.sse import EventStreamResponse
@@ -85,6 +90,13 @@ def build_agui_router(tw: Tokenwire) -> APIRouter:
         try:
             agui = parse_run_input(body)
             stream_id = await _start(tw, request, agui, owner)
+        except UnknownModelError as exc:  # the model and params are forwarded props here
+            return field_error("forwardedProps.model", str(exc), exc.http_status)
+        except InvalidRequestError as exc:
+            where = exc.field
+            if where == "params" or where.startswith("params."):
+                where = f"forwardedProps.{where}"
+            return field_error(where, exc.message, exc.http_status)
         except TokenwireError as exc:
             return error_response(exc)
         return _response(tw, stream_id, agui.thread_id, agui.run_id)
