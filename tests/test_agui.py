@@ -37,6 +37,7 @@ from tokenwire.events import (
     ToolCallDelta,
     ToolCallStart,
     ToolResult,
+    Usage,
 )
 from tokenwire.protocol.agui import AguiEncoder, frame_events, parse_run_input
 from tokenwire.protocol.sse import SSEDecoder
@@ -72,6 +73,7 @@ def test_encoder_text_reasoning_and_finish() -> None:
         ReasoningDelta(part=0, delta="hm"),
         TextDelta(part=1, delta="a"),
         TextDelta(part=1, delta="b"),
+        Usage(input_tokens=3, output_tokens=2),
         Finish(finish_reason="stop"),
     ]
     encoded = AguiEncoder("t", "r").encode([START, *events])
@@ -92,6 +94,16 @@ def test_encoder_text_reasoning_and_finish() -> None:
     finished = encoded[-1].model_dump(by_alias=True)
     assert finished["threadId"] == "t" and finished["runId"] == "r"
     assert finished["outcome"] == {"type": "success"}
+    assert finished["usage"] == [
+        {
+            "model": "fake:x",
+            "inputTokens": 3,
+            "outputTokens": 2,
+            "totalTokens": 5,
+            "reasoningTokens": 0,
+            "cachedInputTokens": 0,
+        }
+    ]
 
 
 def test_encoder_agent_loop_steps_and_tool_results() -> None:

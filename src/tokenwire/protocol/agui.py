@@ -57,6 +57,9 @@ from ag_ui.core import (
     ToolMessage,
     UserMessage,
 )
+from ag_ui.core import (
+    TokenUsage as AguiUsage,
+)
 from ag_ui.encoder import EventEncoder
 
 from tokenwire.errors import InvalidRequestError
@@ -70,10 +73,12 @@ from tokenwire.events import (
     StepFinish,
     StepStart,
     TextDelta,
+    TokenUsage,
     ToolCall,
     ToolCallDelta,
     ToolCallStart,
     ToolResult,
+    Usage,
 )
 
 __all__ = ["AguiEncoder", "AguiRun", "ChatMessage", "frame_events", "parse_run_input", "text_of"]
@@ -219,7 +224,8 @@ class AguiEncoder:
     ``RUN_FINISHED`` (outcome ``success``, ``pendingToolCallIds`` = calls without a
     result and not run by the provider, which the client is to run), ``cancelled`` →
     ``RUN_FINISHED`` (outcome ``cancelled``), ``error`` → ``RUN_ERROR`` (``message``,
-    ``code``). Sources and usage map to nothing.
+    ``code``); both carry the last ``usage`` (one ``TokenUsage``, with the model) when
+    there was one. Sources map to nothing.
 
     Args:
         thread_id: the ``threadId`` to echo.
@@ -236,6 +242,8 @@ class AguiEncoder:
         self._ended: list[str] = []  # tool calls ended, in order
         self._results: set[str] = set()  # calls answered here, or run by the provider
         self._steps: list[str] = []  # open steps
+        self._model = ""
+        self._usage: AguiUsage | None = None  # the latest cumulative usage
 
     def encode(self, events: Iterable[Event]) -> list[BaseEvent]:
         """The AG-UI events for ``events`` (possibly none)."""
@@ -246,7 +254,7 @@ class AguiEncoder:
 
     def _encode(self, event: Event, out: list[BaseEvent]) -> None:
         if isinstance(event, Start):
-            self._message_id = event.message_id
+            self._message_id, self._model = event.message_id, event.model
             out.append(RunStartedEvent(thread_id=self.thread_id, run_id=self.run_id))
         elif isinstance(event, TextDelta):
             self._text(event, out)
@@ -274,8 +282,22 @@ class AguiEncoder:
             if name in self._steps:
                 self._steps.remove(name)
                 out.append(StepFinishedEvent(step_name=name))
+        elif isinstance(event, Usage):
+            self._count(event)
         elif isinstance(event, Finish | Error | Cancelled):
+            if isinstance(event, Finish) and event.usage is not None:
+                self._count(event.usage)
             self._end(event, out)
+
+    def _count(self, usage: Usage | TokenUsage) -> None:
+        self._usage = AguiUsage(
+            model=self._model,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            total_tokens=usage.input_tokens + usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+        )
 
     def _text(self, event: TextDelta, out: list[BaseEvent]) -> None:
         if self._open is None or self._open[0] != f"text-{event.part}":
@@ -354,8 +376,9 @@ class AguiEncoder:
                 out.append(ToolCallEndEvent(tool_call_id=call_id))
         while self._steps:
             out.append(StepFinishedEvent(step_name=self._steps.pop()))
+        usage = None if self._usage is None else [self._usage]
         if isinstance(event, Error):
-            out.append(RunErrorEvent(message=event.message, code=event.code))
+            out.append(RunErrorEvent(message=event.message, code=event.code, usage=usage))
             return
         outcome: Any
         if isinstance(event, Cancelled):
@@ -363,7 +386,11 @@ class AguiEncoder:
         else:
             pending = [c for c in self._ended if c not in self._results]
             outcome = RunFinishedSuccessOutcome(pending_tool_call_ids=pending or None)
-        out.append(RunFinishedEvent(thread_id=self.thread_id, run_id=self.run_id, outcome=outcome))
+        out.append(
+            RunFinishedEvent(
+                thread_id=self.thread_id, run_id=self.run_id, outcome=outcome, usage=usage
+            )
+        )
 
 
 def frame_events(events: Iterable[BaseEvent]) -> bytes:
