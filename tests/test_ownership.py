@@ -142,6 +142,16 @@ def ui_body(chat: str, text: str = "hi", **more: Any) -> dict[str, Any]:
     }
 
 
+def agui_body(thread: str) -> dict[str, Any]:
+    """An AG-UI ``RunAgentInput`` adding a user message to ``thread``."""
+    return {
+        "threadId": thread,
+        "runId": "r",
+        "messages": [{"id": "u", "role": "user", "content": "injected"}],
+        "forwardedProps": {"model": "fake:lorem", "params": SLOW},
+    }
+
+
 def started_stream_id(client: httpx.Client, path: str, body: dict[str, Any]) -> str:
     """POST a streaming request, keep its stream id header, hang up (not a stop)."""
     with client.stream("POST", path, json=body, headers=ALICE) as response:
@@ -250,6 +260,16 @@ ROUTES: dict[str, tuple[Request, int, int]] = {
         404,
         200,
     ),
+    "POST /api/agui into her thread": (
+        lambda a: ("POST", "/api/agui", {"json": agui_body(a.chat)}),
+        404,
+        200,
+    ),
+    "GET /api/agui/{id}/stream": (
+        lambda a: ("GET", f"/api/agui/{a.chat}/stream", {}),
+        204,  # what an unknown thread answers: nothing to reconnect to
+        200,
+    ),
     "AI SDK stream: events by x-tokenwire-stream-id": (
         lambda a: ("GET", f"/v1/streams/{a.chat_sid}/events", {}),
         404,
@@ -297,8 +317,12 @@ def unknown(a: Alice) -> Alice:
     return Alice("nope1", "nope2", "nope3", "nope4", "nope5", "nope6")
 
 
-CREATES = {"POST /api/chat into her chat", "POST /api/chat regenerate-message"}
-"""Routes where an unknown id is created (the AI SDK's client picks chat ids)."""
+CREATES = {
+    "POST /api/chat into her chat",
+    "POST /api/chat regenerate-message",
+    "POST /api/agui into her thread",
+}
+"""Routes where an unknown id is created (the AI SDK's and AG-UI's clients pick the ids)."""
 
 
 @pytest.mark.parametrize("route", ROUTES)
