@@ -353,7 +353,9 @@ class Tokenwire:
         conversation (``page``, ``api``, ``cli``, ``openai``, ``ai-sdk``), recorded
         with it; it is ignored for an existing conversation. ``ticket`` (from
         :meth:`admit`) names the stream and holds its concurrent-streams slot until
-        the generation ends (released here if the start fails).
+        the generation ends (released here if the start fails). ``tools`` are the
+        tools the model may call (:attr:`GenerationRequest.tools
+        <tokenwire.providers.GenerationRequest.tools>`; default none).
 
         Raises:
             UnknownModelError: ``model`` is empty or names no provider.

@@ -36,6 +36,7 @@ from tokenwire.server.aisdk import build_aisdk_router
 from tokenwire.server.errors import error_response
 from tokenwire.server.openai_compat import build_openai_router
 from tokenwire.server.pusher_http import build_pusher_router
+from tokenwire.server.responses import build_responses_router
 from tokenwire.server.routes import EVERY_ROUTE, responses
 from tokenwire.settings import Settings
 from tokenwire.transports.pusher.hub import PusherHub
@@ -88,6 +89,7 @@ def create_app(
     every = responses(*EVERY_ROUTE)
     app.include_router(tw.router, responses=every)
     app.include_router(build_openai_router(tw), responses=every)
+    app.include_router(build_responses_router(tw), responses=every)
     app.include_router(build_aisdk_router(tw), responses=every)
     app.include_router(build_agui_router(tw), responses=every)
     app.include_router(build_pusher_router(hub, tw.access), responses=every)

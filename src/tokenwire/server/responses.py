@@ -1,0 +1,169 @@
+"""OpenAI Responses API: ``POST /v1/responses`` and its retrieve/cancel routes, for
+the official ``openai`` SDK (``client.responses.create``) and ``@ai-sdk/openai``
+(whose default ``createOpenAI(...)(model)`` calls it).
+
+Wire format: OpenAI API reference, "Responses" and "Responses → Streaming events";
+the encoding is :mod:`tokenwire.protocol.openai_responses_request` (requests) and
+:mod:`tokenwire.protocol.openai_responses_api` (events), this module is their I/O
+shell, sharing everything else with ``/v1/chat/completions``
+(:mod:`tokenwire.server.openai_compat`: identity, admission, errors in OpenAI's
+shape through :class:`~tokenwire.server.openai_compat.OpenAIRoute`).
+
+- ``POST /v1/responses``: each request starts a new conversation owned by the
+  caller; the response id is ``resp_<stream_id>`` (also sent as
+  ``x-tokenwire-stream-id``). ``stream: true`` answers Responses streaming events
+  as SSE ending with exactly one of ``response.completed``,
+  ``response.incomplete``, ``response.failed``; otherwise the ``response`` object
+  once the stream ended (a failed generation: OpenAI's error object with
+  400/429/502/503/504, as Chat Completions).
+- ``GET /v1/responses/{id}``: the response so far (``status`` ``in_progress``
+  while it streams); ``?stream=true`` replays its events from the start (or after
+  ``starting_after``, a ``sequence_number``) and follows them.
+- ``POST /v1/responses/{id}/cancel``: stops it (every reader then receives the
+  terminal ``response.incomplete`` with status ``cancelled``); answers the response.
+- Another owner's response, an unknown or expired one: 404 (the ownership check
+  of :meth:`tokenwire.engine.identity.Access.stream`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
+from tokenwire.engine import Tokenwire
+from tokenwire.errors import StreamNotFoundError
+from tokenwire.events import Event
+from tokenwire.protocol.openai_compat import error_status
+from tokenwire.protocol.openai_responses_api import ResponseEncoder, stream_id_of
+from tokenwire.protocol.openai_responses_request import parse_responses_request
+from tokenwire.server.identity import caller_dependency, require_json
+from tokenwire.server.openai_compat import STREAM_ID_HEADER, OpenAIRoute, _error
+from tokenwire.server.routes import responses
+from tokenwire.transports.sse import EventStreamResponse
+
+__all__ = ["build_responses_router"]
+
+
+def _framer(encoder: ResponseEncoder, after: int = -1) -> Callable[[list[Event]], bytes]:
+    """SSE bytes for a batch of events, leaving out ``sequence_number <= after``."""
+    return lambda batch: b"".join(encoder.encode(event, after) for event in batch)
+
+
+def _failed(encoder: ResponseEncoder, headers: dict[str, str]) -> JSONResponse | None:
+    """OpenAI's error answer for a failed generation, or ``None``."""
+    failed = encoder.error
+    if failed is None:
+        return None
+    status = error_status(failed.code)
+    response = _error(status, failed.message, code=failed.code)
+    if status == 429:
+        response.headers["retry-after"] = "1"
+    response.headers.update(headers)
+    return response
+
+
+def build_responses_router(tw: Tokenwire) -> APIRouter:
+    """The Responses API routes bound to ``tw``."""
+    router = APIRouter(
+        route_class=OpenAIRoute, dependencies=[Depends(caller_dependency(tw.access))]
+    )
+
+    async def stream_of(request: Request, response_id: str) -> str:
+        """The caller's stream behind ``response_id`` (404 for anyone else's)."""
+        stream_id = stream_id_of(response_id)
+        if stream_id is None:
+            raise StreamNotFoundError(response_id)
+        await tw.access.stream(request, stream_id)
+        return stream_id
+
+    async def folded(stream_id: str, *, follow: bool = False) -> dict[str, Any]:
+        """The response object of the stream so far (``follow``: once it ended)."""
+        info = await tw.log.info(stream_id)
+        encoder = ResponseEncoder(str(info.meta.get("model", "")))
+        if follow:
+            async for batch in tw.log.read(stream_id, 0):
+                for event in batch:
+                    encoder.feed(event)
+        else:
+            for event in await tw.log.events(stream_id):
+                encoder.feed(event)
+        return encoder.response()
+
+    @router.post(
+        "/v1/responses",
+        response_model=None,
+        dependencies=[Depends(require_json)],
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "A response"},
+            **responses(400, 401, 404, 415, 429, 502, 503, 504),
+        },
+    )
+    async def create_response(
+        request: Request, body: Annotated[dict[str, Any], Body()]
+    ) -> Response:
+        """Create a model response (streamed when ``stream`` is true), in a new
+        conversation owned by the caller."""
+        owner = await tw.access.owner(request)
+        parsed = parse_responses_request(body)
+        ticket = await tw.admit(request)
+        stream = await tw.start(
+            parsed.model,
+            parsed.messages,
+            system=parsed.system,
+            params=parsed.params,
+            owner=owner,
+            source="openai",
+            ticket=ticket,
+            tools=parsed.tools,
+        )
+        encoder = ResponseEncoder(parsed.model, parsed.echo)
+        headers = {STREAM_ID_HEADER: stream.stream_id}
+        if parsed.stream:
+            return EventStreamResponse(
+                tw.log,
+                stream.stream_id,
+                heartbeat_interval=tw.settings.heartbeat_interval,
+                headers=headers,
+                frame=_framer(encoder),
+            )
+        async for batch in tw.log.read(stream.stream_id, 0):
+            for event in batch:
+                encoder.feed(event)
+        return _failed(encoder, headers) or JSONResponse(encoder.response(), headers=headers)
+
+    @router.get("/v1/responses/{response_id}", response_model=None, responses=responses(401, 404))
+    async def retrieve_response(
+        request: Request,
+        response_id: str,
+        stream: bool = False,
+        starting_after: Annotated[int, Query(ge=-1)] = -1,
+    ) -> Response:
+        """The response so far, or with ``stream=true`` its events as SSE (after
+        ``starting_after``), following it until its terminal event."""
+        stream_id = await stream_of(request, response_id)
+        if stream:
+            info = await tw.log.info(stream_id)
+            return EventStreamResponse(
+                tw.log,
+                stream_id,
+                heartbeat_interval=tw.settings.heartbeat_interval,
+                frame=_framer(ResponseEncoder(str(info.meta.get("model", ""))), starting_after),
+            )
+        return JSONResponse(await folded(stream_id))
+
+    @router.post(
+        "/v1/responses/{response_id}/cancel",
+        response_model=None,
+        responses=responses(401, 404),
+    )
+    async def cancel_response(request: Request, response_id: str) -> Response:
+        """Stop the response (idempotent) and answer it as it then is."""
+        stream_id = await stream_of(request, response_id)
+        await tw.cancel(stream_id, "user")
+        return JSONResponse(await folded(stream_id, follow=True))
+
+    return router
