@@ -204,6 +204,9 @@ class ResponseEncoder:
             "error": None,
             "incomplete_details": None,
             "usage": _usage(self.usage) if terminal else None,
+            "tools": [],
+            "tool_choice": "auto",
+            "parallel_tool_calls": True,
             **self.echo,
         }
         if self.error is not None:

@@ -1,0 +1,492 @@
+"""OpenAI Responses API ``POST /v1/responses``: the request mapping and event encoding
+tables, then the official ``openai`` SDK against a real tokenwire server on
+127.0.0.1 (``fake:`` models), every event and response parsed with the SDK's own
+pydantic types (strict validation, not the SDK's lenient construction)."""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import BaseModel
+
+from tests.support.servers import uvicorn_thread
+from tokenwire import ProviderRegistry, Settings, Tokenwire, create_app
+from tokenwire.errors import OpenAIRequestError
+from tokenwire.events import (
+    Cancelled,
+    Error,
+    Event,
+    Finish,
+    ReasoningDelta,
+    Start,
+    TextDelta,
+    TokenUsage,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+)
+from tokenwire.protocol.openai_responses_api import ResponseEncoder
+from tokenwire.protocol.openai_responses_request import parse_responses_request
+from tokenwire.providers.base import Message, MessageToolCall, ToolSpec
+
+
+def _event_types() -> dict[str, type[BaseModel]]:
+    union = typing.get_args(ResponseStreamEvent)[0]  # Annotated[Union[...], discriminator]
+    classes: tuple[type[BaseModel], ...] = typing.get_args(union)
+    return {typing.get_args(c.model_fields["type"].annotation)[0]: c for c in classes}
+
+
+EVENT_TYPES = _event_types()
+
+
+def validate(event: dict[str, Any]) -> BaseModel:
+    """``event`` parsed strictly by the SDK type its ``type`` names."""
+    return EVENT_TYPES[event["type"]].model_validate(event)
+
+
+TERMINAL = {"response.completed", "response.incomplete", "response.failed"}
+TOOL = {"type": "function", "name": "get_time", "parameters": {"type": "object"}}
+
+# --- request mapping (sans-I/O) ----------------------------------------------------------
+
+
+def test_a_string_input_is_one_user_message() -> None:
+    parsed = parse_responses_request({"model": "fake:echo", "input": "hi", "stream": True})
+    assert parsed.messages == (Message("user", "hi"),)
+    assert parsed.stream and parsed.system is None and parsed.tools == ()
+
+
+def test_items_map_to_messages_tool_calls_and_tool_results() -> None:
+    parsed = parse_responses_request(
+        {
+            "model": "openai:gpt-4o",
+            "instructions": "be brief",
+            "input": [
+                {"role": "developer", "content": "no lists"},
+                {"role": "user", "content": [{"type": "input_text", "text": "time?"}]},
+                {"type": "reasoning", "id": "rs_1", "summary": []},
+                {"type": "message", "role": "assistant", "content": "checking"},
+                {"type": "function_call", "call_id": "c1", "name": "get_time", "arguments": "{}"},
+                {"type": "function_call", "call_id": "c2", "name": "get_date", "arguments": ""},
+                {"type": "function_call_output", "call_id": "c1", "output": "noon"},
+                {
+                    "type": "function_call_output",
+                    "call_id": "c2",
+                    "output": [{"type": "input_text", "text": "May 1"}],
+                },
+            ],
+            "tools": [TOOL, {"type": "function", "name": "get_date", "description": "d"}],
+            "tool_choice": {"type": "function", "name": "get_time"},
+            "max_output_tokens": 50,
+            "temperature": 0.2,
+            "reasoning": {"effort": "low", "summary": "auto"},
+            "metadata": {"k": "v"},
+            "store": False,
+            "include": ["reasoning.encrypted_content"],
+        }
+    )
+    calls = (MessageToolCall("c1", "get_time", "{}"), MessageToolCall("c2", "get_date", "{}"))
+    assert parsed.messages == (
+        Message("user", "time?"),
+        Message("assistant", "checking", tool_calls=calls),
+        Message("tool", "noon", tool_call_id="c1", name="get_time"),
+        Message("tool", "May 1", tool_call_id="c2", name="get_date"),
+    )
+    assert parsed.system == "be brief\n\nno lists"
+    assert parsed.tools == (
+        ToolSpec("get_time", "", {"type": "object"}),
+        ToolSpec("get_date", "d", {"type": "object", "properties": {}}),
+    )
+    assert parsed.params == {
+        "temperature": 0.2,
+        "max_completion_tokens": 50,
+        "tool_choice": {"type": "function", "function": {"name": "get_time"}},
+        "reasoning_effort": "low",
+    }
+    assert parsed.echo["metadata"] == {"k": "v"} and parsed.echo["store"] is False
+
+
+def test_tool_choice_none_offers_no_tools_and_params_pass_through() -> None:
+    parsed = parse_responses_request(
+        {
+            "model": "fake:tools",
+            "input": "x",
+            "tools": [TOOL],
+            "tool_choice": "none",
+            "params": {"tool_args": {"a": 1}},
+        }
+    )
+    assert parsed.tools == ()
+    assert parsed.params == {"tool_args": {"a": 1}, "tool_choice": "none"}
+
+
+def test_family_translation_is_the_chat_completions_one() -> None:
+    parsed = parse_responses_request(
+        {"model": "openai-responses:o3", "input": "x", "max_output_tokens": 9}
+    )
+    assert parsed.params == {"max_output_tokens": 9}
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "status"),
+    [
+        ({"input": "x"}, "model", 400),
+        ({"model": "nomodel", "input": "x"}, "model", 404),
+        ({"model": "fake:echo", "input": "x", "foo": 1}, "foo", 400),
+        (
+            {"model": "fake:echo", "input": "x", "previous_response_id": "r"},
+            "previous_response_id",
+            400,
+        ),
+        ({"model": "fake:echo", "input": "x", "background": True}, "background", 400),
+        ({"model": "fake:echo", "input": []}, "input", 400),
+        ({"model": "fake:echo", "input": [{"role": "tool", "content": "x"}]}, "input[0].role", 400),
+        (
+            {
+                "model": "fake:echo",
+                "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}],
+            },
+            "input[0].content[0]",
+            400,
+        ),
+        (
+            {"model": "fake:echo", "input": [{"type": "item_reference", "id": "x"}]},
+            "input[0].type",
+            400,
+        ),
+        (
+            {"model": "fake:echo", "input": [{"type": "function_call", "name": "f"}]},
+            "input[0].call_id",
+            400,
+        ),
+        (
+            {"model": "fake:echo", "input": "x", "tools": [{"type": "web_search"}]},
+            "tools[0].type",
+            400,
+        ),
+        ({"model": "fake:echo", "input": "x", "tool_choice": "maybe"}, "tool_choice", 400),
+        ({"model": "fake:echo", "input": "x", "temperature": "hot"}, "temperature", 400),
+        ({"model": "fake:echo", "input": "x", "max_output_tokens": 0}, "max_output_tokens", 400),
+        (
+            {"model": "fake:echo", "input": "x", "reasoning": {"effort": "max"}},
+            "reasoning.effort",
+            400,
+        ),
+        ({"model": "fake:echo", "input": "x", "metadata": {"k": 1}}, "metadata", 400),
+        (
+            {"model": "fake:echo", "input": "x", "text": {"format": {"type": "xml"}}},
+            "text.format",
+            400,
+        ),
+        (
+            {"model": "anthropic:claude", "input": "x", "reasoning": {"effort": "low"}},
+            "reasoning.effort",
+            400,
+        ),
+    ],
+)
+def test_bad_requests_name_the_parameter(body: dict[str, Any], param: str, status: int) -> None:
+    with pytest.raises(OpenAIRequestError) as caught:
+        parse_responses_request(body)
+    assert (caught.value.param, caught.value.status) == (param, status)
+    assert param.split("[")[0].split(".")[0] in caught.value.message
+
+
+# --- event encoding (sans-I/O) -----------------------------------------------------------
+
+START = Start(stream_id="s1", message_id="m", conversation_id="c", model="fake:x", created_at=5.0)
+
+
+def encode(events: list[Event]) -> tuple[list[dict[str, Any]], ResponseEncoder]:
+    encoder = ResponseEncoder("fake:x", {"tools": [], "tool_choice": "auto"})
+    out = [e for event in events for e in encoder.feed(event)]
+    for e in out:
+        validate(e)  # the SDK's own types accept every event
+    assert [e["sequence_number"] for e in out] == list(range(len(out)))
+    assert [e["type"] in TERMINAL for e in out].count(True) <= 1
+    return out, encoder
+
+
+def test_the_event_sequence_of_reasoning_text_and_a_function_call() -> None:
+    out, encoder = encode(
+        [
+            START,
+            ReasoningDelta(part=0, delta="hm"),
+            TextDelta(part=1, delta="a"),
+            TextDelta(part=1, delta="b"),
+            ToolCallStart(part=2, tool_call_id="call_1", name="f"),
+            ToolCallDelta(part=2, tool_call_id="call_1", delta='{"x"'),
+            ToolCallDelta(part=2, tool_call_id="call_1", delta=": 1}"),
+            ToolCall(part=2, tool_call_id="call_1", name="f", arguments={"x": 1}),
+            Finish(finish_reason="tool_calls", usage=TokenUsage(input_tokens=3, output_tokens=4)),
+        ]
+    )
+    assert [e["type"].removeprefix("response.") for e in out] == [
+        "created",
+        "in_progress",
+        "output_item.added",
+        "reasoning_summary_part.added",
+        "reasoning_summary_text.delta",
+        "reasoning_summary_text.done",
+        "reasoning_summary_part.done",
+        "output_item.done",
+        "output_item.added",
+        "content_part.added",
+        "output_text.delta",
+        "output_text.delta",
+        "output_text.done",
+        "content_part.done",
+        "output_item.done",
+        "output_item.added",
+        "function_call_arguments.delta",
+        "function_call_arguments.delta",
+        "function_call_arguments.done",
+        "output_item.done",
+        "completed",
+    ]
+    final = Response.model_validate(out[-1]["response"])
+    assert final.id == "resp_s1" and final.status == "completed"
+    assert final.output_text == "ab"
+    assert [item.type for item in final.output] == ["reasoning", "message", "function_call"]
+    assert final.output[2].arguments == '{"x": 1}'  # type: ignore[union-attr]
+    assert final.usage is not None and final.usage.total_tokens == 7
+    assert Response.model_validate(encoder.response()) == final
+
+
+def test_a_tool_call_without_deltas_sends_its_arguments_once() -> None:
+    out, _ = encode(
+        [
+            START,
+            ToolCall(part=0, tool_call_id="c", name="f", arguments={}),
+            Finish(finish_reason="stop"),
+        ]
+    )
+    deltas = [e["delta"] for e in out if e["type"] == "response.function_call_arguments.delta"]
+    assert deltas == ["{}"]
+
+
+def test_provider_executed_calls_are_not_sent() -> None:
+    call = ToolCall(
+        part=0, tool_call_id="ws", name="web_search", arguments={}, provider_executed=True
+    )
+    out, _ = encode([START, call, Finish(finish_reason="stop")])
+    assert out[-1]["response"]["output"] == []
+
+
+@pytest.mark.parametrize(
+    ("terminal", "kind", "status", "details"),
+    [
+        (Finish(finish_reason="length"), "response.incomplete", "incomplete", "max_output_tokens"),
+        (
+            Finish(finish_reason="content_filter"),
+            "response.incomplete",
+            "incomplete",
+            "content_filter",
+        ),
+        (Cancelled(reason="user"), "response.incomplete", "cancelled", None),
+        (Error(code="provider_error", message="boom"), "response.failed", "failed", None),
+    ],
+)
+def test_every_stream_ends_with_one_terminal_event(
+    terminal: Event, kind: str, status: str, details: str | None
+) -> None:
+    out, _ = encode([START, TextDelta(part=0, delta="x"), terminal])
+    assert out[-2]["type"] == "response.output_item.done"  # open items are closed first
+    last = out[-1]
+    assert last["type"] == kind
+    response = Response.model_validate(last["response"])
+    assert response.status == status
+    assert (response.incomplete_details and response.incomplete_details.reason) == details
+    if isinstance(terminal, Error):
+        assert response.error is not None and response.error.message == "boom"
+        assert response.error.code == "server_error"
+    if isinstance(terminal, Cancelled):
+        assert last["response"]["x_tokenwire"] == {"status": "cancelled", "reason": "user"}
+
+
+# --- end to end: the openai SDK against a real server -------------------------------------
+
+TOKENS = {"alice-key": "alice", "bob-key": "bob"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    settings = Settings(
+        fake_provider=True,
+        data_dir=tmp_path_factory.mktemp("responses"),
+        max_retries=0,
+        auth_tokens=TOKENS,
+    )
+    tw = Tokenwire(settings, registry=ProviderRegistry(fake=True))
+    with uvicorn_thread(create_app(tokenwire=tw)) as url:
+        yield url
+
+
+def client(server: str, key: str = "alice-key") -> openai.OpenAI:
+    return openai.OpenAI(base_url=server + "/v1", api_key=key, max_retries=0, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def sdk(server: str) -> Iterator[openai.OpenAI]:
+    with client(server) as c:
+        yield c
+
+
+def checked(events: Any) -> list[Any]:
+    """Every event of an SDK stream, each validated strictly by the SDK's types."""
+    out = list(events)
+    for e in out:
+        validate(e.model_dump(mode="json", exclude_unset=True))
+    assert [e.sequence_number for e in out] == list(range(len(out)))
+    assert [e.type in TERMINAL for e in out] == [False] * (len(out) - 1) + [True]
+    return out
+
+
+def test_sdk_streams_text(sdk: openai.OpenAI) -> None:
+    events = checked(sdk.responses.create(model="fake:echo", input="hello stream", stream=True))
+    assert events[0].type == "response.created" and events[0].response.status == "in_progress"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "hello stream"
+    done = events[-1]
+    assert done.type == "response.completed"
+    assert done.response.output_text == "hello stream"
+    assert done.response.id.startswith("resp_") and done.response.model == "fake:echo"
+    assert done.response.usage.output_tokens > 0
+    assert done.response.usage.total_tokens == (
+        done.response.usage.input_tokens + done.response.usage.output_tokens
+    )
+
+
+def test_sdk_non_streamed_response(sdk: openai.OpenAI) -> None:
+    response = sdk.responses.create(
+        model="fake:echo", input="hello object", instructions="be brief", metadata={"k": "v"}
+    )
+    Response.model_validate(response.model_dump(mode="json", exclude_unset=True))
+    assert response.object == "response" and response.status == "completed"
+    assert response.output_text == "hello object"
+    assert response.metadata == {"k": "v"} and response.instructions == "be brief"
+    assert response.usage is not None and response.usage.output_tokens > 0
+    again = sdk.responses.retrieve(response.id)
+    assert again.output_text == "hello object" and again.status == "completed"
+
+
+def test_sdk_reasoning_summary(sdk: openai.OpenAI) -> None:
+    events = checked(sdk.responses.create(model="fake:think", input="why", stream=True))
+    summary = "".join(e.delta for e in events if e.type == "response.reasoning_summary_text.delta")
+    assert summary == "Let me think."
+    done = [e for e in events if e.type == "response.reasoning_summary_text.done"]
+    assert [e.text for e in done] == ["Let me think."]
+    final = events[-1].response
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output[0].summary[0].text == "Let me think."
+    assert final.output_text == "why"
+
+
+def test_sdk_function_call_and_the_second_step(sdk: openai.OpenAI) -> None:
+    events = checked(
+        sdk.responses.create(
+            model="fake:tools",
+            input="what time is it?",
+            tools=[TOOL],  # type: ignore[list-item]
+            stream=True,
+            extra_body={"params": {"tool_args": {"tz": "UTC"}}},
+        )
+    )
+    args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert args == '{"tz":"UTC"}'
+    (call,) = events[-1].response.output
+    assert (call.type, call.name, call.arguments) == ("function_call", "get_time", args)
+    answer = sdk.responses.create(
+        model="fake:tools",
+        input=[
+            {"role": "user", "content": "what time is it?"},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": "get_time",
+                "arguments": args,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "12:00"},
+        ],
+        tools=[TOOL],  # type: ignore[list-item]
+    )
+    assert answer.output_text == "12:00"
+
+
+def test_sdk_bad_request_names_the_param(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.responses.create(model="fake:echo", input="x", previous_response_id="resp_x")
+    assert caught.value.param == "previous_response_id"
+    assert caught.value.code == "unsupported_parameter"
+    with pytest.raises(openai.BadRequestError) as unknown:
+        sdk.responses.create(model="fake:echo", input="x", extra_body={"bogus": 1})
+    assert unknown.value.body == {
+        "message": "Unknown parameter: 'bogus'.",
+        "type": "invalid_request_error",
+        "param": "bogus",
+        "code": "unknown_parameter",
+    }
+
+
+def test_sdk_unknown_model_is_404(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk.responses.create(model="nope:model", input="x")
+    assert caught.value.param == "model" and caught.value.code == "model_not_found"
+
+
+def test_sdk_without_a_key_is_401(server: str) -> None:
+    with client(server, "wrong-key") as c, pytest.raises(openai.AuthenticationError):
+        c.responses.create(model="fake:echo", input="x")
+
+
+def test_a_failure_streams_response_failed(sdk: openai.OpenAI) -> None:
+    events = checked(
+        sdk.responses.create(
+            model="fake:echo",
+            input="x y z",
+            stream=True,
+            extra_body={"params": {"fail_after": 1}},
+        )
+    )
+    assert events[-1].type == "response.failed"
+    assert events[-1].response.status == "failed" and events[-1].response.error.message
+
+
+def test_a_failure_before_the_stream_is_an_http_error(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.RateLimitError):
+        sdk.responses.create(
+            model="fake:echo", input="x", extra_body={"params": {"fail_before": "rate_limited"}}
+        )
+
+
+def test_another_user_cannot_see_or_cancel_a_response(server: str, sdk: openai.OpenAI) -> None:
+    stream = sdk.responses.create(
+        model="fake:lorem",
+        input="x",
+        stream=True,
+        extra_body={"params": {"tokens": 50, "stall_after": 2}},
+    )
+    events = stream.__iter__()
+    first = next(events)
+    rid = first.response.id
+    with client(server, "bob-key") as bob:
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.retrieve(rid)
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.cancel(rid)
+        with pytest.raises(openai.NotFoundError):
+            bob.responses.retrieve("resp_not-a-stream")
+    assert sdk.responses.retrieve(rid).status == "in_progress"
+    cancelled = sdk.responses.cancel(rid)
+    assert cancelled.status == "cancelled"
+    rest = [first, *events]
+    assert rest[-1].type == "response.incomplete" and rest[-1].response.status == "cancelled"
+    # a resumed reader gets the same events after the sequence number it had
+    replay = list(sdk.responses.retrieve(rid, stream=True, starting_after=2))
+    assert [e.sequence_number for e in replay] == [e.sequence_number for e in rest[3:]]
+    assert [e.type for e in replay] == [e.type for e in rest[3:]]
