@@ -1,0 +1,97 @@
+"""The AI SDK's own OpenAI provider (``@ai-sdk/openai``, whose default model calls
+the Responses API) against ``POST /v1/responses`` of a real tokenwire server:
+``generateText``, ``streamText`` and a client-side two-step tool loop, in Node
+with the versions pinned in ``tests/openai_js/package-lock.json``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.node import node_with
+from tests.support.servers import uvicorn_thread
+from tokenwire import ProviderRegistry, Settings, Tokenwire, create_app
+
+JS_DIR = Path(__file__).resolve().parent / "openai_js"
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    """``node`` with tests/openai_js installed (npm ci once)."""
+    return node_with(JS_DIR, "@ai-sdk/openai")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    settings = Settings(
+        fake_provider=True,
+        data_dir=tmp_path_factory.mktemp("responses-js"),
+        max_retries=0,
+        auth_tokens={"js-key": "js-user"},
+    )
+    tw = Tokenwire(settings, registry=ProviderRegistry(fake=True))
+    with uvicorn_thread(create_app(tokenwire=tw)) as url:
+        yield {"baseURL": url + "/v1", "apiKey": "js-key"}
+
+
+def run(node: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        [node, str(JS_DIR / "responses.mjs"), json.dumps(jobs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=JS_DIR,
+        check=True,
+    )
+    results: list[dict[str, Any]] = json.loads(done.stdout)
+    return results
+
+
+def test_generate_text(node: str, base: dict[str, str]) -> None:
+    (result,) = run(node, [{**base, "action": "generate", "model": "fake:echo", "prompt": "hi js"}])
+    assert result["text"] == "hi js" and result["finishReason"] == "stop"
+    assert result["responseId"].startswith("resp_")
+    assert result["usage"]["outputTokens"] > 0
+
+
+def test_stream_text_with_reasoning(node: str, base: dict[str, str]) -> None:
+    jobs = [
+        {**base, "action": "stream", "model": "fake:think", "prompt": "why"},
+        {**base, "action": "generate", "model": "fake:think", "prompt": "why"},
+    ]
+    streamed, generated = run(node, jobs)
+    assert streamed["text"] == "why" and streamed["reasoning"] == "Let me think."
+    assert {"reasoning-start", "reasoning-delta", "text-delta", "finish"} <= set(streamed["parts"])
+    assert streamed["finishReason"] == "stop"
+    assert (generated["text"], generated["reasoning"]) == ("why", "Let me think.")
+
+
+def test_client_side_tool_loop(node: str, base: dict[str, str]) -> None:
+    job = {
+        **base,
+        "action": "tools",
+        "model": "fake:tools",
+        "prompt": "time?",
+        "toolOutput": "12:00",
+    }
+    (result,) = run(node, [job])
+    assert result == {"text": "12:00", "steps": ["tool-calls", "stop"], "calls": [{}]}
+
+
+def test_errors_reach_the_sdk(node: str, base: dict[str, str]) -> None:
+    unknown = {**base, "action": "generate", "model": "nope:x", "prompt": "x"}
+    wrong_key = {
+        **base,
+        "apiKey": "wrong",
+        "action": "generate",
+        "model": "fake:echo",
+        "prompt": "x",
+    }
+    missing, unauthorized = run(node, [unknown, wrong_key])
+    assert missing["status"] == 404 and "does not exist" in missing["error"]
+    assert unauthorized["status"] == 401
