@@ -1,6 +1,7 @@
 """The AI SDK's own OpenAI provider (``@ai-sdk/openai``, whose default model calls
 the Responses API) against ``POST /v1/responses`` of a real tokenwire server:
-``generateText``, ``streamText`` and a client-side two-step tool loop, in Node
+``generateText``, ``streamText``, a client-side two-step tool loop and a second
+turn that refers to the first one's output items (``item_reference``), in Node
 with the versions pinned in ``tests/openai_js/package-lock.json``."""
 
 from __future__ import annotations
@@ -81,6 +82,14 @@ def test_client_side_tool_loop(node: str, base: dict[str, str]) -> None:
     }
     (result,) = run(node, [job])
     assert result == {"text": "12:00", "steps": ["tool-calls", "stop"], "calls": [{}]}
+
+
+def test_a_second_turn_refers_to_the_first_by_item_reference(
+    node: str, base: dict[str, str]
+) -> None:
+    job = {**base, "action": "multiturn", "model": "fake:think", "prompt": "one", "second": "two"}
+    (result,) = run(node, [job])
+    assert (result["first"], result["text"]) == ("one", "two")
 
 
 def test_errors_reach_the_sdk(node: str, base: dict[str, str]) -> None:

@@ -7,7 +7,9 @@
 //   generate   generateText(): text, reasoning text, finishReason, usage;
 //   stream     streamText(): the same, read from the stream, plus the part types seen;
 //   tools      generateText() with a client-side `get_time` tool (returns `job.toolOutput`)
-//              and stopWhen: stepCountIs(2): the two-step agent loop, one request per step.
+//              and stopWhen: stepCountIs(2): the two-step agent loop, one request per step;
+//   multiturn  generateText() twice, the second with the first's response messages and
+//              `job.second` (the SDK refers to the earlier output items by id: item_reference).
 // An exception is a result too: {error: message, status}.
 
 import { createOpenAI } from "@ai-sdk/openai";
@@ -84,6 +86,16 @@ async function run(job) {
       steps: result.steps.map((step) => step.finishReason),
       calls,
     };
+  }
+  if (job.action === "multiturn") {
+    const first = await generateText({ model, prompt: job.prompt, maxRetries: 0 });
+    const messages = [
+      { role: "user", content: job.prompt },
+      ...first.response.messages,
+      { role: "user", content: job.second },
+    ];
+    const second = await generateText({ model, messages, maxRetries: 0 });
+    return { first: first.text, text: second.text, responseId: second.response.id };
   }
   throw new Error(`unknown action ${job.action}`);
 }

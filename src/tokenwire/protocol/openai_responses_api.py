@@ -53,7 +53,7 @@ from tokenwire.events import (
 )
 from tokenwire.protocol.sse import encode_sse
 
-__all__ = ["ResponseEncoder", "response_id", "stream_id_of"]
+__all__ = ["ResponseEncoder", "item_location", "response_id", "stream_id_of"]
 
 _json = msgspec.json.Encoder()
 _ERROR_CODES = {"provider_rate_limited": "rate_limit_exceeded", "invalid_request": "invalid_prompt"}
@@ -71,6 +71,16 @@ def stream_id_of(response_id: str) -> str | None:
     return response_id.removeprefix(PREFIX) if response_id.startswith(PREFIX) else None
 
 
+def item_location(item_id: str) -> tuple[str, int] | None:
+    """``(stream_id, output index)`` of an output item id this module made
+    (``msg_…``, ``rs_…``, ``fc_…``: ``<prefix>_<stream_id>_<index>``), else ``None``."""
+    prefix, _, rest = item_id.partition("_")
+    stream_id, _, index = rest.rpartition("_")
+    if prefix not in ("msg", "rs", "fc") or not stream_id or not index.isdigit():
+        return None
+    return stream_id, int(index)
+
+
 @dataclass
 class _Item:
     """One output item being built: ``kind`` is ``message``, ``reasoning`` or
@@ -82,7 +92,13 @@ class _Item:
     text: list[str] = field(default_factory=list)
     call_id: str = ""
     name: str = ""
-    done: bool = False
+    status: str = "in_progress"
+    """``in_progress``, then ``completed``, or ``incomplete`` when the stream failed
+    or was cancelled while the item was open."""
+
+    @property
+    def done(self) -> bool:
+        return self.status != "in_progress"
 
     def body(self, status: str) -> dict[str, Any]:
         text = "".join(self.text)
@@ -198,9 +214,7 @@ class ResponseEncoder:
             "created_at": self.created_at,
             "status": self.status,
             "model": self.model,
-            "output": [
-                item.body("completed" if item.done else "in_progress") for item in self.items
-            ],
+            "output": [item.body(item.status) for item in self.items],
             "error": None,
             "incomplete_details": None,
             "usage": _usage(self.usage) if terminal else None,
@@ -290,9 +304,9 @@ class ResponseEncoder:
         return [*out, self._item_done(item)]
 
     def _item_done(self, item: _Item) -> dict[str, Any]:
-        item.done = True
+        item.status = "completed" if self.status in ("in_progress", "completed") else "incomplete"
         return self._event(
-            "response.output_item.done", output_index=item.index, item=item.body("completed")
+            "response.output_item.done", output_index=item.index, item=item.body(item.status)
         )
 
     def _tool(self, event: ToolCallStart | ToolCallDelta | ToolCall) -> list[dict[str, Any]]:

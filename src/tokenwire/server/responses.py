@@ -21,8 +21,11 @@ shape through :class:`~tokenwire.server.openai_compat.OpenAIRoute`).
   ``starting_after``, a ``sequence_number``) and follows them.
 - ``POST /v1/responses/{id}/cancel``: stops it (every reader then receives the
   terminal ``response.incomplete`` with status ``cancelled``); answers the response.
-- Another owner's response, an unknown or expired one: 404 (the ownership check
-  of :meth:`tokenwire.engine.identity.Access.stream`).
+- ``input`` items ``{"type": "item_reference", "id": …}`` (what ``@ai-sdk/openai``
+  sends for earlier output items when ``store`` is on) are replaced by the output
+  item they name, read from its stream.
+- Another owner's response or item, an unknown or expired one: 404 (the ownership
+  check of :meth:`tokenwire.engine.identity.Access.stream`).
 """
 
 from __future__ import annotations
@@ -35,10 +38,10 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from tokenwire.engine import Tokenwire
-from tokenwire.errors import StreamNotFoundError
+from tokenwire.errors import OpenAIRequestError, StreamExpiredError, StreamNotFoundError
 from tokenwire.events import Event
 from tokenwire.protocol.openai_compat import error_status
-from tokenwire.protocol.openai_responses_api import ResponseEncoder, stream_id_of
+from tokenwire.protocol.openai_responses_api import ResponseEncoder, item_location, stream_id_of
 from tokenwire.protocol.openai_responses_request import parse_responses_request
 from tokenwire.server.identity import caller_dependency, require_json
 from tokenwire.server.openai_compat import STREAM_ID_HEADER, OpenAIRoute, _error
@@ -93,6 +96,42 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
                 encoder.feed(event)
         return encoder.response()
 
+    async def referenced(request: Request, item_id: object, where: str) -> Any:
+        """The output item an ``item_reference`` names, if it is the caller's.
+
+        Raises:
+            OpenAIRequestError: 404 naming ``where``: no such item, or another owner's.
+        """
+        location = item_location(item_id) if isinstance(item_id, str) else None
+        missing = OpenAIRequestError(
+            f"Item with id {item_id!r} not found.", param=where, status=404, code="item_not_found"
+        )
+        if location is None:
+            raise missing
+        stream_id, index = location
+        try:
+            await tw.access.stream(request, stream_id)
+        except (StreamNotFoundError, StreamExpiredError):
+            raise missing from None
+        output = (await folded(stream_id))["output"]
+        if index >= len(output):
+            raise missing
+        return output[index]
+
+    async def resolved(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with each ``input`` item reference replaced by the item (the AI
+        SDK refers to earlier output items this way when ``store`` is on)."""
+        items = body.get("input")
+        if not isinstance(items, list):
+            return body
+        out = [
+            await referenced(request, item.get("id"), f"input[{i}].id")
+            if isinstance(item, dict) and item.get("type") == "item_reference"
+            else item
+            for i, item in enumerate(items)
+        ]
+        return {**body, "input": out}
+
     @router.post(
         "/v1/responses",
         response_model=None,
@@ -108,7 +147,7 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
         """Create a model response (streamed when ``stream`` is true), in a new
         conversation owned by the caller."""
         owner = await tw.access.owner(request)
-        parsed = parse_responses_request(body)
+        parsed = parse_responses_request(await resolved(request, body))
         ticket = await tw.admit(request)
         stream = await tw.start(
             parsed.model,
