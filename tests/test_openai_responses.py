@@ -154,6 +154,8 @@ def test_family_translation_is_the_chat_completions_one() -> None:
             400,
         ),
         ({"model": "fake:echo", "input": "x", "metadata": {"k": 1}}, "metadata", 400),
+        ({"model": "fake:echo", "input": "x", "params": {"model": "a:b"}}, "params.model", 400),
+        ({"model": "fake:echo", "input": "x", "params": 3}, "params", 400),
         (
             {"model": "fake:echo", "input": "x", "text": {"format": {"type": "xml"}}},
             "text.format",

@@ -66,6 +66,8 @@ _UNSUPPORTED = {
     "max_tool_calls": "is not supported: tokenwire relays function calls only",
     "context_management": "is not supported",
 }
+_RESERVED = frozenset({"model", "messages", "stream", "stream_options", "n"})
+"""Chat Completions fields that ``params`` must not set."""
 _CHAT_NAMES = {
     "max_completion_tokens": "max_output_tokens",
     "reasoning_effort": "reasoning.effort",
@@ -191,6 +193,8 @@ def _chat_params(body: Mapping[str, Any], choice: object) -> dict[str, object]:
     if fmt is not None:
         out["response_format"] = fmt
     extra = _check_object(body, "params")
+    for key in extra.keys() & _RESERVED:
+        raise _bad(f"'params.{key}' is not a provider parameter", f"params.{key}")
     return {**extra, **out}
 
 

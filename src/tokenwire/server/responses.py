@@ -174,7 +174,9 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
                 encoder.feed(event)
         return _failed(encoder, headers) or JSONResponse(encoder.response(), headers=headers)
 
-    @router.get("/v1/responses/{response_id}", response_model=None, responses=responses(401, 404))
+    @router.get(
+        "/v1/responses/{response_id}", response_model=None, responses=responses(400, 401, 404, 503)
+    )
     async def retrieve_response(
         request: Request,
         response_id: str,
@@ -197,7 +199,7 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
     @router.post(
         "/v1/responses/{response_id}/cancel",
         response_model=None,
-        responses=responses(401, 404),
+        responses=responses(400, 401, 404, 503),
     )
     async def cancel_response(request: Request, response_id: str) -> Response:
         """Stop the response (idempotent) and answer it as it then is."""
