@@ -25,8 +25,8 @@ from tokenwire.events import (
     ToolCallStart,
 )
 from tokenwire.protocol.openai_responses_api import ResponseEncoder, item_location
-from tokenwire.protocol.openai_responses_request import parse_responses_request
 from tokenwire.providers.base import Message, MessageToolCall, ToolSpec
+from tokenwire.server.responses_request import parse_responses_request
 
 # --- request mapping (sans-I/O) ----------------------------------------------------------
 

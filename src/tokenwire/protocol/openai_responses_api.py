@@ -140,8 +140,7 @@ class ResponseEncoder:
     Args:
         model: the model name to report (the one the client asked for).
         echo: request fields the response object repeats (``temperature``,
-            ``tools``, ``metadata`` …: :attr:`ResponsesRequest.echo
-            <tokenwire.protocol.openai_responses_request.ResponsesRequest.echo>`).
+            ``tools``, ``metadata`` …), merged over the defaults.
     """
 
     def __init__(self, model: str, echo: dict[str, Any] | None = None) -> None:

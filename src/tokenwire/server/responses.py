@@ -3,7 +3,7 @@ the official ``openai`` SDK (``client.responses.create``) and ``@ai-sdk/openai``
 (whose default ``createOpenAI(...)(model)`` calls it).
 
 Wire format: OpenAI API reference, "Responses" and "Responses → Streaming events";
-the encoding is :mod:`tokenwire.protocol.openai_responses_request` (requests) and
+the encoding is :mod:`tokenwire.server.responses_request` (requests, pure) and
 :mod:`tokenwire.protocol.openai_responses_api` (events), this module is their I/O
 shell, sharing everything else with ``/v1/chat/completions``
 (:mod:`tokenwire.server.openai_compat`: identity, admission, errors in OpenAI's
@@ -42,9 +42,9 @@ from tokenwire.errors import OpenAIRequestError, StreamExpiredError, StreamNotFo
 from tokenwire.events import Event
 from tokenwire.protocol.openai_compat import error_status
 from tokenwire.protocol.openai_responses_api import ResponseEncoder, item_location, stream_id_of
-from tokenwire.protocol.openai_responses_request import parse_responses_request
 from tokenwire.server.identity import caller_dependency, require_json
 from tokenwire.server.openai_compat import STREAM_ID_HEADER, OpenAIRoute, _error
+from tokenwire.server.responses_request import parse_responses_request
 from tokenwire.server.routes import responses
 from tokenwire.transports.sse import EventStreamResponse
 

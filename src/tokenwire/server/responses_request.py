@@ -1,5 +1,8 @@
 """OpenAI Responses API requests, sans-I/O: a ``POST /v1/responses`` body in,
-tokenwire's :meth:`~tokenwire.Tokenwire.start` arguments out.
+tokenwire's :meth:`~tokenwire.Tokenwire.start` arguments out. (Pure functions; in
+``server/`` rather than ``protocol/`` because they build the providers'
+:class:`~tokenwire.providers.base.Message` and ``ToolSpec``, a layer to the right
+of ``protocol``.)
 
 Wire format reference: OpenAI API reference, "Responses → Create a model response"
 (https://platform.openai.com/docs/api-reference/responses/create), and the
