@@ -51,6 +51,7 @@ from tokenwire.events import (
     ToolCallStart,
     Usage,
 )
+from tokenwire.protocol.openai_compat import _arguments_text
 from tokenwire.protocol.sse import encode_sse
 
 __all__ = ["ResponseEncoder", "item_location", "response_id", "stream_id_of"]
@@ -363,9 +364,3 @@ def _usage(usage: TokenUsage | None) -> dict[str, Any]:
         "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
         "total_tokens": u.input_tokens + u.output_tokens,
     }
-
-
-def _arguments_text(event: ToolCall) -> str:
-    if event.arguments_text is not None:
-        return event.arguments_text
-    return _json.encode(event.arguments or {}).decode()

@@ -40,10 +40,9 @@ from starlette.responses import Response
 from tokenwire.engine import Tokenwire
 from tokenwire.errors import OpenAIRequestError, StreamExpiredError, StreamNotFoundError
 from tokenwire.events import Event
-from tokenwire.protocol.openai_compat import error_status
 from tokenwire.protocol.openai_responses_api import ResponseEncoder, item_location, stream_id_of
 from tokenwire.server.identity import caller_dependency, require_json
-from tokenwire.server.openai_compat import STREAM_ID_HEADER, OpenAIRoute, _error
+from tokenwire.server.openai_compat import STREAM_ID_HEADER, OpenAIRoute, failed_response
 from tokenwire.server.responses_request import parse_responses_request
 from tokenwire.server.routes import responses
 from tokenwire.transports.sse import EventStreamResponse
@@ -54,19 +53,6 @@ __all__ = ["build_responses_router"]
 def _framer(encoder: ResponseEncoder, after: int = -1) -> Callable[[list[Event]], bytes]:
     """SSE bytes for a batch of events, leaving out ``sequence_number <= after``."""
     return lambda batch: b"".join(encoder.encode(event, after) for event in batch)
-
-
-def _failed(encoder: ResponseEncoder, headers: dict[str, str]) -> JSONResponse | None:
-    """OpenAI's error answer for a failed generation, or ``None``."""
-    failed = encoder.error
-    if failed is None:
-        return None
-    status = error_status(failed.code)
-    response = _error(status, failed.message, code=failed.code)
-    if status == 429:
-        response.headers["retry-after"] = "1"
-    response.headers.update(headers)
-    return response
 
 
 def build_responses_router(tw: Tokenwire) -> APIRouter:
@@ -172,7 +158,9 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
         async for batch in tw.log.read(stream.stream_id, 0):
             for event in batch:
                 encoder.feed(event)
-        return _failed(encoder, headers) or JSONResponse(encoder.response(), headers=headers)
+        if encoder.error is not None:
+            return failed_response(encoder.error, headers)
+        return JSONResponse(encoder.response(), headers=headers)
 
     @router.get(
         "/v1/responses/{response_id}", response_model=None, responses=responses(400, 401, 404, 503)

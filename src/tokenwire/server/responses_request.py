@@ -83,10 +83,6 @@ def _bad(message: str, param: str, code: str | None = None) -> OpenAIRequestErro
     return OpenAIRequestError(message, param=param, code=code)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def parse_responses_request(body: Mapping[str, Any]) -> ResponsesRequest:
     """Validate a Responses API request body and map it to tokenwire arguments.
 
@@ -170,12 +166,9 @@ def _translated(model: object, chat: dict[str, object]) -> dict[str, object]:
 
 def _chat_params(body: Mapping[str, Any], choice: object) -> dict[str, object]:
     out: dict[str, object] = {}
-    for key in ("temperature", "top_p"):
-        value = body.get(key)
-        if value is not None and not _is_number(value):
-            raise _bad(f"'{key}' must be a number", key)
-        if value is not None:
-            out[key] = value
+    for key in ("temperature", "top_p"):  # checked by the Chat Completions parser
+        if body.get(key) is not None:
+            out[key] = body[key]
     tokens = body.get("max_output_tokens")
     if tokens is not None:
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
