@@ -103,9 +103,14 @@ def test_tool_choice_none_offers_no_tools_and_params_pass_through() -> None:
 
 def test_family_translation_is_the_chat_completions_one() -> None:
     parsed = parse_responses_request(
-        {"model": "openai-responses:o3", "input": "x", "max_output_tokens": 9}
+        {
+            "model": "openai-responses:o3",
+            "input": "x",
+            "max_output_tokens": 9,
+            "reasoning": {"effort": "high"},
+        }
     )
-    assert parsed.params == {"max_output_tokens": 9}
+    assert parsed.params == {"max_output_tokens": 9, "reasoning": {"effort": "high"}}
 
 
 @pytest.mark.parametrize(

@@ -155,13 +155,16 @@ def _translated(model: object, chat: dict[str, object]) -> dict[str, object]:
     """The provider params for ``chat`` (Chat Completions names), per model family."""
     probe = {"model": model, "messages": [{"role": "user", "content": ""}], **chat}
     try:
-        return openai_compat.parse_request(probe).params
+        params = openai_compat.parse_request(probe).params
     except OpenAIRequestError as exc:
         param = _CHAT_NAMES.get(exc.param or "", exc.param)
         message = exc.message
         if exc.param in _CHAT_NAMES:
             message = message.replace(f"'{exc.param}'", f"'{param}'")
         raise OpenAIRequestError(message, param=param, status=exc.status, code=exc.code) from None
+    if str(model).startswith("openai-responses:") and "reasoning_effort" in params:
+        params["reasoning"] = {"effort": params.pop("reasoning_effort")}  # the Responses shape
+    return params
 
 
 def _chat_params(body: Mapping[str, Any], choice: object) -> dict[str, object]:
