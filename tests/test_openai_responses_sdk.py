@@ -5,7 +5,9 @@ lenient construction)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,22 +15,30 @@ import openai
 import pytest
 from openai.types.responses import Response
 
+from tests.support.recordings import expected, recordings
 from tests.support.responses import TERMINAL, TOOL, validate
 from tests.support.servers import uvicorn_thread
 from tokenwire import ProviderRegistry, Settings, Tokenwire, create_app
+from tokenwire.providers.openai_responses import OpenAIResponsesProvider
 
 TOKENS = {"alice-key": "alice", "bob-key": "bob"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(mock_provider: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``fake:`` models, and ``openai-responses:`` replaying the recorded OpenAI
+    Responses streams of the ``tokenwire mock-provider`` process."""
     settings = Settings(
         fake_provider=True,
         data_dir=tmp_path_factory.mktemp("responses"),
         max_retries=0,
         auth_tokens=TOKENS,
     )
-    tw = Tokenwire(settings, registry=ProviderRegistry(fake=True))
+    registry = ProviderRegistry(fake=True)
+    registry.register(
+        "openai-responses", OpenAIResponsesProvider(base_url=mock_provider + "/v1", api_key="k")
+    )
+    tw = Tokenwire(settings, registry=registry)
     with uvicorn_thread(create_app(tokenwire=tw)) as url:
         yield url
 
@@ -234,3 +244,31 @@ def test_item_references_are_resolved_for_their_owner_only(server: str, sdk: ope
                     model="fake:echo", input=[{"type": "item_reference", "id": item_id}]
                 )
             assert caught.value.param == "input[0].id"
+
+
+@pytest.mark.parametrize("path", recordings("openai-responses"), ids=lambda p: p.stem)
+def test_sdk_reads_recorded_openai_streams_relayed(sdk: openai.OpenAI, path: Path) -> None:
+    """Real OpenAI Responses streams (the mock provider replays them to tokenwire's
+    ``openai-responses:`` adapter), re-encoded by tokenwire, read by the SDK."""
+    want = expected(path)
+    events = checked(
+        sdk.responses.create(
+            model=f"openai-responses:openai-responses/{path.stem}", input="x", stream=True
+        )
+    )
+    final = events[-1].response
+    assert events[-1].type == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    reasoning = "".join(
+        e.delta for e in events if e.type == "response.reasoning_summary_text.delta"
+    )
+    calls = [
+        (item.name, json.loads(item.arguments))
+        for item in final.output
+        if item.type == "function_call"
+    ]
+    assert (text, reasoning) == (want.text, want.reasoning)
+    assert final.output_text == want.text
+    assert calls == [c for c in want.tool_calls if c[0] != "web_search"]  # provider-run: not sent
+    assert text or calls
+    assert final.usage.output_tokens > 0
