@@ -149,6 +149,22 @@ def test_sdk_bad_request_names_the_param(sdk: openai.OpenAI) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"input": "x" * 100_001}, "input"),
+        ({"input": "x", "instructions": "x" * 100_001}, "instructions"),
+        ({"input": "x", "extra_body": {"params": {"tokens": -1}}}, "params.tokens"),
+    ],
+)
+def test_sdk_limits_name_the_responses_param(
+    sdk: openai.OpenAI, fields: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.responses.create(model="fake:lorem", **fields)
+    assert caught.value.param == param
+
+
 def test_sdk_unknown_model_is_404(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         sdk.responses.create(model="nope:model", input="x")

@@ -38,7 +38,12 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from tokenwire.engine import Tokenwire
-from tokenwire.errors import OpenAIRequestError, StreamExpiredError, StreamNotFoundError
+from tokenwire.errors import (
+    InvalidRequestError,
+    OpenAIRequestError,
+    StreamExpiredError,
+    StreamNotFoundError,
+)
 from tokenwire.events import Event
 from tokenwire.protocol.openai_responses_api import ResponseEncoder, item_location, stream_id_of
 from tokenwire.server.identity import caller_dependency, require_json
@@ -53,6 +58,11 @@ __all__ = ["build_responses_router"]
 def _framer(encoder: ResponseEncoder, after: int = -1) -> Callable[[list[Event]], bytes]:
     """SSE bytes for a batch of events, leaving out ``sequence_number <= after``."""
     return lambda batch: b"".join(encoder.encode(event, after) for event in batch)
+
+
+_PARAMS = {"messages": "input", "system": "instructions"}
+"""Where :meth:`Tokenwire.check <tokenwire.Tokenwire.check>` names a fault → the
+Responses parameter that carried it."""
 
 
 def build_responses_router(tw: Tokenwire) -> APIRouter:
@@ -135,16 +145,20 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
         owner = await tw.access.owner(request)
         parsed = parse_responses_request(await resolved(request, body))
         ticket = await tw.admit(request)
-        stream = await tw.start(
-            parsed.model,
-            parsed.messages,
-            system=parsed.system,
-            params=parsed.params,
-            owner=owner,
-            source="openai",
-            ticket=ticket,
-            tools=parsed.tools,
-        )
+        try:
+            stream = await tw.start(
+                parsed.model,
+                parsed.messages,
+                system=parsed.system,
+                params=parsed.params,
+                owner=owner,
+                source="openai",
+                ticket=ticket,
+                tools=parsed.tools,
+            )
+        except InvalidRequestError as exc:  # named as this request spells it
+            param = _PARAMS.get(exc.field.partition("[")[0], exc.field)
+            raise OpenAIRequestError(f"'{param}': {exc.message}", param=param) from None
         encoder = ResponseEncoder(parsed.model, parsed.echo)
         headers = {STREAM_ID_HEADER: stream.stream_id}
         if parsed.stream:
