@@ -288,3 +288,31 @@ def test_sdk_reads_recorded_openai_streams_relayed(sdk: openai.OpenAI, path: Pat
     assert calls == [c for c in want.tool_calls if c[0] != "web_search"]  # provider-run: not sent
     assert text or calls
     assert final.usage.output_tokens > 0
+
+
+def test_a_form_post_is_415_in_openai_shape(server: str) -> None:
+    response = httpx.post(
+        f"{server}/v1/responses",
+        content=b'{"model": "fake:echo", "input": "x"}',
+        headers={"authorization": "Bearer alice-key", "content-type": "text/plain"},
+    )
+    assert response.status_code == 415
+    assert "application/json" in response.json()["error"]["message"]
+
+
+def test_the_request_limit_is_a_429_the_sdk_understands(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    settings = Settings(
+        fake_provider=True,
+        data_dir=tmp_path_factory.mktemp("responses-limits"),
+        auth_tokens=TOKENS,
+        limit_requests="1/hour",
+    )
+    app = create_app(tokenwire=Tokenwire(settings, registry=ProviderRegistry(fake=True)))
+    with uvicorn_thread(app) as url, client(url) as alice:
+        assert alice.responses.create(model="fake:echo", input="one").output_text == "one"
+        with pytest.raises(openai.RateLimitError) as caught:
+            alice.responses.create(model="fake:echo", input="two")
+        assert caught.value.code == "rate_limit_exceeded"
+        assert caught.value.response.headers["retry-after"].isdigit()
