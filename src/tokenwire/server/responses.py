@@ -154,7 +154,7 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
                 owner=owner,
                 source="openai",
                 ticket=ticket,
-                tools=parsed.tools,
+                client_tools=parsed.tools,
             )
         except InvalidRequestError as exc:  # named as this request spells it
             param = _PARAMS.get(exc.field.partition("[")[0], exc.field)

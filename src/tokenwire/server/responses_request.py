@@ -127,12 +127,13 @@ def parse_responses_request(body: Mapping[str, Any]) -> ResponsesRequest:
     tools = _tools(body.get("tools"))
     choice = body.get("tool_choice")
     chat = _chat_params(body, choice)
-    params = _translated(body.get("model"), chat)
+    offered = () if choice == "none" else tools
+    params = _translated(body.get("model"), chat, offered)
     return ResponsesRequest(
         model=str(body["model"]),
         messages=tuple(messages),
         system="\n\n".join(system) if system else None,
-        tools=() if choice == "none" else tools,
+        tools=offered,
         params=params,
         stream=stream is True,
         echo=_echo(body),
@@ -151,9 +152,21 @@ def _echo(body: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _translated(model: object, chat: dict[str, object]) -> dict[str, object]:
-    """The provider params for ``chat`` (Chat Completions names), per model family."""
-    probe = {"model": model, "messages": [{"role": "user", "content": ""}], **chat}
+def _translated(
+    model: object, chat: dict[str, object], tools: tuple[ToolSpec, ...]
+) -> dict[str, object]:
+    """The provider params for ``chat`` (Chat Completions names), per model family,
+    as the Chat Completions parser makes them from the same request (``tools`` in
+    its shape, so that ``tool_choice`` is checked and translated against them)."""
+    functions = [
+        {"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools
+    ]
+    probe = {
+        "model": model,
+        "messages": [{"role": "user", "content": ""}],
+        **chat,
+        **({"tools": [{"type": "function", "function": f} for f in functions]} if tools else {}),
+    }
     try:
         params = openai_compat.parse_request(probe).params
     except OpenAIRequestError as exc:
