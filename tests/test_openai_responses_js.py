@@ -1,5 +1,5 @@
 """The AI SDK's own OpenAI provider (``@ai-sdk/openai``, whose default model calls
-the Responses API) against ``POST /v1/responses`` of a real tokenwire server:
+the Responses API) against ``POST /v1/responses`` of ``tokenwire serve``:
 ``generateText``, ``streamText``, a client-side two-step tool loop and a second
 turn that refers to the first one's output items (``item_reference``), in Node
 with the versions pinned in ``tests/openai_js/package-lock.json``."""
@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support.node import node_with
-from tests.support.servers import uvicorn_thread
-from tokenwire import ProviderRegistry, Settings, Tokenwire, create_app
+from tests.support.servers import tokenwire_process
 
 JS_DIR = Path(__file__).resolve().parent / "openai_js"
 
@@ -29,14 +28,16 @@ def node() -> str:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    settings = Settings(
-        fake_provider=True,
-        data_dir=tmp_path_factory.mktemp("responses-js"),
-        max_retries=0,
-        auth_tokens={"js-key": "js-user"},
-    )
-    tw = Tokenwire(settings, registry=ProviderRegistry(fake=True))
-    with uvicorn_thread(create_app(tokenwire=tw)) as url:
+    """``tokenwire serve`` (a real process) with ``fake:`` models and one API key."""
+    env = {
+        "TOKENWIRE_DATA_DIR": str(tmp_path_factory.mktemp("responses-js")),
+        "TOKENWIRE_FAKE_PROVIDER": "1",
+        "TOKENWIRE_MAX_RETRIES": "0",
+        "TOKENWIRE_AUTH_TOKENS": json.dumps({"js-key": "js-user"}),
+    }
+    with tokenwire_process(
+        "serve", "--log-level", "warning", env=env, ready_path="/healthz"
+    ) as url:
         yield {"baseURL": url + "/v1", "apiKey": "js-key"}
 
 
