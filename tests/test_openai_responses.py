@@ -121,7 +121,7 @@ def test_family_translation_is_the_chat_completions_one() -> None:
         ({"model": "nomodel", "input": "x"}, "model", 404),
         ({"model": "fake:echo", "input": "x", "foo": 1}, "foo", 400),
         (
-            {"model": "fake:echo", "input": "x", "previous_response_id": "r"},
+            {"model": "fake:echo", "input": "x", "previous_response_id": 5},
             "previous_response_id",
             400,
         ),

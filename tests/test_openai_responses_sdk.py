@@ -136,8 +136,8 @@ def test_sdk_function_call_and_the_second_step(sdk: openai.OpenAI) -> None:
 
 def test_sdk_bad_request_names_the_param(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        sdk.responses.create(model="fake:echo", input="x", previous_response_id="resp_x")
-    assert caught.value.param == "previous_response_id"
+        sdk.responses.create(model="fake:echo", input="x", background=True)
+    assert caught.value.param == "background"
     assert caught.value.code == "unsupported_parameter"
     with pytest.raises(openai.BadRequestError) as unknown:
         sdk.responses.create(model="fake:echo", input="x", extra_body={"bogus": 1})
@@ -316,3 +316,40 @@ def test_the_request_limit_is_a_429_the_sdk_understands(
             alice.responses.create(model="fake:echo", input="two")
         assert caught.value.code == "rate_limit_exceeded"
         assert caught.value.response.headers["retry-after"].isdigit()
+
+
+def test_previous_response_id_continues_the_conversation(server: str, sdk: openai.OpenAI) -> None:
+    first = sdk.responses.create(model="fake:echo", input="turn one")
+    second = sdk.responses.create(
+        model="fake:echo", input="turn two", previous_response_id=first.id
+    )
+    assert second.output_text == "turn two" and second.previous_response_id == first.id
+    assert conversation_of(server, second.id) == [
+        ("user", "turn one"),
+        ("assistant", "turn one"),
+        ("user", "turn two"),
+        ("assistant", "turn two"),
+    ]
+    # a conversation does not branch: only its latest answer can be continued
+    with pytest.raises(openai.BadRequestError) as older:
+        sdk.responses.create(model="fake:echo", input="x", previous_response_id=first.id)
+    assert older.value.param == "previous_response_id"
+    with client(server, "bob-key") as bob:
+        for response_id in (second.id, "resp_unknown", "nonsense"):
+            with pytest.raises(openai.NotFoundError) as caught:
+                bob.responses.create(model="fake:echo", input="x", previous_response_id=response_id)
+            assert caught.value.param == "previous_response_id"
+
+
+def test_a_running_response_cannot_be_continued(sdk: openai.OpenAI) -> None:
+    stream = sdk.responses.create(
+        model="fake:lorem", input="x", stream=True, extra_body={"params": {"stall_after": 1}}
+    )
+    events = iter(stream)
+    rid = next(events).response.id
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.responses.create(model="fake:echo", input="x", previous_response_id=rid)
+    assert caught.value.param == "previous_response_id"
+    assert "in progress" in caught.value.message
+    sdk.responses.cancel(rid)
+    assert [e.type for e in events][-1] == "response.incomplete"

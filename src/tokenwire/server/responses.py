@@ -10,12 +10,13 @@ shell, sharing everything else with ``/v1/chat/completions``
 shape through :class:`~tokenwire.server.openai_compat.OpenAIRoute`).
 
 - ``POST /v1/responses``: each request starts a new conversation owned by the
-  caller; the response id is ``resp_<stream_id>`` (also sent as
-  ``x-tokenwire-stream-id``). ``stream: true`` answers Responses streaming events
-  as SSE ending with exactly one of ``response.completed``,
-  ``response.incomplete``, ``response.failed``; otherwise the ``response`` object
-  once the stream ended (a failed generation: OpenAI's error object with
-  400/429/502/503/504, as Chat Completions).
+  caller, or with ``previous_response_id`` continues that response's conversation
+  (its stored history comes first; it must be the caller's latest answer there).
+  The response id is ``resp_<stream_id>`` (also sent as ``x-tokenwire-stream-id``).
+  ``stream: true`` answers Responses streaming events as SSE ending with exactly
+  one of ``response.completed``, ``response.incomplete``, ``response.failed``;
+  otherwise the ``response`` object once the stream ended (a failed generation:
+  OpenAI's error object with 400/429/502/503/504, as Chat Completions).
 - ``GET /v1/responses/{id}``: the response so far (``status`` ``in_progress``
   while it streams); ``?stream=true`` replays its events from the start (or after
   ``starting_after``, a ``sequence_number``) and follows them.
@@ -39,12 +40,13 @@ from starlette.responses import Response
 
 from tokenwire.engine import Tokenwire
 from tokenwire.errors import (
+    ConversationNotFoundError,
     InvalidRequestError,
     OpenAIRequestError,
     StreamExpiredError,
     StreamNotFoundError,
 )
-from tokenwire.events import Event
+from tokenwire.events import Event, StreamStatus
 from tokenwire.protocol.openai_responses_api import ResponseEncoder, item_location, stream_id_of
 from tokenwire.server.identity import caller_dependency, require_json
 from tokenwire.server.openai_compat import STREAM_ID_HEADER, OpenAIRoute, failed_response
@@ -63,6 +65,11 @@ def _framer(encoder: ResponseEncoder, after: int = -1) -> Callable[[list[Event]]
 _PARAMS = {"messages": "input", "system": "instructions"}
 """Where :meth:`Tokenwire.check <tokenwire.Tokenwire.check>` names a fault → the
 Responses parameter that carried it."""
+
+
+def _previous_not_found(response_id: object) -> OpenAIRequestError:
+    message = f"Previous response with id {response_id!r} not found."
+    return OpenAIRequestError(message, param="previous_response_id", status=404)
 
 
 def build_responses_router(tw: Tokenwire) -> APIRouter:
@@ -114,6 +121,29 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
             raise missing
         return output[index]
 
+    async def continued(request: Request, response_id: str) -> str:
+        """The conversation a new response continues: that of ``response_id``, which
+        must be the caller's, ended, and the conversation's latest answer.
+
+        Raises:
+            OpenAIRequestError: naming ``previous_response_id``: 404 for no such
+                response (or another owner's), 400 for one still running or not the
+                latest of its conversation (tokenwire conversations do not branch).
+        """
+        try:
+            info = await tw.access.stream(request, stream_id_of(response_id) or "")
+        except (StreamNotFoundError, StreamExpiredError):
+            raise _previous_not_found(response_id) from None
+        param = "previous_response_id"
+        if info.status == StreamStatus.RUNNING:
+            raise OpenAIRequestError(f"Response {response_id!r} is still in progress.", param=param)
+        conversation_id = info.meta["conversation_id"]
+        answers = [m for m in await tw.store.messages(conversation_id) if m.role == "assistant"]
+        if not answers or answers[-1].id != info.meta.get("message_id"):
+            why = "is not the latest response of its conversation; continue from the latest"
+            raise OpenAIRequestError(f"Response {response_id!r} {why}.", param=param)
+        return conversation_id
+
     async def resolved(request: Request, body: dict[str, Any]) -> dict[str, Any]:
         """``body`` with each ``input`` item reference replaced by the item (the AI
         SDK refers to earlier output items this way when ``store`` is on)."""
@@ -145,10 +175,14 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
         owner = await tw.access.owner(request)
         parsed = parse_responses_request(await resolved(request, body))
         ticket = await tw.admit(request)
+        conversation_id = None
+        if parsed.previous_response_id is not None:
+            conversation_id = await continued(request, parsed.previous_response_id)
         try:
             stream = await tw.start(
                 parsed.model,
                 parsed.messages,
+                conversation_id=conversation_id,
                 system=parsed.system,
                 params=parsed.params,
                 owner=owner,
@@ -156,6 +190,8 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
                 ticket=ticket,
                 client_tools=parsed.tools,
             )
+        except ConversationNotFoundError:  # deleted since
+            raise _previous_not_found(parsed.previous_response_id) from None
         except InvalidRequestError as exc:  # named as this request spells it
             param = _PARAMS.get(exc.field.partition("[")[0], exc.field)
             raise OpenAIRequestError(f"'{param}': {exc.message}", param=param) from None

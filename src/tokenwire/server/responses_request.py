@@ -43,7 +43,9 @@ class ResponsesRequest:
         stream: answer with Responses streaming events instead of one object.
         echo: request fields the response object repeats (``temperature``,
             ``top_p``, ``max_output_tokens``, ``metadata``, ``instructions``,
-            ``tool_choice``, ``tools``, ``parallel_tool_calls``, ``store``, ``reasoning``).
+            ``tool_choice``, ``tools``, ``parallel_tool_calls``, ``store``, ``reasoning``,
+            ``previous_response_id``).
+        previous_response_id: the response whose conversation this one continues.
     """
 
     model: str
@@ -53,6 +55,7 @@ class ResponsesRequest:
     params: dict[str, object] = field(default_factory=dict)
     stream: bool = False
     echo: dict[str, Any] = field(default_factory=dict)
+    previous_response_id: str | None = None
 
 
 _ACCEPTED = frozenset(
@@ -93,8 +96,9 @@ def parse_responses_request(body: Mapping[str, Any]) -> ResponsesRequest:
       dropped (no provider can take them back).
     - ``tools``: ``function`` tools only; ``tool_choice`` ``auto``, ``required``,
       ``none`` or ``{"type": "function", "name": …}``.
-    - ``previous_response_id``, ``background``, ``conversation``, ``prompt``,
-      ``top_logprobs``, ``max_tool_calls`` are refused (``unsupported_parameter``);
+    - ``previous_response_id``: a ``resp_…`` id (the server continues its
+      conversation); ``background``, ``conversation``, ``prompt``, ``top_logprobs``,
+      ``max_tool_calls`` are refused (``unsupported_parameter``);
       ``store``, ``metadata``, ``include``, ``user``, ``truncation`` … are accepted
       and not acted on; ``params`` (a tokenwire extension, an object) are provider
       parameters as in the native API.
@@ -108,13 +112,9 @@ def parse_responses_request(body: Mapping[str, Any]) -> ResponsesRequest:
             raise _bad(f"'{key}' {_UNSUPPORTED[key]}", key, "unsupported_parameter")
         if key not in _ACCEPTED:
             raise _bad(f"Unknown parameter: '{key}'.", key, "unknown_parameter")
-    if body.get("previous_response_id") is not None:
-        why = "is not supported: tokenwire keeps no response state; send the whole conversation"
-        raise _bad(
-            f"'previous_response_id' {why} in 'input'",
-            "previous_response_id",
-            "unsupported_parameter",
-        )
+    previous = body.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not previous):
+        raise _bad("'previous_response_id' must be a response id", "previous_response_id")
     system, messages = _input(body.get("input"))
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
@@ -137,12 +137,13 @@ def parse_responses_request(body: Mapping[str, Any]) -> ResponsesRequest:
         params=params,
         stream=stream is True,
         echo=_echo(body),
+        previous_response_id=previous,
     )
 
 
 def _echo(body: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("temperature", "top_p", "max_output_tokens", "metadata", "instructions")
-    out = {key: body.get(key) for key in keys}
+    out = {key: body.get(key) for key in (*keys, "previous_response_id")}
     out["tool_choice"] = body.get("tool_choice") or "auto"
     out["tools"] = list(body.get("tools") or [])
     out["parallel_tool_calls"] = body.get("parallel_tool_calls", True)
