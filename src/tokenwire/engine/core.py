@@ -340,7 +340,7 @@ class Tokenwire:
         owner: str | None = None,
         source: str | None = None,
         ticket: Ticket | None = None,
-        client_tools: Sequence[ToolSpec] = (),
+        tools: Sequence[ToolSpec] = (),
     ) -> Stream:
         """Start a generation and return its stream at once (the ``start`` event is logged).
 
@@ -353,10 +353,7 @@ class Tokenwire:
         conversation (``page``, ``api``, ``cli``, ``openai``, ``ai-sdk``), recorded
         with it; it is ignored for an existing conversation. ``ticket`` (from
         :meth:`admit`) names the stream and holds its concurrent-streams slot until
-        the generation ends (released here if the start fails). ``client_tools`` are
-        tools the model may call that the caller runs (the generation ends with
-        ``finish_reason`` ``tool_calls``; the caller sends the results as ``tool``
-        messages in its next request).
+        the generation ends (released here if the start fails).
 
         Raises:
             UnknownModelError: ``model`` is empty or names no provider.
@@ -379,7 +376,7 @@ class Tokenwire:
                 owner=owner,
                 source=source,
                 ticket=ticket,
-                client_tools=client_tools,
+                tools=tools,
             )
         except BaseException:
             if ticket is not None and not ticket.started:
@@ -397,7 +394,7 @@ class Tokenwire:
         owner: str | None,
         source: str | None,
         ticket: Ticket | None,
-        client_tools: Sequence[ToolSpec] = (),
+        tools: Sequence[ToolSpec] = (),
     ) -> Stream:
         if not messages and conversation_id is None:
             raise InvalidRequestError("messages", "must not be empty")
@@ -439,7 +436,7 @@ class Tokenwire:
             messages=[*history, *messages],
             system=system,
             params=params or {},
-            tools=list(client_tools),
+            tools=list(tools),
         )
         generation = Generation(
             stream_id=stream_id,

@@ -188,7 +188,7 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
                 owner=owner,
                 source="openai",
                 ticket=ticket,
-                client_tools=parsed.tools,
+                tools=parsed.tools,
             )
         except ConversationNotFoundError:  # deleted since
             raise _previous_not_found(parsed.previous_response_id) from None
