@@ -28,7 +28,7 @@ Streaming" (https://platform.openai.com/docs/api-reference/chat); the encoding i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
@@ -49,7 +49,6 @@ from tokenwire.errors import (
     StreamNotFoundError,
     UnknownModelError,
 )
-from tokenwire.events import Error
 from tokenwire.protocol.openai_compat import (
     ChunkEncoder,
     OpenAIRequestError,
@@ -62,7 +61,7 @@ from tokenwire.server.identity import caller_dependency, require_json
 from tokenwire.server.routes import responses
 from tokenwire.transports.sse import EventStreamResponse
 
-__all__ = ["OpenAIRoute", "build_openai_router", "failed_response"]
+__all__ = ["OpenAIRoute", "build_openai_router"]
 
 STREAM_ID_HEADER = "x-tokenwire-stream-id"
 
@@ -133,18 +132,6 @@ def _rate_limited(exc: RateLimitedError) -> JSONResponse:
     return JSONResponse(body, status_code=429, headers={"retry-after": str(exc.retry_after)})
 
 
-def failed_response(failed: Error, headers: Mapping[str, str]) -> JSONResponse:
-    """The whole-answer reply to a generation that ended in ``failed``: OpenAI's error
-    object with :func:`~tokenwire.protocol.openai_compat.error_status` (429 with
-    ``Retry-After: 1``), plus ``headers``."""
-    status = error_status(failed.code)
-    response = _error(status, failed.message, code=failed.code)
-    if status == 429:
-        response.headers["retry-after"] = "1"
-    response.headers.update(headers)
-    return response
-
-
 def build_openai_router(tw: Tokenwire) -> APIRouter:
     """The OpenAI-compatible routes bound to ``tw``."""
     router = APIRouter(route_class=OpenAIRoute)
@@ -188,8 +175,14 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
             for event in batch:
                 encoder.feed(event)
         headers = {STREAM_ID_HEADER: stream.stream_id}
-        if encoder.error is not None:
-            return failed_response(encoder.error, headers)
+        failed = encoder.error
+        if failed is not None:
+            status = error_status(failed.code)
+            response = _error(status, failed.message, code=failed.code)
+            if status == 429:
+                response.headers["retry-after"] = "1"
+            response.headers.update(headers)
+            return response
         return JSONResponse(encoder.completion(), headers=headers)
 
     return router

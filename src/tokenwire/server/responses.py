@@ -46,10 +46,11 @@ from tokenwire.errors import (
     StreamExpiredError,
     StreamNotFoundError,
 )
-from tokenwire.events import Event, StreamStatus
+from tokenwire.events import Error, Event, StreamStatus
+from tokenwire.protocol.openai_compat import error_status
 from tokenwire.protocol.openai_responses_api import ResponseEncoder, item_location, stream_id_of
 from tokenwire.server.identity import caller_dependency, require_json
-from tokenwire.server.openai_compat import STREAM_ID_HEADER, OpenAIRoute, failed_response
+from tokenwire.server.openai_compat import STREAM_ID_HEADER, OpenAIRoute, _error
 from tokenwire.server.responses_request import parse_responses_request
 from tokenwire.server.routes import responses
 from tokenwire.transports.sse import EventStreamResponse
@@ -65,6 +66,19 @@ def _framer(encoder: ResponseEncoder, after: int = -1) -> Callable[[list[Event]]
 _PARAMS = {"messages": "input", "system": "instructions"}
 """Where :meth:`Tokenwire.check <tokenwire.Tokenwire.check>` names a fault → the
 Responses parameter that carried it."""
+
+
+def _failed(event: Error, headers: dict[str, str]) -> JSONResponse:
+    """A failed generation as OpenAI's error, as ``/v1/chat/completions`` answers it
+    (status by :func:`~tokenwire.protocol.openai_compat.error_status`, 429 with
+    ``Retry-After: 1``). To be replaced by the shared helper the first-event change
+    to ``server/openai_compat.py`` brings (it adds the provider's ``Retry-After``)."""
+    status = error_status(event.code)
+    response = _error(status, event.message, code=event.code)
+    if status == 429:
+        response.headers["retry-after"] = "1"
+    response.headers.update(headers)
+    return response
 
 
 def _previous_not_found(response_id: object) -> OpenAIRequestError:
@@ -209,7 +223,7 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
             for event in batch:
                 encoder.feed(event)
         if encoder.error is not None:
-            return failed_response(encoder.error, headers)
+            return _failed(encoder.error, headers)
         return JSONResponse(encoder.response(), headers=headers)
 
     @router.get(
