@@ -74,6 +74,13 @@ def serve(
             "(env TOKENWIRE_PRODUCERS=queue; needs a Redis log or TOKENWIRE_QUEUE_URL).",
         ),
     ] = False,
+    tools: Annotated[
+        str | None,
+        typer.Option(
+            help="Server-side tools, 'module:object' (a ToolRegistry or a list of "
+            "functions) that requests may name in 'tools' (env TOKENWIRE_TOOLS).",
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP server: native API, SSE, and the chat page at http://HOST:PORT/.
 
@@ -91,7 +98,17 @@ def serve(
         default_model=model,
         data_dir=data_dir,
         producers="queue" if no_producers else None,
+        tools=tools,
     )
+    if settings.tools:
+        from tokenwire.errors import ConfigurationError
+        from tokenwire.tools import load_tools
+
+        try:
+            loaded = load_tools(settings.tools)
+        except ConfigurationError as exc:
+            _fail(str(exc))
+        _say(settings, f"tokenwire: tools {', '.join(loaded.names()) or '(none)'}")
     if not (
         is_loopback(settings.host) or settings.identity_configured() or settings.allow_anonymous
     ):

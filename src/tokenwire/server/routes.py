@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.accumulate import MessageState
+from tokenwire.agent import DEFAULT_MAX_STEPS, MAX_STEPS_LIMIT
 from tokenwire.engine import Tokenwire
 from tokenwire.errors import (
     ConversationNotFoundError,
@@ -96,6 +97,14 @@ class ChatBody(BaseModel):
         description="edit or regenerate: delete this message of the conversation and "
         "every later one (a running answer is superseded), then start",
     )
+    tools: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="names of the server's registered tools the model may call (agent loop)",
+    )
+    max_steps: int = Field(
+        DEFAULT_MAX_STEPS, ge=1, le=MAX_STEPS_LIMIT, description="most model calls with tools"
+    )
 
 
 class ConversationPatch(BaseModel):
@@ -150,7 +159,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
             return field_error("messages", "List should have at least 1 item")
         messages = [Message(m.role, m.content) for m in body.messages]
         try:  # before anything is deleted or created
-            tw.check(body.model, messages, system=body.system, params=body.params)
+            tw.check(body.model, messages, system=body.system, params=body.params, tools=body.tools)
         except (UnknownModelError, InvalidRequestError) as exc:
             return error_response(exc)
         if body.from_message_id is not None:
@@ -171,6 +180,8 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 owner=await access.owner(request),
                 source=body.source,
                 ticket=ticket,
+                tools=body.tools,
+                max_steps=body.max_steps,
             )
         except (UnknownModelError, InvalidRequestError) as exc:
             return error_response(exc)
