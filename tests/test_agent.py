@@ -69,6 +69,17 @@ def kinds(events: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def ai_sdk_body(chat_id: str, tools: list[str], text: str = "go") -> dict[str, Any]:
+    """What ``DefaultChatTransport`` POSTs for a new chat, plus tokenwire's fields."""
+    return {
+        "id": chat_id,
+        "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": text}]}],
+        "trigger": "submit-message",
+        "model": "fake:tools",
+        "tools": tools,
+    }
+
+
 def results(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == "tool-result"]
 
@@ -106,14 +117,7 @@ def test_two_step_agent_over_native_sse(client: httpx.Client) -> None:
 
 
 def test_two_step_agent_over_ai_sdk(client: httpx.Client) -> None:
-    body = {
-        "id": "agent-chat-1",
-        "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "time?"}]}],
-        "trigger": "submit-message",
-        "model": "fake:tools",
-        "tools": ["get_time"],
-    }
-    response = client.post("/api/chat", json=body)
+    response = client.post("/api/chat", json=ai_sdk_body("agent-chat-1", ["get_time"]))
     assert response.status_code == 200, response.text
     frames = [line[6:] for line in response.text.split("\n") if line.startswith("data: ")]
     assert frames[-1] == "[DONE]"
@@ -148,13 +152,7 @@ def test_tool_exception_is_an_error_result_and_the_loop_goes_on(client: httpx.Cl
 
 
 def test_ai_sdk_tool_error_chunk(client: httpx.Client) -> None:
-    body = {
-        "id": "agent-chat-error",
-        "messages": [{"role": "user", "parts": [{"type": "text", "text": "go"}]}],
-        "model": "fake:tools",
-        "tools": ["explode"],
-    }
-    response = client.post("/api/chat", json=body)
+    response = client.post("/api/chat", json=ai_sdk_body("agent-chat-error", ["explode"]))
     assert response.status_code == 200, response.text
     chunks = [
         json.loads(line[6:]) for line in response.text.split("\n") if line.startswith("data: {")
@@ -206,13 +204,7 @@ def test_bad_tools_request_is_422(client: httpx.Client, body: dict[str, Any], fi
 
 
 def test_unknown_tool_on_ai_sdk_is_422(client: httpx.Client) -> None:
-    body = {
-        "id": "agent-chat-unknown",
-        "messages": [{"role": "user", "parts": [{"type": "text", "text": "go"}]}],
-        "model": "fake:tools",
-        "tools": ["nope"],
-    }
-    response = client.post("/api/chat", json=body)
+    response = client.post("/api/chat", json=ai_sdk_body("agent-chat-unknown", ["nope"]))
     assert response.status_code == 422
     assert "nope" in response.json()["detail"]
 
