@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenwire.accumulate import MessageState
 from tokenwire.agent import DEFAULT_MAX_STEPS, MAX_STEPS_LIMIT, history
-from tokenwire.engine import housekeeping
+from tokenwire.engine.housekeeping import finish_lost_message, sweep_leases, warm_up
 from tokenwire.engine.housekeeping import open_log as _open_log
 from tokenwire.engine.identity import Access, HTTPRequest, Identify
 from tokenwire.engine.limits import Limits, Ticket
@@ -145,18 +145,14 @@ class Tokenwire:
         if self._store is None:
             self._store = await Store.open(self.settings.resolved_store_url())
         self.producer.sink = self._store
-        self.log.on_producer_lost = functools.partial(
-            housekeeping.finish_lost_message, self.log, self._store
-        )
+        self.log.on_producer_lost = functools.partial(finish_lost_message, self.log, self._store)
         if self._warm_up is None:
             self._warm_up = asyncio.create_task(
-                housekeeping.warm_up(self.registry, self.settings.resolved_default_model())
+                warm_up(self.registry, self.settings.resolved_default_model())
             )
         if self._sweeper is None and self.settings.lease_sweep_interval > 0:
             self._sweeper = asyncio.create_task(
-                housekeeping.sweep_leases(
-                    self.log.sweep_expired_leases, self.settings.lease_sweep_interval
-                ),
+                sweep_leases(self.log.sweep_expired_leases, self.settings.lease_sweep_interval),
                 name="tokenwire-lease-sweep",
             )
 
