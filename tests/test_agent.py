@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.cluster import services_env, unavailable
+from tests.support.cluster import Cluster, services_env, unavailable
 from tests.support.servers import tokenwire_process
 from tests.support.sse import read_sse, text_of
 
@@ -260,3 +260,28 @@ def test_another_user_gets_404(base: str, client: httpx.Client) -> None:
             "conversation_id": conversation,
         }
         assert bob.post("/v1/chat", json=payload).status_code == 404
+
+
+def test_queued_generation_runs_the_loop_on_a_worker(tmp_path: Path) -> None:
+    """``serve --no-producers`` checks the names; a ``tokenwire worker`` with the same
+    ``TOKENWIRE_TOOLS`` runs the loop (the generation, tools and ``max_steps``
+    included, crosses the queue)."""
+    with services_env("agentq", tmp_path) as env:
+        env["TOKENWIRE_TOOLS"] = "tests.support.tools:TOOLS"
+        env["TOKENWIRE_ALLOW_ANONYMOUS"] = "1"
+        cluster = Cluster(env, tmp_path)
+        try:
+            node = cluster.start_node()
+            worker = cluster.start_worker()
+            with httpx.Client(base_url=node.url, timeout=30) as client:
+                events = chat(client, ["get_time", "add"], max_steps=1)
+                assert client.post("/v1/chat", json={
+                    "model": "fake:tools", "messages": [{"role": "user", "content": "x"}],
+                    "tools": ["nope"],
+                }).status_code == 422  # fmt: skip
+            assert cluster.worker_of(events[0]["stream_id"]) is worker
+        finally:
+            cluster.close()
+    assert kinds(events).count("step-start") == 1 and events[-1]["finish_reason"] == "tool_calls"
+    (result,) = results(events)
+    assert TIME.match(result["output"])
