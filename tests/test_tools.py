@@ -5,7 +5,7 @@ history, and a stop cancelling a running tool over HTTP (an in-process server)."
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,11 +16,11 @@ import pytest
 from tests.support.servers import uvicorn_thread
 from tests.support.sse import read_sse
 from tokenwire import Settings, Tokenwire, create_app
-from tokenwire.agent import history
+from tokenwire.agent import Agent, history
 from tokenwire.errors import ConfigurationError, InvalidRequestError
-from tokenwire.events import Finish, ToolResult
+from tokenwire.events import Finish, TextDelta, ToolCall, ToolResult
 from tokenwire.providers import Message
-from tokenwire.providers.base import MessageToolCall
+from tokenwire.providers.base import GenerationRequest, MessageToolCall, ProviderEvent, finish
 from tokenwire.testing import collect
 from tokenwire.tools import Tool, ToolArgumentsError, ToolRegistry, load_tools
 
@@ -181,3 +181,63 @@ def test_cancel_stops_a_running_tool(blocker_server: tuple[str, Blocker]) -> Non
         assert "tool-result" not in [e["type"] for e in events]
         conversation = client.get(f"/v1/conversations/{started['conversation_id']}").json()
         assert conversation["messages"][-1]["status"] == "cancelled"
+
+
+class TwoSteps:
+    """Step 1: the given tool calls; step 2: says how many tool messages it was sent."""
+
+    def __init__(self, calls: list[ToolCall]) -> None:
+        self.calls = calls
+        self.requests: list[GenerationRequest] = []
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[ProviderEvent]:
+        self.requests.append(request)
+        if len(self.requests) == 1:
+            for call in self.calls:
+                yield call
+            yield finish("tool_calls", None, None)
+        else:
+            tool_messages = [m for m in request.messages if m.role == "tool"]
+            yield TextDelta(part=0, delta=f"{len(tool_messages)} results")
+            yield finish("stop", None, None)
+
+
+@pytest.mark.anyio
+async def test_tools_run_in_parallel_and_bad_calls_are_error_results() -> None:
+    """``ping`` and ``pong`` each wait for the other: they end only if they run at once."""
+    ping_seen, pong_seen = anyio.Event(), anyio.Event()
+
+    async def ping() -> str:
+        ping_seen.set()
+        await pong_seen.wait()
+        return "ping"
+
+    async def pong() -> str:
+        pong_seen.set()
+        await ping_seen.wait()
+        return "pong"
+
+    calls = [
+        ToolCall(part=0, tool_call_id="a", name="ping", arguments={}),
+        ToolCall(part=1, tool_call_id="b", name="pong", arguments={}),
+        ToolCall(part=2, tool_call_id="c", name="secret", arguments={}),
+        ToolCall(part=3, tool_call_id="d", name="ping", arguments=None, invalid=True),
+    ]
+    provider = TwoSteps(calls)
+    registry = ToolRegistry([ping, pong, Tool(ping, name="secret")])
+    agent = Agent(provider, registry, ["ping", "pong"], tool_timeout=10)
+    with anyio.fail_after(10):  # a guard: a serial run would wait forever
+        events = [e async for e in agent.stream(GenerationRequest(model="m", messages=[]))]
+    outputs = [(e.tool_call_id, e.output, e.is_error) for e in events if isinstance(e, ToolResult)]
+    assert outputs == [
+        ("a", "ping", False),
+        ("b", "pong", False),
+        ("c", "unknown tool 'secret'", True),  # registered, but not offered by the request
+        ("d", "the arguments for ping are not valid JSON", True),
+    ]
+    assert [e.part for e in events if isinstance(e, ToolResult)] == [4, 5, 6, 7]
+    assert [e.part for e in events if isinstance(e, TextDelta)] == [8]
+    assert [e.delta for e in events if isinstance(e, TextDelta)] == ["4 results"]
+    second = provider.requests[1].messages
+    assert [m.role for m in second] == ["assistant", "tool", "tool", "tool", "tool"]
+    assert [c.id for c in second[0].tool_calls] == ["a", "b", "c", "d"]
