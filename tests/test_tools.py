@@ -98,6 +98,7 @@ def test_history_keeps_answered_tool_calls_only() -> None:
             ],
         ),
         _Stored("assistant", [{**call, "tool_call_id": "c2"}, {"type": "text", "text": "stopped"}]),
+        _Stored("tool", [{"type": "text", "text": "a tool message's text is not the assistant's"}]),
     ]
     assert history([_Stored("user", [{"type": "text", "text": "hi"}]), *stored[1:]]) == [
         Message("user", "hi"),

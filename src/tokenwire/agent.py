@@ -263,7 +263,8 @@ def history(stored: Sequence[Any]) -> list[Message]:
     user and assistant text, and for every tool call that has a ``tool-result`` part,
     an assistant message with its ``tool_calls`` followed by the ``tool`` messages
     (calls without a result, e.g. a stopped loop's, are left out: providers refuse
-    an unanswered call). System messages and empty ones are left out."""
+    an unanswered call); a stored ``tool`` message gives its ``tool-result`` parts.
+    System messages and empty ones are left out."""
     out: list[Message] = []
     for message in stored:
         parts: list[dict[str, Any]] = message.parts
@@ -271,8 +272,11 @@ def history(stored: Sequence[Any]) -> list[Message]:
             text = _text(parts)
             if text:
                 out.append(Message("user", text))
-        elif message.role in ("assistant", "tool"):
+        elif message.role == "assistant":
             out.extend(_assistant_messages(parts))
+        elif message.role == "tool":  # only its tool-result parts
+            results = [p for p in parts if p.get("type") == "tool-result"]
+            out.extend(m for m in _assistant_messages(results) if m.role == "tool")
     return out
 
 
