@@ -4,6 +4,8 @@ history, and a stop cancelling a running tool over HTTP (an in-process server)."
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -146,10 +148,17 @@ class Blocker:
         self.started = threading.Event()
         self.cancelled = threading.Event()
         self.release: anyio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def let_go(self) -> None:
+        """Set the event, from the test's thread."""
+        assert self.loop is not None and self.release is not None
+        self.loop.call_soon_threadsafe(self.release.set)
 
     async def block(self) -> str:
         """Waits until released."""
         self.release = anyio.Event()
+        self.loop = asyncio.get_running_loop()
         self.started.set()
         try:
             await self.release.wait()
@@ -242,3 +251,28 @@ async def test_tools_run_in_parallel_and_bad_calls_are_error_results() -> None:
     second = provider.requests[1].messages
     assert [m.role for m in second] == ["assistant", "tool", "tool", "tool", "tool"]
     assert [c.id for c in second[0].tool_calls] == ["a", "b", "c", "d"]
+
+
+def test_resume_in_the_middle_of_the_loop(blocker_server: tuple[str, Blocker]) -> None:
+    """A reader that left while the tool ran resumes with ``Last-Event-ID`` and gets the
+    rest of the loop: the tool's result, the second step and the one terminal event."""
+    base, blocker = blocker_server
+    with httpx.Client(base_url=base, timeout=30) as client:
+        body = {"messages": [{"role": "user", "content": "x"}], "tools": ["block"]}
+        started = client.post("/v1/chat", json=body).json()
+        assert blocker.started.wait(10)
+        seen: list[dict[str, Any]] = []
+        with client.stream("GET", started["events_url"]) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:]))
+                    if seen[-1]["type"] == "tool-call":
+                        break  # hang up while the tool runs
+        blocker.let_go()
+        last = str(seen[-1]["seq"])
+        rest, _ = read_sse(client, "GET", started["events_url"], headers={"last-event-id": last})
+    kinds = [e["type"] for e in rest if e["type"] != "usage"]
+    assert kinds[:4] == ["tool-result", "step-finish", "step-start", "text-delta"]
+    assert kinds[-2:] == ["step-finish", "finish"]
+    assert next(e for e in rest if e["type"] == "tool-result")["output"] == "released"
+    assert [e["seq"] for e in rest] == list(range(seen[-1]["seq"] + 1, rest[-1]["seq"] + 1))
