@@ -234,9 +234,8 @@ class Tokenwire:
         return build_router(self)
 
     def tool(self, function: ToolFunction) -> ToolFunction:
-        """Decorator: register ``function`` as a server-side tool (schema from its type
-        hints, description from its docstring); return it unchanged. Raises
-        :class:`ConfigurationError` for a second tool of that name or a ``*args``."""
+        """Decorator: register ``function`` as a server-side tool; return it unchanged
+        (raises :class:`ConfigurationError` as :meth:`ToolRegistry.add` does)."""
         self.tools.add(function)
         return function
 
@@ -260,8 +259,7 @@ class Tokenwire:
                 ``system`` too).
             params: checked by the provider when it is a
                 :class:`~tokenwire.providers.base.CheckedProvider`.
-            tools: names of registered server-side tools the model may call.
-            max_steps: most model calls of the agent loop, 1 to 50.
+            tools, max_steps: server-side tool names, most model calls (1 to 50).
 
         Returns:
             ``(provider, the provider's model name, the full model name)``.
