@@ -22,7 +22,13 @@ from tokenwire.agent import Agent, history
 from tokenwire.errors import ConfigurationError, InvalidRequestError
 from tokenwire.events import Finish, TextDelta, ToolCall, ToolResult
 from tokenwire.providers import Message
-from tokenwire.providers.base import GenerationRequest, MessageToolCall, ProviderEvent, finish
+from tokenwire.providers.base import (
+    GenerationRequest,
+    MessageToolCall,
+    ProviderEvent,
+    ToolSpec,
+    finish,
+)
 from tokenwire.testing import collect
 from tokenwire.tools import Tool, ToolArgumentsError, ToolRegistry, load_tools
 
@@ -132,7 +138,8 @@ async def test_library_decorator_runs_a_sync_tool_in_a_thread(tmp_path: Path) ->
             threads.append(threading.get_ident())
             return "here"
 
-        stream = await tw.start("fake:tools", [Message("user", "x")], tools=["where"])
+        client_side = ToolSpec(name="client_side")  # offered only; the client would run it
+        stream = await tw.start("fake:tools", [Message("user", "x")], tools=["where", client_side])
         events = await collect(stream)
     assert threads and threads[0] != threading.get_ident()
     (result,) = [e for e in events if isinstance(e, ToolResult)]
