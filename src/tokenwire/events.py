@@ -200,6 +200,9 @@ class Error(_Base, tag="error", frozen=True):
     code: ErrorCode
     message: str
     retryable: bool = False
+    retry_after: float | None = None
+    """Seconds the provider asked to wait before a retry (its ``Retry-After``), or
+    ``None`` when it said nothing."""
 
 
 class Cancelled(_Base, tag="cancelled", frozen=True):

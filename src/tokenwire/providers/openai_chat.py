@@ -299,7 +299,8 @@ def translate_openai_error(exc: Exception) -> ProviderError:
     if isinstance(exc, openai.APIStatusError):
         _, message = body_error(exc.body)
         status = exc.status_code
-        return error_for_status(status, message or f"the provider answered HTTP {status}")
+        fallback = f"the provider answered HTTP {status}"
+        return error_for_status(status, message or fallback, exc.response.headers)
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
         return ProviderError(
             "provider_timeout", "the provider did not answer in time", retryable=True

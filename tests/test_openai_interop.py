@@ -1,0 +1,132 @@
+"""OpenAI-compatible streaming as the official ``openai`` SDK expects it from OpenAI:
+a failure before the first token is a real HTTP status (429 with ``Retry-After``, 4xx,
+5xx) in OpenAI's error shape, one after it stays in-band.
+
+tokenwire runs in-process (uvicorn in a thread) with ``openai:`` providers pointed at
+the real ``mock_provider`` process, each with its own ``x-mock-*`` fault headers and a
+``x-mock-tag`` to count the requests the mock received.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import httpx2
+import openai
+import pytest
+
+from tests.support.servers import uvicorn_thread
+from tokenwire import ProviderRegistry, Settings, Tokenwire, create_app
+from tokenwire.providers.openai_chat import OpenAIChatProvider
+
+pytestmark = pytest.mark.slow
+
+RECORDING = "openai-chat/gpt-4.1-nano_text_303chunks"
+RUN = uuid.uuid4().hex[:8]
+FAULTS: dict[str, dict[str, str]] = {
+    "ok": {},
+    "r429": {"x-mock-status": "429"},
+    "r500": {"x-mock-status": "500"},
+    "r400": {"x-mock-status": "400"},
+    "inband": {"x-mock-inband-error": "20"},
+}
+
+
+def tag(name: str) -> str:
+    return f"interop-{RUN}-{name}"
+
+
+@pytest.fixture(scope="module")
+def base(mock_provider: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """tokenwire whose model ``<fault>:<recording>`` hits the mock with that fault."""
+    registry = ProviderRegistry()
+    for name, headers in FAULTS.items():
+        client = httpx2.AsyncClient(
+            headers={**headers, "x-mock-tag": tag(name)}, timeout=httpx2.Timeout(10.0)
+        )
+        provider = OpenAIChatProvider(
+            base_url=mock_provider + "/v1", api_key="k", http_client=client
+        )
+        registry.register(name, provider)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("interop"), max_retries=0, provider_timeout=10.0
+    )
+    with uvicorn_thread(create_app(tokenwire=Tokenwire(settings, registry=registry))) as url:
+        yield url
+
+
+def sdk(base: str, retries: int = 0) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base + "/v1", api_key="anything", max_retries=retries)
+
+
+def mock_requests(mock_provider: str, name: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{mock_provider}/_mock/requests", params={"tag": tag(name)})
+    return list(response.json())
+
+
+def stream(client: openai.OpenAI, fault: str) -> list[Any]:
+    chunks = client.chat.completions.create(
+        model=f"{fault}:{RECORDING}",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+    )
+    return list(chunks)
+
+
+def test_a_429_before_the_first_token_raises_rate_limit_error(base: str) -> None:
+    with pytest.raises(openai.RateLimitError) as info:
+        stream(sdk(base), "r429")
+    assert info.value.status_code == 429
+    assert info.value.response.headers["retry-after"] == "1"  # the mock provider's
+    assert info.value.response.headers["x-tokenwire-stream-id"]
+    assert info.value.response.headers["content-type"].startswith("application/json")
+    error = info.value.response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "rate_limit_error" and error["code"] == "provider_rate_limited"
+
+
+def test_the_sdk_retries_a_429_before_the_first_token(base: str, mock_provider: str) -> None:
+    before = len(mock_requests(mock_provider, "r429"))
+    with pytest.raises(openai.RateLimitError):
+        stream(sdk(base, retries=2), "r429")
+    assert len(mock_requests(mock_provider, "r429")) - before == 3  # the first and 2 retries
+
+
+@pytest.mark.parametrize(
+    ("fault", "exc_type", "status"),
+    [
+        ("r500", openai.InternalServerError, 502),
+        ("r400", openai.BadRequestError, 400),
+    ],
+)
+def test_other_failures_before_the_first_token_are_http_statuses(
+    base: str, fault: str, exc_type: type[openai.APIStatusError], status: int
+) -> None:
+    with pytest.raises(exc_type) as info:
+        stream(sdk(base), fault)
+    assert info.value.status_code == status
+    assert "retry-after" not in info.value.response.headers
+    assert set(info.value.response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_failure_after_the_first_token_stays_in_band(base: str) -> None:
+    client = sdk(base)
+    chunks = client.chat.completions.create(
+        model=f"inband:{RECORDING}", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    seen = []
+    with pytest.raises(openai.APIError) as info:
+        for chunk in chunks:
+            seen.append(chunk)
+    assert not isinstance(info.value, openai.APIStatusError)  # the status line was 200
+    assert "Overloaded" in info.value.message
+    assert any(c.choices and c.choices[0].delta.content for c in seen)
+
+
+def test_a_healthy_stream_still_streams(base: str) -> None:
+    chunks = stream(sdk(base), "ok")
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and chunks[-1].choices[0].finish_reason == "stop"
