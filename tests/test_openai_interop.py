@@ -1,6 +1,7 @@
 """OpenAI-compatible streaming as the official ``openai`` SDK expects it from OpenAI:
 a failure before the first token is a real HTTP status (429 with ``Retry-After``, 4xx,
-5xx) in OpenAI's error shape, one after it stays in-band.
+5xx) in OpenAI's error shape, one after it stays in-band; chunks carry the fields of
+OpenAI's recorded chunks (``service_tier``, ``system_fingerprint``, ``delta.refusal``).
 
 tokenwire runs in-process (uvicorn in a thread) with ``openai:`` providers pointed at
 the real ``mock_provider`` process, each with its own ``x-mock-*`` fault headers and a
@@ -9,14 +10,17 @@ the real ``mock_provider`` process, each with its own ``x-mock-*`` fault headers
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import httpx2
 import openai
 import pytest
+from openai.types.chat import ChatCompletionChunk
 
 from tests.support.servers import uvicorn_thread
 from tokenwire import ProviderRegistry, Settings, Tokenwire, create_app
@@ -130,3 +134,51 @@ def test_a_healthy_stream_still_streams(base: str) -> None:
     chunks = stream(sdk(base), "ok")
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text and chunks[-1].choices[0].finish_reason == "stop"
+
+
+# --- chunk fields ----------------------------------------------------------------------
+
+RECORDED = Path(__file__).parent.parent / "src/tokenwire/recordings/openai-chat"
+NOT_OURS = {"obfuscation"}
+"""Recorded chunk keys tokenwire does not send: OpenAI's random padding against
+length side channels, meaningless once the text went through tokenwire."""
+
+
+def sse_chunks(body: str) -> list[dict[str, Any]]:
+    lines = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
+    return [json.loads(line) for line in lines if line != "[DONE]"]
+
+
+def test_chunks_carry_openais_fields(base: str) -> None:
+    recorded = sse_chunks((RECORDED / f"{RECORDING.split('/')[1]}.sse").read_text())
+    with httpx.stream(
+        "POST",
+        base + "/v1/chat/completions",
+        json={
+            "model": f"ok:{RECORDING}",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        timeout=30,
+    ) as response:
+        ours = sse_chunks(response.read().decode())
+    for chunk in ours:  # the SDK's own types accept every chunk
+        ChatCompletionChunk.model_validate(chunk)
+    assert set(recorded[0]) - NOT_OURS == set(ours[0])
+    assert set(recorded[0]["choices"][0]["delta"]) == set(ours[0]["choices"][0]["delta"])
+    assert ours[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
+    assert {c["service_tier"] for c in ours} == {"default"} == {c["service_tier"] for c in recorded}
+    fingerprints = {c["system_fingerprint"] for c in ours}
+    assert len(fingerprints) == 1 and fingerprints.pop().startswith("fp_")
+    parsed = [ChatCompletionChunk.model_validate(c) for c in ours]
+    assert parsed[0].system_fingerprint == "fp_tokenwire" and parsed[0].service_tier == "default"
+
+
+def test_the_whole_completion_carries_openais_fields(base: str) -> None:
+    completion = sdk(base).chat.completions.create(
+        model=f"ok:{RECORDING}", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert completion.system_fingerprint == "fp_tokenwire"
+    assert completion.service_tier == "default"
+    assert completion.choices[0].message.refusal is None

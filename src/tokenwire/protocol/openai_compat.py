@@ -69,6 +69,11 @@ __all__ = [
 
 
 Role = Literal["user", "assistant"]
+SYSTEM_FINGERPRINT = "fp_tokenwire"
+"""``system_fingerprint`` of every chunk and completion: stable, since tokenwire's own
+configuration does not change what the provider computes (OpenAI sends ``fp_<hex>``)."""
+SERVICE_TIER = "default"
+"""``service_tier`` of every chunk and completion (OpenAI's value for standard processing)."""
 _json = msgspec.json.Encoder()
 
 
@@ -427,7 +432,7 @@ class ChunkEncoder:
             case Start():
                 self.id = f"chatcmpl-{event.stream_id}"
                 self.created = int(event.created_at)
-                return [self._chunk({"role": "assistant", "content": ""})]
+                return [self._chunk({"role": "assistant", "content": "", "refusal": None})]
             case TextDelta(delta=delta) if delta:
                 self.text.append(delta)
                 return [self._chunk({"content": delta})]
@@ -491,6 +496,8 @@ class ChunkEncoder:
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
+            "service_tier": SERVICE_TIER,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
         }
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
@@ -526,6 +533,8 @@ class ChunkEncoder:
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
+            "service_tier": SERVICE_TIER,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": [
                 {
                     "index": 0,
