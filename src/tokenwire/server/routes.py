@@ -34,7 +34,7 @@ from tokenwire.protocol.sse import MAX_SEQ, parse_last_event_id
 from tokenwire.providers import Message, split_model
 from tokenwire.server.errors import error_response, field_error
 from tokenwire.server.identity import caller_dependency, require_json
-from tokenwire.transports.sse import EventStreamResponse, resume_point
+from tokenwire.transports.sse import RETRY_MS, EventStreamResponse, resume_point
 
 __all__ = ["build_router"]
 
@@ -228,6 +228,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
             stream_id,
             after=resume_point(info, after if seq is None else seq),
             heartbeat_interval=tw.settings.heartbeat_interval,
+            retry_ms=RETRY_MS,
         )
 
     @router.get("/v1/streams/{stream_id}", responses=responses(401, 404, 410, 422, 503))
