@@ -192,6 +192,9 @@ class Finish(_Base, tag="finish", frozen=True):
     finish_reason: FinishReason
     provider_finish_reason: str | None = None
     usage: TokenUsage | None = None
+    model: str | msgspec.UnsetType = msgspec.UNSET
+    """The ``provider:model`` that answered, set only when the request named fallback
+    models (:mod:`tokenwire.providers.fallback`); absent from the JSON otherwise."""
 
 
 class Error(_Base, tag="error", frozen=True):

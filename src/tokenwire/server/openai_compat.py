@@ -61,6 +61,7 @@ from tokenwire.protocol.openai_compat import (
     parse_request,
 )
 from tokenwire.providers import Message
+from tokenwire.providers.fallback import join_models
 from tokenwire.server.identity import caller_dependency, require_json
 from tokenwire.server.routes import responses
 from tokenwire.transports.first_event import failure_before_first_event
@@ -137,6 +138,15 @@ def _rate_limited(exc: RateLimitedError) -> JSONResponse:
     return JSONResponse(body, status_code=429, headers={"retry-after": str(exc.retry_after)})
 
 
+def with_fallbacks(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with OpenRouter's ``models`` array folded into ``model``
+    (:func:`~tokenwire.providers.fallback.join_models`)."""
+    if "models" not in body:
+        return body
+    rest = {k: v for k, v in body.items() if k != "models"}
+    return {**rest, "model": join_models(body.get("model"), body["models"])}
+
+
 def _failed(event: Error, headers: dict[str, str]) -> JSONResponse:
     """A failed generation as OpenAI's error: status by ``error.code``
     (:func:`error_status`), ``Retry-After`` the provider's (whole seconds, rounded up),
@@ -170,7 +180,7 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
         """Create a chat completion (streamed when ``stream`` is true), in a new
         conversation owned by the caller."""
         owner = await tw.access.owner(request)
-        chat = parse_request(body)
+        chat = parse_request(with_fallbacks(body))
         ticket = await tw.admit(request)
         stream = await tw.start(
             chat.model,

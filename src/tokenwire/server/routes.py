@@ -32,6 +32,7 @@ from tokenwire.events import encode_event, is_terminal, outcome
 from tokenwire.observability.cost import price
 from tokenwire.protocol.sse import MAX_SEQ, parse_last_event_id
 from tokenwire.providers import Message, split_model
+from tokenwire.providers.fallback import join_models
 from tokenwire.server.errors import error_response, field_error
 from tokenwire.server.identity import caller_dependency, require_json
 from tokenwire.transports.sse import RETRY_MS, EventStreamResponse, resume_point
@@ -80,6 +81,12 @@ class ChatBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = Field(
         None, min_length=1, description="'provider:model'; default: the server's default"
+    )
+    models: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="fallback models, tried in order after 'model' when the previous one "
+        "failed before its first event (OpenRouter's convention)",
     )
     messages: list[ChatMessage] = Field(
         description="the new messages; empty only with from_message_id (regenerate)"
@@ -159,7 +166,8 @@ def build_router(tw: Tokenwire) -> APIRouter:
             return field_error("messages", "List should have at least 1 item")
         messages = [Message(m.role, m.content) for m in body.messages]
         try:  # before anything is deleted or created
-            tw.check(body.model, messages, system=body.system, params=body.params, tools=body.tools)
+            model = join_models(body.model, body.models)
+            tw.check(model, messages, system=body.system, params=body.params, tools=body.tools)
         except (UnknownModelError, InvalidRequestError) as exc:
             return error_response(exc)
         if body.from_message_id is not None:
@@ -172,7 +180,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
             return error_response(exc)
         try:
             stream = await tw.start(
-                body.model,
+                model,
                 messages,
                 conversation_id=body.conversation_id,
                 system=body.system,
