@@ -513,7 +513,7 @@ def read_streamed(sdk: openai.OpenAI, model: str) -> dict[str, Any]:
                 usage = _sdk_usage(chunk.usage)
             for choice in chunk.choices:
                 delta = choice.delta
-                text.append(delta.content or "")
+                text.append((delta.content or "") + (delta.refusal or ""))  # native: both text
                 reasoning.append(getattr(delta, "reasoning_content", None) or "")
                 for call in delta.tool_calls or ():
                     entry = calls.setdefault(call.index, {"name": "", "arguments": ""})
@@ -540,7 +540,7 @@ def read_whole(sdk: openai.OpenAI, model: str) -> dict[str, Any]:
     (choice,) = completion.choices
     message = choice.message
     return {
-        "text": message.content or "",
+        "text": (message.content or "") + (message.refusal or ""),
         "reasoning": getattr(message, "reasoning_content", None) or "",
         "tool_calls": [
             (c.function.name, _args(c.function.arguments))

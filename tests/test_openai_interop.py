@@ -182,3 +182,26 @@ def test_the_whole_completion_carries_openais_fields(base: str) -> None:
     assert completion.system_fingerprint == "fp_tokenwire"
     assert completion.service_tier == "default"
     assert completion.choices[0].message.refusal is None
+
+
+REFUSAL = "openai-chat/gpt-4o_refusal"
+
+
+def test_a_refusal_is_delta_refusal_as_openai_sends_it(base: str) -> None:
+    recorded = sse_chunks((RECORDED / "gpt-4o_refusal.sse").read_text())
+    want = "".join(c["choices"][0]["delta"].get("refusal") or "" for c in recorded if c["choices"])
+    assert want  # the recording is a refusal
+    client = sdk(base)
+    streamed = list(
+        client.chat.completions.create(
+            model=f"ok:{REFUSAL}", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    )
+    deltas = [c.choices[0].delta for c in streamed if c.choices]
+    assert "".join(d.refusal or "" for d in deltas) == want
+    assert not "".join(d.content or "" for d in deltas)
+    whole = client.chat.completions.create(
+        model=f"ok:{REFUSAL}", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert whole.choices[0].message.refusal == want
+    assert whole.choices[0].message.content is None

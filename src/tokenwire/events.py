@@ -81,6 +81,10 @@ class Start(_Base, tag="start", frozen=True):
 class TextDelta(_Base, tag="text-delta", frozen=True):
     part: int
     delta: str
+    refusal: bool | msgspec.UnsetType = msgspec.UNSET
+    """``True`` on the text of a model's refusal (OpenAI's ``delta.refusal``, the
+    Responses API's ``response.refusal.delta``); absent from the JSON otherwise. The
+    text is still the message's text."""
 
 
 class ReasoningDelta(_Base, tag="reasoning-delta", frozen=True):

@@ -413,6 +413,7 @@ class ChunkEncoder:
         self.id = "chatcmpl-"
         self.created = 0
         self.text: list[str] = []
+        self.refusal: list[str] = []
         self.reasoning: list[str] = []
         self.calls: dict[str, _Call] = {}
         self.usage: TokenUsage | None = None
@@ -433,6 +434,9 @@ class ChunkEncoder:
                 self.id = f"chatcmpl-{event.stream_id}"
                 self.created = int(event.created_at)
                 return [self._chunk({"role": "assistant", "content": "", "refusal": None})]
+            case TextDelta(delta=delta, refusal=True) if delta:
+                self.refusal.append(delta)
+                return [self._chunk({"refusal": delta})]
             case TextDelta(delta=delta) if delta:
                 self.text.append(delta)
                 return [self._chunk({"content": delta})]
@@ -511,11 +515,11 @@ class ChunkEncoder:
     def completion(self) -> dict[str, Any]:
         """The ``chat.completion`` object for the events fed so far (call after the
         terminal event; an unfinished stream reports ``finish_reason: null``)."""
-        text = "".join(self.text)
+        text, refusal = "".join(self.text), "".join(self.refusal)
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": text if text or not self.calls else None,
-            "refusal": None,
+            "content": text if text or not (self.calls or refusal) else None,
+            "refusal": refusal or None,
         }
         if self.reasoning:
             message["reasoning_content"] = "".join(self.reasoning)

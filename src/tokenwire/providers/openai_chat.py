@@ -16,7 +16,8 @@ Compatible servers differ; the parser accepts, per choice ``delta``:
 - reasoning under ``reasoning_content`` (DeepSeek, vLLM) or ``reasoning`` (Groq,
   OpenRouter), or inline ``<think>…</think>`` at the start of ``content``
   (see :mod:`tokenwire.providers.think`);
-- ``refusal`` deltas, passed on as text;
+- ``refusal`` deltas, passed on as text marked ``refusal`` (``delta.refusal`` again on the
+  OpenAI-compatible surface);
 - ``tool_calls`` split over many deltas and interleaved, keyed by ``index``, and the
   legacy ``function_call``;
 - usage at the top level or under ``x_groq.usage`` (Groq).
@@ -180,8 +181,8 @@ class ChatCompletionsParser:
                 if isinstance(item, Mapping):
                     self._content_part(item, out)
         refusal = delta.get("refusal")
-        if isinstance(refusal, str):
-            self._emit("text", refusal, out)
+        if isinstance(refusal, str) and refusal:
+            out.append(TextDelta(part=self._parts.index("text"), delta=refusal, refusal=True))
         for call in delta.get("tool_calls") or ():
             self._tool_delta(call, out)
         legacy = delta.get("function_call")
