@@ -8,61 +8,25 @@ headers and ``x-mock-tag``, so the mock's request records show which were asked.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import httpx2
 import openai
 import pytest
 
-from tests.support.servers import uvicorn_thread
+from tests.support.mock_faults import FAULTS, asked, fault_base
 from tests.support.sse import chat_sse, text_of
-from tokenwire import ProviderRegistry, Settings, Tokenwire, create_app
-from tokenwire.providers.openai_chat import OpenAIChatProvider
 
 pytestmark = pytest.mark.slow
 
 REC = "openai-chat/gpt-4.1-nano_text_303chunks"
-RUN = uuid.uuid4().hex[:8]
-FAULTS: dict[str, dict[str, str]] = {
-    "ok": {},
-    "r500": {"x-mock-status": "500"},
-    "r429": {"x-mock-status": "429"},
-    "inband": {"x-mock-inband-error": "20"},  # fails after its first tokens
-}
-
-
-def tag(name: str) -> str:
-    return f"fallback-{RUN}-{name}"
 
 
 @pytest.fixture(scope="module")
 def base(mock_provider: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    registry = ProviderRegistry()
-    for name, headers in FAULTS.items():
-        client = httpx2.AsyncClient(
-            headers={**headers, "x-mock-tag": tag(name)}, timeout=httpx2.Timeout(10.0)
-        )
-        registry.register(
-            name,
-            OpenAIChatProvider(base_url=mock_provider + "/v1", api_key="k", http_client=client),
-        )
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("fallback"), max_retries=0, provider_timeout=10.0
-    )
-    with uvicorn_thread(create_app(tokenwire=Tokenwire(settings, registry=registry))) as url:
+    with fault_base(mock_provider, tmp_path_factory) as url:
         yield url
-
-
-def asked(mock_provider: str) -> dict[str, int]:
-    """How many requests the mock received per fault provider so far."""
-    counts = {}
-    for name in FAULTS:
-        response = httpx.get(f"{mock_provider}/_mock/requests", params={"tag": tag(name)})
-        counts[name] = len(response.json())
-    return counts
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

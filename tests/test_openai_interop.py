@@ -11,64 +11,30 @@ the real ``mock_provider`` process, each with its own ``x-mock-*`` fault headers
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import httpx2
 import openai
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
-from tests.support.servers import uvicorn_thread
-from tokenwire import ProviderRegistry, Settings, Tokenwire, create_app
-from tokenwire.providers.openai_chat import OpenAIChatProvider
+from tests.support.mock_faults import asked, fault_base
 
 pytestmark = pytest.mark.slow
 
 RECORDING = "openai-chat/gpt-4.1-nano_text_303chunks"
-RUN = uuid.uuid4().hex[:8]
-FAULTS: dict[str, dict[str, str]] = {
-    "ok": {},
-    "r429": {"x-mock-status": "429"},
-    "r500": {"x-mock-status": "500"},
-    "r400": {"x-mock-status": "400"},
-    "inband": {"x-mock-inband-error": "20"},
-}
-
-
-def tag(name: str) -> str:
-    return f"interop-{RUN}-{name}"
 
 
 @pytest.fixture(scope="module")
 def base(mock_provider: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """tokenwire whose model ``<fault>:<recording>`` hits the mock with that fault."""
-    registry = ProviderRegistry()
-    for name, headers in FAULTS.items():
-        client = httpx2.AsyncClient(
-            headers={**headers, "x-mock-tag": tag(name)}, timeout=httpx2.Timeout(10.0)
-        )
-        provider = OpenAIChatProvider(
-            base_url=mock_provider + "/v1", api_key="k", http_client=client
-        )
-        registry.register(name, provider)
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("interop"), max_retries=0, provider_timeout=10.0
-    )
-    with uvicorn_thread(create_app(tokenwire=Tokenwire(settings, registry=registry))) as url:
+    with fault_base(mock_provider, tmp_path_factory) as url:
         yield url
 
 
 def sdk(base: str, retries: int = 0) -> openai.OpenAI:
     return openai.OpenAI(base_url=base + "/v1", api_key="anything", max_retries=retries)
-
-
-def mock_requests(mock_provider: str, name: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{mock_provider}/_mock/requests", params={"tag": tag(name)})
-    return list(response.json())
 
 
 def stream(client: openai.OpenAI, fault: str) -> list[Any]:
@@ -93,10 +59,10 @@ def test_a_429_before_the_first_token_raises_rate_limit_error(base: str) -> None
 
 
 def test_the_sdk_retries_a_429_before_the_first_token(base: str, mock_provider: str) -> None:
-    before = len(mock_requests(mock_provider, "r429"))
+    before = asked(mock_provider)["r429"]
     with pytest.raises(openai.RateLimitError):
         stream(sdk(base, retries=2), "r429")
-    assert len(mock_requests(mock_provider, "r429")) - before == 3  # the first and 2 retries
+    assert asked(mock_provider)["r429"] - before == 3  # the first and 2 retries
 
 
 @pytest.mark.parametrize(
