@@ -18,6 +18,7 @@ from tests.support.node import node_with, run_script
 from tests.support.recordings import RECORDINGS, expected
 from tests.support.servers import uvicorn_thread
 from tests.support.sse import read_sse
+from tests.support.tools import explode
 from tokenwire import ProviderRegistry, Settings, Tokenwire, create_app
 from tokenwire.events import (
     Cancelled,
@@ -27,10 +28,13 @@ from tokenwire.events import (
     ReasoningDelta,
     Source,
     Start,
+    StepFinish,
+    StepStart,
     TextDelta,
     ToolCall,
     ToolCallDelta,
     ToolCallStart,
+    ToolResult,
     Usage,
 )
 from tokenwire.protocol.aisdk import (
@@ -43,6 +47,7 @@ from tokenwire.protocol.aisdk import (
 )
 from tokenwire.providers.anthropic import AnthropicProvider
 from tokenwire.providers.openai_chat import OpenAIChatProvider
+from tokenwire.testing import get_time
 
 AISDK_DIR = Path(__file__).resolve().parent / "aisdk"
 VERSIONS = ["5", "6", "7"]
@@ -206,6 +211,43 @@ ENCODER_TABLE: list[tuple[str, list[Event], str, list[dict[str, Any]]]] = [
         "5",
         [*BEGIN, {"type": "finish-step"}, {"type": "abort"}],
     ),
+    (
+        "agent-loop-steps-and-tool-results",
+        [
+            StepStart(step=1),
+            ToolCall(part=0, tool_call_id="c1", name="t", arguments={}),
+            ToolCall(part=1, tool_call_id="c2", name="u", arguments={"x": 1}),
+            ToolResult(part=2, tool_call_id="c1", output={"ok": True}),
+            ToolResult(part=3, tool_call_id="c2", output="u failed (ValueError)", is_error=True),
+            StepFinish(step=1, finish_reason="tool_calls"),
+            StepStart(step=2),
+            TextDelta(part=4, delta="done"),
+            StepFinish(step=2),
+            Finish(finish_reason="stop"),
+        ],
+        "7",
+        [
+            *BEGIN,
+            {"type": "tool-input-start", "toolCallId": "c1", "toolName": "t"},
+            {"type": "tool-input-available", "toolCallId": "c1", "toolName": "t", "input": {}},
+            {"type": "tool-input-start", "toolCallId": "c2", "toolName": "u"},
+            {
+                "type": "tool-input-available",
+                "toolCallId": "c2",
+                "toolName": "u",
+                "input": {"x": 1},
+            },
+            {"type": "tool-output-available", "toolCallId": "c1", "output": {"ok": True}},
+            {"type": "tool-output-error", "toolCallId": "c2", "errorText": "u failed (ValueError)"},
+            {"type": "finish-step"},
+            {"type": "start-step"},
+            {"type": "text-start", "id": "text-4"},
+            {"type": "text-delta", "id": "text-4", "delta": "done"},
+            {"type": "text-end", "id": "text-4"},
+            {"type": "finish-step"},
+            {"type": "finish", "finishReason": "stop"},
+        ],
+    ),
 ]
 
 
@@ -325,7 +367,7 @@ def server(
     settings = Settings(
         fake_provider=True, data_dir=tmp_path_factory.mktemp("aisdk"), max_retries=0
     )
-    tw = Tokenwire(settings, registry=registry)
+    tw = Tokenwire(settings, registry=registry, tools=[get_time, explode])
     with uvicorn_thread(create_app(tokenwire=tw)) as url:
         yield url, tw
 
@@ -404,6 +446,45 @@ def test_every_version_reads_the_same_message_as_native(
         for j, r in zip(jobs, results, strict=True)
     }
     assert {(v, True) for v in VERSIONS} <= covered
+
+
+def test_every_version_reads_a_server_side_agent_loop(
+    node: str, server: tuple[str, Tokenwire]
+) -> None:
+    """Two steps with a server-side tool, and a failing tool: each SDK version's own
+    client validates every chunk and builds one message with a tool part whose state
+    is ``output-available`` (or ``output-error``), two steps, then the answer."""
+    base, _ = server
+    jobs: list[dict[str, Any]] = [
+        {
+            "version": v,
+            "api": base + "/api/chat",
+            "chatId": f"agent-{v}-{tool}",
+            "action": "send",
+            "text": "what time is it?",
+            "body": {"model": "fake:tools", "tools": [tool]},
+            "headers": {"x-tokenwire-ai-sdk": v},
+        }
+        for v in VERSIONS
+        for tool in ("get_time", "explode")
+    ]
+    for job, result in zip(jobs, run_node(node, jobs), strict=True):
+        first = result["first"]
+        assert first["errors"] == [] and first["status"] == "ready", (job, first["errors"])
+        parts = first["messages"][1]["parts"]
+        assert [p["type"] for p in parts] == [
+            "step-start",
+            f"tool-{job['body']['tools'][0]}",
+            "step-start",
+            "text",
+        ], job
+        tool, text = parts[1], parts[3]["text"]
+        if job["body"]["tools"] == ["get_time"]:
+            assert tool["state"] == "output-available" and tool["output"] == text
+            assert len(text) == len("2026-01-31T12:00:00Z") and text.endswith("Z")
+        else:
+            assert tool["state"] == "output-error" and tool["errorText"] == text
+            assert "RuntimeError" in text
 
 
 def test_schema_validation_is_really_applied(node: str) -> None:

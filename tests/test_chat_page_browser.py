@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -35,6 +36,7 @@ from tokenwire.providers.base import GenerationRequest, ProviderEvent, finish
 from tokenwire.providers.openai_chat import OpenAIChatProvider
 from tokenwire.server.app import create_app
 from tokenwire.settings import Settings
+from tokenwire.testing import get_time
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -189,6 +191,7 @@ MODELS = [
     "fake:echo",
     "fake:think",
     "fake:tool",
+    "fake:tools",
     MOCK,
     *(f"test:{name}" for name in SCRIPTS),
 ]
@@ -215,7 +218,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, mock_provider: str) -> Iter
         OpenAIChatProvider(base_url=mock_provider + "/v1", api_key="k", http_client=upstream),
     )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with uvicorn_thread(create_app(tokenwire=Tokenwire(settings, registry=registry))) as base:
+    tw = Tokenwire(settings, registry=registry, tools=[get_time])
+    with uvicorn_thread(create_app(tokenwire=tw)) as base:
         yield base
 
 
@@ -781,3 +785,20 @@ def test_reasoning_and_tool_calls(page: Page, server: str) -> None:
     # one stats line per answer
     expect(page.locator(".message.assistant .meta")).to_have_count(2)
     shoot(page, "reasoning-and-tool-call")
+
+
+def test_server_tool_cards_live_and_after_reload(page: Page) -> None:
+    """``?tools=get_time`` offers the server-side tool: its card shows the call and the
+    result as the events arrive, and again when the conversation is reloaded."""
+    clock = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+    page.goto("/?tools=get_time")
+    expect(page.locator("#model option")).to_have_count(len(MODELS))
+    ask(page, "fake:tools", "What time is it?")
+    card = page.locator(".message.assistant .tool-call")
+    expect(card.locator(".tool-name")).to_have_text("get_time")
+    expect(card.locator(".tool-result")).to_have_text(clock)
+    expect(answer(page)).to_have_text(clock)
+    expect(page.locator("#send")).to_be_visible()
+    page.reload()
+    expect(card.locator(".tool-name")).to_have_text("get_time")
+    expect(card.locator(".tool-result")).to_have_text(clock)

@@ -92,3 +92,13 @@ def test_help_lists_the_commands() -> None:
     out, _ = proc.communicate(timeout=60)
     for command in ("serve", "chat", "mock-provider"):
         assert command in out
+
+
+def test_tools_that_cannot_be_loaded_stop_serve_and_worker(tmp_path: Path) -> None:
+    for command in ("serve", "worker"):
+        proc = tokenwire(
+            command, "--tools", "tokenwire.testing:nothing", "--data-dir", str(tmp_path)
+        )
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, (command, err)
+        assert "tools 'tokenwire.testing:nothing': cannot load it" in out + err

@@ -53,6 +53,16 @@ def test_deltas_within_the_window_merge_until_its_end() -> None:
     assert c.deadline is None and c.flush() == []
 
 
+def test_a_refusal_is_never_merged_into_text() -> None:
+    c, clock = coalescer(0.02)
+    refusal = TextDelta(part=0, delta="no", refusal=True)
+    assert c.push(text("a")) == [text("a")]
+    clock.now += 0.005
+    assert c.push(text("b")) == []
+    assert c.push(refusal) == [text("b")]  # the pending text goes out first, unmerged
+    assert c.flush() == [refusal]
+
+
 def test_a_merged_delta_past_the_deadline_is_released_at_once() -> None:
     c, clock = coalescer(0.02)
     c.push(text("a"))

@@ -203,7 +203,27 @@ def test_heartbeat_comments_while_silent(client: httpx.Client) -> None:
             if b": ping\n\n" in body:
                 break
     client.post(started["cancel_url"])
-    assert body.startswith(b"id: 1\nevent: start\n")
+    assert body.startswith(b"retry: 1000\n\nid: 1\nevent: start\n")
+
+
+@pytest.mark.parametrize("resume", [None, "1"])
+def test_native_stream_sends_retry_once_at_the_start(
+    client: httpx.Client, resume: str | None
+) -> None:
+    """``retry: 1000`` first (EventSource then reconnects within 1 s), never again."""
+    started = start(client, model="fake:lorem", params={"tokens": 5})
+    headers = {} if resume is None else {"last-event-id": resume}
+    body = client.get(started["events_url"], headers=headers).content
+    first = b"id: 1\n" if resume is None else b"id: 2\n"
+    assert body.startswith(b"retry: 1000\n\n" + first)
+    assert body.count(b"retry:") == 1 and body.endswith(b"\n\n")
+    posted = client.post(
+        "/v1/chat",
+        json={"model": "fake:echo", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"accept": "text/event-stream"},
+    ).content
+    assert posted.startswith(b"retry: 1000\n\nid: 1\nevent: start\n")
+    assert posted.count(b"retry:") == 1
 
 
 def test_long_poll(client: httpx.Client) -> None:

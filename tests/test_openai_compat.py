@@ -243,7 +243,10 @@ def test_parse_request_refuses(
 START = Start(
     seq=1, stream_id="s1", message_id="m", conversation_id="c", model="fake:x", created_at=7.9
 )
-HEAD = b'data: {"id":"chatcmpl-s1","object":"chat.completion.chunk","created":7,"model":"m",'
+HEAD = (
+    b'data: {"id":"chatcmpl-s1","object":"chat.completion.chunk","created":7,"model":"m",'
+    b'"service_tier":"default","system_fingerprint":"fp_tokenwire",'
+)
 
 
 def _choice(delta: str, finish: str = "null", usage: bool = False) -> bytes:
@@ -273,7 +276,7 @@ TOKENS = TokenUsage(input_tokens=3, output_tokens=5, reasoning_tokens=2, cached_
                 Finish(finish_reason="stop"),
             ],
             False,
-            _choice('{"role":"assistant","content":""}')
+            _choice('{"role":"assistant","content":"","refusal":null}')
             + _choice('{"content":"h\u00e9"}')
             + _choice("{}", '"stop"')
             + b"data: [DONE]\n\n",
@@ -286,7 +289,7 @@ TOKENS = TokenUsage(input_tokens=3, output_tokens=5, reasoning_tokens=2, cached_
                 Finish(finish_reason="other", usage=TOKENS),
             ],
             True,
-            _choice('{"role":"assistant","content":""}', usage=True)
+            _choice('{"role":"assistant","content":"","refusal":null}', usage=True)
             + _choice('{"reasoning_content":"r"}', usage=True)
             + _choice("{}", '"stop"', usage=True)
             + HEAD
@@ -307,7 +310,7 @@ TOKENS = TokenUsage(input_tokens=3, output_tokens=5, reasoning_tokens=2, cached_
                 Finish(finish_reason="tool_calls"),
             ],
             False,
-            _choice('{"role":"assistant","content":""}')
+            _choice('{"role":"assistant","content":"","refusal":null}')
             + _choice(
                 '{"tool_calls":[{"index":0,"id":"a","type":"function","function":{"name":"f","arguments":""}}]}'
             )
@@ -322,7 +325,7 @@ TOKENS = TokenUsage(input_tokens=3, output_tokens=5, reasoning_tokens=2, cached_
         (
             [START, TextDelta(part=0, delta="a"), Cancelled(reason="user")],
             False,
-            _choice('{"role":"assistant","content":""}')
+            _choice('{"role":"assistant","content":"","refusal":null}')
             + _choice('{"content":"a"}')
             + _choice("{}", '"stop"')[:-3]
             + b',"x_tokenwire":{"status":"cancelled","reason":"user"}}\n\ndata: [DONE]\n\n',
@@ -330,7 +333,7 @@ TOKENS = TokenUsage(input_tokens=3, output_tokens=5, reasoning_tokens=2, cached_
         (
             [START, Error(code="provider_rate_limited", message="slow down", retryable=True)],
             True,
-            _choice('{"role":"assistant","content":""}', usage=True)
+            _choice('{"role":"assistant","content":"","refusal":null}', usage=True)
             + b'data: {"error":{"message":"slow down","type":"rate_limit_error",'
             b'"param":null,"code":"provider_rate_limited"}}\n\n',
         ),
@@ -361,6 +364,8 @@ def test_completion_object() -> None:
         "object": "chat.completion",
         "created": 7,
         "model": "m",
+        "service_tier": "default",
+        "system_fingerprint": "fp_tokenwire",
         "choices": [
             {
                 "index": 0,
@@ -508,7 +513,7 @@ def read_streamed(sdk: openai.OpenAI, model: str) -> dict[str, Any]:
                 usage = _sdk_usage(chunk.usage)
             for choice in chunk.choices:
                 delta = choice.delta
-                text.append(delta.content or "")
+                text.append((delta.content or "") + (delta.refusal or ""))  # native: both text
                 reasoning.append(getattr(delta, "reasoning_content", None) or "")
                 for call in delta.tool_calls or ():
                     entry = calls.setdefault(call.index, {"name": "", "arguments": ""})
@@ -535,7 +540,7 @@ def read_whole(sdk: openai.OpenAI, model: str) -> dict[str, Any]:
     (choice,) = completion.choices
     message = choice.message
     return {
-        "text": message.content or "",
+        "text": (message.content or "") + (message.refusal or ""),
         "reasoning": getattr(message, "reasoning_content", None) or "",
         "tool_calls": [
             (c.function.name, _args(c.function.arguments))

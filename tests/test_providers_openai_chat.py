@@ -165,7 +165,7 @@ def test_only_choice_zero_is_followed() -> None:
 def test_refusal_is_text_and_finish_reason_kept(raw: str, reason: str) -> None:
     events = run(delta(content=None, refusal="I can't"), delta(raw))
     assert events == [
-        TextDelta(part=0, delta="I can't"),
+        TextDelta(part=0, delta="I can't", refusal=True),  # text, marked a refusal
         Finish(finish_reason=reason, provider_finish_reason=raw),  # type: ignore[arg-type]
     ]
 

@@ -150,7 +150,7 @@ def test_incomplete(reason: str, want: str) -> None:
 def test_refusal_is_text() -> None:
     refusal = {"type": "response.refusal.delta", "item_id": "msg_1", "content_index": 0}
     events = run(refusal | {"delta": "No."}, completed())
-    assert events[0] == TextDelta(part=0, delta="No.")
+    assert events[0] == TextDelta(part=0, delta="No.", refusal=True)
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,7 @@ def test_the_heavy_check_can_fail() -> None:
 
 LAYERS = [
     {"events", "errors", "settings", "protocol", "observability"},
-    {"providers", "store", "accumulate"},
+    {"providers", "store", "accumulate", "tools", "agent"},  # agent: the loop around a provider
     {"log"},
     {"producer", "queue"},  # the queue carries generations to producers elsewhere
     {"engine"},

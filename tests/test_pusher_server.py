@@ -380,7 +380,9 @@ async def test_ping_pong(base: str) -> None:
         ("no-such-key", "?protocol=7", 4001),
         (KEY, "", 4008),
         (KEY, "?protocol=", 4008),
-        (KEY, "?protocol=6", 4007),
+        (KEY, "?protocol=0", 4007),
+        (KEY, "?protocol=1", 4007),
+        (KEY, "?protocol=3", 4007),
         (KEY, "?protocol=8", 4007),
         (KEY, "?protocol=seven", 4006),
     ],
@@ -394,6 +396,15 @@ async def test_refused_connections_get_error_then_close(
     assert [f["event"] for f in frames] == ["pusher:error"]
     assert frames[0]["data"]["code"] == code and frames[0]["data"]["message"]
     assert close_code == code
+
+
+@pytest.mark.parametrize("version", [4, 5, 6, 7])
+async def test_protocols_4_to_7_are_accepted(base: str, version: int) -> None:
+    """Pusher refuses only protocols 1-3 (4007); ``pysher`` asks for 6, ``pusher-js`` for 7."""
+    async with connect(ws_url(base, KEY, f"?protocol={version}")) as ws:
+        frame = await Socket(ws).recv()
+    assert frame["event"] == "pusher:connection_established"
+    assert re.fullmatch(r"\d+\.\d+", json.loads(frame["data"])["socket_id"])
 
 
 async def test_max_connections_closes_4100(base: str) -> None:

@@ -7,7 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tokenwire.events import Cancelled, Finish, Start, TextDelta, TokenUsage, decode_event, with_seq
-from tokenwire.protocol.sse import HEARTBEAT, ServerSentEvent, SSEDecoder, encode_sse
+from tokenwire.protocol.sse import (
+    HEARTBEAT,
+    ServerSentEvent,
+    SSEDecoder,
+    encode_retry,
+    encode_sse,
+)
 from tokenwire.transports.sse import frame_events
 
 
@@ -23,6 +29,18 @@ from tokenwire.transports.sse import frame_events
 )
 def test_encode_sse(kwargs: dict[str, object], expected: bytes) -> None:
     assert encode_sse(**kwargs) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("ms", "expected"), [(1000, b"retry: 1000\n\n"), (0, b"retry: 0\n\n")])
+def test_encode_retry(ms: int, expected: bytes) -> None:
+    assert encode_retry(ms) == expected
+    decoder = SSEDecoder()  # a retry block alone dispatches no event
+    assert decoder.decode(expected) == [] and decoder.flush() == []
+
+
+def test_encode_retry_rejects_negative() -> None:
+    with pytest.raises(ValueError, match="milliseconds"):
+        encode_retry(-1)
 
 
 @pytest.mark.parametrize(

@@ -25,11 +25,14 @@ from tokenwire.events import (
     ReasoningDelta,
     Source,
     Start,
+    StepFinish,
+    StepStart,
     TextDelta,
     TokenUsage,
     ToolCall,
     ToolCallDelta,
     ToolCallStart,
+    ToolResult,
     Usage,
     decode_event,
     encode_event,
@@ -40,6 +43,7 @@ if _typing.TYPE_CHECKING:
     from tokenwire.providers import GenerationRequest, Message, Provider, ProviderRegistry
     from tokenwire.server.app import create_app
     from tokenwire.settings import Settings
+    from tokenwire.tools import Tool, ToolRegistry
 
 _LAZY = {
     "GenerationRequest": "tokenwire.providers",
@@ -50,6 +54,8 @@ _LAZY = {
     "Settings": "tokenwire.settings",
     "Stream": "tokenwire.engine",
     "Tokenwire": "tokenwire.engine",
+    "Tool": "tokenwire.tools",
+    "ToolRegistry": "tokenwire.tools",
     "create_app": "tokenwire.server.app",
 }
 """Names imported on first use (PEP 562), so that ``import tokenwire.events`` or
@@ -90,6 +96,8 @@ __all__ = [
     "ShuttingDownError",
     "Source",
     "Start",
+    "StepFinish",
+    "StepStart",
     "StoreError",
     "Stream",
     "StreamExpiredError",
@@ -98,9 +106,12 @@ __all__ = [
     "TokenUsage",
     "Tokenwire",
     "TokenwireError",
+    "Tool",
     "ToolCall",
     "ToolCallDelta",
     "ToolCallStart",
+    "ToolRegistry",
+    "ToolResult",
     "UnknownModelError",
     "Usage",
     "create_app",

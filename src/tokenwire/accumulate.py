@@ -6,7 +6,7 @@ Used for polling snapshots, for the stored message's ``parts`` and by
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from tokenwire.events import (
     Cancelled,
@@ -22,10 +22,31 @@ from tokenwire.events import (
     ToolCall,
     ToolCallDelta,
     ToolCallStart,
+    ToolResult,
     Usage,
 )
 
-__all__ = ["MessageState"]
+__all__ = ["MessageSink", "MessageState"]
+
+
+class MessageSink(Protocol):
+    """Where the producer writes assistant messages (the store)."""
+
+    async def update_message(
+        self,
+        message_id: str,
+        *,
+        parts: list[dict[str, object]] | None = None,
+        status: str | None = None,
+        finish_reason: str | None = None,
+        usage: dict[str, int] | None = None,
+        error: dict[str, object] | None = None,
+        cost: dict[str, object] | None = None,
+    ) -> None: ...
+
+    async def checkpoint_messages(
+        self, parts_by_id: dict[str, list[dict[str, object]]]
+    ) -> None: ...
 
 
 class MessageState:
@@ -70,6 +91,8 @@ class MessageState:
                     entry["arguments_text"] = event.arguments_text
                     entry["invalid"] = True
                 self.parts[event.part] = entry
+            case ToolResult():
+                self.parts[event.part] = self._tool_result(event)
             case Source():
                 self.parts[event.part] = {"type": "source", "url": event.url, "title": event.title}
             case Usage():
@@ -85,6 +108,29 @@ class MessageState:
             case Cancelled():
                 self.status = self.status.then(MessageStatus.CANCELLED)
                 self.cancel_reason = event.reason
+
+    def _tool_result(self, event: ToolResult) -> dict[str, Any]:
+        """``{type: "tool-result", tool_call_id, name, output, is_error}`` (``name``
+        from the call it answers)."""
+        call = next((p for p in self.tool_calls if p["tool_call_id"] == event.tool_call_id), {})
+        return {
+            "type": "tool-result",
+            "tool_call_id": event.tool_call_id,
+            "name": call.get("name", ""),
+            "output": event.output,
+            "is_error": event.is_error,
+        }
+
+    def stop_error(self) -> dict[str, object] | None:
+        """What the store keeps of a stop in the message's ``error`` field: ``{"code":
+        "cancelled", "reason": …, "message": …}`` (``reason`` as in the ``cancelled``
+        event: ``user``, ``superseded``, ``abandoned``, ``shutdown`` …); ``None`` unless
+        the message was cancelled."""
+        if self.status != "cancelled":
+            return None
+        reason = self.cancel_reason or "user"
+        message = f"the generation was stopped ({reason})"
+        return {"code": "cancelled", "reason": reason, "message": message}
 
     def _append(self, part: int, kind: str, delta: str) -> None:
         entry = self.parts.setdefault(part, {"type": kind, "text": ""})

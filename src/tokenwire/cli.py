@@ -42,6 +42,28 @@ def _say(settings: Settings, text: str) -> None:
         console.print(text)
 
 
+ToolsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Server-side tools, 'module:object' (a ToolRegistry or a list of "
+        "functions) that requests may name in 'tools' (env TOKENWIRE_TOOLS; docs/tools.md).",
+    ),
+]
+
+
+def _check_tools(settings: Settings) -> None:
+    """Load ``settings.tools`` once to fail early (exit 2) and say which tools there are."""
+    if settings.tools:
+        from tokenwire.errors import ConfigurationError
+        from tokenwire.tools import load_tools
+
+        try:
+            loaded = load_tools(settings.tools)
+        except ConfigurationError as exc:
+            _fail(str(exc))
+        _say(settings, f"tokenwire: tools {', '.join(loaded.names()) or '(none)'}")
+
+
 def _observability(settings: Settings, log_level: str) -> None:
     """Logging in ``TOKENWIRE_LOG_FORMAT``; OpenTelemetry traces as ``OTEL_*`` ask."""
     from tokenwire.observability import logs, tracing
@@ -74,6 +96,7 @@ def serve(
             "(env TOKENWIRE_PRODUCERS=queue; needs a Redis log or TOKENWIRE_QUEUE_URL).",
         ),
     ] = False,
+    tools: ToolsOption = None,
 ) -> None:
     """Run the HTTP server: native API, SSE, and the chat page at http://HOST:PORT/.
 
@@ -91,7 +114,9 @@ def serve(
         default_model=model,
         data_dir=data_dir,
         producers="queue" if no_producers else None,
+        tools=tools,
     )
+    _check_tools(settings)
     if not (
         is_loopback(settings.host) or settings.identity_configured() or settings.allow_anonymous
     ):
@@ -128,11 +153,13 @@ def worker(
             help="Serve Prometheus /metrics on this port (env TOKENWIRE_WORKER_METRICS_PORT)."
         ),
     ] = None,
+    tools: ToolsOption = None,
 ) -> None:
     """Run queued generations (from 'serve --no-producers' nodes) until SIGINT/SIGTERM."""
     from tokenwire.worker import GenerationWorker, serve_metrics
 
-    settings = _settings(data_dir=data_dir, worker_metrics_port=metrics_port)
+    settings = _settings(data_dir=data_dir, worker_metrics_port=metrics_port, tools=tools)
+    _check_tools(settings)
     _observability(settings, log_level)
     runner = GenerationWorker(settings, concurrency=concurrency)
     _say(settings, f"tokenwire worker {runner.id}: queue {settings.queue_name!r}")

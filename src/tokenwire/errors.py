@@ -74,6 +74,8 @@ class ProviderError(TokenwireError):
             a stack trace.
         retryable: whether the same request may succeed later.
         status: the provider's HTTP status, when there was one.
+        retry_after: seconds the provider asked to wait (its ``Retry-After``), or
+            ``None``.
     """
 
     http_status = 502
@@ -86,12 +88,14 @@ class ProviderError(TokenwireError):
         *,
         retryable: bool = False,
         status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message
         self.retryable = retryable
         self.status = status
+        self.retry_after = retry_after
 
 
 class UnknownModelError(TokenwireError):

@@ -81,6 +81,10 @@ class Start(_Base, tag="start", frozen=True):
 class TextDelta(_Base, tag="text-delta", frozen=True):
     part: int
     delta: str
+    refusal: bool | msgspec.UnsetType = msgspec.UNSET
+    """``True`` on the text of a model's refusal (OpenAI's ``delta.refusal``, the
+    Responses API's ``response.refusal.delta``); absent from the JSON otherwise. The
+    text is still the message's text."""
 
 
 class ReasoningDelta(_Base, tag="reasoning-delta", frozen=True):
@@ -192,6 +196,9 @@ class Finish(_Base, tag="finish", frozen=True):
     finish_reason: FinishReason
     provider_finish_reason: str | None = None
     usage: TokenUsage | None = None
+    model: str | msgspec.UnsetType = msgspec.UNSET
+    """The ``provider:model`` that answered, set only when the request named fallback
+    models (:mod:`tokenwire.providers.fallback`); absent from the JSON otherwise."""
 
 
 class Error(_Base, tag="error", frozen=True):
@@ -200,6 +207,9 @@ class Error(_Base, tag="error", frozen=True):
     code: ErrorCode
     message: str
     retryable: bool = False
+    retry_after: float | None = None
+    """Seconds the provider asked to wait before a retry (its ``Retry-After``), or
+    ``None`` when it said nothing."""
 
 
 class Cancelled(_Base, tag="cancelled", frozen=True):

@@ -36,6 +36,10 @@ ends. ``coalesce_ms = 0`` turns merging off: every delta is its own event. The
 rule is :class:`~tokenwire.protocol.coalesce.Coalescer` (sans-I/O); the run only
 arms a timer for its deadline.
 
+Server-side tools (``docs/tools.md``): a generation naming tools runs the
+:class:`~tokenwire.agent.Agent` loop, not the bare provider stream; all of the above
+applies to the whole loop (one stream, one terminal event; a stop cancels tools).
+
 Observability (``docs/observability.md``): each run is one OpenTelemetry span
 (:mod:`tokenwire.observability.tracing`), records the Prometheus instruments of
 :mod:`tokenwire.observability.metrics` (time to first token, duration, output
@@ -51,11 +55,12 @@ import contextlib
 import copy
 import logging
 import time
-from typing import Protocol
+from collections.abc import AsyncIterator
 
 import msgspec
 
-from tokenwire.accumulate import MessageState
+from tokenwire.accumulate import MessageSink, MessageState
+from tokenwire.agent import DEFAULT_MAX_STEPS, source
 from tokenwire.errors import ProviderError
 from tokenwire.events import (
     Cancelled,
@@ -76,6 +81,7 @@ from tokenwire.observability.cost import price
 from tokenwire.observability.tracing import GenerationSpan
 from tokenwire.protocol.coalesce import Coalescer
 from tokenwire.providers.base import GenerationRequest, Provider
+from tokenwire.tools import ToolRegistry
 
 __all__ = ["Generation", "MessageSink", "Producer", "ProducerConfig"]
 
@@ -91,26 +97,6 @@ _CLOSE_TIMEOUT = 5.0
 """Seconds allowed for closing the upstream response after a stop."""
 
 
-class MessageSink(Protocol):
-    """Where the producer writes assistant messages (the store)."""
-
-    async def update_message(
-        self,
-        message_id: str,
-        *,
-        parts: list[dict[str, object]] | None = None,
-        status: str | None = None,
-        finish_reason: str | None = None,
-        usage: dict[str, int] | None = None,
-        error: dict[str, object] | None = None,
-        cost: dict[str, object] | None = None,
-    ) -> None: ...
-
-    async def checkpoint_messages(
-        self, parts_by_id: dict[str, list[dict[str, object]]]
-    ) -> None: ...
-
-
 class ProducerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Timing of generations; seconds unless named ``_ms``. See :class:`~tokenwire.Settings`."""
 
@@ -122,6 +108,7 @@ class ProducerConfig(msgspec.Struct, frozen=True, kw_only=True):
     lease_ttl: float = 15.0
     max_retries: int = 2
     retry_backoff: float = 0.5
+    tool_timeout: float = 30.0
 
 
 class Generation(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,6 +120,11 @@ class Generation(msgspec.Struct, frozen=True, kw_only=True):
     request: GenerationRequest
     model: str = ""
     """The full ``provider:model`` name (metrics, span, cost); empty when unknown."""
+    tools: list[str] = msgspec.field(default_factory=list)
+    """Server-side tools the model may call (names in the producer's registry); empty:
+    no agent loop (``request.tools`` may still offer client-side tools)."""
+    max_steps: int = DEFAULT_MAX_STEPS
+    """Most model calls of the agent loop."""
 
 
 class Producer:
@@ -142,12 +134,20 @@ class Producer:
         log: where events go.
         sink: where messages are checkpointed and finally written, or ``None``.
         config: timing.
+        tools: the server-side tools generations may name.
     """
 
-    def __init__(self, log: StreamLog, sink: MessageSink | None, config: ProducerConfig) -> None:
+    def __init__(
+        self,
+        log: StreamLog,
+        sink: MessageSink | None,
+        config: ProducerConfig,
+        tools: ToolRegistry | None = None,
+    ) -> None:
         self.log = log
         self.sink = sink
         self.config = config
+        self.tools = tools if tools is not None else ToolRegistry()
         self._runs: dict[str, _Run] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -256,6 +256,8 @@ class _Run:
         self.producer = producer
         self.generation = generation
         self.provider = provider
+        self.source = source(provider, producer.tools, generation.tools, generation.max_steps,
+                             producer.config.tool_timeout)  # fmt: skip
         self.stream_id = generation.stream_id
         self.message_id = generation.message_id
         self.state = MessageState()
@@ -321,7 +323,7 @@ class _Run:
         attempt = 0
         while True:
             produced = False
-            stream = self.provider.stream(self.generation.request)
+            stream: AsyncIterator[Event] = self.source(self.generation.request)
             try:
                 async for event in stream:
                     produced = True
@@ -335,7 +337,12 @@ class _Run:
                         self._arm_flush()
             except ProviderError as exc:
                 if produced or not exc.retryable or attempt >= self.config.max_retries:
-                    return Error(code=exc.code, message=exc.message, retryable=exc.retryable)
+                    return Error(
+                        code=exc.code,
+                        message=exc.message,
+                        retryable=exc.retryable,
+                        retry_after=exc.retry_after,
+                    )
                 attempt += 1
                 await asyncio.sleep(self.config.retry_backoff * 2 ** (attempt - 1))
                 continue
@@ -467,7 +474,7 @@ class _Run:
                 status=state.status,
                 finish_reason=state.finish_reason,
                 usage=usage,
-                error=state.error if state.error is not None else _stopped(state),
+                error=state.error if state.error is not None else state.stop_error(),
                 cost=await price(self.generation.model, usage),
             )
         except Exception:
@@ -477,15 +484,7 @@ class _Run:
         """Metrics and the span's end, from the final state."""
         state = self.state
         outcome = state.status if state.status in ("completed", "failed", "cancelled") else "failed"
-        provider = metrics.provider_label(self.generation.model)
-        now = time.monotonic()
-        metrics.GENERATIONS.labels(provider, outcome).inc()
-        metrics.GENERATION_SECONDS.labels(provider, outcome).observe(now - self.started)
-        if usage is not None and usage["output_tokens"] > 0:
-            metrics.OUTPUT_TOKENS.labels(provider).inc(usage["output_tokens"])
-            if self.first_token_at is not None and now - self.first_token_at >= 0.01:
-                rate = usage["output_tokens"] / (now - self.first_token_at)
-                metrics.TOKENS_PER_SECOND.labels(provider).observe(rate)
+        metrics.record_end(self.generation.model, outcome, self.started, self.first_token_at, usage)
         if self.span is not None:
             self.span.end(
                 outcome,
@@ -494,18 +493,6 @@ class _Run:
                 error=state.error,
                 cancel_reason=state.cancel_reason,
             )
-
-
-def _stopped(state: MessageState) -> dict[str, object] | None:
-    """What the store keeps of a stop in the message's ``error`` field: ``{"code":
-    "cancelled", "reason": …, "message": …}`` (``reason`` as in the ``cancelled``
-    event: ``user``, ``superseded``, ``abandoned``, ``shutdown`` …); ``None`` unless
-    the message was cancelled."""
-    if state.status != "cancelled":
-        return None
-    reason = state.cancel_reason or "user"
-    message = f"the generation was stopped ({reason})"
-    return {"code": "cancelled", "reason": reason, "message": message}
 
 
 async def _close(task: asyncio.Task[Event]) -> None:

@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     max_message_chars: int = 100_000
     """Longest content of one message or system prompt of a request, characters
     (422 beyond)."""
+    tools: str | None = None
+    """Server-side tools as ``module:object`` (a ``ToolRegistry`` or a list of
+    functions; docs/tools.md); a request's ``tools`` names the ones its model may call."""
+    tool_timeout: float = Field(30.0, gt=0)
+    """Seconds one server-side tool may run; then its result is an error."""
     fake_provider: bool = False
     """Serve the scripted ``fake:`` models (tests, benchmarks, demos); off: ``fake:``
     is an unknown provider (422)."""

@@ -6,6 +6,8 @@
 - :class:`ScriptedProvider`: yields exactly the events you give it.
 - :func:`parse_sse`: turn SSE bytes (from any client, in any pieces) back into events.
 - :func:`collect`: read a :class:`~tokenwire.Stream` to its terminal event.
+- :func:`get_time`: an example server-side tool (``tokenwire serve --tools
+  tokenwire.testing:get_time``, docs/tools.md).
 
 ::
 
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import AsyncIterator, Iterable, Sequence
 
 from tokenwire.engine import Stream
@@ -24,7 +27,7 @@ from tokenwire.protocol.sse import SSEDecoder
 from tokenwire.providers.base import GenerationRequest, ProviderEvent, finish
 from tokenwire.providers.fake import FakeProvider
 
-__all__ = ["FakeProvider", "ScriptedProvider", "collect", "parse_sse"]
+__all__ = ["FakeProvider", "ScriptedProvider", "collect", "get_time", "parse_sse"]
 
 
 class ScriptedProvider:
@@ -60,3 +63,9 @@ def parse_sse(chunks: bytes | Iterable[bytes]) -> list[Event]:
 async def collect(stream: Stream) -> list[Event]:
     """All events of ``stream`` from ``seq`` 1 through the terminal event."""
     return [event async for event in stream]
+
+
+def get_time() -> str:
+    """The current time in UTC, ISO 8601 to the second: ``2026-01-31T12:00:00Z``."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")

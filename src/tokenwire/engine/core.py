@@ -7,37 +7,43 @@
         stream = await tw.start("fake:echo", [Message("user", "hi")])
         async for event in stream: ...
         app.include_router(tw.router, prefix="/ai")   # the native HTTP API
+
+Server-side tools (docs/tools.md): ``Tokenwire(tools=[fn])`` or ``@tw.tool``, then
+``tw.start(model, messages, tools=["fn"])`` runs the agent loop in one stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from tokenwire.accumulate import MessageState
+from tokenwire.agent import DEFAULT_MAX_STEPS, MAX_STEPS_LIMIT, history
+from tokenwire.engine.housekeeping import finish_lost_message, sweep_leases, warm_up
+from tokenwire.engine.housekeeping import open_log as _open_log
 from tokenwire.engine.identity import Access, HTTPRequest, Identify
 from tokenwire.engine.limits import Limits, Ticket
 from tokenwire.engine.stream import Stream
 from tokenwire.errors import (
-    ConfigurationError,
     ConversationNotFoundError,
     InvalidRequestError,
     ShuttingDownError,
 )
 from tokenwire.events import Event, Start
 from tokenwire.log.base import StreamLog
-from tokenwire.log.memory import MemoryStreamLog
 from tokenwire.observability import logs as obs_logs
 from tokenwire.producer import Generation, Producer, ProducerConfig
 from tokenwire.providers import GenerationRequest, Message, Provider, ProviderRegistry
 from tokenwire.providers.base import ToolSpec
 from tokenwire.settings import Settings
 from tokenwire.store import Store
+from tokenwire.tools import Tool, ToolFunction, ToolRegistry, load_tools
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -64,9 +70,12 @@ class Tokenwire:
             (the owner of what they start), tried before the bearer tokens and JWTs
             of ``settings``; giving one makes identity required (401 without) unless
             ``settings.allow_anonymous``. See :mod:`tokenwire.engine.identity`.
+        tools: server-side tools (functions, :class:`~tokenwire.tools.Tool` objects or
+            a :class:`~tokenwire.tools.ToolRegistry`); ``None`` = ``settings.tools``.
 
     Raises:
-        ConfigurationError: a JWT key in ``settings`` cannot be loaded.
+        ConfigurationError: a JWT key in ``settings`` cannot be loaded, or the tools
+            cannot be (:func:`~tokenwire.tools.load_tools`).
     """
 
     def __init__(
@@ -77,8 +86,13 @@ class Tokenwire:
         store: Store | None = None,
         registry: ProviderRegistry | None = None,
         identify: Identify | None = None,
+        tools: ToolRegistry | Iterable[Tool | ToolFunction] | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        if tools is None:
+            tools = load_tools(self.settings.tools) if self.settings.tools else ToolRegistry()
+        self.tools = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
+        """The server-side tools requests may name (:meth:`tool` adds one)."""
         self.stream_started: list[Callable[[Start], Awaitable[None]]] = []
         """Awaited with each new stream's ``start`` event (the Pusher hub relays it)."""
         self.log: StreamLog = log or _open_log(self.settings)
@@ -94,7 +108,7 @@ class Tokenwire:
         self.producer_config = ProducerConfig(  # the settings of the same names
             **{name: getattr(self.settings, name) for name in ProducerConfig.__struct_fields__}
         )
-        self.producer = Producer(self.log, store, self.producer_config)
+        self.producer = Producer(self.log, store, self.producer_config, self.tools)
         """Runs this instance's generations (and a worker's); its store is set by :meth:`open`."""
         self.limits = Limits(
             self.settings, is_running=self._is_running, output_tokens=self._output_tokens
@@ -131,61 +145,16 @@ class Tokenwire:
         if self._store is None:
             self._store = await Store.open(self.settings.resolved_store_url())
         self.producer.sink = self._store
-        self.log.on_producer_lost = self._finish_lost_message
+        self.log.on_producer_lost = functools.partial(finish_lost_message, self.log, self._store)
         if self._warm_up is None:
-            self._warm_up = asyncio.create_task(self._warm_up_default_model())
+            self._warm_up = asyncio.create_task(
+                warm_up(self.registry, self.settings.resolved_default_model())
+            )
         if self._sweeper is None and self.settings.lease_sweep_interval > 0:
             self._sweeper = asyncio.create_task(
-                self._sweep_leases(
-                    self.log.sweep_expired_leases, self.settings.lease_sweep_interval
-                ),
+                sweep_leases(self.log.sweep_expired_leases, self.settings.lease_sweep_interval),
                 name="tokenwire-lease-sweep",
             )
-
-    async def _sweep_leases(
-        self, sweep: Callable[[], Awaitable[list[str]]], interval: float
-    ) -> None:
-        """Every ``interval`` seconds, end the running streams whose producer's lease
-        expired with ``producer_lost`` (the log calls :meth:`_finish_lost_message`), so
-        a dead producer is found even when nobody reads its stream. Several processes
-        may sweep the same log: the log appends the event once."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                lost = await sweep()
-            except Exception as exc:  # the log is down: try again next time
-                logger.warning("could not look for lost producers: %r", exc)
-                continue
-            if lost:
-                logger.warning("producer lost: %s", ", ".join(lost))
-
-    async def _finish_lost_message(self, stream_id: str) -> None:
-        """Store the message of a stream whose producer died (``producer_lost``) as
-        ``failed``, with everything the log holds of it."""
-        try:
-            info = await self.log.info(stream_id)
-            state = MessageState()
-            for event in await self.log.events(stream_id):
-                state.apply(event)
-            await self.store.update_message(
-                info.meta["message_id"],
-                parts=state.parts_list(),
-                status=state.status,
-                usage=state.usage_dict(),
-                error=state.error,
-            )
-        except Exception:
-            logger.exception("could not store the message of lost stream %s", stream_id)
-
-    async def _warm_up_default_model(self) -> None:
-        """Load the default model's weights now if it is a local one (first token at once)."""
-        try:
-            provider, _ = self.registry.resolve(self.settings.resolved_default_model())
-            warm_up = getattr(provider, "warm_up", None)
-            if warm_up is not None:
-                await warm_up()
-        except Exception:
-            logger.warning("could not load the default model in advance", exc_info=True)
 
     async def drain(self, grace: float | None = None) -> None:
         """Shut down gracefully: refuse new generations (:meth:`start` raises
@@ -264,6 +233,12 @@ class Tokenwire:
 
         return build_router(self)
 
+    def tool(self, function: ToolFunction) -> ToolFunction:
+        """Decorator: register ``function`` as a server-side tool; return it unchanged
+        (raises :class:`ConfigurationError` as :meth:`ToolRegistry.add` does)."""
+        self.tools.add(function)
+        return function
+
     def check(
         self,
         model: str | None,
@@ -271,6 +246,8 @@ class Tokenwire:
         *,
         system: str | None = None,
         params: Mapping[str, object] | None = None,
+        tools: Sequence[str] = (),
+        max_steps: int = DEFAULT_MAX_STEPS,
     ) -> tuple[Provider, str, str]:
         """Validate a request to start a generation, before anything is created.
 
@@ -282,14 +259,16 @@ class Tokenwire:
                 ``system`` too).
             params: checked by the provider when it is a
                 :class:`~tokenwire.providers.base.CheckedProvider`.
+            tools, max_steps: server-side tool names, most model calls (1 to 50).
 
         Returns:
             ``(provider, the provider's model name, the full model name)``.
 
         Raises:
             UnknownModelError: ``model`` is empty, malformed or names no provider.
-            InvalidRequestError: too many messages, a content too long, or params
-                the provider refuses.
+            InvalidRequestError: too many messages, a content too long, params
+                the provider refuses, an unknown tool, tools for the local model, or
+                ``max_steps`` out of range.
         """
         name = self.settings.resolved_default_model() if model is None else model
         provider, provider_model = self.registry.resolve(name, params)
@@ -303,6 +282,11 @@ class Tokenwire:
                 )
         if system is not None and len(system) > chars:
             raise InvalidRequestError("system", f"longer than {chars} characters")
+        if not 1 <= max_steps <= MAX_STEPS_LIMIT:
+            raise InvalidRequestError("max_steps", f"must be from 1 to {MAX_STEPS_LIMIT}")
+        self.tools.select(tools)
+        if tools and name.startswith("local:"):
+            raise InvalidRequestError("tools", "the bundled local model cannot call tools")
         return provider, provider_model, name
 
     async def admit(self, request: HTTPRequest) -> Ticket:
@@ -340,7 +324,8 @@ class Tokenwire:
         owner: str | None = None,
         source: str | None = None,
         ticket: Ticket | None = None,
-        tools: Sequence[ToolSpec] = (),
+        tools: Sequence[str | ToolSpec] = (),
+        max_steps: int = DEFAULT_MAX_STEPS,
     ) -> Stream:
         """Start a generation and return its stream at once (the ``start`` event is logged).
 
@@ -353,7 +338,11 @@ class Tokenwire:
         conversation (``page``, ``api``, ``cli``, ``openai``, ``ai-sdk``), recorded
         with it; it is ignored for an existing conversation. ``ticket`` (from
         :meth:`admit`) names the stream and holds its concurrent-streams slot until
-        the generation ends (released here if the start fails).
+        the generation ends (released here if the start fails). ``tools``: a name is a
+        registered server-side tool the model may call (the generation then runs the
+        agent loop, :mod:`tokenwire.agent`, for at most ``max_steps`` model calls); a
+        :class:`~tokenwire.providers.base.ToolSpec` is a client-side tool, only offered
+        to the model (its calls end the stream, the client runs them).
 
         Raises:
             UnknownModelError: ``model`` is empty or names no provider.
@@ -377,6 +366,7 @@ class Tokenwire:
                 source=source,
                 ticket=ticket,
                 tools=tools,
+                max_steps=max_steps,
             )
         except BaseException:
             if ticket is not None and not ticket.started:
@@ -394,11 +384,15 @@ class Tokenwire:
         owner: str | None,
         source: str | None,
         ticket: Ticket | None,
-        tools: Sequence[ToolSpec] = (),
+        tools: Sequence[str | ToolSpec] = (),
+        max_steps: int = DEFAULT_MAX_STEPS,
     ) -> Stream:
         if not messages and conversation_id is None:
             raise InvalidRequestError("messages", "must not be empty")
-        provider, provider_model, model = self.check(model, messages, system=system, params=params)
+        names = [t for t in tools if isinstance(t, str)]
+        provider, provider_model, model = self.check(
+            model, messages, system=system, params=params, tools=names, max_steps=max_steps
+        )
         turn = await self.store.begin_turn(
             conversation_id=conversation_id,
             owner=owner,
@@ -410,11 +404,6 @@ class Tokenwire:
             raise ConversationNotFoundError(conversation_id)
         conversation, stored, assistant = turn
         await self._supersede(conversation.id)
-        history = [
-            Message(m.role, text)  # type: ignore[arg-type]
-            for m in stored
-            if m.role in ("user", "assistant") and (text := _text_of(m.parts))
-        ]
         stream_id = ticket.stream_id if ticket is not None else uuid.uuid4().hex
         obs_logs.stream_id.set(stream_id)  # the request's log lines from here on
         meta = {"conversation_id": conversation.id, "message_id": assistant.id, "model": model}
@@ -433,10 +422,13 @@ class Tokenwire:
             await announce(start)
         request = GenerationRequest(
             model=provider_model,
-            messages=[*history, *messages],
+            messages=[*history(stored), *messages],
             system=system,
             params=params or {},
-            tools=list(tools),
+            tools=[
+                *(t.spec for t in self.tools.select(names)),
+                *(t for t in tools if isinstance(t, ToolSpec)),
+            ],
         )
         generation = Generation(
             stream_id=stream_id,
@@ -444,6 +436,8 @@ class Tokenwire:
             conversation_id=conversation.id,
             request=request,
             model=model,
+            tools=names,
+            max_steps=max_steps,
         )
         # A worker process runs it (tokenwire.queue, docs/scale-out.md).
         if self.queue is not None:
@@ -503,22 +497,3 @@ class Tokenwire:
         """Wait until every generation started here has ended."""
         while self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-
-
-def _text_of(parts: list[dict[str, object]]) -> str:
-    return "".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
-
-
-def _open_log(settings: Settings) -> StreamLog:
-    url = settings.log_url
-    if url.startswith("memory:"):
-        return MemoryStreamLog(retention=settings.retention)
-    if url.startswith(("redis://", "rediss://")):
-        from tokenwire.log.redis import RedisStreamLog
-
-        return RedisStreamLog.from_url(
-            url, prefix=settings.log_prefix, retention=settings.retention
-        )
-    raise ConfigurationError(
-        f"unsupported TOKENWIRE_LOG_URL {url!r} (supported: memory://, redis://, rediss://)"
-    )

@@ -160,7 +160,7 @@ class Stream:
 
         The bridge to the SSE transport (imported here, so the engine loads no web
         framework until a response is asked for)."""
-        from tokenwire.transports.sse import EventStreamResponse
+        from tokenwire.transports.sse import RETRY_MS, EventStreamResponse
 
         if request is not None:
             after = _last_event_id(request, after)
@@ -170,6 +170,7 @@ class Stream:
             after=after,
             heartbeat_interval=self._heartbeat_interval,
             headers=headers,
+            retry_ms=RETRY_MS,
         )
 
 

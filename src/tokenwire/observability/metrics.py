@@ -11,6 +11,8 @@ Labels are bounded: ``provider`` is the part of a model name before ``:``
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 __all__ = [
@@ -83,3 +85,24 @@ SLOW_READERS_DROPPED = Counter(
 def provider_label(model: str) -> str:
     """The ``provider`` label of a ``provider:model`` name (``unknown`` when empty)."""
     return model.partition(":")[0] or "unknown"
+
+
+def record_end(
+    model: str,
+    outcome: str,
+    started: float,
+    first_token_at: float | None,
+    usage: dict[str, int] | None,
+) -> None:
+    """Count one ended generation: outcome, duration, output tokens and tokens per
+    second (from the first token; times are :func:`time.monotonic` seconds)."""
+    provider = provider_label(model)
+    now = time.monotonic()
+    GENERATIONS.labels(provider, outcome).inc()
+    GENERATION_SECONDS.labels(provider, outcome).observe(now - started)
+    if usage is not None and usage["output_tokens"] > 0:
+        OUTPUT_TOKENS.labels(provider).inc(usage["output_tokens"])
+        if first_token_at is not None and now - first_token_at >= 0.01:
+            TOKENS_PER_SECOND.labels(provider).observe(
+                usage["output_tokens"] / (now - first_token_at)
+            )

@@ -51,10 +51,13 @@ from tokenwire.events import (
     ReasoningDelta,
     Source,
     Start,
+    StepFinish,
+    StepStart,
     TextDelta,
     ToolCall,
     ToolCallDelta,
     ToolCallStart,
+    ToolResult,
 )
 from tokenwire.protocol.sse import DONE, encode_sse
 
@@ -125,6 +128,9 @@ class ChatRequest:
         model: the body's ``model`` field (``"provider:model"``), if sent.
         system: the body's ``system`` field, if sent.
         params: the body's ``params`` field (provider parameters), if sent.
+        tools: the body's ``tools`` field: names of server-side tools the model may
+            call (the agent loop, docs/tools.md).
+        max_steps: the body's ``max_steps`` field, if sent.
     """
 
     chat_id: str
@@ -135,6 +141,8 @@ class ChatRequest:
     model: str | None = None
     system: str | None = None
     params: dict[str, object] = field(default_factory=dict)
+    tools: list[str] = field(default_factory=list)
+    max_steps: int | None = None
 
 
 def parse_chat_request(body: object) -> ChatRequest:
@@ -143,7 +151,8 @@ def parse_chat_request(body: object) -> ChatRequest:
     Accepted: ``{"id", "messages": [UIMessage…], "trigger"?, "messageId"?}`` or
     ``{"id", "message": UIMessage}``; a UI message is ``{"id"?, "role", "parts":
     [{"type": "text", "text"}, …]}`` (other part types are ignored). Tokenwire
-    extensions: ``model``, ``system`` (strings) and ``params`` (object).
+    extensions: ``model``, ``system`` (strings), ``params`` (object), ``tools`` (names
+    of server-side tools) and ``max_steps`` (integer; checked by the engine).
 
     Raises:
         ChatRequestError: with a message naming the offending field.
@@ -183,6 +192,8 @@ def parse_chat_request(body: object) -> ChatRequest:
         model=_optional_str(body, "model"),
         system=_optional_str(body, "system"),
         params=_params(body),
+        tools=_tool_names(body),
+        max_steps=_max_steps(body),
     )
 
 
@@ -224,6 +235,24 @@ def _params(body: dict[str, Any]) -> dict[str, object]:
     return dict(value)
 
 
+def _tool_names(body: dict[str, Any]) -> list[str]:
+    value = body.get("tools")
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ChatRequestError("tools: must be a list of tool names")
+    return list(value)
+
+
+def _max_steps(body: dict[str, Any]) -> int | None:
+    value = body.get("max_steps")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ChatRequestError("max_steps: must be an integer")
+    return value
+
+
 class UIMessageStreamEncoder:
     """Events → UI message stream chunks, for one response (it keeps part state).
 
@@ -231,9 +260,13 @@ class UIMessageStreamEncoder:
     ``start`` too, so the client sees the same ``messageId`` and rebuilds one
     message). Text and reasoning parts are opened with ``*-start`` on their first
     delta and closed with ``*-end`` when another part begins or the stream ends;
-    ids are ``text-<part>`` / ``reasoning-<part>``. One step is sent per stream
-    (``start-step`` after ``start``, ``finish-step`` before the terminal chunk),
-    as ``streamText`` does for a single model call.
+    ids are ``text-<part>`` / ``reasoning-<part>``. ``start-step`` follows
+    ``start`` and ``finish-step`` precedes the terminal chunk, as ``streamText``
+    does for a single model call; an agent loop's ``step-start`` / ``step-finish``
+    events (server-side tools) open and close the further steps, and its
+    ``tool-result`` events become ``tool-output-available`` (``output``) or, with
+    ``is_error``, ``tool-output-error`` (``errorText``), as a multi-step
+    ``streamText`` with executed tools sends them.
 
     Args:
         dialect: the AI SDK major version to satisfy.
@@ -289,8 +322,27 @@ class UIMessageStreamEncoder:
             if event.title is not None:
                 chunk["title"] = event.title
             out.append(chunk)
+        elif isinstance(event, StepStart | StepFinish | ToolResult):
+            self._step(event, out)
         elif isinstance(event, Finish | Error | Cancelled):
             self._end(event, out)
+
+    def _step(self, event: StepStart | StepFinish | ToolResult, out: list[Chunk]) -> None:
+        self._close(out)
+        if isinstance(event, StepStart) and not self._stepped:
+            out.append({"type": "start-step"})
+            self._stepped = True
+        elif isinstance(event, StepFinish) and self._stepped:
+            out.append({"type": "finish-step"})
+            self._stepped = False
+        elif isinstance(event, ToolResult):
+            chunk: Chunk = {"type": "tool-output-available", "toolCallId": event.tool_call_id}
+            if event.is_error:
+                chunk["type"] = "tool-output-error"
+                chunk["errorText"] = event.output if isinstance(event.output, str) else "error"
+            else:
+                chunk["output"] = event.output
+            out.append(chunk)
 
     def _tool_start(self, call_id: str, name: str, executed: bool, out: list[Chunk]) -> None:
         if call_id in self._tools:

@@ -81,4 +81,6 @@ def _mergeable(pending: _Delta, event: _Delta) -> bool:
         return False
     if isinstance(event, ToolCallDelta) and isinstance(pending, ToolCallDelta):
         return pending.tool_call_id == event.tool_call_id
+    if isinstance(event, TextDelta) and isinstance(pending, TextDelta):
+        return pending.refusal == event.refusal  # a refusal is never merged into text
     return True

@@ -69,6 +69,11 @@ __all__ = [
 
 
 Role = Literal["user", "assistant"]
+SYSTEM_FINGERPRINT = "fp_tokenwire"
+"""``system_fingerprint`` of every chunk and completion: stable, since tokenwire's own
+configuration does not change what the provider computes (OpenAI sends ``fp_<hex>``)."""
+SERVICE_TIER = "default"
+"""``service_tier`` of every chunk and completion (OpenAI's value for standard processing)."""
 _json = msgspec.json.Encoder()
 
 
@@ -408,6 +413,7 @@ class ChunkEncoder:
         self.id = "chatcmpl-"
         self.created = 0
         self.text: list[str] = []
+        self.refusal: list[str] = []
         self.reasoning: list[str] = []
         self.calls: dict[str, _Call] = {}
         self.usage: TokenUsage | None = None
@@ -427,7 +433,10 @@ class ChunkEncoder:
             case Start():
                 self.id = f"chatcmpl-{event.stream_id}"
                 self.created = int(event.created_at)
-                return [self._chunk({"role": "assistant", "content": ""})]
+                return [self._chunk({"role": "assistant", "content": "", "refusal": None})]
+            case TextDelta(delta=delta, refusal=True) if delta:
+                self.refusal.append(delta)
+                return [self._chunk({"refusal": delta})]
             case TextDelta(delta=delta) if delta:
                 self.text.append(delta)
                 return [self._chunk({"content": delta})]
@@ -491,6 +500,8 @@ class ChunkEncoder:
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
+            "service_tier": SERVICE_TIER,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
         }
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
@@ -504,11 +515,11 @@ class ChunkEncoder:
     def completion(self) -> dict[str, Any]:
         """The ``chat.completion`` object for the events fed so far (call after the
         terminal event; an unfinished stream reports ``finish_reason: null``)."""
-        text = "".join(self.text)
+        text, refusal = "".join(self.text), "".join(self.refusal)
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": text if text or not self.calls else None,
-            "refusal": None,
+            "content": text if text or not (self.calls or refusal) else None,
+            "refusal": refusal or None,
         }
         if self.reasoning:
             message["reasoning_content"] = "".join(self.reasoning)
@@ -526,6 +537,8 @@ class ChunkEncoder:
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
+            "service_tier": SERVICE_TIER,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": [
                 {
                     "index": 0,

@@ -34,6 +34,7 @@ __all__ = [
     "JSON_ERRORS",
     "MAX_CHANNEL_LENGTH",
     "MAX_EVENT_NAME_LENGTH",
+    "MIN_PROTOCOL_VERSION",
     "PROTOCOL_VERSION",
     "USER_CHANNEL_PREFIX",
     "ApiAuthError",
@@ -61,6 +62,11 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 7
+"""The newest Pusher protocol version spoken (the one ``pusher-js`` 8 asks for)."""
+MIN_PROTOCOL_VERSION = 4
+"""The oldest ``?protocol=`` accepted. Pusher refuses 1-3 with 4007; 4-7 share the frames
+tokenwire sends (``pysher`` asks for 6). Source: Pusher Channels protocol docs, "Connection"
+and "Error codes" (https://pusher.com/docs/channels/library_auth_reference/pusher-websockets-protocol/)."""
 MAX_CHANNEL_LENGTH = 200
 """Longest channel name (the Python ``pusher`` library's limit; Pusher documents 164)."""
 MAX_EVENT_NAME_LENGTH = 200
@@ -114,7 +120,7 @@ class ErrorCode:
     """No app with the key in ``/app/{key}`` (closes)."""
     INVALID_VERSION = 4006
     UNSUPPORTED_PROTOCOL = 4007
-    """``?protocol=`` other than 7 (closes)."""
+    """``?protocol=`` outside :data:`MIN_PROTOCOL_VERSION`-:data:`PROTOCOL_VERSION` (closes)."""
     NO_PROTOCOL = 4008
     UNAUTHORIZED = 4009
     """Bad ``pusher:signin``; or the HTTP API terminated the user's connections (closes)."""

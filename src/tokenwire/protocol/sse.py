@@ -21,8 +21,10 @@ __all__ = [
     "DONE",
     "HEARTBEAT",
     "MAX_SEQ",
+    "RETRY_MS",
     "SSEDecoder",
     "ServerSentEvent",
+    "encode_retry",
     "encode_sse",
     "parse_last_event_id",
 ]
@@ -30,6 +32,8 @@ __all__ = [
 HEARTBEAT = b": ping\n\n"
 DONE = b"data: [DONE]\n\n"
 """The last frame of the OpenAI-compatible and AI SDK streams (``data: [DONE]``)."""
+RETRY_MS = 1000
+"""The reconnection time the native stream asks for, milliseconds (sent once, first)."""
 MAX_SEQ = 2**53 - 1
 """Largest sequence number a client may name (``Last-Event-ID``, ``?after=``): the
 largest integer JSON numbers carry exactly."""
@@ -90,6 +94,19 @@ def encode_sse(
 
 
 _BREAKS = "SSE field values must not contain line breaks"
+
+
+def encode_retry(milliseconds: int) -> bytes:
+    """The ``retry: <ms>\\n\\n`` block: sets the client's reconnection time (HTML Living
+    Standard, "Server-sent events", the ``retry`` field; ``EventSource`` defaults to a
+    few seconds). The blank line dispatches no event (the data buffer is empty).
+
+    Raises:
+        ValueError: ``milliseconds`` is negative.
+    """
+    if milliseconds < 0:
+        raise ValueError("retry must be a whole number of milliseconds >= 0")
+    return b"retry: %d\n\n" % milliseconds
 
 
 def _id(id: int | str) -> bytes:

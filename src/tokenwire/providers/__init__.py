@@ -27,6 +27,8 @@ from tokenwire.providers.base import (
     Provider,
     ProviderEvent,
 )
+from tokenwire.providers.fallback import SEPARATOR as FALLBACK_SEPARATOR
+from tokenwire.providers.fallback import fallback_provider
 
 __all__ = [
     "GenerationRequest",
@@ -156,6 +158,8 @@ class ProviderRegistry:
                 the provider cannot serve (unknown to it, or its API key is not set).
             InvalidRequestError: ``params`` the provider refuses.
         """
+        if FALLBACK_SEPARATOR in name:  # several models: try each before its first event
+            return fallback_provider(name, lambda one: self.resolve(one, params))
         prefix, model = split_model(name)
         provider = self._built.get(prefix)
         if provider is None:

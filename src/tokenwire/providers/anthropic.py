@@ -269,7 +269,8 @@ def translate_anthropic_error(exc: Exception) -> ProviderError:
         status = exc.status_code
         if status < 400:
             return error_for_code(kind, message)
-        return error_for_status(status, message or f"the provider answered HTTP {status}")
+        fallback = f"the provider answered HTTP {status}"
+        return error_for_status(status, message or fallback, exc.response.headers)
     if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
         return ProviderError(
             "provider_timeout", "the provider did not answer in time", retryable=True

@@ -9,6 +9,7 @@ so the provider stops generating (and billing). An adapter ends with exactly one
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Literal, Protocol, runtime_checkable
 
@@ -41,6 +42,7 @@ __all__ = [
     "error_for_status",
     "finish",
     "parse_arguments",
+    "retry_after_seconds",
     "tool_call",
 ]
 
@@ -212,22 +214,49 @@ def tool_call(
     )
 
 
-def error_for_status(status: int, message: str) -> ProviderError:
+def error_for_status(
+    status: int, message: str, headers: Mapping[str, str] | None = None
+) -> ProviderError:
     """Map an upstream HTTP status to a :class:`ProviderError`.
 
     429 → ``provider_rate_limited``; 529 and 503 → ``provider_overloaded``;
     408 and 504 → ``provider_timeout``; other 4xx → ``invalid_request`` (not
-    retryable); other 5xx → ``provider_error`` (retryable).
+    retryable); other 5xx → ``provider_error`` (retryable). ``headers`` (the
+    provider's response headers) give ``retry_after`` (:func:`retry_after_seconds`).
     """
+    code: ErrorCode = "provider_error"
     if status == 429:
-        return ProviderError("provider_rate_limited", message, retryable=True, status=status)
-    if status in (503, 529):
-        return ProviderError("provider_overloaded", message, retryable=True, status=status)
-    if status in (408, 504):
-        return ProviderError("provider_timeout", message, retryable=True, status=status)
-    if 400 <= status < 500:
-        return ProviderError("invalid_request", message, retryable=False, status=status)
-    return ProviderError("provider_error", message, retryable=True, status=status)
+        code = "provider_rate_limited"
+    elif status in (503, 529):
+        code = "provider_overloaded"
+    elif status in (408, 504):
+        code = "provider_timeout"
+    elif 400 <= status < 500:
+        code = "invalid_request"
+    wait = retry_after_seconds(headers or {})
+    retryable = code != "invalid_request"
+    return ProviderError(code, message, retryable=retryable, status=status, retry_after=wait)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds a provider asked to wait: ``retry-after-ms`` (OpenAI's, milliseconds) or
+    ``retry-after`` in delay-seconds (RFC 9110 §10.2.3; an HTTP-date is ignored).
+
+    Args:
+        headers: response headers with lower-case names (httpx's are case-insensitive).
+
+    Returns:
+        Seconds ≥ 0, or ``None`` when neither header holds a number.
+    """
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        try:
+            value = float(raw) / scale if raw is not None else math.nan
+        except ValueError:
+            continue
+        if math.isfinite(value) and value >= 0:
+            return value
+    return None
 
 
 def error_for_code(kind: str | None, message: str | None) -> ProviderError:

@@ -16,7 +16,8 @@ Compatible servers differ; the parser accepts, per choice ``delta``:
 - reasoning under ``reasoning_content`` (DeepSeek, vLLM) or ``reasoning`` (Groq,
   OpenRouter), or inline ``<think>…</think>`` at the start of ``content``
   (see :mod:`tokenwire.providers.think`);
-- ``refusal`` deltas, passed on as text;
+- ``refusal`` deltas, passed on as text marked ``refusal`` (``delta.refusal`` again on the
+  OpenAI-compatible surface);
 - ``tool_calls`` split over many deltas and interleaved, keyed by ``index``, and the
   legacy ``function_call``;
 - usage at the top level or under ``x_groq.usage`` (Groq).
@@ -180,8 +181,8 @@ class ChatCompletionsParser:
                 if isinstance(item, Mapping):
                     self._content_part(item, out)
         refusal = delta.get("refusal")
-        if isinstance(refusal, str):
-            self._emit("text", refusal, out)
+        if isinstance(refusal, str) and refusal:
+            out.append(TextDelta(part=self._parts.index("text"), delta=refusal, refusal=True))
         for call in delta.get("tool_calls") or ():
             self._tool_delta(call, out)
         legacy = delta.get("function_call")
@@ -299,7 +300,8 @@ def translate_openai_error(exc: Exception) -> ProviderError:
     if isinstance(exc, openai.APIStatusError):
         _, message = body_error(exc.body)
         status = exc.status_code
-        return error_for_status(status, message or f"the provider answered HTTP {status}")
+        fallback = f"the provider answered HTTP {status}"
+        return error_for_status(status, message or fallback, exc.response.headers)
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
         return ProviderError(
             "provider_timeout", "the provider did not answer in time", retryable=True

@@ -110,7 +110,7 @@ class ResponsesParser:
             "response.output_item.done": self._item_done,
             "response.function_call_arguments.delta": self._arguments_delta,
             "response.output_text.delta": self._text_delta,
-            "response.refusal.delta": self._text_delta,
+            "response.refusal.delta": self._refusal_delta,
             "response.reasoning_summary_text.delta": self._reasoning_delta,
             "response.reasoning_text.delta": self._reasoning_delta,
             "response.output_text.annotation.added": self._annotation,
@@ -215,6 +215,13 @@ class ResponsesParser:
             return []
         part = self._parts.index("text", (event.get("item_id"), event.get("content_index")))
         return [TextDelta(part=part, delta=delta)]
+
+    def _refusal_delta(self, event: Mapping[str, Any]) -> list[ProviderEvent]:
+        return [
+            TextDelta(part=e.part, delta=e.delta, refusal=True)
+            for e in self._text_delta(event)
+            if isinstance(e, TextDelta)
+        ]
 
     def _reasoning_delta(self, event: Mapping[str, Any]) -> list[ProviderEvent]:
         delta = event.get("delta")

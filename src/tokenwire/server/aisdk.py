@@ -39,6 +39,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 
+from tokenwire.agent import DEFAULT_MAX_STEPS
 from tokenwire.engine import Tokenwire
 from tokenwire.errors import (
     ConversationNotFoundError,
@@ -102,12 +103,15 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
             return _detail(400 if exc.header else exc.http_status, exc.message)
         model = body.model if body.model is not None else x_tokenwire_model
         history = [Message(role, text) for role, text in body.history]
+        steps = DEFAULT_MAX_STEPS if body.max_steps is None else body.max_steps
         try:  # before the conversation is created, so a bad request leaves nothing behind
             tw.check(
                 model,
                 [*history, Message("user", body.text)],
                 system=body.system,
                 params=body.params,
+                tools=body.tools,
+                max_steps=steps,
             )
         except UnknownModelError as exc:
             return _detail(exc.http_status, f"model: {exc}")
@@ -140,6 +144,8 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
                 params=body.params,
                 owner=owner,
                 ticket=ticket,
+                tools=body.tools,
+                max_steps=steps,
             )
         except UnknownModelError as exc:
             return _detail(exc.http_status, f"model: {exc}")

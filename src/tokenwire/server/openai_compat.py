@@ -14,8 +14,10 @@ Streaming" (https://platform.openai.com/docs/api-reference/chat); the encoding i
 - 401 (code ``invalid_api_key``, ``WWW-Authenticate: Bearer``) without a valid
   identity where one is required; 415 for a body not sent as ``application/json``.
 - ``stream: true``: ``chat.completion.chunk`` SSE frames, ``: ping`` comments
-  while nothing happens, ``data: [DONE]`` at the end; a failure after the stream
-  started is the in-band ``data: {"error": {…}}`` line, then the body ends.
+  while nothing happens, ``data: [DONE]`` at the end. The status line waits for the
+  provider's first event, so a failure before it is an HTTP error status as for
+  ``stream: false`` (429 with ``Retry-After``), as OpenAI answers; a failure after it
+  is the in-band ``data: {"error": {…}}`` line, then the body ends.
   A client disconnect ends the response only; the generation goes on until the
   producer's ``orphan_timeout`` (DESIGN §5).
 - ``stream: false``: waits for the terminal event; a failed generation is
@@ -28,6 +30,7 @@ Streaming" (https://platform.openai.com/docs/api-reference/chat); the encoding i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -49,6 +52,7 @@ from tokenwire.errors import (
     StreamNotFoundError,
     UnknownModelError,
 )
+from tokenwire.events import Error
 from tokenwire.protocol.openai_compat import (
     ChunkEncoder,
     OpenAIRequestError,
@@ -57,8 +61,10 @@ from tokenwire.protocol.openai_compat import (
     parse_request,
 )
 from tokenwire.providers import Message
+from tokenwire.providers.fallback import join_models
 from tokenwire.server.identity import caller_dependency, require_json
 from tokenwire.server.routes import responses
+from tokenwire.transports.first_event import failure_before_first_event
 from tokenwire.transports.sse import EventStreamResponse
 
 __all__ = ["OpenAIRoute", "build_openai_router"]
@@ -132,6 +138,29 @@ def _rate_limited(exc: RateLimitedError) -> JSONResponse:
     return JSONResponse(body, status_code=429, headers={"retry-after": str(exc.retry_after)})
 
 
+def with_fallbacks(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with OpenRouter's ``models`` array folded into ``model``
+    (:func:`~tokenwire.providers.fallback.join_models`)."""
+    if "models" not in body:
+        return body
+    rest = {k: v for k, v in body.items() if k != "models"}
+    return {**rest, "model": join_models(body.get("model"), body["models"])}
+
+
+def _failed(event: Error, headers: dict[str, str]) -> JSONResponse:
+    """A failed generation as OpenAI's error: status by ``error.code``
+    (:func:`error_status`), ``Retry-After`` the provider's (whole seconds, rounded up),
+    1 s on a 429 without one."""
+    status = error_status(event.code)
+    response = _error(status, event.message, code=event.code)
+    if event.retry_after is not None:
+        response.headers["retry-after"] = str(math.ceil(event.retry_after))
+    elif status == 429:
+        response.headers["retry-after"] = "1"
+    response.headers.update(headers)
+    return response
+
+
 def build_openai_router(tw: Tokenwire) -> APIRouter:
     """The OpenAI-compatible routes bound to ``tw``."""
     router = APIRouter(route_class=OpenAIRoute)
@@ -151,7 +180,7 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
         """Create a chat completion (streamed when ``stream`` is true), in a new
         conversation owned by the caller."""
         owner = await tw.access.owner(request)
-        chat = parse_request(body)
+        chat = parse_request(with_fallbacks(body))
         ticket = await tw.admit(request)
         stream = await tw.start(
             chat.model,
@@ -163,7 +192,11 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
             ticket=ticket,
         )
         encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
+        headers = {STREAM_ID_HEADER: stream.stream_id}
         if chat.stream:
+            failed = await failure_before_first_event(tw.log, stream.stream_id)
+            if failed is not None:  # no status line sent yet: a real HTTP error
+                return _failed(failed, headers)
             return EventStreamResponse(
                 tw.log,
                 stream.stream_id,
@@ -174,15 +207,8 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
         async for batch in tw.log.read(stream.stream_id, 0):
             for event in batch:
                 encoder.feed(event)
-        headers = {STREAM_ID_HEADER: stream.stream_id}
-        failed = encoder.error
-        if failed is not None:
-            status = error_status(failed.code)
-            response = _error(status, failed.message, code=failed.code)
-            if status == 429:
-                response.headers["retry-after"] = "1"
-            response.headers.update(headers)
-            return response
+        if encoder.error is not None:
+            return _failed(encoder.error, headers)
         return JSONResponse(encoder.completion(), headers=headers)
 
     return router

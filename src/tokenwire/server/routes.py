@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenwire.accumulate import MessageState
+from tokenwire.agent import DEFAULT_MAX_STEPS, MAX_STEPS_LIMIT
 from tokenwire.engine import Tokenwire
 from tokenwire.errors import (
     ConversationNotFoundError,
@@ -31,9 +32,10 @@ from tokenwire.events import encode_event, is_terminal, outcome
 from tokenwire.observability.cost import price
 from tokenwire.protocol.sse import MAX_SEQ, parse_last_event_id
 from tokenwire.providers import Message, split_model
+from tokenwire.providers.fallback import join_models
 from tokenwire.server.errors import error_response, field_error
 from tokenwire.server.identity import caller_dependency, require_json
-from tokenwire.transports.sse import EventStreamResponse, resume_point
+from tokenwire.transports.sse import RETRY_MS, EventStreamResponse, resume_point
 
 __all__ = ["build_router"]
 
@@ -80,6 +82,12 @@ class ChatBody(BaseModel):
     model: str | None = Field(
         None, min_length=1, description="'provider:model'; default: the server's default"
     )
+    models: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="fallback models, tried in order after 'model' when the previous one "
+        "failed before its first event (OpenRouter's convention)",
+    )
     messages: list[ChatMessage] = Field(
         description="the new messages; empty only with from_message_id (regenerate)"
     )
@@ -95,6 +103,14 @@ class ChatBody(BaseModel):
         None,
         description="edit or regenerate: delete this message of the conversation and "
         "every later one (a running answer is superseded), then start",
+    )
+    tools: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="names of the server's registered tools the model may call (agent loop)",
+    )
+    max_steps: int = Field(
+        DEFAULT_MAX_STEPS, ge=1, le=MAX_STEPS_LIMIT, description="most model calls with tools"
     )
 
 
@@ -150,7 +166,8 @@ def build_router(tw: Tokenwire) -> APIRouter:
             return field_error("messages", "List should have at least 1 item")
         messages = [Message(m.role, m.content) for m in body.messages]
         try:  # before anything is deleted or created
-            tw.check(body.model, messages, system=body.system, params=body.params)
+            model = join_models(body.model, body.models)
+            tw.check(model, messages, system=body.system, params=body.params, tools=body.tools)
         except (UnknownModelError, InvalidRequestError) as exc:
             return error_response(exc)
         if body.from_message_id is not None:
@@ -163,7 +180,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
             return error_response(exc)
         try:
             stream = await tw.start(
-                body.model,
+                model,
                 messages,
                 conversation_id=body.conversation_id,
                 system=body.system,
@@ -171,6 +188,8 @@ def build_router(tw: Tokenwire) -> APIRouter:
                 owner=await access.owner(request),
                 source=body.source,
                 ticket=ticket,
+                tools=body.tools,
+                max_steps=body.max_steps,
             )
         except (UnknownModelError, InvalidRequestError) as exc:
             return error_response(exc)
@@ -217,6 +236,7 @@ def build_router(tw: Tokenwire) -> APIRouter:
             stream_id,
             after=resume_point(info, after if seq is None else seq),
             heartbeat_interval=tw.settings.heartbeat_interval,
+            retry_ms=RETRY_MS,
         )
 
     @router.get("/v1/streams/{stream_id}", responses=responses(401, 404, 410, 422, 503))

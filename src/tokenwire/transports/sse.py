@@ -1,7 +1,9 @@
 """Native SSE transport: replay a stream from the log, then follow it live (DESIGN §3).
 
 Framing (a contract): ``id: <seq>\\nevent: <type>\\ndata: <json>\\n\\n`` per event,
-``: ping\\n\\n`` after ``heartbeat_interval`` seconds of silence. Every event that
+``: ping\\n\\n`` after ``heartbeat_interval`` seconds of silence; the native stream
+first sends ``retry: 1000\\n\\n`` once (``retry_ms``), so a browser's ``EventSource``
+reconnects within 1 s (its default is a few seconds). Every event that
 is ready is written in one ASGI ``send`` (one socket write), never one write per
 event when several are waiting. The response ends after the terminal event; the
 browser's ``EventSource`` would reconnect on its own, so clients close it on a
@@ -23,9 +25,9 @@ from starlette.types import Message, Receive, Scope, Send
 from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
 from tokenwire.events import Event, encode_event
 from tokenwire.log.base import StreamInfo, StreamLog
-from tokenwire.protocol.sse import HEARTBEAT, encode_sse
+from tokenwire.protocol.sse import HEARTBEAT, RETRY_MS, encode_retry, encode_sse
 
-__all__ = ["SSE_HEADERS", "EventStreamResponse", "frame_events", "resume_point"]
+__all__ = ["RETRY_MS", "SSE_HEADERS", "EventStreamResponse", "frame_events", "resume_point"]
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -77,6 +79,9 @@ class EventStreamResponse(Response):
         frame: turns a batch of events into the bytes to send (default: the native
             SSE framing); other wire formats (AI SDK, OpenAI chunks) pass their
             encoder, which may also write a trailer such as ``data: [DONE]``.
+        retry_ms: when not ``None``, ``retry: <retry_ms>`` is the first thing written,
+            once, right after the headers (the native stream passes
+            :data:`~tokenwire.protocol.sse.RETRY_MS`).
     """
 
     media_type = "text/event-stream"
@@ -90,7 +95,9 @@ class EventStreamResponse(Response):
         heartbeat_interval: float = 10.0,
         headers: dict[str, str] | None = None,
         frame: Callable[[list[Event]], bytes] = frame_events,
+        retry_ms: int | None = None,
     ) -> None:
+        self.preamble = b"" if retry_ms is None else encode_retry(retry_ms)
         self.log = log
         self.frame = frame
         self.stream_id = stream_id
@@ -105,6 +112,8 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        if self.preamble:
+            await send({"type": "http.response.body", "body": self.preamble, "more_body": True})
         writer = asyncio.create_task(self._write(send))
         watcher = asyncio.create_task(_wait_disconnect(receive))
         try:

@@ -90,6 +90,9 @@ function safeHref(href) {
   } catch { return null; }
 }
 
+/** Server-side tools the page offers the model: `?tools=get_time,add` (docs/tools.md). */
+const pageTools = () => (new URLSearchParams(location.search).get("tools") || "").split(",").filter(Boolean);
+
 const textOf = (parts) => (parts || []).filter((p) => p.type === "text").map((p) => p.text).join("");
 
 function errorMessage(error) {
@@ -207,6 +210,7 @@ class AssistantView {
     return entry;
   }
 
+  /** A server-side tool's result (agent loop) on its call's card; red when it failed. */
   toolResult(e) {
     const entry = [...this.parts.values()].find((p) => p.kind === "tool" && p.id === e.tool_call_id)
       || this.toolCard(e.part, e);
@@ -481,6 +485,7 @@ async function send(text, { fromMessageId = null, userEl = null } = {}) {
       conversationId: state.conversationId,
       source: "page",
       fromMessageId,
+      tools: pageTools(),
     });
   } catch (error) {
     state.sending = false;

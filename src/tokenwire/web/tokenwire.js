@@ -115,12 +115,16 @@ export class TokenwireClient {
    * @param {string} [request.source] the surface starting a new conversation ("page", "api" ...)
    * @param {string} [request.fromMessageId] delete this message and every later one first
    *   (edit-and-resend, regenerate); a running answer is superseded
+   * @param {string[]} [request.tools] names of server-side tools the model may call (docs/tools.md)
+   * @param {number} [request.maxSteps] most model calls of the agent loop (1–50; default 5)
    * @param {AbortSignal} [request.signal]
    * @returns {Promise<{stream_id: string, message_id: string, conversation_id: string,
    *   events_url: string, cancel_url: string}>}
    */
-  start({ model, messages = [], conversationId, system, params, source, fromMessageId, signal } = {}) {
+  start({ model, messages = [], conversationId, system, params, source, fromMessageId, tools, maxSteps, signal } = {}) {
     const body = { messages };
+    if (tools && tools.length) body.tools = tools;
+    if (maxSteps) body.max_steps = maxSteps;
     if (model) body.model = model;
     if (conversationId) body.conversation_id = conversationId;
     if (system) body.system = system;

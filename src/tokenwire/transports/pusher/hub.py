@@ -51,6 +51,7 @@ from tokenwire.engine.identity import Identity
 from tokenwire.errors import TokenwireError
 from tokenwire.events import Event, Start, encode_event
 from tokenwire.protocol.pusher import (
+    MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     ChannelKind,
     ErrorCode,
@@ -388,8 +389,9 @@ class PusherHub:
             return ErrorCode.NO_PROTOCOL, "no protocol version given (?protocol=7)"
         if not protocol.isdigit():
             return ErrorCode.INVALID_VERSION, f"invalid protocol version {protocol!r}"
-        if int(protocol) != PROTOCOL_VERSION:
-            return ErrorCode.UNSUPPORTED_PROTOCOL, f"protocol {protocol} not supported (7 is)"
+        if not MIN_PROTOCOL_VERSION <= int(protocol) <= PROTOCOL_VERSION:
+            accepted = f"{MIN_PROTOCOL_VERSION}-{PROTOCOL_VERSION}"
+            return ErrorCode.UNSUPPORTED_PROTOCOL, f"protocol {protocol} not supported ({accepted})"
         cap = app.max_connections
         if cap is not None and self._app_connections[app.id] >= cap:
             return ErrorCode.OVER_CAPACITY, "over connection quota, retry later"
