@@ -189,10 +189,14 @@ def test_a_failure_streams_response_failed(sdk: openai.OpenAI) -> None:
     assert events[-1].response.status == "failed" and events[-1].response.error.message
 
 
-def test_a_failure_before_the_stream_is_an_http_error(sdk: openai.OpenAI) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "streamed"])
+def test_a_failure_before_the_stream_is_an_http_error(sdk: openai.OpenAI, stream: bool) -> None:
     with pytest.raises(openai.RateLimitError):
         sdk.responses.create(
-            model="fake:echo", input="x", extra_body={"params": {"fail_before": "rate_limited"}}
+            model="fake:echo",
+            input="x",
+            stream=stream,
+            extra_body={"params": {"fail_before": "rate_limited"}},
         )
 
 

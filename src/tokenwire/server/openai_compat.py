@@ -67,7 +67,7 @@ from tokenwire.server.routes import responses
 from tokenwire.transports.first_event import failure_before_first_event
 from tokenwire.transports.sse import EventStreamResponse
 
-__all__ = ["OpenAIRoute", "build_openai_router"]
+__all__ = ["OpenAIRoute", "build_openai_router", "failed_response"]
 
 STREAM_ID_HEADER = "x-tokenwire-stream-id"
 
@@ -147,7 +147,7 @@ def with_fallbacks(body: dict[str, Any]) -> dict[str, Any]:
     return {**rest, "model": join_models(body.get("model"), body["models"])}
 
 
-def _failed(event: Error, headers: dict[str, str]) -> JSONResponse:
+def failed_response(event: Error, headers: dict[str, str]) -> JSONResponse:
     """A failed generation as OpenAI's error: status by ``error.code``
     (:func:`error_status`), ``Retry-After`` the provider's (whole seconds, rounded up),
     1 s on a 429 without one."""
@@ -196,7 +196,7 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
         if chat.stream:
             failed = await failure_before_first_event(tw.log, stream.stream_id)
             if failed is not None:  # no status line sent yet: a real HTTP error
-                return _failed(failed, headers)
+                return failed_response(failed, headers)
             return EventStreamResponse(
                 tw.log,
                 stream.stream_id,
@@ -208,7 +208,7 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
             for event in batch:
                 encoder.feed(event)
         if encoder.error is not None:
-            return _failed(encoder.error, headers)
+            return failed_response(encoder.error, headers)
         return JSONResponse(encoder.completion(), headers=headers)
 
     return router

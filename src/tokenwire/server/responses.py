@@ -46,13 +46,17 @@ from tokenwire.errors import (
     StreamExpiredError,
     StreamNotFoundError,
 )
-from tokenwire.events import Error, Event, StreamStatus
-from tokenwire.protocol.openai_compat import error_status
+from tokenwire.events import Event, StreamStatus
 from tokenwire.protocol.openai_responses_api import ResponseEncoder, item_location, stream_id_of
 from tokenwire.server.identity import caller_dependency, require_json
-from tokenwire.server.openai_compat import STREAM_ID_HEADER, OpenAIRoute, _error
+from tokenwire.server.openai_compat import (
+    STREAM_ID_HEADER,
+    OpenAIRoute,
+    failed_response,
+)
 from tokenwire.server.responses_request import parse_responses_request
 from tokenwire.server.routes import responses
+from tokenwire.transports.first_event import failure_before_first_event
 from tokenwire.transports.sse import EventStreamResponse
 
 __all__ = ["build_responses_router"]
@@ -66,19 +70,6 @@ def _framer(encoder: ResponseEncoder, after: int = -1) -> Callable[[list[Event]]
 _PARAMS = {"messages": "input", "system": "instructions"}
 """Where :meth:`Tokenwire.check <tokenwire.Tokenwire.check>` names a fault → the
 Responses parameter that carried it."""
-
-
-def _failed(event: Error, headers: dict[str, str]) -> JSONResponse:
-    """A failed generation as OpenAI's error, as ``/v1/chat/completions`` answers it
-    (status by :func:`~tokenwire.protocol.openai_compat.error_status`, 429 with
-    ``Retry-After: 1``). To be replaced by the shared helper the first-event change
-    to ``server/openai_compat.py`` brings (it adds the provider's ``Retry-After``)."""
-    status = error_status(event.code)
-    response = _error(status, event.message, code=event.code)
-    if status == 429:
-        response.headers["retry-after"] = "1"
-    response.headers.update(headers)
-    return response
 
 
 def _previous_not_found(response_id: object) -> OpenAIRequestError:
@@ -212,6 +203,9 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
         encoder = ResponseEncoder(parsed.model, parsed.echo)
         headers = {STREAM_ID_HEADER: stream.stream_id}
         if parsed.stream:
+            failed = await failure_before_first_event(tw.log, stream.stream_id)
+            if failed is not None:  # no status line sent yet: a real HTTP error
+                return failed_response(failed, headers)
             return EventStreamResponse(
                 tw.log,
                 stream.stream_id,
@@ -223,7 +217,7 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
             for event in batch:
                 encoder.feed(event)
         if encoder.error is not None:
-            return _failed(encoder.error, headers)
+            return failed_response(encoder.error, headers)
         return JSONResponse(encoder.response(), headers=headers)
 
     @router.get(
