@@ -240,7 +240,7 @@ def test_parse_run_input_maps_messages_tools_and_forwarded_props() -> None:
     )
     assert [m.role for m in run.history] == ["user", "assistant", "tool"]
     assert run.history[1].tool_calls[0].id == "c1" and run.history[2].tool_call_id == "c1"
-    assert [m.role for m in run.new] == ["assistant", "tool"]
+    assert [m.role for m in run.new] == ["tool"]  # the thread stored the call
     assert run.system == "Hi.\n\nBe brief.\n\ncity: Paris"
     assert run.tools[0].name == "get_time" and run.tools[0].parameters == TIME_TOOL["parameters"]
     assert (run.model, run.params) == ("fake:tools", {"k": 1})
@@ -422,7 +422,8 @@ def test_client_tool_round_trip(server: tuple[str, Tokenwire]) -> None:
         ("assistant", ""),
         ("tool", "It is 12:00 UTC."),
     ]
-    assert sent.messages[1].tool_calls == (MessageToolCall(call_id, "get_time", "{}"),)
+    # The thread's stored call, with the model's arguments.
+    assert sent.messages[1].tool_calls == (MessageToolCall(call_id, "get_time", '{"zone": "UTC"}'),)
     assert sent.messages[2].tool_call_id == call_id
     assert [t.name for t in sent.tools] == ["get_time"]
     messages += [
@@ -432,9 +433,11 @@ def test_client_tool_round_trip(server: tuple[str, Tokenwire]) -> None:
     run_agent(base, {**_input(messages, threadId=thread), "forwardedProps": params})
     assert [(m.role, m.content) for m in RECORDER.requests[-1].messages] == [
         ("user", "what time is it"),
+        ("assistant", ""),  # the stored tool call
+        ("tool", "It is 12:00 UTC."),
         ("assistant", "It is 12:00 UTC."),
         ("user", "thanks"),
-    ]  # the stored history, then only the new message
+    ]  # the stored history, tool steps included, then only the new message
 
 
 def test_a_provider_error_ends_with_run_error(server: tuple[str, Tokenwire]) -> None:

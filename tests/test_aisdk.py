@@ -38,15 +38,15 @@ from tokenwire.events import (
     Usage,
 )
 from tokenwire.protocol.aisdk import (
-    ChatRequest,
     ChatRequestError,
     UIMessageStreamEncoder,
     frame_chunks,
-    parse_chat_request,
     parse_dialect,
 )
 from tokenwire.providers.anthropic import AnthropicProvider
+from tokenwire.providers.base import Message
 from tokenwire.providers.openai_chat import OpenAIChatProvider
+from tokenwire.server.aisdk_request import ChatRequest, parse_chat_request
 from tokenwire.testing import get_time
 
 AISDK_DIR = Path(__file__).resolve().parent / "aisdk"
@@ -303,7 +303,7 @@ def test_parse_chat_request_full_and_last_message_variants() -> None:
     }
     assert parse_chat_request(body) == ChatRequest(
         chat_id="chat1",
-        history=[("user", "a"), ("assistant", "b")],
+        history=[Message("user", "a"), Message("assistant", "b")],
         text="c",
         model="fake:echo",
         params={"tokens": 3},
@@ -322,7 +322,7 @@ def test_parse_chat_request_full_and_last_message_variants() -> None:
         ({"id": "c", "messages": "hi"}, "messages:"),
         ({"id": "c", "messages": [{"role": "user", "content": "a"}]}, "messages[0].parts"),
         ({"id": "c", "messages": [{"role": "bot", "parts": []}]}, "messages[0].role"),
-        ({"id": "c", "messages": [_ui("assistant", "a")]}, "last message must be a user"),
+        ({"id": "c", "messages": [_ui("assistant", "a")]}, "an assistant message ending with tool"),
         ({"id": "c", "messages": [_ui("user", "")]}, "no text part"),
         ({"id": "c", "messages": [_ui("user", "a")], "trigger": "x"}, "trigger:"),
         ({"id": "c", "messages": [_ui("user", "a")], "model": 3}, "model:"),

@@ -33,18 +33,28 @@ from tokenwire.events import (
     Usage,
 )
 from tokenwire.protocol.openai_compat import (
-    ChatRequest,
     ChunkEncoder,
     OpenAIRequestError,
     error_status,
-    parse_request,
 )
 from tokenwire.providers.anthropic import AnthropicProvider
+from tokenwire.providers.base import Message, MessageToolCall, ToolSpec
 from tokenwire.providers.openai_chat import OpenAIChatProvider
+from tokenwire.server.openai_request import ChatRequest, parse_request
 
 # --- request mapping (sans-I/O) ----------------------------------------------------------
 
 USER = {"role": "user", "content": "hi"}
+FN = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+PICK_G = {"type": "function", "function": {"name": "g"}}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"x":1}'}}
+BAD_ARGS = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}
+CALLS = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+TOOL_RESULT = {
+    "role": "tool",
+    "tool_call_id": "call_1",
+    "content": [{"type": "text", "text": "42"}],
+}
 
 
 @pytest.mark.parametrize(
@@ -52,7 +62,7 @@ USER = {"role": "user", "content": "hi"}
     [
         (
             {"model": "fake:echo", "messages": [USER]},
-            ChatRequest(model="fake:echo", messages=(("user", "hi"),)),
+            ChatRequest(model="fake:echo", messages=(Message("user", "hi"),)),
         ),
         (
             {
@@ -80,7 +90,7 @@ USER = {"role": "user", "content": "hi"}
             },
             ChatRequest(
                 model="openai:gpt-4o",
-                messages=(("user", "ab"), ("assistant", "ok")),
+                messages=(Message("user", "ab"), Message("assistant", "ok")),
                 system="be brief\n\nno lists",
                 params={
                     "temperature": 0.5,
@@ -88,11 +98,11 @@ USER = {"role": "user", "content": "hi"}
                     "stop": ["x"],
                     "seed": 1,
                     "user": "u1",
-                    "tools": [{"type": "function", "function": {"name": "f"}}],
                     "stall_after": 3,
                 },
                 stream=True,
                 include_usage=True,
+                tools=(ToolSpec("f", "", {"type": "object", "properties": {}}),),
             ),
         ),
         (
@@ -117,15 +127,13 @@ USER = {"role": "user", "content": "hi"}
             },
             ChatRequest(
                 model="anthropic:claude",
-                messages=(("user", "hi"),),
+                messages=(Message("user", "hi"),),
                 params={
                     "max_tokens": 100,
                     "stop_sequences": ["END"],
-                    "tools": [
-                        {"name": "f", "description": "d", "input_schema": {"type": "object"}}
-                    ],
                     "tool_choice": {"type": "tool", "name": "f"},
                 },
+                tools=(ToolSpec("f", "d", {"type": "object"}),),
             ),
         ),
         (
@@ -138,16 +146,34 @@ USER = {"role": "user", "content": "hi"}
             },
             ChatRequest(
                 model="openai-responses:o3",
-                messages=(("user", "hi"),),
-                params={
-                    "max_output_tokens": 50,
-                    "tools": [{"type": "function", "name": "f", "parameters": {}}],
-                    "tool_choice": "required",
-                },
+                messages=(Message("user", "hi"),),
+                params={"max_output_tokens": 50, "tool_choice": "required"},
+                tools=(ToolSpec("f", "", {}),),
+            ),
+        ),
+        (
+            {
+                "model": "openai:gpt-4o",
+                "messages": [USER, CALLS, TOOL_RESULT, {"role": "user", "content": "and?"}],
+                "tools": [FN],
+                "tool_choice": "auto",
+            },
+            ChatRequest(
+                model="openai:gpt-4o",
+                messages=(
+                    Message("user", "hi"),
+                    Message(
+                        "assistant", "", tool_calls=(MessageToolCall("call_1", "f", '{"x":1}'),)
+                    ),
+                    Message("tool", "42", tool_call_id="call_1"),
+                    Message("user", "and?"),
+                ),
+                params={"tool_choice": "auto"},
+                tools=(ToolSpec("f", "", {"type": "object"}),),
             ),
         ),
     ],
-    ids=["minimal", "openai-full", "anthropic-translated", "responses-translated"],
+    ids=["minimal", "openai-full", "anthropic-translated", "responses-translated", "tool-loop"],
 )
 def test_parse_request(body: dict[str, Any], want: ChatRequest) -> None:
     snapshot = json.dumps(body)
@@ -172,8 +198,8 @@ def test_parse_request(body: dict[str, Any], want: ChatRequest) -> None:
         (
             {"model": "fake:echo", "messages": [{"role": "tool", "content": "x"}]},
             400,
-            "messages[0].role",
-            "'tool'",
+            "messages[0].tool_call_id",
+            "non-empty string",
         ),
         (
             {"model": "fake:echo", "messages": [{"role": "user", "content": None}]},
@@ -195,8 +221,8 @@ def test_parse_request(body: dict[str, Any], want: ChatRequest) -> None:
         (
             {"model": "fake:echo", "messages": [{"role": "assistant", "tool_calls": [{}]}]},
             400,
-            "messages[0].tool_calls",
-            "tool calls",
+            "messages[0].tool_calls[0].id",
+            "non-empty string",
         ),
         ({"model": "fake:echo", "messages": [USER], "n": 2}, 400, "n", "'n' must be 1"),
         ({"model": "fake:echo", "messages": [USER], "logprobs": True}, 400, "logprobs", "log"),
@@ -226,6 +252,75 @@ def test_parse_request(body: dict[str, Any], want: ChatRequest) -> None:
             400,
             "stream_options",
             "object",
+        ),
+        (
+            {"model": "fake:echo", "messages": [USER, TOOL_RESULT]},
+            400,
+            "messages[1].tool_call_id",
+            "answers no tool call",
+        ),
+        (
+            {"model": "fake:echo", "messages": [USER, {**CALLS, "tool_calls": [BAD_ARGS]}]},
+            400,
+            "messages[1].tool_calls[0].function.arguments",
+            "JSON text",
+        ),
+        (
+            {"model": "fake:echo", "messages": [USER, {**CALLS, "tool_calls": {}}]},
+            400,
+            "messages[1].tool_calls",
+            "array",
+        ),
+        (
+            {"model": "fake:echo", "messages": [USER, {**TOOL_RESULT, "content": None}, CALLS]},
+            400,
+            "messages[1].tool_call_id",
+            "answers no tool call",
+        ),
+        (
+            {"model": "fake:echo", "messages": [USER, CALLS, {**TOOL_RESULT, "content": 1}]},
+            400,
+            "messages[2].content",
+            "string or an array",
+        ),
+        (
+            {"model": "fake:echo", "messages": [USER], "tools": [FN], "tool_choice": "any"},
+            400,
+            "tool_choice",
+            "'required'",
+        ),
+        (
+            {"model": "fake:echo", "messages": [USER], "tools": [FN], "tool_choice": PICK_G},
+            400,
+            "tool_choice",
+            "'g'",
+        ),
+        (
+            {"model": "fake:echo", "messages": [USER], "tool_choice": "required"},
+            400,
+            "tool_choice",
+            "no 'tools'",
+        ),
+        ({"model": "fake:echo", "messages": [USER], "tools": {}}, 400, "tools", "array"),
+        (
+            {
+                "model": "fake:echo",
+                "messages": [USER],
+                "tools": [{"type": "function", "function": {"name": "a b"}}],
+            },
+            400,
+            "tools[0].function.name",
+            "1-64",
+        ),
+        (
+            {
+                "model": "fake:echo",
+                "messages": [USER],
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": []}}],
+            },
+            400,
+            "tools[0].function.parameters",
+            "JSON Schema",
         ),
     ],
 )
@@ -662,7 +757,12 @@ def test_whole_answer_failures_are_http_errors(
         (
             {"messages": [{"role": "tool", "content": "x", "tool_call_id": "a"}]},
             openai.BadRequestError,
-            "'tool'",
+            "'messages[0].tool_call_id' 'a' answers no tool call",
+        ),
+        (
+            {"model": "fake:tools", "tools": [{"type": "function", "function": {"name": 1}}]},
+            openai.BadRequestError,
+            "'tools[0].function.name'",
         ),
         ({"n": 2}, openai.BadRequestError, "'n' must be 1"),
         ({"logprobs": True}, openai.BadRequestError, "'logprobs'"),

@@ -16,7 +16,9 @@ from tokenwire.errors import ProviderError
 from tokenwire.events import Finish, TextDelta, Usage
 from tokenwire.providers import ProviderRegistry, local
 from tokenwire.providers.base import GenerationRequest, Message, ProviderEvent
-from tokenwire.providers.local import LocalProvider, _ChunkParser, _request_body
+from tokenwire.providers.local import LocalProvider
+from tokenwire.providers.local_wire import ChunkParser as _ChunkParser
+from tokenwire.providers.local_wire import request_body as _request_body
 from tokenwire.settings import Settings
 
 pytestmark = pytest.mark.anyio

@@ -258,13 +258,18 @@ def _arguments(call: ToolCall) -> str:
     return json.dumps(call.arguments, ensure_ascii=False, separators=(",", ":"))
 
 
-def history(stored: Sequence[Any]) -> list[Message]:
+def history(stored: Sequence[Any], new: Sequence[Message] = ()) -> list[Message]:
     """The provider messages of stored messages (objects with ``role`` and ``parts``):
-    user and assistant text, and for every tool call that has a ``tool-result`` part,
-    an assistant message with its ``tool_calls`` followed by the ``tool`` messages
-    (calls without a result, e.g. a stopped loop's, are left out: providers refuse
-    an unanswered call); a stored ``tool`` message gives its ``tool-result`` parts.
-    System messages and empty ones are left out."""
+    user and assistant text, and for every tool call that has a ``tool-result`` part
+    (in the same message, a later stored ``tool`` message, or a ``tool`` message of
+    ``new``: a client's results), an assistant message with its ``tool_calls``
+    followed by the ``tool`` messages (calls without a result, e.g. a stopped loop's,
+    are left out: providers refuse an unanswered call); a stored ``tool`` message
+    gives its ``tool-result`` parts. System messages and empty ones are left out."""
+    answered = {
+        p.get("tool_call_id") for m in stored for p in m.parts if p.get("type") == "tool-result"
+    }
+    answered.update(m.tool_call_id for m in new if m.role == "tool")
     out: list[Message] = []
     for message in stored:
         parts: list[dict[str, Any]] = message.parts
@@ -273,10 +278,10 @@ def history(stored: Sequence[Any]) -> list[Message]:
             if text:
                 out.append(Message("user", text))
         elif message.role == "assistant":
-            out.extend(_assistant_messages(parts))
+            out.extend(_assistant_messages(parts, answered))
         elif message.role == "tool":  # only its tool-result parts
             results = [p for p in parts if p.get("type") == "tool-result"]
-            out.extend(m for m in _assistant_messages(results) if m.role == "tool")
+            out.extend(m for m in _assistant_messages(results, answered) if m.role == "tool")
     return out
 
 
@@ -284,8 +289,7 @@ def _text(parts: Sequence[dict[str, Any]]) -> str:
     return "".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
 
 
-def _assistant_messages(parts: Sequence[dict[str, Any]]) -> list[Message]:
-    answered = {p.get("tool_call_id") for p in parts if p.get("type") == "tool-result"}
+def _assistant_messages(parts: Sequence[dict[str, Any]], answered: set[Any]) -> list[Message]:
     out: list[Message] = []
     text: list[str] = []
     calls: list[MessageToolCall] = []

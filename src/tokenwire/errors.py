@@ -106,7 +106,8 @@ class UnknownModelError(TokenwireError):
 
 
 class InvalidRequestError(TokenwireError):
-    """A request to start a generation is invalid (HTTP 422 naming the field).
+    """A request to start a generation is invalid (HTTP 422 naming the field; 400 on
+    the OpenAI-compatible surface).
 
     Args:
         field: where, as the request spells it (``messages``, ``params.tokens``).

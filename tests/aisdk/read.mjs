@@ -18,32 +18,14 @@
 // The chat state is the minimal ChatState the SDK's own framework bindings implement
 // (an array of messages); chunks are recorded on the way from the transport to the chat.
 
+import { ArrayState } from "./array_state.mjs";
+
 const jobs = JSON.parse(process.argv[2]);
 const results = [];
 for (const job of jobs) results.push(await run(job, await import(`ai${job.version}`)));
 process.stdout.write(JSON.stringify(results));
 
 async function run(job, ai) {
-  class ArrayState {
-    constructor(messages = []) {
-      this.status = "ready";
-      this.error = undefined;
-      this.messages = messages;
-    }
-    pushMessage(message) {
-      this.messages = this.messages.concat(message);
-    }
-    popMessage() {
-      this.messages = this.messages.slice(0, -1);
-    }
-    replaceMessage(index, message) {
-      this.messages = [...this.messages.slice(0, index), message, ...this.messages.slice(index + 1)];
-    }
-    snapshot(value) {
-      return structuredClone(value);
-    }
-  }
-
   class RecordingTransport extends ai.DefaultChatTransport {
     constructor(options, onChunk) {
       super(options);

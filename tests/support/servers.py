@@ -5,6 +5,7 @@ never by sleeping a fixed time."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -91,3 +92,17 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextlib.contextmanager
+def fake_serve(data_dir: str, tokens: dict[str, str]) -> Iterator[str]:
+    """``tokenwire serve`` with the ``fake:`` models and ``TOKENWIRE_AUTH_TOKENS`` =
+    ``tokens`` (token → owner), its store in ``data_dir``; yield its base URL."""
+    env = {
+        "TOKENWIRE_DATA_DIR": data_dir,
+        "TOKENWIRE_FAKE_PROVIDER": "1",
+        "TOKENWIRE_AUTH_TOKENS": json.dumps(tokens),
+    }
+    args = ("serve", "--log-level", "warning")
+    with tokenwire_process(*args, env=env, ready_path="/healthz") as url:
+        yield url

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenwire.accumulate import MessageState
 from tokenwire.agent import DEFAULT_MAX_STEPS, MAX_STEPS_LIMIT, history
+from tokenwire.engine.history import check_tools, parts_of
 from tokenwire.engine.housekeeping import finish_lost_message, sweep_leases, warm_up
 from tokenwire.engine.housekeeping import open_log as _open_log
 from tokenwire.engine.identity import Access, HTTPRequest, Identify
@@ -246,7 +247,7 @@ class Tokenwire:
         *,
         system: str | None = None,
         params: Mapping[str, object] | None = None,
-        tools: Sequence[str] = (),
+        tools: Sequence[str | ToolSpec] = (),
         max_steps: int = DEFAULT_MAX_STEPS,
     ) -> tuple[Provider, str, str]:
         """Validate a request to start a generation, before anything is created.
@@ -259,7 +260,7 @@ class Tokenwire:
                 ``system`` too).
             params: checked by the provider when it is a
                 :class:`~tokenwire.providers.base.CheckedProvider`.
-            tools, max_steps: server-side tool names, most model calls (1 to 50).
+            tools, max_steps: tool names and client tools, most model calls (1-50).
 
         Returns:
             ``(provider, the provider's model name, the full model name)``.
@@ -284,9 +285,8 @@ class Tokenwire:
             raise InvalidRequestError("system", f"longer than {chars} characters")
         if not 1 <= max_steps <= MAX_STEPS_LIMIT:
             raise InvalidRequestError("max_steps", f"must be from 1 to {MAX_STEPS_LIMIT}")
-        self.tools.select(tools)
-        if tools and name.startswith("local:"):
-            raise InvalidRequestError("tools", "the bundled local model cannot call tools")
+        self.tools.select([t for t in tools if isinstance(t, str)])
+        check_tools(provider, name, messages, tools)
         return provider, provider_model, name
 
     async def admit(self, request: HTTPRequest) -> Ticket:
@@ -391,12 +391,12 @@ class Tokenwire:
             raise InvalidRequestError("messages", "must not be empty")
         names = [t for t in tools if isinstance(t, str)]
         provider, provider_model, model = self.check(
-            model, messages, system=system, params=params, tools=names, max_steps=max_steps
+            model, messages, system=system, params=params, tools=tools, max_steps=max_steps
         )
         turn = await self.store.begin_turn(
             conversation_id=conversation_id,
             owner=owner,
-            messages=[(m.role, [{"type": "text", "text": m.content}]) for m in messages],
+            messages=[(m.role, parts_of(m)) for m in messages],
             model=model,
             source=source,
         )
@@ -422,7 +422,7 @@ class Tokenwire:
             await announce(start)
         request = GenerationRequest(
             model=provider_model,
-            messages=[*history(stored), *messages],
+            messages=[*history(stored, messages), *messages],
             system=system,
             params=params or {},
             tools=[

@@ -175,15 +175,13 @@ def text_of(content: object) -> str:
 
 
 def _new_messages(history: Sequence[ChatMessage]) -> list[ChatMessage]:
-    """The tail a known thread has not seen: trailing tool results with the assistant
-    message that called them, else the last user message."""
+    """The tail a known thread has not seen: trailing tool results (the thread's
+    stored answer holds the tool calls they answer), else the last user message."""
     end = len(history)
     start = end
     while start > 0 and history[start - 1].role == "tool":
         start -= 1
     if start < end:
-        if start > 0 and history[start - 1].role == "assistant":
-            start -= 1
         return list(history[start:])
     if not history or history[-1].role != "user":
         raise InvalidRequestError(

@@ -2,9 +2,9 @@
 
 Two halves, both pure:
 
-- :func:`parse_chat_request` turns the JSON body that the AI SDK's
-  ``DefaultChatTransport`` POSTs (``{id, messages, trigger, messageId}``, or the
-  "last message only" variant ``{id, message}``) into :class:`ChatRequest`.
+- :func:`parse_dialect` reads the dialect header; the request body (``{id,
+  messages, trigger, messageId}``) is parsed by :mod:`tokenwire.server.aisdk_request`
+  (it maps to chat messages and tools, a layer to the right of this one).
 - :class:`UIMessageStreamEncoder` turns tokenwire events (DESIGN §2) into UI
   message stream chunks (dicts), and :func:`frame_chunks` frames them as
   ``data: <json>\\n\\n``; the body ends with :data:`DONE`.
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tokenwire.errors import ChatRequestError
@@ -67,12 +66,10 @@ __all__ = [
     "DONE",
     "HEADERS",
     "MASKED_ERROR",
-    "ChatRequest",
     "ChatRequestError",
     "Dialect",
     "UIMessageStreamEncoder",
     "frame_chunks",
-    "parse_chat_request",
     "parse_dialect",
 ]
 
@@ -112,145 +109,6 @@ def parse_dialect(value: str | None) -> Dialect:
         if name == dialect:
             return dialect
     raise ChatRequestError(f"x-tokenwire-ai-sdk must be one of 5, 6, 7, not {value!r}", header=True)
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """What a ``POST /api/chat`` asks for.
-
-    Attributes:
-        chat_id: the chat's ``id`` = the tokenwire conversation id.
-        history: ``(role, text)`` of every message before the last one; used only to
-            seed a conversation tokenwire does not know yet.
-        text: the text of the last (user) message: the new turn.
-        trigger: ``submit-message`` or ``regenerate-message``.
-        message_id: the ``messageId`` field (the message to regenerate), if sent.
-        model: the body's ``model`` field (``"provider:model"``), if sent.
-        system: the body's ``system`` field, if sent.
-        params: the body's ``params`` field (provider parameters), if sent.
-        tools: the body's ``tools`` field: names of server-side tools the model may
-            call (the agent loop, docs/tools.md).
-        max_steps: the body's ``max_steps`` field, if sent.
-    """
-
-    chat_id: str
-    history: list[tuple[Literal["user", "assistant"], str]]
-    text: str
-    trigger: str = "submit-message"
-    message_id: str | None = None
-    model: str | None = None
-    system: str | None = None
-    params: dict[str, object] = field(default_factory=dict)
-    tools: list[str] = field(default_factory=list)
-    max_steps: int | None = None
-
-
-def parse_chat_request(body: object) -> ChatRequest:
-    """Validate a ``DefaultChatTransport`` request body.
-
-    Accepted: ``{"id", "messages": [UIMessage…], "trigger"?, "messageId"?}`` or
-    ``{"id", "message": UIMessage}``; a UI message is ``{"id"?, "role", "parts":
-    [{"type": "text", "text"}, …]}`` (other part types are ignored). Tokenwire
-    extensions: ``model``, ``system`` (strings), ``params`` (object), ``tools`` (names
-    of server-side tools) and ``max_steps`` (integer; checked by the engine).
-
-    Raises:
-        ChatRequestError: with a message naming the offending field.
-    """
-    if not isinstance(body, dict):
-        raise ChatRequestError("the body must be a JSON object")
-    chat_id = body.get("id")
-    if not isinstance(chat_id, str) or not chat_id or len(chat_id) > 200:
-        raise ChatRequestError("id: the chat id must be a non-empty string (at most 200 chars)")
-    if "messages" in body:
-        raw = body["messages"]
-        if not isinstance(raw, list) or not raw:
-            raise ChatRequestError("messages: must be a non-empty list of UI messages")
-    elif "message" in body:
-        raw = [body["message"]]
-    else:
-        raise ChatRequestError("messages: missing (send 'messages' or 'message')")
-    messages = [_ui_message(m, f"messages[{i}]") for i, m in enumerate(raw)]
-    role, text = messages[-1]
-    if role != "user":
-        raise ChatRequestError("messages: the last message must be a user message")
-    if not text:
-        raise ChatRequestError("messages: the last message has no text part")
-    trigger = body.get("trigger", "submit-message")
-    if trigger not in ("submit-message", "regenerate-message"):
-        raise ChatRequestError("trigger: must be 'submit-message' or 'regenerate-message'")
-    history: list[tuple[Literal["user", "assistant"], str]] = []
-    for r, t in messages[:-1]:
-        if t and (r == "user" or r == "assistant"):
-            history.append((r, t))
-    return ChatRequest(
-        chat_id=chat_id,
-        history=history,
-        text=text,
-        trigger=trigger,
-        message_id=_optional_str(body, "messageId"),
-        model=_optional_str(body, "model"),
-        system=_optional_str(body, "system"),
-        params=_params(body),
-        tools=_tool_names(body),
-        max_steps=_max_steps(body),
-    )
-
-
-def _ui_message(value: object, where: str) -> tuple[Literal["user", "assistant", "system"], str]:
-    if not isinstance(value, dict):
-        raise ChatRequestError(f"{where}: must be an object")
-    role = value.get("role")
-    if role != "user" and role != "assistant" and role != "system":
-        raise ChatRequestError(f"{where}.role: must be 'user', 'assistant' or 'system'")
-    parts = value.get("parts")
-    if not isinstance(parts, list):
-        raise ChatRequestError(f"{where}.parts: must be a list of parts")
-    texts: list[str] = []
-    for j, part in enumerate(parts):
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise ChatRequestError(f"{where}.parts[{j}]: must be an object with a 'type'")
-        if part["type"] == "text":
-            if not isinstance(part.get("text"), str):
-                raise ChatRequestError(f"{where}.parts[{j}].text: must be a string")
-            texts.append(part["text"])
-    return role, "".join(texts)
-
-
-def _optional_str(body: dict[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ChatRequestError(f"{key}: must be a string")
-    return value
-
-
-def _params(body: dict[str, Any]) -> dict[str, object]:
-    value = body.get("params")
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ChatRequestError("params: must be an object")
-    return dict(value)
-
-
-def _tool_names(body: dict[str, Any]) -> list[str]:
-    value = body.get("tools")
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ChatRequestError("tools: must be a list of tool names")
-    return list(value)
-
-
-def _max_steps(body: dict[str, Any]) -> int | None:
-    value = body.get("max_steps")
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ChatRequestError("max_steps: must be an integer")
-    return value
 
 
 class UIMessageStreamEncoder:

@@ -15,9 +15,11 @@ Wire format references (OpenAI API reference):
   after the stream started, the same object as an in-band ``data:`` line (the
   official SDKs raise ``APIError`` with its ``message``).
 
-:func:`parse_request` turns a request body into tokenwire's ``start`` arguments
-(:class:`ChatRequest`); :class:`ChunkEncoder` turns a stream's events into chunk
-dicts, SSE bytes, or the final ``chat.completion`` object.
+Request bodies are parsed by :mod:`tokenwire.server.openai_request` (they map to
+chat messages and tools, a layer to the right of this one). :class:`ChunkEncoder`
+turns a stream's events into chunk dicts (a model's tool calls as
+``delta.tool_calls``, ``finish_reason: "tool_calls"``), SSE bytes, or the final
+``chat.completion`` object.
 
 Deliberate deviations from OpenAI, all documented in ``docs/openai-compatible.md``:
 
@@ -33,9 +35,9 @@ Deliberate deviations from OpenAI, all documented in ``docs/openai-compatible.md
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -58,275 +60,20 @@ from tokenwire.protocol.sse import DONE, encode_sse
 
 __all__ = [
     "DONE",
-    "ChatRequest",
     "ChunkEncoder",
     "OpenAIRequestError",
     "error_body",
     "error_status",
     "frame",
-    "parse_request",
 ]
 
 
-Role = Literal["user", "assistant"]
 SYSTEM_FINGERPRINT = "fp_tokenwire"
 """``system_fingerprint`` of every chunk and completion: stable, since tokenwire's own
 configuration does not change what the provider computes (OpenAI sends ``fp_<hex>``)."""
 SERVICE_TIER = "default"
 """``service_tier`` of every chunk and completion (OpenAI's value for standard processing)."""
 _json = msgspec.json.Encoder()
-
-
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
-    """A Chat Completions request, mapped to :meth:`tokenwire.Tokenwire.start` arguments.
-
-    Attributes:
-        model: the tokenwire ``provider:model`` name.
-        messages: ``(role, text)`` of the user and assistant messages, oldest first.
-        system: every ``system``/``developer`` message joined with a blank line, or ``None``.
-        params: provider parameters (see :func:`parse_request`).
-        stream: answer with ``chat.completion.chunk`` SSE instead of one object.
-        include_usage: ``stream_options.include_usage``.
-    """
-
-    model: str
-    messages: tuple[tuple[Role, str], ...]
-    system: str | None = None
-    params: dict[str, object] = field(default_factory=dict)
-    stream: bool = False
-    include_usage: bool = False
-
-
-# --- request -------------------------------------------------------------------------
-
-_CONTROL = frozenset({"model", "messages", "stream", "stream_options", "n"})
-_IGNORED = frozenset(
-    {"user", "store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier"}
-)
-"""Informational parameters: passed to ``openai:``-family providers, dropped for others."""
-_REJECTED = {
-    "functions": "is deprecated and not supported; use 'tools'",
-    "function_call": "is deprecated and not supported; use 'tool_choice'",
-    "logprobs": "is not supported: tokenwire streams carry no log probabilities",
-    "top_logprobs": "is not supported: tokenwire streams carry no log probabilities",
-    "audio": "is not supported: tokenwire streams carry text only",
-    "modalities": "is not supported: tokenwire streams carry text only",
-    "prediction": "is not supported",
-}
-_NOT_FOR = {
-    "anthropic": frozenset(
-        {"seed", "presence_penalty", "frequency_penalty", "logit_bias", "response_format"}
-        | {"reasoning_effort", "verbosity", "web_search_options"}
-    ),
-    "openai-responses": frozenset(
-        {"seed", "stop", "presence_penalty", "frequency_penalty", "logit_bias"}
-        | {"response_format", "web_search_options"}
-    ),
-}
-"""Chat Completions parameters a provider family has no equivalent for."""
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_stop(value: object) -> bool:
-    return isinstance(value, str) or (
-        isinstance(value, list) and all(isinstance(s, str) for s in value)
-    )
-
-
-_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
-    "temperature": (_is_number, "a number"),
-    "top_p": (_is_number, "a number"),
-    "presence_penalty": (_is_number, "a number"),
-    "frequency_penalty": (_is_number, "a number"),
-    "max_tokens": (_is_int, "an integer"),
-    "max_completion_tokens": (_is_int, "an integer"),
-    "seed": (_is_int, "an integer"),
-    "stop": (_is_stop, "a string or an array of strings"),
-    "tools": (lambda v: isinstance(v, list), "an array"),
-}
-
-
-def parse_request(body: Mapping[str, Any]) -> ChatRequest:
-    """Validate a Chat Completions request body and map it to tokenwire arguments.
-
-    Parameters are handled one by one:
-
-    - ``model`` must be ``provider:model``; ``messages`` roles ``system``,
-      ``developer`` (both become ``system``), ``user``, ``assistant``, with content a
-      string or an array of ``{"type": "text", "text": …}`` parts;
-    - ``n`` may be 1 only; ``functions``, ``function_call``, ``logprobs``,
-      ``top_logprobs``, ``audio``, ``modalities``, ``prediction`` are refused;
-    - every other key becomes a tokenwire param, passed to the provider as extra
-      body fields (provider-specific extras such as the ``fake:`` script's
-      ``stall_after`` arrive this way, through the SDK's ``extra_body``), translated
-      for ``anthropic:`` (``max_completion_tokens``→``max_tokens``,
-      ``stop``→``stop_sequences``, ``tools``/``tool_choice`` to Anthropic's shape)
-      and ``openai-responses:`` (``max_*tokens``→``max_output_tokens``, flat
-      ``tools``); a parameter the family has no equivalent for is refused.
-
-    Raises:
-        OpenAIRequestError: naming the offending parameter; status 404 for a model
-            that is not ``provider:model``.
-    """
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise OpenAIRequestError("you must provide a model parameter", param="model")
-    family, sep, rest = model.partition(":")
-    if not sep or not family or not rest:
-        message = f"The model {model!r} does not exist: tokenwire models are named 'provider:model'"
-        raise OpenAIRequestError(message, param="model", status=404, code="model_not_found")
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise _unsupported("n", "must be 1: tokenwire streams one choice per request")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, Mapping):
-        raise OpenAIRequestError("'stream_options' must be an object", param="stream_options")
-    system, messages = _messages(body.get("messages"))
-    return ChatRequest(
-        model=model,
-        messages=messages,
-        system=system,
-        params=_params(body, family),
-        stream=body.get("stream") is True,
-        include_usage=bool(options and options.get("include_usage") is True),
-    )
-
-
-def _unsupported(param: str, why: str) -> OpenAIRequestError:
-    return OpenAIRequestError(f"'{param}' {why}", param=param, code="unsupported_parameter")
-
-
-def _messages(value: object) -> tuple[str | None, tuple[tuple[Role, str], ...]]:
-    if not isinstance(value, list) or not value:
-        raise OpenAIRequestError("'messages' must be a non-empty array", param="messages")
-    system: list[str] = []
-    out: list[tuple[Role, str]] = []
-    for i, message in enumerate(value):
-        where = f"messages[{i}]"
-        if not isinstance(message, Mapping):
-            raise OpenAIRequestError(f"'{where}' must be an object", param=where)
-        role = message.get("role")
-        if message.get("tool_calls") or message.get("function_call"):
-            why = "assistant tool calls in the history are not supported (text only)"
-            raise OpenAIRequestError(f"'{where}': {why}", param=f"{where}.tool_calls")
-        text = _content(message.get("content"), f"{where}.content")
-        if role in ("system", "developer"):
-            system.append(text)
-        elif role == "user" or role == "assistant":
-            out.append((role, text))
-        else:
-            why = "must be 'system', 'developer', 'user' or 'assistant' (text conversations only)"
-            raise OpenAIRequestError(f"'{where}.role' {why}, got {role!r}", param=f"{where}.role")
-    if not out:
-        raise OpenAIRequestError(
-            "'messages' must contain at least one user or assistant message", param="messages"
-        )
-    return ("\n\n".join(system) if system else None), tuple(out)
-
-
-def _content(value: object, where: str) -> str:
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list):
-        raise OpenAIRequestError(
-            f"'{where}' must be a string or an array of text parts", param=where
-        )
-    texts: list[str] = []
-    for j, part in enumerate(value):
-        kind = part.get("type") if isinstance(part, Mapping) else None
-        text = part.get("text") if isinstance(part, Mapping) else None
-        if kind != "text" or not isinstance(text, str):
-            why = f"must be a {{'type': 'text', 'text': ...}} part, got type {kind!r}"
-            raise OpenAIRequestError(f"'{where}[{j}]' {why}", param=f"{where}[{j}]")
-        texts.append(text)
-    return "".join(texts)
-
-
-def _params(body: Mapping[str, Any], family: str) -> dict[str, object]:
-    params: dict[str, object] = {}
-    not_for = _NOT_FOR.get(family, frozenset())
-    for key, value in body.items():
-        if key in _CONTROL or value is None:
-            continue
-        if key in _REJECTED:
-            raise _unsupported(key, _REJECTED[key])
-        if key in not_for:
-            raise _unsupported(key, f"is not supported for '{family}:' models")
-        check = _CHECKS.get(key)
-        if check is not None and not check[0](value):
-            raise OpenAIRequestError(f"'{key}' must be {check[1]}", param=key)
-        if key in _IGNORED and family in _NOT_FOR:
-            continue
-        params[key] = value
-    if family == "anthropic":
-        return _for_anthropic(params)
-    if family == "openai-responses":
-        return _for_responses(params)
-    return params
-
-
-def _for_anthropic(params: dict[str, object]) -> dict[str, object]:
-    out = dict(params)
-    if "max_completion_tokens" in out:
-        out["max_tokens"] = out.pop("max_completion_tokens")
-    if "stop" in out:
-        stop = out.pop("stop")
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else stop
-    out.pop("parallel_tool_calls", None)
-    if "tools" in out:
-        out["tools"] = [
-            {
-                "name": fn.get("name"),
-                **({"description": fn["description"]} if "description" in fn else {}),
-                "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
-            }
-            for fn in _functions(out["tools"])
-        ]
-    if "tool_choice" in out:
-        out["tool_choice"] = _anthropic_choice(out["tool_choice"])
-    return out
-
-
-def _anthropic_choice(choice: object) -> dict[str, object]:
-    simple = {"auto": "auto", "required": "any", "none": "none"}
-    if isinstance(choice, str) and choice in simple:
-        return {"type": simple[choice]}
-    if isinstance(choice, Mapping) and isinstance(choice.get("function"), Mapping):
-        return {"type": "tool", "name": choice["function"].get("name")}
-    raise OpenAIRequestError("'tool_choice' is not a valid tool choice", param="tool_choice")
-
-
-def _for_responses(params: dict[str, object]) -> dict[str, object]:
-    out = dict(params)
-    for key in ("max_tokens", "max_completion_tokens"):
-        if key in out:
-            out["max_output_tokens"] = out.pop(key)
-    if "tools" in out:
-        out["tools"] = [{"type": "function", **fn} for fn in _functions(out["tools"])]
-    choice = out.get("tool_choice")
-    if isinstance(choice, Mapping) and isinstance(choice.get("function"), Mapping):
-        out["tool_choice"] = {"type": "function", "name": choice["function"].get("name")}
-    return out
-
-
-def _functions(tools: object) -> list[Mapping[str, Any]]:
-    """The ``function`` objects of Chat Completions ``tools``."""
-    out: list[Mapping[str, Any]] = []
-    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
-        fn = tool.get("function") if isinstance(tool, Mapping) else None
-        if not isinstance(tool, Mapping) or tool.get("type") != "function" or not fn:
-            why = "must be a {'type': 'function', 'function': {...}} tool"
-            raise OpenAIRequestError(f"'tools[{i}]' {why}", param=f"tools[{i}]")
-        out.append(fn)
-    return out
 
 
 # --- errors --------------------------------------------------------------------------

@@ -19,12 +19,13 @@ Usage: Anthropic's ``input_tokens`` exclude cache reads and writes; tokenwire's
 ``cached_input_tokens`` the cache reads. ``message_delta`` usage is cumulative.
 
 :class:`MessagesParser` is sans-I/O; :class:`AnthropicProvider` is the I/O shell on
-the official ``anthropic`` SDK.
+the official ``anthropic`` SDK; :func:`anthropic_messages` and :func:`anthropic_tools`
+build the request's tools and tool history.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -44,17 +45,26 @@ from tokenwire.events import (
 )
 from tokenwire.providers.base import (
     GenerationRequest,
+    Message,
     Parts,
     ProviderEvent,
+    ToolSpec,
     error_for_code,
     error_for_status,
     finish,
+    parse_arguments,
     tool_call,
 )
 from tokenwire.providers.openai_chat import body_error, closed_early
 from tokenwire.providers.sdk import SDKProvider
 
-__all__ = ["AnthropicProvider", "MessagesParser", "translate_anthropic_error"]
+__all__ = [
+    "AnthropicProvider",
+    "MessagesParser",
+    "anthropic_messages",
+    "anthropic_tools",
+    "translate_anthropic_error",
+]
 
 _STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -286,6 +296,58 @@ def translate_anthropic_error(exc: Exception) -> ProviderError:
     )
 
 
+def anthropic_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Messages API ``messages`` (Anthropic API docs, "Tool use → Handling tool use
+    and tool results"): an assistant's tool calls become ``tool_use`` blocks (their
+    ``input`` the parsed arguments; text that is not a JSON object is sent as
+    ``{"arguments": text}``), ``tool`` messages ``tool_result`` blocks (``is_error``
+    when the call failed) in one ``user`` message, before that turn's user text;
+    ``system`` messages are left out (they go to ``system``)."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "system":
+            continue
+        blocks: list[dict[str, Any]] = []
+        if m.role == "tool":
+            result = {
+                "type": "tool_result",
+                "tool_use_id": m.tool_call_id or "",
+                "content": m.content,
+            }
+            blocks.append({**result, "is_error": True} if m.is_error else result)
+        elif m.tool_calls:
+            if m.content:
+                blocks.append({"type": "text", "text": m.content})
+            for call in m.tool_calls:
+                arguments, invalid = parse_arguments(call.arguments)
+                payload = {"arguments": call.arguments} if invalid else arguments
+                blocks.append(
+                    {"type": "tool_use", "id": call.id, "name": call.name, "input": payload}
+                )
+        else:
+            blocks.append({"type": "text", "text": m.content})
+        role = "assistant" if m.role == "assistant" else "user"
+        if out and out[-1]["role"] == role and m.role != "assistant":  # results, then the text
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    for message in out:  # plain text stays a string, as before tools
+        if len(message["content"]) == 1 and message["content"][0]["type"] == "text":
+            message["content"] = message["content"][0]["text"]
+    return out
+
+
+def anthropic_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    """Messages API ``tools``: ``{name, description?, input_schema}``."""
+    out: list[dict[str, Any]] = []
+    for tool in tools:
+        entry: dict[str, Any] = {"name": tool.name, "input_schema": tool.parameters}
+        if tool.description:
+            entry["description"] = tool.description
+        out.append(entry)
+    return out
+
+
 class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
     """The Messages API over the official ``anthropic`` SDK (``POST /v1/messages``).
 
@@ -335,14 +397,13 @@ class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
         system = [m.content for m in request.messages if m.role == "system"]
         if request.system is not None:
             system.insert(0, request.system)
-        messages = [
-            {"role": m.role, "content": m.content} for m in request.messages if m.role != "system"
-        ]
+        tools = anthropic_tools(request.tools)
         try:
             events = await self._sdk().messages.create(
                 model=request.model,
                 max_tokens=cast(int, max_tokens),
-                messages=cast(Any, messages),
+                messages=cast(Any, anthropic_messages(request.messages)),
+                tools=cast(Any, tools) if tools else anthropic.omit,
                 system="\n\n".join(system) if system else anthropic.omit,
                 stream=True,
                 extra_body=params or None,

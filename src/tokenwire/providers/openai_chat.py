@@ -22,12 +22,15 @@ Compatible servers differ; the parser accepts, per choice ``delta``:
   legacy ``function_call``;
 - usage at the top level or under ``x_groq.usage`` (Groq).
 
+Requests (:func:`chat_messages`, :func:`chat_tools`) carry the request's tools and
+its tool history (assistant ``tool_calls``, ``tool`` messages).
+
 Deliberate deviation: with ``n > 1`` only the choice with ``index`` 0 is followed.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -47,6 +50,7 @@ from tokenwire.providers.base import (
     GenerationRequest,
     Parts,
     ProviderEvent,
+    ToolSpec,
     error_for_code,
     error_for_status,
     finish,
@@ -59,6 +63,8 @@ __all__ = [
     "ChatCompletionsParser",
     "OpenAIChatProvider",
     "body_error",
+    "chat_messages",
+    "chat_tools",
     "closed_early",
     "make_openai_client",
     "translate_openai_error",
@@ -316,6 +322,44 @@ def translate_openai_error(exc: Exception) -> ProviderError:
     return ProviderError("provider_error", "the provider client failed")
 
 
+def chat_messages(request: GenerationRequest) -> list[dict[str, Any]]:
+    """Chat Completions ``messages`` for ``request``: the system prompt first, an
+    assistant's ``tool_calls`` (``content`` ``null`` when it said nothing), ``tool``
+    messages with their ``tool_call_id`` (OpenAI API reference, "Create chat
+    completion")."""
+    out: list[dict[str, Any]] = []
+    if request.system is not None:
+        out.append({"role": "system", "content": request.system})
+    for m in request.messages:
+        message: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.role == "tool":
+            message["tool_call_id"] = m.tool_call_id or ""
+        elif m.tool_calls:
+            message["content"] = m.content or None
+            message["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for c in m.tool_calls
+            ]
+        out.append(message)
+    return out
+
+
+def chat_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    """Chat Completions ``tools``: ``{type: "function", function: {name,
+    description, parameters}}`` (the description only when there is one)."""
+    out: list[dict[str, Any]] = []
+    for tool in tools:
+        fn: dict[str, Any] = {"name": tool.name, "parameters": tool.parameters}
+        if tool.description:
+            fn["description"] = tool.description
+        out.append({"type": "function", "function": fn})
+    return out
+
+
 SDK_ERRORS = (openai.OpenAIError, httpx2.HTTPError)
 """What :func:`translate_openai_error` translates."""
 
@@ -341,14 +385,12 @@ class OpenAIChatProvider(SDKProvider[openai.AsyncOpenAI]):
             ProviderError: for every upstream failure, in-band errors included.
         """
         parser = ChatCompletionsParser()
-        messages: list[dict[str, str]] = []
-        if request.system is not None:
-            messages.append({"role": "system", "content": request.system})
-        messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        tools = chat_tools(request.tools)
         try:
             chunks = await self._sdk().chat.completions.create(
                 model=request.model,
-                messages=cast(Any, messages),
+                messages=cast(Any, chat_messages(request)),
+                tools=cast(Any, tools) if tools else openai.omit,
                 stream=True,
                 stream_options={"include_usage": True},
                 extra_body=dict(request.params) or None,

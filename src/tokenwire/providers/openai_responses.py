@@ -21,12 +21,13 @@ Events used here:
 - ``response.completed``/``response.incomplete`` → usage and the finish reason.
 
 :class:`ResponsesParser` is sans-I/O; :class:`OpenAIResponsesProvider` is the I/O
-shell on the official ``openai`` SDK.
+shell on the official ``openai`` SDK; :func:`responses_input` and
+:func:`responses_tools` build the request's tools and tool history.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -44,8 +45,10 @@ from tokenwire.events import (
 )
 from tokenwire.providers.base import (
     GenerationRequest,
+    Message,
     Parts,
     ProviderEvent,
+    ToolSpec,
     error_for_code,
     finish,
     tool_call,
@@ -59,7 +62,7 @@ from tokenwire.providers.openai_chat import (
 )
 from tokenwire.providers.sdk import SDKProvider
 
-__all__ = ["OpenAIResponsesProvider", "ResponsesParser"]
+__all__ = ["OpenAIResponsesProvider", "ResponsesParser", "responses_input", "responses_tools"]
 
 _INCOMPLETE_REASONS: dict[str, FinishReason] = {
     "max_output_tokens": "length",
@@ -272,6 +275,37 @@ class ResponsesParser:
         raise error_for_code(*body_error(event))
 
 
+def responses_input(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Responses API ``input`` items (OpenAI API reference, "Responses → Create",
+    "Function calling" guide): messages as ``{role, content}``, an assistant's
+    tool calls as ``function_call`` items (``call_id``, ``name``, ``arguments``)
+    after its text, ``tool`` messages as ``function_call_output`` items."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "tool":
+            output = {"type": "function_call_output", "call_id": m.tool_call_id or ""}
+            out.append({**output, "output": m.content})
+            continue
+        if m.content or not m.tool_calls:
+            out.append({"role": m.role, "content": m.content})
+        for c in m.tool_calls:
+            call = {"type": "function_call", "call_id": c.id, "name": c.name}
+            out.append({**call, "arguments": c.arguments})
+    return out
+
+
+def responses_tools(tools: Sequence[ToolSpec]) -> list[dict[str, Any]]:
+    """Responses API function ``tools``: flat ``{type: "function", name,
+    description?, parameters}``."""
+    out: list[dict[str, Any]] = []
+    for tool in tools:
+        entry: dict[str, Any] = {"type": "function", "name": tool.name}
+        if tool.description:
+            entry["description"] = tool.description
+        out.append({**entry, "parameters": tool.parameters})
+    return out
+
+
 class OpenAIResponsesProvider(SDKProvider[openai.AsyncOpenAI]):
     """The Responses API over the official ``openai`` SDK (``POST /v1/responses``).
 
@@ -293,11 +327,12 @@ class OpenAIResponsesProvider(SDKProvider[openai.AsyncOpenAI]):
             ProviderError: for every upstream failure, in-band errors included.
         """
         parser = ResponsesParser()
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        tools = responses_tools(request.tools)
         try:
             events = await self._sdk().responses.create(
                 model=request.model,
-                input=cast(Any, messages),
+                input=cast(Any, responses_input(request.messages)),
+                tools=cast(Any, tools) if tools else openai.omit,
                 instructions=request.system if request.system is not None else openai.omit,
                 stream=True,
                 extra_body=dict(request.params) or None,

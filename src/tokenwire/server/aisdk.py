@@ -18,6 +18,13 @@ is read, deleted or cancelled. Without a valid identity where one is required:
 401. ``POST /api/chat`` and ``/stop`` refuse a body not declared as JSON with 415,
 so that another site's page cannot call them with a form.
 
+Client-side tools: the body's ``tools`` objects (``{name, description,
+inputSchema}``) are offered to the model; its tool calls end the answer
+(``finish`` with ``tool-calls``); the client runs them and POSTs the chat again,
+the last message being the assistant's with its tool parts in state
+``output-available``/``output-error``; those results are the new turn, answered
+in the same conversation (:mod:`tokenwire.server.aisdk_request`).
+
 Choices: the model comes from the body field ``model``, else the
 ``x-tokenwire-model`` header, else the server's default model; the dialect from
 the ``x-tokenwire-ai-sdk`` header (``5``, ``6`` or ``7``; default ``7``). Bad
@@ -55,10 +62,9 @@ from tokenwire.protocol.aisdk import (
     Dialect,
     UIMessageStreamEncoder,
     frame_chunks,
-    parse_chat_request,
     parse_dialect,
 )
-from tokenwire.providers import Message
+from tokenwire.server.aisdk_request import parse_chat_request
 from tokenwire.server.errors import error_response
 from tokenwire.server.identity import caller_dependency, require_json
 from tokenwire.server.routes import responses
@@ -102,15 +108,14 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         except ChatRequestError as exc:
             return _detail(400 if exc.header else exc.http_status, exc.message)
         model = body.model if body.model is not None else x_tokenwire_model
-        history = [Message(role, text) for role, text in body.history]
         steps = DEFAULT_MAX_STEPS if body.max_steps is None else body.max_steps
         try:  # before the conversation is created, so a bad request leaves nothing behind
             tw.check(
                 model,
-                [*history, Message("user", body.text)],
+                [*body.history, *body.turn],
                 system=body.system,
                 params=body.params,
-                tools=body.tools,
+                tools=[*body.tools, *body.client_tools],
                 max_steps=steps,
             )
         except UnknownModelError as exc:
@@ -129,12 +134,12 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         if existing is None and await tw.store.create_conversation_if_absent(
             body.chat_id, owner=owner, source="ai-sdk"
         ):  # created here (a concurrent first request may have created it first)
-            messages = [*history, Message("user", body.text)]
+            messages = [*body.history, *body.turn]
         else:
             if regenerate and body.message_id is not None:  # drop the answer it replaces
                 await tw.store.delete_messages_from(body.chat_id, body.message_id)
             answer_again = regenerate and await _ends_with_user(tw, body.chat_id)
-            messages = [] if answer_again else [Message("user", body.text)]
+            messages = [] if answer_again else body.turn
         try:
             stream = await tw.start(
                 model,
@@ -144,7 +149,7 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
                 params=body.params,
                 owner=owner,
                 ticket=ticket,
-                tools=body.tools,
+                tools=[*body.tools, *body.client_tools],
                 max_steps=steps,
             )
         except UnknownModelError as exc:
@@ -153,7 +158,7 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
             return _detail(exc.http_status, str(exc))
         except ConversationNotFoundError as exc:
             return _detail(exc.http_status, "chat not found")
-        return _response(tw, stream.stream_id, dialect)
+        return _response(tw, stream.stream_id, dialect, body.continued_id)
 
     @router.get(
         "/api/chat/{chat_id}/stream",
@@ -212,14 +217,22 @@ async def _running_stream(tw: Tokenwire, chat_id: str) -> str | None:
     return None if active is None else active[0]
 
 
-def _response(tw: Tokenwire, stream_id: str, dialect: Dialect) -> EventStreamResponse:
+def _response(
+    tw: Tokenwire, stream_id: str, dialect: Dialect, message_id: str | None = None
+) -> EventStreamResponse:
     """The stream from ``seq`` 1 as the UI message stream, ending with ``[DONE]``: the
     native SSE response's reading, batching, heartbeats (which the SDK's parser
-    ignores) and disconnect handling, with this framing."""
+    ignores) and disconnect handling, with this framing. ``message_id``, when given,
+    is the ``start`` chunk's ``messageId`` (the client's message this answer continues)."""
     encoder = UIMessageStreamEncoder(dialect)
 
     def frame(batch: list[Event]) -> bytes:
-        body = frame_chunks(encoder.encode(batch))
+        chunks = encoder.encode(batch)
+        if message_id is not None:
+            for chunk in chunks:
+                if chunk["type"] == "start":
+                    chunk["messageId"] = message_id
+        body = frame_chunks(chunks)
         return body + DONE if is_terminal(batch[-1]) else body
 
     return EventStreamResponse(

@@ -3,12 +3,15 @@ SDKs are clients, and every answer is still a logged, resumable, cancellable str
 
 Wire format: OpenAI API reference, "Chat → Create chat completion" and "Chat →
 Streaming" (https://platform.openai.com/docs/api-reference/chat); the encoding is
-:mod:`tokenwire.protocol.openai_compat`, this module is its I/O shell.
+:mod:`tokenwire.protocol.openai_compat` and the request parsing
+:mod:`tokenwire.server.openai_request`; this module is their I/O shell.
 
 - Each request starts a new tokenwire conversation (stateless, as OpenAI's
-  endpoint is), owned by the caller (``Authorization: Bearer``, the SDK's
-  ``api_key``: :mod:`tokenwire.engine.identity`); ``x-tokenwire-stream-id`` on
-  every answer names the stream, to resume it (``GET /v1/streams/{id}/events``)
+  endpoint is; a client-run tool loop sends the whole history, assistant
+  ``tool_calls`` and ``tool`` results included, each time), owned by the caller
+  (``Authorization: Bearer``, the SDK's ``api_key``:
+  :mod:`tokenwire.engine.identity`); ``x-tokenwire-stream-id`` on every answer
+  names the stream, to resume it (``GET /v1/streams/{id}/events``)
   or stop it (``POST /v1/streams/{id}/cancel``) through the native API, which
   answers 404 to anyone but its owner.
 - 401 (code ``invalid_api_key``, ``WWW-Authenticate: Bearer``) without a valid
@@ -58,11 +61,10 @@ from tokenwire.protocol.openai_compat import (
     OpenAIRequestError,
     error_body,
     error_status,
-    parse_request,
 )
-from tokenwire.providers import Message
 from tokenwire.providers.fallback import join_models
 from tokenwire.server.identity import caller_dependency, require_json
+from tokenwire.server.openai_request import parse_request
 from tokenwire.server.routes import responses
 from tokenwire.transports.first_event import failure_before_first_event
 from tokenwire.transports.sse import EventStreamResponse
@@ -184,12 +186,13 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
         ticket = await tw.admit(request)
         stream = await tw.start(
             chat.model,
-            [Message(role, text) for role, text in chat.messages],
+            chat.messages,
             system=chat.system,
             params=chat.params,
             owner=owner,
             source="openai",
             ticket=ticket,
+            tools=chat.tools,
         )
         encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
         headers = {STREAM_ID_HEADER: stream.stream_id}
