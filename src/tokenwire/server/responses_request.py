@@ -12,7 +12,7 @@ raised as :class:`~tokenwire.errors.OpenAIRequestError` naming the parameter;
 an unknown top-level parameter is ``unknown_parameter``, as OpenAI answers it.
 
 Provider parameters are mapped to their Chat Completions names and run through
-:func:`tokenwire.protocol.openai_compat.parse_request`, so every provider family
+:func:`tokenwire.server.openai_request.parse_request`, so every provider family
 gets the same translation (and refusals) as ``/v1/chat/completions``.
 """
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenwire.errors import OpenAIRequestError
-from tokenwire.protocol import openai_compat
 from tokenwire.providers.base import Message, MessageToolCall, ToolSpec
+from tokenwire.server import openai_request
 
 __all__ = ["ResponsesRequest", "parse_responses_request"]
 
@@ -169,7 +169,7 @@ def _translated(
         **({"tools": [{"type": "function", "function": f} for f in functions]} if tools else {}),
     }
     try:
-        params = openai_compat.parse_request(probe).params
+        params = openai_request.parse_request(probe).params
     except OpenAIRequestError as exc:
         param = _CHAT_NAMES.get(exc.param or "", exc.param)
         message = exc.message
