@@ -9,7 +9,9 @@ Usage::
     await store.close()
 
 Modules: :mod:`~tokenwire.store.models` (tables and records),
-:mod:`~tokenwire.store.repository` (:class:`Store`),
+:mod:`~tokenwire.store.repository` (:class:`Store`, whose queries are in
+:mod:`~tokenwire.store.conversations` and :mod:`~tokenwire.store.messages`, over
+:mod:`~tokenwire.store.core`: sessions, transactions, the error boundary),
 :mod:`~tokenwire.store.fields` (value checks, titles),
 :mod:`~tokenwire.store.engine` (SQLite/PostgreSQL engine settings),
 :mod:`~tokenwire.store.migrate` (Alembic, also ``python -m tokenwire.store``).

@@ -1,0 +1,296 @@
+"""The store's messages: add, update and checkpoint them, and start a turn (DESIGN §6).
+
+Part of :class:`~tokenwire.store.repository.Store` (errors and records as its
+module docstring says).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenwire.errors import StoreError
+from tokenwire.store.core import StoreCore
+from tokenwire.store.fields import check_parts, check_role, check_status, derive_title, json_copy
+from tokenwire.store.models import (
+    ConversationRecord,
+    ConversationRow,
+    MessageRecord,
+    MessageRow,
+    may_touch,
+)
+
+__all__ = ["Messages"]
+
+
+class Messages(StoreCore):
+    """The message queries of :class:`~tokenwire.store.repository.Store`."""
+
+    async def messages(self, conversation_id: str) -> list[MessageRecord]:
+        """Every message of a conversation, oldest first (no ownership check).
+
+        Args:
+            conversation_id: the conversation's id.
+
+        Returns:
+            The messages; empty if there are none or no such conversation.
+        """
+        async with self._guard("read the messages"), self._transaction() as session:
+            rows = (await session.scalars(_oldest_first(conversation_id))).all()
+            return [MessageRecord.from_row(row) for row in rows]
+
+    async def add_message(
+        self,
+        *,
+        conversation_id: str,
+        role: str,
+        parts: list[dict[str, object]],
+        status: str = "completed",
+        model: str | None = None,
+        message_id: str | None = None,
+    ) -> MessageRecord:
+        """Append a message to a conversation.
+
+        Also sets the conversation's ``updated_at`` to the message's
+        ``created_at`` and, for a user message while the conversation has no
+        title, its title (:func:`derive_title`).
+
+        Args:
+            conversation_id: the conversation, which must exist.
+            role: one of ``system``, ``user``, ``assistant``, ``tool``.
+            parts: the content, a list of JSON objects (copied).
+            status: one of ``pending``, ``streaming``, ``completed``, ``failed``,
+                ``cancelled``.
+            model: ``provider:model`` that writes it; ``None`` for user messages.
+            message_id: its id; ``None`` = a new ``uuid4().hex``.
+
+        Returns:
+            The new message.
+
+        Raises:
+            ValueError: invalid ``role``, ``status`` or ``parts``.
+            StoreError: no such conversation, the id is taken, or the database
+                failed.
+        """
+        check_role(role)
+        check_status(status)
+        parts = check_parts(parts)
+        async with self._guard("add the message"), self._transaction(write=True) as session:
+            conversation = await session.get(ConversationRow, conversation_id, with_for_update=True)
+            if conversation is None:
+                raise StoreError(f"no conversation {conversation_id!r}")
+            now = self._now()
+            row = MessageRow(
+                id=message_id or uuid.uuid4().hex,
+                conversation_id=conversation_id,
+                role=role,
+                parts=parts,
+                status=status,
+                model=model,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(row)
+            conversation.updated_at = now
+            if role == "user" and conversation.title is None:
+                conversation.title = derive_title(parts)
+            await session.flush()
+            return MessageRecord.from_row(row)
+
+    async def update_message(
+        self,
+        message_id: str,
+        *,
+        parts: list[dict[str, object]] | None = None,
+        status: str | None = None,
+        finish_reason: str | None = None,
+        usage: dict[str, int] | None = None,
+        error: dict[str, object] | None = None,
+        cost: dict[str, object] | None = None,
+    ) -> None:
+        """Change some fields of a message (a streaming checkpoint, or its end).
+
+        Only the arguments that are not ``None`` are written (so a field cannot
+        be cleared); ``updated_at`` is set whenever something is. A message that
+        no longer exists (its conversation was deleted meanwhile) is ignored.
+
+        Args:
+            message_id: the message's id.
+            parts: the whole new content, replacing the old (copied).
+            status: the new status (see :meth:`add_message`).
+            finish_reason: ``stop``, ``length``, ``tool_calls`` …
+            usage: token counts, e.g. ``{"input_tokens": 12, "output_tokens": 40}``.
+            error: what went wrong, e.g. ``{"code": "provider_error", "message": "…"}``.
+            cost: the price, ``{"currency": "USD", "input", "output", "total"}``
+                (:func:`tokenwire.observability.cost.message_cost`).
+
+        Raises:
+            ValueError: invalid ``status``, ``parts``, ``usage``, ``error`` or ``cost``.
+            StoreError: the database failed.
+        """
+        values: dict[str, object] = {}
+        if parts is not None:
+            values["parts"] = check_parts(parts)
+        if status is not None:
+            values["status"] = check_status(status)
+        if finish_reason is not None:
+            values["finish_reason"] = finish_reason
+        if usage is not None:
+            values["usage"] = json_copy(usage, "usage")
+        if error is not None:
+            values["error"] = json_copy(error, "error")
+        if cost is not None:
+            values["cost"] = json_copy(cost, "cost")
+        if not values:
+            return
+        values["updated_at"] = self._now()
+        stmt = (
+            sa.update(MessageRow)
+            .where(MessageRow.id == message_id)
+            .values(values)
+            .execution_options(synchronize_session=False)
+        )
+        async with self._guard("update the message"), self._transaction(write=True) as session:
+            await session.execute(stmt)
+
+    async def begin_turn(
+        self,
+        *,
+        conversation_id: str | None,
+        owner: str | None,
+        messages: list[tuple[str, list[dict[str, object]]]],
+        model: str,
+        source: str | None = None,
+    ) -> tuple[ConversationRecord, list[MessageRecord], MessageRecord] | None:
+        """Start an assistant turn in one transaction (the one write at start, DESIGN §6).
+
+        Creates the conversation when ``conversation_id`` is ``None`` (recording
+        ``source``, the surface that starts it; ignored otherwise), reads its
+        history, appends ``messages`` (``(role, parts)``, e.g. the new user
+        message) and an empty assistant message with status ``streaming``.
+
+        Returns:
+            ``(conversation, history before this turn, assistant message)``, or
+            ``None`` when the conversation does not exist or ``owner`` may not touch
+            it (:func:`~tokenwire.store.models.may_touch`: it has another owner, or
+            an owner and ``owner`` is ``None``).
+
+        Raises:
+            ValueError: an invalid role or parts.
+            StoreError: the database failed.
+        """
+        checked = [(check_role(role), check_parts(parts)) for role, parts in messages]
+        async with self._guard("start the turn"), self._transaction(write=True) as session:
+            now = self._now()
+            if conversation_id is None:
+                conversation = ConversationRow(
+                    id=uuid.uuid4().hex,
+                    owner=owner,
+                    title=None,
+                    source=source,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(conversation)
+                history: list[MessageRecord] = []
+            else:
+                found = await session.get(ConversationRow, conversation_id, with_for_update=True)
+                if found is None or not may_touch(found.owner, owner):
+                    return None
+                conversation = found
+                rows = await session.scalars(_oldest_first(conversation.id))
+                history = [MessageRecord.from_row(r) for r in rows.all()]
+            answer = self._add_turn(session, conversation, checked, model)
+            await session.flush()
+            return ConversationRecord.from_row(conversation), history, answer
+
+    def _add_turn(
+        self,
+        session: AsyncSession,
+        conversation: ConversationRow,
+        messages: list[tuple[str, list[dict[str, object]]]],
+        model: str,
+    ) -> MessageRecord:
+        """Add ``messages`` (completed) and an empty streaming assistant message to
+        ``conversation``, whose ``updated_at`` (and title, while it has none) follow;
+        returns the assistant message."""
+        turn = [*messages, ("assistant", [])]
+        rows = []
+        for i, (role, parts) in enumerate(turn):
+            created = self._now()
+            last = i == len(turn) - 1
+            rows.append(
+                MessageRow(
+                    id=uuid.uuid4().hex,
+                    conversation_id=conversation.id,
+                    role=role,
+                    parts=parts,
+                    status="streaming" if last else "completed",
+                    model=model if last else None,
+                    created_at=created,
+                    updated_at=created,
+                )
+            )
+        session.add_all(rows)
+        conversation.updated_at = rows[-1].created_at
+        if conversation.title is None:
+            user = next((parts for role, parts in messages if role == "user"), None)
+            conversation.title = derive_title(user) if user else None
+        return MessageRecord.from_row(rows[-1])
+
+    async def checkpoint_messages(self, parts_by_id: dict[str, list[dict[str, object]]]) -> None:
+        """Write the partial content of many streaming messages in one transaction.
+
+        Args:
+            parts_by_id: message id → its whole content so far (copied).
+
+        Raises:
+            StoreError: the database failed.
+        """
+        if not parts_by_id:
+            return
+        now = self._now()
+        rows = [
+            {"id": k, "parts": check_parts(v), "updated_at": now} for k, v in parts_by_id.items()
+        ]
+        async with self._guard("checkpoint messages"), self._transaction(write=True) as session:
+            await session.execute(sa.update(MessageRow), rows)
+
+    async def delete_messages_from(self, conversation_id: str, message_id: str) -> int:
+        """Delete a message and every later one of its conversation (to regenerate it).
+
+        Returns:
+            How many messages were deleted (0 if ``message_id`` is not in the
+            conversation).
+        """
+        async with self._guard("delete messages"), self._transaction(write=True) as session:
+            row = await session.get(MessageRow, message_id)
+            if row is None or row.conversation_id != conversation_id:
+                return 0
+            stmt = sa.delete(MessageRow).where(
+                MessageRow.conversation_id == conversation_id,
+                MessageRow.created_at >= row.created_at,
+            )
+            result = cast(CursorResult[Any], await session.execute(stmt))
+            return result.rowcount
+
+    async def get_message(self, message_id: str) -> MessageRecord | None:
+        """One message, or ``None`` if there is none (no ownership check)."""
+        async with self._guard("read the message"), self._transaction() as session:
+            row = await session.get(MessageRow, message_id)
+            return None if row is None else MessageRecord.from_row(row)
+
+    # -- internals --------------------------------------------------------------
+
+
+def _oldest_first(conversation_id: str) -> sa.Select[MessageRow]:
+    """The messages of a conversation, oldest first."""
+    return (
+        sa.select(MessageRow)
+        .where(MessageRow.conversation_id == conversation_id)
+        .order_by(MessageRow.created_at, MessageRow.id)
+    )
