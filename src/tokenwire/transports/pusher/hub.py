@@ -13,9 +13,8 @@ Conversations: every stream of conversation ``X`` is broadcast on
 ``private-conversation.X``, with the Pusher event name equal to the event's
 ``type`` and ``data`` the event JSON with ``stream_id`` and ``seq``. A node reads
 those events from the stream log (as an SSE response would) while it has
-subscribers of that channel, so they arrive in order, from whichever process
-runs the generation; a client that missed some fetches them from
-``GET /v1/streams/{id}/events?after=N`` (``web/tokenwire-pusher.js``).
+subscribers of that channel (:mod:`~tokenwire.transports.pusher.relay`); a client
+that missed some fetches them over HTTP (``web/tokenwire-pusher.js``).
 
 Delivery (:class:`~tokenwire.transports.pusher.connection.Connection`): one frame is
 encoded per publish and written to each subscriber at once; a subscriber whose
@@ -48,8 +47,7 @@ from starlette.types import Message, Receive, Scope, Send
 from websockets.frames import Frame, Opcode
 
 from tokenwire.engine.identity import Identity
-from tokenwire.errors import TokenwireError
-from tokenwire.events import Event, Start, encode_event
+from tokenwire.events import Start
 from tokenwire.protocol.pusher import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
@@ -57,7 +55,6 @@ from tokenwire.protocol.pusher import (
     ErrorCode,
     PusherError,
     broadcast_conversation,
-    conversation_channel,
     encode_frame,
     error_frame,
     new_socket_id,
@@ -72,6 +69,7 @@ from tokenwire.protocol.pusher_session import (
 from tokenwire.settings import PusherApp
 from tokenwire.transports.pusher.bus import Bus, BusMessage, MemoryBus, RedisBus
 from tokenwire.transports.pusher.connection import WRITE_FRAME, Connection
+from tokenwire.transports.pusher.relay import Relays
 
 if TYPE_CHECKING:
     from tokenwire.log.base import StreamLog
@@ -130,8 +128,11 @@ class PusherHub:
         """app id -> this node's connections to it (``max_connections``)."""
         self._channels: dict[str, dict[str, dict[str, Connection]]] = {a.id: {} for a in apps}
         """app id -> channel -> socket_id -> connection (this node's)."""
-        self._relays: dict[str, dict[str, asyncio.Task[None]]] = {}
-        """conversation id -> stream id -> the task relaying it to local subscribers."""
+        self.relays = Relays(
+            log,
+            watched=lambda channel: channel in self._channels[self.broadcast_app.id],
+            deliver=lambda channel, frame: self.deliver(self.broadcast_app.id, channel, frame),
+        )
         self.authorizers: list[tuple[re.Pattern[str], ChannelAuthorizer]] = []
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self._ticker: asyncio.Task[None] | None = None
@@ -149,7 +150,7 @@ class PusherHub:
         return {
             "connections": len(self.connections),
             "channels": sum(len(channels) for channels in self._channels.values()),
-            "relays": sum(len(relays) for relays in self._relays.values()),
+            "relays": len(self.relays),
         }
 
     def channel(self, pattern: str) -> Callable[[ChannelAuthorizer], ChannelAuthorizer]:
@@ -191,26 +192,14 @@ class PusherHub:
         """Wait, at most ``timeout`` seconds, until the relays of the streams that have
         ended (their terminal event is in the log) have delivered it: at shutdown, so
         that subscribers get the terminal broadcast before :meth:`disconnect_all`."""
-        ended: list[asyncio.Task[None]] = []
-        for relays in list(self._relays.values()):
-            for stream_id, task in list(relays.items()):
-                try:
-                    running = (await self.log.info(stream_id)).status == "running"
-                except TokenwireError:
-                    running = False  # gone: the relay stops by itself
-                if not running:
-                    ended.append(task)
-        if ended:
-            await asyncio.wait(ended, timeout=timeout)
+        await self.relays.finish(timeout)
 
     async def close(self) -> None:
         """:meth:`disconnect_all`, stop relays, leave the other nodes."""
         if self._ticker is not None:
             self._ticker.cancel()
         await self.disconnect_all()
-        for relays in list(self._relays.values()):
-            for task in list(relays.values()):
-                task.cancel()
+        self.relays.cancel_all()
         if self._announce in self._stream_started:
             self._stream_started.remove(self._announce)
         await self.bus.close()
@@ -275,7 +264,7 @@ class PusherHub:
             frame = encode_frame(message.event, message.data, message.channel, message.user_id)
             self.deliver(message.app_id, message.channel, frame, message.exclude)
         elif message.kind == "stream":
-            self._relay(message.channel, message.data, after=0)
+            self.relays.relay(message.channel, message.data, after=0)
         elif message.kind == "terminate":
             self._terminate(message.app_id, message.data)
 
@@ -291,7 +280,7 @@ class PusherHub:
 
     async def _announce(self, start: Start) -> None:
         """A stream started here: relay it where its conversation has subscribers."""
-        self._relay(start.conversation_id, start.stream_id, after=0)
+        self.relays.relay(start.conversation_id, start.stream_id, after=0)
         with contextlib.suppress(Exception):  # a bus outage must not fail the generation
             await self.bus.publish(
                 BusMessage(
@@ -301,42 +290,6 @@ class PusherHub:
                     data=start.stream_id,
                 )
             )
-
-    def _relay(self, conversation_id: str, stream_id: str, after: int) -> None:
-        channel = conversation_channel(conversation_id)
-        if channel not in self._channels[self.broadcast_app.id]:
-            return  # nobody here watches it
-        relays = self._relays.setdefault(conversation_id, {})
-        if stream_id not in relays:
-            relays[stream_id] = asyncio.create_task(
-                self._run_relay(channel, conversation_id, stream_id, after),
-                name=f"tokenwire-pusher-relay-{stream_id}",
-            )
-
-    async def _run_relay(
-        self, channel: str, conversation_id: str, stream_id: str, after: int
-    ) -> None:
-        app_id = self.broadcast_app.id
-        try:
-            async for batch in self.log.read(stream_id, after=after):
-                for event in batch:
-                    self.deliver(app_id, channel, _event_frame(channel, stream_id, event))
-        except TokenwireError as exc:  # expired, unknown, log down: clients fill gaps over HTTP
-            logger.warning("stopped relaying stream %s: %s", stream_id, exc)
-        finally:
-            relays = self._relays.get(conversation_id, {})
-            relays.pop(stream_id, None)
-            if not relays:
-                self._relays.pop(conversation_id, None)
-
-    async def _watch_conversation(self, conversation_id: str) -> None:
-        """First subscriber here: relay the conversation's running stream from now on."""
-        try:
-            info = await self.log.active_stream(conversation_id)
-        except TokenwireError:
-            return
-        if info is not None:
-            self._relay(conversation_id, info.stream_id, after=info.last_seq)
 
     # -- the WebSocket shell ------------------------------------------------------
 
@@ -468,7 +421,7 @@ class PusherHub:
                 )
         conversation_id = broadcast_conversation(channel)
         if conversation_id and app is self.broadcast_app and len(subscribers) == 1:
-            await self._watch_conversation(conversation_id)
+            await self.relays.watch(conversation_id)
 
     async def _unsubscribe(self, conn: Connection, action: Unsubscribe) -> None:
         app_id, channel = conn.app.id, action.channel
@@ -478,8 +431,7 @@ class PusherHub:
             self._channels[app_id].pop(channel, None)
             conversation_id = broadcast_conversation(channel)
             if conversation_id and app_id == self.broadcast_app.id:
-                for task in self._relays.pop(conversation_id, {}).values():
-                    task.cancel()
+                self.relays.unwatch(conversation_id)
         await _quietly(self.bus.count(app_id, channel, -1))
         if action.kind is ChannelKind.PRESENCE:
             user_id = await _quietly(self.bus.leave(app_id, channel, conn.socket_id))
@@ -511,15 +463,6 @@ class PusherHub:
                 elif silent >= conn.app.activity_timeout and not conn.pinged:
                     conn.pinged = True
                     conn.send(_PING)
-
-
-def _event_frame(channel: str, stream_id: str, event: Event) -> str:
-    """A stream event as a frame: event name = its ``type``; ``data`` = its JSON with
-    ``stream_id`` (``start`` has it already) and ``seq``."""
-    body = encode_event(event)
-    if not isinstance(event, Start):
-        body = b'{"stream_id":' + msgspec.json.encode(stream_id) + b"," + body[1:]
-    return encode_frame(str(event.__struct_config__.tag), body.decode(), channel)
 
 
 async def _quietly(awaitable: Coroutine[Any, Any, Any]) -> Any:
