@@ -19,7 +19,6 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tokenwire.accumulate import MessageState
 from tokenwire.agent import DEFAULT_MAX_STEPS, MAX_STEPS_LIMIT
 from tokenwire.engine import Tokenwire
 from tokenwire.errors import (
@@ -28,19 +27,16 @@ from tokenwire.errors import (
     RateLimitedError,
     UnknownModelError,
 )
-from tokenwire.events import encode_event, is_terminal, outcome
-from tokenwire.observability.cost import price
 from tokenwire.protocol.sse import MAX_SEQ, parse_last_event_id
 from tokenwire.providers import Message, split_model
 from tokenwire.providers.fallback import join_models
 from tokenwire.server.errors import error_response, field_error
 from tokenwire.server.identity import caller_dependency, require_json
+from tokenwire.transports.polling import MAX_WAIT, poll_events, snapshot
 from tokenwire.transports.sse import RETRY_MS, EventStreamResponse, resume_point
 
 __all__ = ["build_router"]
 
-MAX_WAIT = 30.0
-"""Longest long-poll wait, seconds."""
 MAX_UNIX = 253_402_300_799.0
 """Largest Unix time a query may name (9999-12-31T23:59:59Z), seconds."""
 
@@ -119,43 +115,39 @@ class ConversationPatch(BaseModel):
     title: str = Field(min_length=1, max_length=200)
 
 
-def build_router(tw: Tokenwire) -> APIRouter:
-    """The native API routes, bound to ``tw``.
+class NativeAPI:
+    """The native API's handlers, bound to one :class:`~tokenwire.engine.Tokenwire`
+    (:func:`build_router` makes each a route).
 
-    Every route asks ``tw.access`` who is calling (401 without a valid identity
+    Every handler asks ``tw.access`` who is calling (401 without a valid identity
     where one is required) and whether they may touch the stream or conversation:
     what a caller starts is theirs; another owner's answers 404, as if it did not exist.
     """
-    router = APIRouter()
-    access = tw.access
 
-    async def drop_from(request: Request, body: ChatBody, message_id: str) -> Response | None:
+    def __init__(self, tw: Tokenwire) -> None:
+        self.tw = tw
+        self.access = tw.access
+
+    async def drop_from(self, request: Request, body: ChatBody, message_id: str) -> Response | None:
         """Delete ``message_id`` and every later message of ``body.conversation_id``
         (cancelling its running answer as ``superseded``), or the 4xx answer that
         refuses it; nothing is deleted for a request that could not start."""
         if body.conversation_id is None:
             return field_error("conversation_id", "from_message_id needs conversation_id")
         try:
-            tw.registry.resolve(body.model or tw.settings.resolved_default_model())
+            self.tw.registry.resolve(body.model or self.tw.settings.resolved_default_model())
         except UnknownModelError as exc:
             return error_response(exc)
-        await access.conversation(request, body.conversation_id)
-        active = await tw.active_stream(body.conversation_id)
+        await self.access.conversation(request, body.conversation_id)
+        active = await self.tw.active_stream(body.conversation_id)
         if active is not None:
-            await tw.cancel(active[0], "superseded")
-        if not await tw.store.delete_messages_from(body.conversation_id, message_id):
+            await self.tw.cancel(active[0], "superseded")
+        if not await self.tw.store.delete_messages_from(body.conversation_id, message_id):
             return field_error("from_message_id", "no such message in the conversation")
         return None
 
-    @router.post(
-        "/v1/chat",
-        status_code=202,
-        response_model=None,
-        dependencies=[Depends(caller_dependency(access)), Depends(require_json)],
-        responses=responses(400, 401, 404, 413, 415, 422, 429, 503),
-    )
     async def chat(
-        body: ChatBody, request: Request, accept: Annotated[str, Header()] = ""
+        self, body: ChatBody, request: Request, accept: Annotated[str, Header()] = ""
     ) -> Response | dict[str, str]:
         """Start a generation: SSE when ``Accept: text/event-stream``, else 202 with URLs.
 
@@ -167,25 +159,25 @@ def build_router(tw: Tokenwire) -> APIRouter:
         messages = [Message(m.role, m.content) for m in body.messages]
         try:  # before anything is deleted or created
             model = join_models(body.model, body.models)
-            tw.check(model, messages, system=body.system, params=body.params, tools=body.tools)
+            self.tw.check(model, messages, system=body.system, params=body.params, tools=body.tools)
         except (UnknownModelError, InvalidRequestError) as exc:
             return error_response(exc)
         if body.from_message_id is not None:
-            refused = await drop_from(request, body, body.from_message_id)
+            refused = await self.drop_from(request, body, body.from_message_id)
             if refused is not None:
                 return refused
         try:  # 429 before anything is created
-            ticket = await tw.admit(request)
+            ticket = await self.tw.admit(request)
         except RateLimitedError as exc:
             return error_response(exc)
         try:
-            stream = await tw.start(
+            stream = await self.tw.start(
                 model,
                 messages,
                 conversation_id=body.conversation_id,
                 system=body.system,
                 params=body.params,
-                owner=await access.owner(request),
+                owner=await self.access.owner(request),
                 source=body.source,
                 ticket=ticket,
                 tools=body.tools,
@@ -206,16 +198,8 @@ def build_router(tw: Tokenwire) -> APIRouter:
             "cancel_url": str(request.url_for("cancel_stream", stream_id=stream.stream_id)),
         }
 
-    @router.get(
-        "/v1/streams/{stream_id}/events",
-        name="stream_events",
-        response_model=None,
-        responses={
-            200: {"content": {"text/event-stream": {}}, "description": "The events, as SSE"},
-            **responses(400, 401, 404, 410, 422, 503),
-        },
-    )
     async def stream_events(
+        self,
         request: Request,
         stream_id: str,
         after: Annotated[
@@ -230,17 +214,17 @@ def build_router(tw: Tokenwire) -> APIRouter:
             seq = parse_last_event_id(last_event_id)
         except ValueError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=400)
-        info = await access.stream(request, stream_id)
+        info = await self.access.stream(request, stream_id)
         return EventStreamResponse(
-            tw.log,
+            self.tw.log,
             stream_id,
             after=resume_point(info, after if seq is None else seq),
-            heartbeat_interval=tw.settings.heartbeat_interval,
+            heartbeat_interval=self.tw.settings.heartbeat_interval,
             retry_ms=RETRY_MS,
         )
 
-    @router.get("/v1/streams/{stream_id}", responses=responses(401, 404, 410, 422, 503))
     async def stream_snapshot(
+        self,
         request: Request,
         stream_id: str,
         after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
@@ -250,56 +234,20 @@ def build_router(tw: Tokenwire) -> APIRouter:
     ) -> Response:
         """Polling: the message so far, or with ``after``, events with ``seq > after``
         (waiting up to ``wait`` seconds for at least one)."""
-        info = await access.stream(request, stream_id)
+        info = await self.access.stream(request, stream_id)
         if after is not None or wait:
-            since = after or 0
-            if wait:
-                events = await tw.wait_events(stream_id, since, wait)
-            else:
-                events = await tw.log.events(stream_id, since)
-            status = info.status
-            if events and is_terminal(events[-1]):
-                status = outcome(events[-1])
-            body = b'{"events":[%s],"last_seq":%d,"status":"%s"}' % (
-                b",".join(encode_event(e) for e in events),
-                max(info.last_seq, events[-1].seq if events else 0),
-                status.encode(),
-            )
-            return Response(body, media_type="application/json")
-        state = MessageState()
-        for event in await tw.log.events(stream_id):
-            state.apply(event)
-        usage = state.usage_dict()
-        return JSONResponse(
-            {
-                "stream_id": stream_id,
-                "status": info.status,
-                "text": state.text,
-                "reasoning": state.reasoning,
-                "tool_calls": state.tool_calls,
-                "usage": usage,
-                "cost": await price(info.meta.get("model"), usage),
-                "finish_reason": state.finish_reason,
-                "error": state.error,
-                "last_seq": info.last_seq,
-            }
-        )
+            return await poll_events(self.tw.log, info, after or 0, wait, self.tw.wait_events)
+        return await snapshot(self.tw.log, info)
 
-    @router.post(
-        "/v1/streams/{stream_id}/cancel",
-        name="cancel_stream",
-        status_code=202,
-        responses=responses(401, 404, 410, 503),
-    )
-    async def cancel_stream(request: Request, stream_id: str) -> dict[str, Any]:
+    async def cancel_stream(self, request: Request, stream_id: str) -> dict[str, Any]:
         """Stop the stream; idempotent. Every reader then receives ``cancelled``."""
-        await access.stream(request, stream_id)
-        requested = await tw.cancel(stream_id, "user")
-        info = await tw.log.info(stream_id)
+        await self.access.stream(request, stream_id)
+        requested = await self.tw.cancel(stream_id, "user")
+        info = await self.tw.log.info(stream_id)
         return {"stream_id": stream_id, "cancel_requested": requested, "status": info.status}
 
-    @router.get("/v1/conversations", responses=responses(401, 422, 503))
     async def list_conversations(
+        self,
         request: Request,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         before: Annotated[
@@ -313,17 +261,16 @@ def build_router(tw: Tokenwire) -> APIRouter:
     ) -> dict[str, Any]:
         """The caller's conversations, newest first (anonymous: those nobody owns);
         the next page is ``?before=<updated_at of the last one>``."""
-        records = await access.conversations(
+        records = await self.access.conversations(
             request, limit=limit, before=before, source=source, query=q
         )
         return {"data": [_conversation(r) for r in records]}
 
-    @router.get("/v1/conversations/{conversation_id}", responses=responses(401, 404, 503))
-    async def get_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
-        record = await access.conversation(request, conversation_id)
-        active = await tw.active_stream(conversation_id)
+    async def get_conversation(self, request: Request, conversation_id: str) -> dict[str, Any]:
+        record = await self.access.conversation(request, conversation_id)
+        active = await self.tw.active_stream(conversation_id)
         messages = []
-        for m in await tw.store.messages(conversation_id):
+        for m in await self.tw.store.messages(conversation_id):
             item = {
                 "id": m.id,
                 "role": m.role,
@@ -341,48 +288,83 @@ def build_router(tw: Tokenwire) -> APIRouter:
             messages.append(item)
         return {**_conversation(record), "messages": messages}
 
-    @router.patch(
-        "/v1/conversations/{conversation_id}",
-        response_model=None,
-        responses=responses(400, 401, 404, 415, 422, 503),
-    )
     async def rename_conversation(
-        request: Request, conversation_id: str, body: ConversationPatch
+        self, request: Request, conversation_id: str, body: ConversationPatch
     ) -> Response | dict[str, Any]:
         """Rename: ``{"title": "…"}``; 404 for a conversation the caller may not see."""
-        await access.conversation(request, conversation_id)
+        await self.access.conversation(request, conversation_id)
         if not body.title.strip():
             return field_error("title", "title must not be blank")
-        record = await tw.store.rename_conversation(conversation_id, body.title)
+        record = await self.tw.store.rename_conversation(conversation_id, body.title)
         if record is None:
             raise ConversationNotFoundError(conversation_id)
         return _conversation(record)
 
-    @router.delete(
-        "/v1/conversations/{conversation_id}", status_code=204, responses=responses(401, 404, 503)
-    )
-    async def delete_conversation(request: Request, conversation_id: str) -> Response:
-        await access.conversation(request, conversation_id)
-        active = await tw.active_stream(conversation_id)
+    async def delete_conversation(self, request: Request, conversation_id: str) -> Response:
+        await self.access.conversation(request, conversation_id)
+        active = await self.tw.active_stream(conversation_id)
         if active is not None:
-            await tw.cancel(active[0], "deleted")
-        if not await tw.store.delete_conversation(conversation_id):
+            await self.tw.cancel(active[0], "deleted")
+        if not await self.tw.store.delete_conversation(conversation_id):
             raise ConversationNotFoundError(conversation_id)
         return Response(status_code=204)
 
-    @router.get("/v1/models", responses=responses(401))
-    async def models(request: Request) -> dict[str, Any]:
-        await access.caller(request)
-        names = tw.settings.resolved_models()
+    async def models(self, request: Request) -> dict[str, Any]:
+        await self.access.caller(request)
+        names = self.tw.settings.resolved_models()
         return {
             "object": "list",
             "data": [
                 {"id": n, "object": "model", "owned_by": split_model(n)[0], "created": 0}
                 for n in names
             ],
-            "default": tw.settings.resolved_default_model(),
+            "default": self.tw.settings.resolved_default_model(),
         }
 
+
+def build_router(tw: Tokenwire) -> APIRouter:
+    """The native API routes, bound to ``tw`` (the handlers of :class:`NativeAPI`)."""
+    router = APIRouter()
+    api = NativeAPI(tw)
+    access = tw.access
+    router.post(
+        "/v1/chat",
+        status_code=202,
+        response_model=None,
+        dependencies=[Depends(caller_dependency(access)), Depends(require_json)],
+        responses=responses(400, 401, 404, 413, 415, 422, 429, 503),
+    )(api.chat)
+    router.get(
+        "/v1/streams/{stream_id}/events",
+        name="stream_events",
+        response_model=None,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "The events, as SSE"},
+            **responses(400, 401, 404, 410, 422, 503),
+        },
+    )(api.stream_events)
+    router.get("/v1/streams/{stream_id}", responses=responses(401, 404, 410, 422, 503))(
+        api.stream_snapshot
+    )
+    router.post(
+        "/v1/streams/{stream_id}/cancel",
+        name="cancel_stream",
+        status_code=202,
+        responses=responses(401, 404, 410, 503),
+    )(api.cancel_stream)
+    router.get("/v1/conversations", responses=responses(401, 422, 503))(api.list_conversations)
+    router.get("/v1/conversations/{conversation_id}", responses=responses(401, 404, 503))(
+        api.get_conversation
+    )
+    router.patch(
+        "/v1/conversations/{conversation_id}",
+        response_model=None,
+        responses=responses(400, 401, 404, 415, 422, 503),
+    )(api.rename_conversation)
+    router.delete(
+        "/v1/conversations/{conversation_id}", status_code=204, responses=responses(401, 404, 503)
+    )(api.delete_conversation)
+    router.get("/v1/models", responses=responses(401))(api.models)
     return router
 
 
