@@ -74,28 +74,22 @@ def _unauthenticated(exc: AuthenticationError) -> JSONResponse:
     return response
 
 
-def build_pusher_router(hub: PusherHub, access: Access) -> APIRouter:
-    """The auth endpoints and the HTTP publishing API of ``hub``; ``access``
-    (``Tokenwire.access``) says who is calling and decides the conversations' channels.
+class PusherAPI:
+    """The handlers of :func:`build_pusher_router`, bound to ``hub`` and ``access``."""
 
-    ``private-conversation.{id}`` (also ``presence-`` and ``private-encrypted-``)
-    only the conversation's owner may join (anyone, if it has no owner): ``access``
-    decides, and another owner's conversation answers 404 like a missing one; other
-    private and presence channels are decided by the authorizers registered with
-    :meth:`PusherHub.channel`; a channel nobody decides is refused (403), as
-    Laravel does.
-    """
-    router = APIRouter()
+    def __init__(self, hub: PusherHub, access: Access) -> None:
+        self.hub = hub
+        self.access = access
 
-    async def allowed(request: Request, identity: Identity | None, channel: str) -> None:
+    async def allowed(self, request: Request, identity: Identity | None, channel: str) -> None:
         conversation_id = conversation_of_channel(channel)
         if conversation_id is not None:
             try:
-                await access.conversation(request, conversation_id)
+                await self.access.conversation(request, conversation_id)
             except ConversationNotFoundError:
                 raise _Refused(404, "no such conversation") from None
             return
-        for pattern, authorizer in hub.authorizers:
+        for pattern, authorizer in self.hub.authorizers:
             found = pattern.fullmatch(channel)
             if found is not None:
                 if not await authorizer(identity, found):
@@ -103,10 +97,9 @@ def build_pusher_router(hub: PusherHub, access: Access) -> APIRouter:
                 return
         raise _Refused(403, f"no authorizer for channel {channel}")
 
-    @router.post("/broadcasting/auth", tags=["pusher"], responses=responses(400, 401, 403))
-    async def broadcasting_auth(request: Request) -> JSONResponse:
+    async def broadcasting_auth(self, request: Request) -> JSONResponse:
         try:
-            identity = await access.caller(request)
+            identity = await self.access.caller(request)
         except AuthenticationError as exc:
             return _unauthenticated(exc)
         form = await request.form()
@@ -119,11 +112,11 @@ def build_pusher_router(hub: PusherHub, access: Access) -> APIRouter:
         assert isinstance(socket_id, str) and isinstance(channel, str)
         if not kind.needs_auth:
             return _error(400, f"{channel} is not a private, encrypted or presence channel")
-        app = hub.broadcast_app
+        app = self.hub.broadcast_app
         try:
             if kind is ChannelKind.PRESENCE and identity is None:
                 raise _Refused(401, "presence channels need an authenticated user")
-            await allowed(request, identity, channel)
+            await self.allowed(request, identity, channel)
         except _Refused as exc:
             return _error(exc.status, exc.message)
         body: dict[str, str] = {}
@@ -140,10 +133,9 @@ def build_pusher_router(hub: PusherHub, access: Access) -> APIRouter:
         body["auth"] = channel_auth(app.key, app.secret, socket_id, channel, channel_data)
         return JSONResponse(body)
 
-    @router.post("/broadcasting/user-auth", tags=["pusher"], responses=responses(400, 401))
-    async def user_authentication(request: Request) -> JSONResponse:
+    async def user_authentication(self, request: Request) -> JSONResponse:
         try:
-            identity = await access.caller(request)
+            identity = await self.access.caller(request)
         except AuthenticationError as exc:
             return _unauthenticated(exc)
         if identity is None:
@@ -155,22 +147,20 @@ def build_pusher_router(hub: PusherHub, access: Access) -> APIRouter:
         except ValueError as exc:
             return _error(400, str(exc))
         assert isinstance(socket_id, str)
-        app = hub.broadcast_app
+        app = self.hub.broadcast_app
         user_data = msgspec.json.encode({"id": identity.id, "user_info": identity.info}).decode()
         return JSONResponse(
             {"auth": user_auth(app.key, app.secret, socket_id, user_data), "user_data": user_data}
         )
 
-    # -- the HTTP publishing API ------------------------------------------------
-
-    async def signed(request: Request, app_id: str | None) -> tuple[PusherApp, bytes]:
+    async def signed(self, request: Request, app_id: str | None) -> tuple[PusherApp, bytes]:
         if app_id is None:  # a path without /apps/{app_id}: the app is the key's
             key = request.query_params.get("auth_key", "")
-            app = hub.apps_by_key.get(key)
+            app = self.hub.apps_by_key.get(key)
             if app is None:
                 raise _Refused(401, "unknown auth_key")
         else:
-            app = hub.apps_by_id.get(app_id)
+            app = self.hub.apps_by_id.get(app_id)
         if app is None:
             raise _Refused(404, f"unknown app_id {app_id}")
         body = await request.body()
@@ -188,32 +178,40 @@ def build_pusher_router(hub: PusherHub, access: Access) -> APIRouter:
             raise _Refused(exc.status, exc.message) from None
         return app, body
 
-    def api(
+    def signed_route(
+        self,
         handler: Callable[[Request, PusherApp, bytes], Awaitable[dict[str, Any]]],
     ) -> Callable[[Request], Awaitable[JSONResponse]]:
+        """An HTTP API route: the request's app, checked signature and body, then
+        ``handler``'s answer as JSON; a refusal as ``{"error": …}`` with its status."""
+
         async def endpoint(request: Request) -> JSONResponse:
             try:
-                app, body = await signed(request, request.path_params.get("app_id"))
+                app, body = await self.signed(request, request.path_params.get("app_id"))
                 return JSONResponse(await handler(request, app, body))
             except _Refused as exc:
                 return _error(exc.status, exc.message)
 
         return endpoint
 
-    async def trigger(app: PusherApp, item: dict[str, Any], channels: list[str]) -> dict[str, Any]:
+    async def trigger(
+        self, app: PusherApp, item: dict[str, Any], channels: list[str]
+    ) -> dict[str, Any]:
         """Publish one event (already validated) and return the requested ``info``."""
         for channel in channels:
-            await hub.publish(app.id, channel, item["name"], item["data"], item.get("socket_id"))
+            await self.hub.publish(
+                app.id, channel, item["name"], item["data"], item.get("socket_id")
+            )
         wanted = _info(item.get("info"))
         if not wanted:
             return {}
-        counts = await hub.bus.channels(app.id)
+        counts = await self.hub.bus.channels(app.id)
         result = {}
         for channel in channels:
-            result[channel] = await _channel_info(hub, app, channel, wanted, counts)
+            result[channel] = await _channel_info(self.hub, app, channel, wanted, counts)
         return result
 
-    async def events(request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
+    async def events(self, request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
         item = _event(app, _json_object(body))
         channels = item.get("channels", [item["channel"]] if "channel" in item else None)
         if not isinstance(channels, list) or not channels:
@@ -221,10 +219,10 @@ def build_pusher_router(hub: PusherHub, access: Access) -> APIRouter:
         if len(channels) > MAX_CHANNELS:
             raise _Refused(400, f"at most {MAX_CHANNELS} channels per event")
         _check_channels(channels)
-        info = await trigger(app, item, channels)
+        info = await self.trigger(app, item, channels)
         return {"channels": info} if info else {}
 
-    async def batch_events(request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
+    async def batch_events(self, request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
         batch = _json_object(body).get("batch")
         if not isinstance(batch, list) or not batch:
             raise _Refused(400, "batch must be a non-empty list of events")
@@ -234,63 +232,86 @@ def build_pusher_router(hub: PusherHub, access: Access) -> APIRouter:
         for item in items:
             _check_channels([item.get("channel")])
         results = [
-            (await trigger(app, item, [item["channel"]])).get(item["channel"], {}) for item in items
+            (await self.trigger(app, item, [item["channel"]])).get(item["channel"], {})
+            for item in items
         ]
         return {"batch": results} if any(results) else {}
 
-    async def channels_index(request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
+    async def channels_index(self, request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
         prefix = request.query_params.get("filter_by_prefix", "")
         wanted = _info(request.query_params.get("info"))
         if "user_count" in wanted and not prefix.startswith("presence-"):
             raise _Refused(400, "info=user_count needs filter_by_prefix=presence-")
-        counts = await hub.bus.channels(app.id)
+        counts = await self.hub.bus.channels(app.id)
         found = {}
         for channel in sorted(counts):
             if channel.startswith(prefix):
                 found[channel] = await _channel_info(
-                    hub, app, channel, wanted & {"user_count"}, counts
+                    self.hub, app, channel, wanted & {"user_count"}, counts
                 )
         return {"channels": found}
 
-    async def channel_show(request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
+    async def channel_show(self, request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
         channel = request.path_params["channel_name"]
         _check_channels([channel])
         wanted = _info(request.query_params.get("info"))
         if "user_count" in wanted and channel_kind(channel) is not ChannelKind.PRESENCE:
             raise _Refused(400, "user_count is only for presence channels")
-        counts = await hub.bus.channels(app.id)
+        counts = await self.hub.bus.channels(app.id)
         return {
             "occupied": counts.get(channel, 0) > 0,
-            **await _channel_info(hub, app, channel, wanted, counts),
+            **await _channel_info(self.hub, app, channel, wanted, counts),
         }
 
-    async def channel_users(request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
+    async def channel_users(self, request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
         channel = request.path_params["channel_name"]
         _check_channels([channel])
         if channel_kind(channel) is not ChannelKind.PRESENCE:
             raise _Refused(400, "users are listed for presence channels only")
-        return {"users": [{"id": user_id} for user_id in await hub.bus.members(app.id, channel)]}
+        return {
+            "users": [{"id": user_id} for user_id in await self.hub.bus.members(app.id, channel)]
+        }
 
-    async def terminate(request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
-        await hub.terminate(app.id, request.path_params["user_id"])
+    async def terminate(self, request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
+        await self.hub.terminate(app.id, request.path_params["user_id"])
         return {}
 
+
+def build_pusher_router(hub: PusherHub, access: Access) -> APIRouter:
+    """The auth endpoints and the HTTP publishing API of ``hub``; ``access``
+    (``Tokenwire.access``) says who is calling and decides the conversations' channels.
+
+    ``private-conversation.{id}`` (also ``presence-`` and ``private-encrypted-``)
+    only the conversation's owner may join (anyone, if it has no owner): ``access``
+    decides, and another owner's conversation answers 404 like a missing one; other
+    private and presence channels are decided by the authorizers registered with
+    :meth:`PusherHub.channel`; a channel nobody decides is refused (403), as
+    Laravel does.
+    """
+    router = APIRouter()
+    api = PusherAPI(hub, access)
+    router.post("/broadcasting/auth", tags=["pusher"], responses=responses(400, 401, 403))(
+        api.broadcasting_auth
+    )
+    router.post("/broadcasting/user-auth", tags=["pusher"], responses=responses(400, 401))(
+        api.user_authentication
+    )
     routes: list[
         tuple[str, str, Callable[[Request, PusherApp, bytes], Awaitable[dict[str, Any]]]]
     ] = [
-        ("POST", "/apps/{app_id}/events", events),
-        ("POST", "/apps/{app_id}/batch_events", batch_events),
-        ("GET", "/apps/{app_id}/channels", channels_index),
-        ("GET", "/apps/{app_id}/channels/{channel_name}", channel_show),
-        ("GET", "/apps/{app_id}/channels/{channel_name}/users", channel_users),
-        ("POST", "/apps/{app_id}/users/{user_id}/terminate_connections", terminate),
+        ("POST", "/apps/{app_id}/events", api.events),
+        ("POST", "/apps/{app_id}/batch_events", api.batch_events),
+        ("GET", "/apps/{app_id}/channels", api.channels_index),
+        ("GET", "/apps/{app_id}/channels/{channel_name}", api.channel_show),
+        ("GET", "/apps/{app_id}/channels/{channel_name}/users", api.channel_users),
+        ("POST", "/apps/{app_id}/users/{user_id}/terminate_connections", api.terminate),
         # the Python `pusher` library (3.3) posts here, without /apps/{app_id}
-        ("POST", "/users/{user_id}/terminate_connections", terminate),
+        ("POST", "/users/{user_id}/terminate_connections", api.terminate),
     ]
     for method, path, handler in routes:
         router.add_api_route(
             path,
-            api(handler),
+            api.signed_route(handler),
             methods=[method],
             tags=["pusher"],
             response_model=None,
