@@ -34,6 +34,7 @@ from tokenwire.events import ErrorCode
 
 __all__ = [
     "AuthenticationError",
+    "BusUnavailableError",
     "ChatRequestError",
     "ConfigurationError",
     "ConversationNotFoundError",
@@ -41,6 +42,7 @@ __all__ = [
     "LogUnavailableError",
     "OpenAIRequestError",
     "ProviderError",
+    "QueueUnavailableError",
     "RateLimitedError",
     "ShuttingDownError",
     "StoreError",
@@ -186,6 +188,22 @@ class LogUnavailableError(TokenwireError):
     http_status = 503
     error_code = "log_unavailable"
     public_message = "the stream log is unavailable"
+
+
+class QueueUnavailableError(TokenwireError):
+    """The job queue's Redis cannot be reached or failed (HTTP 503)."""
+
+    http_status = 503
+    error_code = "queue_unavailable"
+    public_message = "the job queue is unavailable"
+
+
+class BusUnavailableError(TokenwireError):
+    """The Pusher nodes' bus (Redis) cannot be reached or failed (HTTP 503)."""
+
+    http_status = 503
+    error_code = "bus_unavailable"
+    public_message = "the Pusher bus is unavailable"
 
 
 class ConfigurationError(TokenwireError, ValueError):

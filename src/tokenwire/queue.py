@@ -20,6 +20,7 @@ Redis keys (besides saq's own ``saq:<name>:…``): ``tokenwire:<name>:claim:<str
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import msgspec
@@ -27,6 +28,8 @@ from redis.exceptions import RedisError
 from saq import Queue
 from saq.queue.redis import RedisQueue
 
+from tokenwire.errors import QueueUnavailableError
+from tokenwire.log.redis_core import unavailable
 from tokenwire.producer import Generation
 from tokenwire.settings import Settings
 
@@ -38,6 +41,12 @@ _CLAIM_MARGIN = 3600.0
 """Seconds a claim outlives the longest possible run (re-deliveries come well before)."""
 _JOB_MARGIN = 60.0
 """Seconds added to ``max_stream_seconds`` for saq's own job timeout."""
+
+
+def _unavailable() -> contextlib.AbstractContextManager[None]:
+    """The queue's boundary: redis-py errors become :class:`QueueUnavailableError`."""
+    return unavailable(QueueUnavailableError, "job queue")
+
 
 _encoder = msgspec.json.Encoder()
 
@@ -107,34 +116,53 @@ class GenerationQueue:
 
         saq's own retries are off (``retries=1``: one attempt); see the module
         docstring for the re-deliveries that remain and how claims absorb them.
+
+        Raises:
+            QueueUnavailableError: Redis failed (the client's error is the cause).
         """
-        await self.saq.enqueue(
-            JOB_FUNCTION,
-            key=job.generation.stream_id,
-            timeout=int(self.job_timeout),
-            retries=1,
-            job=encode_job(job),
-        )
+        with _unavailable():
+            await self.saq.enqueue(
+                JOB_FUNCTION,
+                key=job.generation.stream_id,
+                timeout=int(self.job_timeout),
+                retries=1,
+                job=encode_job(job),
+            )
 
     async def hand_back(self, job: GenerationJob) -> None:
         """Enqueue again a job this worker took but will not run (it is shutting down),
-        under a new key: saq ignores an enqueue whose key is still known."""
-        await self.saq.enqueue(
-            JOB_FUNCTION,
-            key=f"{job.generation.stream_id}:{uuid.uuid4().hex[:8]}",
-            timeout=int(self.job_timeout),
-            retries=1,
-            job=encode_job(job),
-        )
+        under a new key: saq ignores an enqueue whose key is still known.
+
+        Raises:
+            QueueUnavailableError: Redis failed.
+        """
+        with _unavailable():
+            await self.saq.enqueue(
+                JOB_FUNCTION,
+                key=f"{job.generation.stream_id}:{uuid.uuid4().hex[:8]}",
+                timeout=int(self.job_timeout),
+                retries=1,
+                job=encode_job(job),
+            )
 
     async def claim(self, stream_id: str) -> bool:
-        """Take the stream for this worker: ``True`` the first time, ``False`` ever after."""
+        """Take the stream for this worker: ``True`` the first time, ``False`` ever after.
+
+        Raises:
+            QueueUnavailableError: Redis failed.
+        """
         key = self._claim_prefix + stream_id
-        return bool(await self.saq.redis.set(key, b"1", nx=True, ex=int(self.claim_ttl)))
+        with _unavailable():
+            return bool(await self.saq.redis.set(key, b"1", nx=True, ex=int(self.claim_ttl)))
 
     async def ping(self) -> None:
-        """Check that the queue's Redis answers (for ``/readyz``); raises the client's error."""
-        await self.saq.redis.ping()
+        """Check that the queue's Redis answers (for ``/readyz``).
+
+        Raises:
+            QueueUnavailableError: no answer.
+        """
+        with _unavailable():
+            await self.saq.redis.ping()
 
     async def close(self) -> None:
         """Close the connections (also when Redis is gone: saq's own close then fails)."""

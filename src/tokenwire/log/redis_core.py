@@ -39,14 +39,17 @@ STOP_TIMEOUT = 3.0
 
 
 @contextlib.contextmanager
-def unavailable() -> Iterator[None]:
-    """The one boundary where redis-py exceptions become :class:`LogUnavailableError`."""
+def unavailable(
+    error: type[TokenwireError] = LogUnavailableError, what: str = "stream log"
+) -> Iterator[None]:
+    """The boundary where redis-py exceptions become ``error`` (the stream log's
+    :class:`LogUnavailableError` by default; the job queue and the Pusher bus use it
+    with theirs), raised ``from`` the original with a message naming ``what`` and the
+    exception's class only."""
     try:
         yield
-    except redis.exceptions.RedisError as exc:
-        raise LogUnavailableError(f"stream log unavailable: {type(exc).__name__}") from exc
-    except OSError as exc:  # a socket error redis-py did not wrap
-        raise LogUnavailableError(f"stream log unavailable: {type(exc).__name__}") from exc
+    except (redis.exceptions.RedisError, OSError) as exc:  # OSError: a socket error not wrapped
+        raise error(f"{what} unavailable: {type(exc).__name__}") from exc
 
 
 def as_str(value: bytes | str) -> str:

@@ -24,9 +24,17 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from tokenwire.errors import BusUnavailableError
+from tokenwire.log.redis_core import unavailable
+
 __all__ = ["Bus", "BusMessage", "MemoryBus", "RedisBus"]
 
 logger = logging.getLogger("tokenwire.pusher")
+
+
+def _unavailable() -> contextlib.AbstractContextManager[None]:
+    """The bus's boundary: redis-py errors become :class:`BusUnavailableError`."""
+    return unavailable(BusUnavailableError, "Pusher bus")
 
 
 class BusMessage(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -195,14 +203,15 @@ class RedisBus:
         return [base, f"{base}:users", f"{base}:info", f"{self._prefix}presence-channels"]
 
     async def start(self, node: str, dispatch: Dispatch) -> None:
-        self._node = node
-        await self._renew()
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(f"{self._prefix}bus")
-        self._tasks = [
-            asyncio.create_task(self._listen(pubsub, dispatch), name="tokenwire-pusher-bus"),
-            asyncio.create_task(self._keep_alive(), name="tokenwire-pusher-nodes"),
-        ]
+        with _unavailable():
+            self._node = node
+            await self._renew()
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            await pubsub.subscribe(f"{self._prefix}bus")
+            self._tasks = [
+                asyncio.create_task(self._listen(pubsub, dispatch), name="tokenwire-pusher-bus"),
+                asyncio.create_task(self._keep_alive(), name="tokenwire-pusher-nodes"),
+            ]
 
     async def _listen(self, pubsub: Any, dispatch: Dispatch) -> None:
         while True:
@@ -223,53 +232,59 @@ class RedisBus:
                 dispatch(decoded)
 
     async def publish(self, message: BusMessage) -> None:
-        payload = self._encode(msgspec.structs.replace(message, node=self._node))
-        await self._redis.publish(f"{self._prefix}bus", payload)
+        with _unavailable():
+            payload = self._encode(msgspec.structs.replace(message, node=self._node))
+            await self._redis.publish(f"{self._prefix}bus", payload)
 
     async def join(
         self, app_id: str, channel: str, socket_id: str, user_id: str, user_info: Any
     ) -> tuple[bool, dict[str, Any]]:
-        info = msgspec.json.encode(user_info).decode()
-        args = [
-            socket_id,
-            f"{self._node}{_SEP}{user_id}",
-            user_id,
-            info,
-            f"{app_id}{_SEP}{channel}",
-        ]
-        added, flat = await self._join(keys=self._keys(app_id, channel), args=args)
-        return bool(added), _members(flat)
+        with _unavailable():
+            info = msgspec.json.encode(user_info).decode()
+            args = [
+                socket_id,
+                f"{self._node}{_SEP}{user_id}",
+                user_id,
+                info,
+                f"{app_id}{_SEP}{channel}",
+            ]
+            added, flat = await self._join(keys=self._keys(app_id, channel), args=args)
+            return bool(added), _members(flat)
 
     async def leave(self, app_id: str, channel: str, socket_id: str) -> str | None:
-        user = await self._leave(keys=self._keys(app_id, channel), args=[socket_id])
-        return str(user) if user else None
+        with _unavailable():
+            user = await self._leave(keys=self._keys(app_id, channel), args=[socket_id])
+            return str(user) if user else None
 
     async def members(self, app_id: str, channel: str) -> dict[str, Any]:
-        flat = await self._redis.hgetall(self._keys(app_id, channel)[2])
-        return _members([str(x) for pair in flat.items() for x in pair])
+        with _unavailable():
+            flat = await self._redis.hgetall(self._keys(app_id, channel)[2])
+            return _members([str(x) for pair in flat.items() for x in pair])
 
     async def count(self, app_id: str, channel: str, delta: int) -> None:
-        key = f"{self._prefix}subs:{self._node}"
-        field = f"{app_id}{_SEP}{channel}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(key, field, delta)
-            pipe.expire(key, int(self._heartbeat * 3) + 1)
-            value, _ = await pipe.execute()
-        if value <= 0:
-            await self._redis.hdel(key, field)
+        with _unavailable():
+            key = f"{self._prefix}subs:{self._node}"
+            field = f"{app_id}{_SEP}{channel}"
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hincrby(key, field, delta)
+                pipe.expire(key, int(self._heartbeat * 3) + 1)
+                value, _ = await pipe.execute()
+            if value <= 0:
+                await self._redis.hdel(key, field)
 
     async def channels(self, app_id: str) -> dict[str, int]:
-        alive = await self._redis.zrangebyscore(f"{self._prefix}nodes", time.time(), "+inf")
-        totals: dict[str, int] = {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for node in alive:
-                pipe.hgetall(f"{self._prefix}subs:{node!s}")
-            for counts in await pipe.execute():
-                for field, value in counts.items():
-                    app, _, channel = field.partition(_SEP)
-                    if app == app_id and int(value) > 0:
-                        totals[channel] = totals.get(channel, 0) + int(value)
-        return totals
+        with _unavailable():
+            alive = await self._redis.zrangebyscore(f"{self._prefix}nodes", time.time(), "+inf")
+            totals: dict[str, int] = {}
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for node in alive:
+                    pipe.hgetall(f"{self._prefix}subs:{node!s}")
+                for counts in await pipe.execute():
+                    for field, value in counts.items():
+                        app, _, channel = field.partition(_SEP)
+                        if app == app_id and int(value) > 0:
+                            totals[channel] = totals.get(channel, 0) + int(value)
+            return totals
 
     async def _renew(self) -> None:
         now = time.time()
