@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tokenwire.events import Cancelled, Finish, Start, TextDelta, TokenUsage, decode_event, with_seq
+from tokenwire.protocol.agui import AguiEncoder
+from tokenwire.protocol.aisdk import UIMessageStreamEncoder
+from tokenwire.protocol.openai_compat import ChunkEncoder
 from tokenwire.protocol.sse import (
+    DONE,
     HEARTBEAT,
+    NATIVE,
+    EventEncoder,
     ServerSentEvent,
     SSEDecoder,
     encode_retry,
@@ -62,6 +70,36 @@ def test_event_frames_are_the_contract() -> None:
         b'id: 3\nevent: cancelled\ndata: {"type":"cancelled","reason":"user","seq":3}\n\n'
     )
     assert HEARTBEAT == b": ping\n\n"
+
+
+def test_every_wire_format_is_one_encoder_interface() -> None:
+    """native, AI SDK, OpenAI and AG-UI framings all answer ``frame(events) -> bytes``, the
+    same bytes batch by batch as all at once, with ``[DONE]`` once, at the end (AI
+    SDK, OpenAI)."""
+    start = Start(
+        stream_id="s", message_id="m", conversation_id="c", model="fake:echo", created_at=1.5
+    )
+    events = [
+        with_seq(start, 1),
+        with_seq(TextDelta(part=0, delta="caf"), 2),
+        with_seq(TextDelta(part=0, delta="é"), 3),
+        with_seq(Finish(finish_reason="stop"), 4),
+    ]
+    makers: list[Callable[[], EventEncoder]] = [
+        lambda: NATIVE,
+        lambda: UIMessageStreamEncoder(),
+        lambda: ChunkEncoder("fake:echo"),
+        lambda: AguiEncoder("thread", "run"),
+    ]
+    for make in makers:
+        whole = make().frame(events)
+        encoder = make()
+        assert b"".join(encoder.frame([event]) for event in events) == whole
+        with_done = isinstance(encoder, UIMessageStreamEncoder | ChunkEncoder)
+        assert whole.count(DONE) == (1 if with_done else 0)
+        assert DONE not in make().frame(events[:-1])
+        assert b"caf" in whole
+    assert NATIVE.frame(events) == frame_events(events)
 
 
 def test_event_json_round_trip() -> None:

@@ -243,6 +243,11 @@ class AguiEncoder:
         self._model = ""
         self._usage: AguiUsage | None = None  # the latest cumulative usage
 
+    def frame(self, events: Sequence[Event]) -> bytes:
+        """The SSE bytes for ``events`` (:func:`frame_events` of :meth:`encode`;
+        :class:`~tokenwire.protocol.sse.EventEncoder`)."""
+        return frame_events(self.encode(events))
+
     def encode(self, events: Iterable[Event]) -> list[BaseEvent]:
         """The AG-UI events for ``events`` (possibly none)."""
         out: list[BaseEvent] = []

@@ -38,7 +38,7 @@ which never carries stack traces (DESIGN §2).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from tokenwire.errors import ChatRequestError
@@ -57,6 +57,7 @@ from tokenwire.events import (
     ToolCallDelta,
     ToolCallStart,
     ToolResult,
+    is_terminal,
 )
 from tokenwire.protocol.sse import DONE, encode_sse
 
@@ -129,14 +130,29 @@ class UIMessageStreamEncoder:
     Args:
         dialect: the AI SDK major version to satisfy.
         mask_errors: send :data:`MASKED_ERROR` instead of the error's message.
+        message_id: the ``start`` chunk's ``messageId`` (the client's message this
+            answer continues); ``None`` = the ``start`` event's ``message_id``.
     """
 
-    def __init__(self, dialect: Dialect = DEFAULT_DIALECT, *, mask_errors: bool = True) -> None:
+    def __init__(
+        self,
+        dialect: Dialect = DEFAULT_DIALECT,
+        *,
+        mask_errors: bool = True,
+        message_id: str | None = None,
+    ) -> None:
         self.dialect = dialect
         self.mask_errors = mask_errors
+        self.message_id = message_id
         self._open: tuple[str, str] | None = None  # (kind, id) of the open text/reasoning part
         self._tools: set[str] = set()  # tool calls whose tool-input-start was sent
         self._stepped = False
+
+    def frame(self, events: Sequence[Event]) -> bytes:
+        """The SSE bytes for ``events`` (:func:`frame_chunks` of :meth:`encode`), then
+        :data:`DONE` after a terminal event (:class:`~tokenwire.protocol.sse.EventEncoder`)."""
+        body = frame_chunks(self.encode(events))
+        return body + DONE if events and is_terminal(events[-1]) else body
 
     def encode(self, events: Iterable[Event]) -> list[Chunk]:
         """The chunks for ``events`` (possibly none: usage events map to nothing)."""
@@ -147,7 +163,7 @@ class UIMessageStreamEncoder:
 
     def _encode(self, event: Event, out: list[Chunk]) -> None:
         if isinstance(event, Start):
-            out.append({"type": "start", "messageId": event.message_id})
+            out.append({"type": "start", "messageId": self.message_id or event.message_id})
             out.append({"type": "start-step"})
             self._stepped = True
         elif isinstance(event, TextDelta | ReasoningDelta):

@@ -35,7 +35,7 @@ Deliberate deviations from OpenAI, all documented in ``docs/openai-compatible.md
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +168,11 @@ class ChunkEncoder:
         self.cancel_reason: str | None = None
         self.error: Error | None = None
         self._skip: set[str] = set()
+
+    def frame(self, events: Sequence[Event]) -> bytes:
+        """SSE bytes for ``events``, in order (:meth:`encode` of each;
+        :class:`~tokenwire.protocol.sse.EventEncoder`)."""
+        return b"".join([self.encode(event) for event in events])
 
     def encode(self, event: Event) -> bytes:
         """SSE bytes for ``event`` (possibly empty)."""

@@ -15,17 +15,25 @@ is not dispatched. One deliberate deviation: comments are reported as
 from __future__ import annotations
 
 import codecs
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+from tokenwire.events import Event, encode_event
 
 __all__ = [
     "DONE",
     "HEARTBEAT",
     "MAX_SEQ",
+    "NATIVE",
     "RETRY_MS",
+    "EventEncoder",
+    "NativeEncoder",
     "SSEDecoder",
     "ServerSentEvent",
     "encode_retry",
     "encode_sse",
+    "frame_events",
     "parse_last_event_id",
 ]
 
@@ -107,6 +115,49 @@ def encode_retry(milliseconds: int) -> bytes:
     if milliseconds < 0:
         raise ValueError("retry must be a whole number of milliseconds >= 0")
     return b"retry: %d\n\n" % milliseconds
+
+
+class EventEncoder(Protocol):
+    """One wire format's framing of a stream's events, for one response: the native
+    SSE format (:class:`NativeEncoder`), the AI SDK's UI message stream
+    (:class:`~tokenwire.protocol.aisdk.UIMessageStreamEncoder`) and OpenAI's chat
+    completion chunks (:class:`~tokenwire.protocol.openai_compat.ChunkEncoder`).
+    An encoder may keep state across calls (open parts, tool calls)."""
+
+    def frame(self, events: Sequence[Event]) -> bytes:
+        """The bytes to send for ``events``, the next ones of the stream (possibly
+        empty); after the terminal event, the format's trailer (``[DONE]``) too."""
+        ...
+
+
+class NativeEncoder:
+    """The native format (DESIGN §3): :func:`frame_events`; it keeps no state."""
+
+    def frame(self, events: Sequence[Event]) -> bytes:
+        """:func:`frame_events` of ``events``."""
+        return frame_events(events)
+
+
+NATIVE = NativeEncoder()
+"""The native encoder (stateless, shared)."""
+_TAGS: dict[type, bytes] = {}
+
+
+def frame_events(events: Sequence[Event]) -> bytes:
+    """SSE frames for ``events``, concatenated (byte-exact to DESIGN §3): ``id: <seq>``,
+    ``event: <type>``, ``data: <event JSON>``, each framed by :func:`encode_sse`."""
+    tags = _TAGS
+    return b"".join(
+        [
+            encode_sse(encode_event(e), event=tags.get(type(e)) or _tag(type(e)), id=e.seq)
+            for e in events
+        ]
+    )
+
+
+def _tag(cls: type) -> bytes:
+    tag = _TAGS[cls] = str(cls.__struct_config__.tag).encode()  # type: ignore[attr-defined]
+    return tag
 
 
 def _id(id: int | str) -> bytes:

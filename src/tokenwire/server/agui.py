@@ -42,12 +42,10 @@ from tokenwire.errors import (
     TokenwireError,
     UnknownModelError,
 )
-from tokenwire.events import Event
 from tokenwire.protocol.agui import (
     AguiEncoder,
     AguiRun,
     ChatMessage,
-    frame_events,
     parse_run_input,
     text_of,
 )
@@ -187,15 +185,10 @@ def _response(tw: Tokenwire, stream_id: str, thread_id: str, run_id: str) -> Eve
     """The stream from ``seq`` 1 as AG-UI events: the native SSE response's reading,
     batching, heartbeats (SSE comments, which AG-UI clients skip) and disconnect
     handling, with this framing."""
-    encoder = AguiEncoder(thread_id, run_id)
-
-    def frame(batch: list[Event]) -> bytes:
-        return frame_events(encoder.encode(batch))
-
     return EventStreamResponse(
         tw.log,
         stream_id,
         heartbeat_interval=tw.settings.heartbeat_interval,
         headers={"x-tokenwire-stream-id": stream_id},
-        frame=frame,
+        encoder=AguiEncoder(thread_id, run_id),
     )

@@ -54,14 +54,11 @@ from tokenwire.errors import (
     RateLimitedError,
     UnknownModelError,
 )
-from tokenwire.events import Event, is_terminal
 from tokenwire.protocol.aisdk import (
-    DONE,
     HEADERS,
     ChatRequestError,
     Dialect,
     UIMessageStreamEncoder,
-    frame_chunks,
     parse_dialect,
 )
 from tokenwire.server.aisdk_request import parse_chat_request
@@ -224,21 +221,10 @@ def _response(
     native SSE response's reading, batching, heartbeats (which the SDK's parser
     ignores) and disconnect handling, with this framing. ``message_id``, when given,
     is the ``start`` chunk's ``messageId`` (the client's message this answer continues)."""
-    encoder = UIMessageStreamEncoder(dialect)
-
-    def frame(batch: list[Event]) -> bytes:
-        chunks = encoder.encode(batch)
-        if message_id is not None:
-            for chunk in chunks:
-                if chunk["type"] == "start":
-                    chunk["messageId"] = message_id
-        body = frame_chunks(chunks)
-        return body + DONE if is_terminal(batch[-1]) else body
-
     return EventStreamResponse(
         tw.log,
         stream_id,
         heartbeat_interval=tw.settings.heartbeat_interval,
         headers={**HEADERS, "x-tokenwire-stream-id": stream_id},
-        frame=frame,
+        encoder=UIMessageStreamEncoder(dialect, message_id=message_id),
     )

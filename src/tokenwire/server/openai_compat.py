@@ -205,7 +205,7 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
                 stream.stream_id,
                 heartbeat_interval=tw.settings.heartbeat_interval,
                 headers={STREAM_ID_HEADER: stream.stream_id},
-                frame=lambda batch: b"".join(encoder.encode(e) for e in batch),
+                encoder=encoder,
             )
         async for batch in tw.log.read(stream.stream_id, 0):
             for event in batch:

@@ -31,7 +31,7 @@ shape through :class:`~tokenwire.server.openai_compat.OpenAIRoute`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
@@ -62,9 +62,16 @@ from tokenwire.transports.sse import EventStreamResponse
 __all__ = ["build_responses_router"]
 
 
-def _framer(encoder: ResponseEncoder, after: int = -1) -> Callable[[list[Event]], bytes]:
-    """SSE bytes for a batch of events, leaving out ``sequence_number <= after``."""
-    return lambda batch: b"".join(encoder.encode(event, after) for event in batch)
+class _Framer:
+    """A :class:`ResponseEncoder` as an :class:`~tokenwire.protocol.sse.EventEncoder`:
+    SSE bytes for a batch of events, leaving out ``sequence_number <= after``."""
+
+    def __init__(self, encoder: ResponseEncoder, after: int = -1) -> None:
+        self.encoder = encoder
+        self.after = after
+
+    def frame(self, events: Sequence[Event]) -> bytes:
+        return b"".join([self.encoder.encode(event, self.after) for event in events])
 
 
 _PARAMS = {"messages": "input", "system": "instructions"}
@@ -211,7 +218,7 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
                 stream.stream_id,
                 heartbeat_interval=tw.settings.heartbeat_interval,
                 headers=headers,
-                frame=_framer(encoder),
+                encoder=_Framer(encoder),
             )
         async for batch in tw.log.read(stream.stream_id, 0):
             for event in batch:
@@ -238,7 +245,7 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
                 tw.log,
                 stream_id,
                 heartbeat_interval=tw.settings.heartbeat_interval,
-                frame=_framer(ResponseEncoder(str(info.meta.get("model", ""))), starting_after),
+                encoder=_Framer(ResponseEncoder(str(info.meta.get("model", ""))), starting_after),
             )
         return JSONResponse(await folded(stream_id))
 

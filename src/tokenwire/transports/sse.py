@@ -17,15 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
-from tokenwire.events import Event, encode_event
 from tokenwire.log.base import StreamInfo, StreamLog
-from tokenwire.protocol.sse import HEARTBEAT, RETRY_MS, encode_retry, encode_sse
+from tokenwire.protocol.sse import (
+    HEARTBEAT,
+    NATIVE,
+    RETRY_MS,
+    EventEncoder,
+    encode_retry,
+    frame_events,
+)
 
 __all__ = ["RETRY_MS", "SSE_HEADERS", "EventStreamResponse", "frame_events", "resume_point"]
 
@@ -34,25 +39,7 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),
 ]
-_TAGS: dict[type, bytes] = {}
 logger = logging.getLogger("tokenwire.sse")
-
-
-def frame_events(events: list[Event]) -> bytes:
-    """SSE frames for ``events``, concatenated (byte-exact to DESIGN §3), each framed
-    by :func:`~tokenwire.protocol.sse.encode_sse`."""
-    tags = _TAGS
-    return b"".join(
-        [
-            encode_sse(encode_event(e), event=tags.get(type(e)) or _tag(type(e)), id=e.seq)
-            for e in events
-        ]
-    )
-
-
-def _tag(cls: type) -> bytes:
-    tag = _TAGS[cls] = str(cls.__struct_config__.tag).encode()  # type: ignore[attr-defined]
-    return tag
 
 
 def resume_point(info: StreamInfo, after: int) -> int:
@@ -76,9 +63,9 @@ class EventStreamResponse(Response):
         after: resume point: events with ``seq > after`` are sent.
         heartbeat_interval: seconds of silence before a ``: ping`` comment.
         headers: extra response headers.
-        frame: turns a batch of events into the bytes to send (default: the native
-            SSE framing); other wire formats (AI SDK, OpenAI chunks) pass their
-            encoder, which may also write a trailer such as ``data: [DONE]``.
+        encoder: the wire format (:class:`~tokenwire.protocol.sse.EventEncoder`):
+            the native SSE framing by default; the AI SDK and OpenAI surfaces pass
+            theirs, which also write a trailer such as ``data: [DONE]``.
         retry_ms: when not ``None``, ``retry: <retry_ms>`` is the first thing written,
             once, right after the headers (the native stream passes
             :data:`~tokenwire.protocol.sse.RETRY_MS`).
@@ -94,12 +81,12 @@ class EventStreamResponse(Response):
         after: int = 0,
         heartbeat_interval: float = 10.0,
         headers: dict[str, str] | None = None,
-        frame: Callable[[list[Event]], bytes] = frame_events,
+        encoder: EventEncoder = NATIVE,
         retry_ms: int | None = None,
     ) -> None:
         self.preamble = b"" if retry_ms is None else encode_retry(retry_ms)
         self.log = log
-        self.frame = frame
+        self.frame = encoder.frame
         self.stream_id = stream_id
         self.after = after
         self.heartbeat_interval = heartbeat_interval
