@@ -57,6 +57,8 @@ from bench.client import (
     run_load_in_process,
 )
 from bench.sse_bench import (
+    BASELINE,
+    BASELINE_HELP,
     HTTP,
     LOOP,
     PACE_MS,
@@ -67,6 +69,9 @@ from bench.sse_bench import (
     _quantile,
     _sleep_until,
     gather,
+    server_env,
+    set_baseline_src,
+    tokenwire_label,
 )
 
 __all__ = ["main"]
@@ -99,6 +104,8 @@ class Config:
     label: str
     nodes: int
     redis: bool
+    kind: str = "tokenwire"
+    """``tokenwire``, or :data:`~bench.sse_bench.BASELINE` (``--baseline-src``)."""
 
 
 CONFIGS = (
@@ -119,8 +126,8 @@ class Node(Server):
     call the base one, which would start a second server.
     """
 
-    def __init__(self, cpu: int, log_url: str | None, prefix: str) -> None:
-        self.kind = "tokenwire"
+    def __init__(self, cpu: int, log_url: str | None, prefix: str, kind: str = "tokenwire") -> None:
+        self.kind = kind
         self.coalesce_ms = 0.0
         self.cpu = cpu
         self.port = _free_port()
@@ -137,7 +144,7 @@ class Node(Server):
         env |= {
             "BENCH_DATA_DIR": self.data_dir,
             "BENCH_COALESCE_MS": "0",
-            "PYTHONPATH": str(ROOT),
+            **server_env(kind),
         }
         if log_url is not None:
             env |= {"TOKENWIRE_LOG_URL": log_url, "TOKENWIRE_LOG_PREFIX": prefix}
@@ -146,7 +153,7 @@ class Node(Server):
 
     @property
     def label(self) -> str:
-        return f"tokenwire node on CPU {self.cpu}"
+        return f"{tokenwire_label(self.kind)} node on CPU {self.cpu}"
 
 
 @contextlib.contextmanager
@@ -156,7 +163,7 @@ def cluster(config: Config, redis_url: str, prefix: str) -> Iterator[list[Node]]
     nodes: list[Node] = []
     try:
         for cpu in range(config.nodes):
-            nodes.append(Node(cpu, log_url, prefix))
+            nodes.append(Node(cpu, log_url, prefix, config.kind))
         for node in nodes:
             node.wait_ready()
         yield nodes
@@ -558,7 +565,9 @@ def _environment() -> str:
     )
 
 
-def run(plan: Plan, redis_url: str, json_path: Path | None) -> None:
+def run(
+    plan: Plan, redis_url: str, json_path: Path | None, kinds: Sequence[str] = ("tokenwire",)
+) -> None:
     started = time.monotonic()
     prepare_process(None)
     probe = RedisProbe(redis_url)
@@ -568,7 +577,14 @@ def run(plan: Plan, redis_url: str, json_path: Path | None) -> None:
     rows: list[Row] = []
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
-        for config in CONFIGS:
+        configs = [
+            dataclasses.replace(
+                c, kind=k, label=f"{c.label}{' (baseline)' if k == BASELINE else ''}"
+            )
+            for c in CONFIGS
+            for k in kinds
+        ]
+        for config in configs:
             row = measure(pool, probe, config, plan, redis_url, run_id)
             rows.append(row)
             print(
@@ -606,11 +622,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--redis-url", default=REDIS_URL, help="a local Redis (127.0.0.1)")
     parser.add_argument("--paced-seconds", type=float, default=None, help="paced duration, s")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--baseline-src", type=Path, default=None, metavar="DIR", help=BASELINE_HELP
+    )
     args = parser.parse_args(argv)
+    kinds = set_baseline_src(args.baseline_src)
     plan = QUICK if args.quick else FULL
     if args.paced_seconds is not None:
         plan = dataclasses.replace(plan, paced_seconds=args.paced_seconds)
-    run(plan, args.redis_url, args.json)
+    run(plan, args.redis_url, args.json, kinds)
 
 
 if __name__ == "__main__":

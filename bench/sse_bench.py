@@ -46,6 +46,45 @@ SERVER_CPU = 0
 CLIENT_CPU = 1
 PACE_MS = 20.0
 TW_MODEL = "bench:default"
+BASELINE = "baseline"
+"""The server kind of a tokenwire server run from ``--baseline-src`` (another
+checkout's ``src``), beside this checkout's, for side-by-side figures in one run."""
+_baseline_src: list[Path] = []
+BASELINE_HELP = (
+    "also run every tokenwire server from DIR, another checkout's src (e.g. a "
+    "`git worktree add /tmp/base main`'s src), beside this one's"
+)
+
+
+def set_baseline_src(src: Path | None) -> list[str]:
+    """Use ``src`` (a directory holding a ``tokenwire`` package, e.g. another
+    checkout's ``src``) for the :data:`BASELINE` servers; return the tokenwire kinds
+    to run: ``["tokenwire"]``, or ``["tokenwire", BASELINE]`` with a baseline.
+
+    Raises:
+        SystemExit: ``src`` has no ``tokenwire/__init__.py``.
+    """
+    _baseline_src.clear()
+    if src is None:
+        return ["tokenwire"]
+    if not (src / "tokenwire" / "__init__.py").is_file():
+        raise SystemExit(f"--baseline-src {src}: no tokenwire package there (give a src dir)")
+    _baseline_src.append(src.resolve())
+    return ["tokenwire", BASELINE]
+
+
+def server_env(kind: str) -> dict[str, str]:
+    """``PYTHONPATH`` (and a label) for a server subprocess of ``kind``: the bench
+    package's root, preceded for :data:`BASELINE` by the baseline's ``src`` (ahead of
+    the installed tokenwire), then the caller's own ``PYTHONPATH``."""
+    paths = [*(map(str, _baseline_src) if kind == BASELINE else []), str(ROOT)]
+    paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"PYTHONPATH": os.pathsep.join(paths)}
+
+
+def tokenwire_label(kind: str) -> str:
+    """``tokenwire``, or ``tokenwire (baseline)`` for a :data:`BASELINE` server."""
+    return "tokenwire (baseline)" if kind == BASELINE else "tokenwire"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +153,7 @@ class Server:
         self.coalesce_ms = coalesce_ms
         self.port = _free_port()
         self.data_dir = tempfile.mkdtemp(prefix="tokenwire-bench-")
-        app = "bench.servers:tokenwire_app" if kind == "tokenwire" else "bench.servers:bare_app"
+        app = "bench.servers:tokenwire_app" if kind != "bare" else "bench.servers:bare_app"
         command = [
             sys.executable, "-m", "uvicorn", app, "--factory",
             "--host", "127.0.0.1", "--port", str(self.port),
@@ -127,7 +166,7 @@ class Server:
             **os.environ,
             "BENCH_DATA_DIR": self.data_dir,
             "BENCH_COALESCE_MS": str(coalesce_ms),
-            "PYTHONPATH": str(ROOT),
+            **server_env(kind),
         }
         self.process = subprocess.Popen(command, cwd=ROOT, env=env)
         self.pid = self.process.pid
@@ -136,7 +175,7 @@ class Server:
     def label(self) -> str:
         if self.kind == "bare":
             return "bare Starlette"
-        return f"tokenwire coalesce_ms={self.coalesce_ms:g}"
+        return f"{tokenwire_label(self.kind)} coalesce_ms={self.coalesce_ms:g}"
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -258,7 +297,7 @@ class PacedRow:
 
 
 def _model(server: Server) -> str:
-    return TW_MODEL if server.kind == "tokenwire" else "bare"
+    return TW_MODEL if server.kind != "bare" else "bare"
 
 
 def warm_up(pool: concurrent.futures.Executor, server: Server) -> float:
@@ -464,7 +503,7 @@ def _environment() -> str:
     )
 
 
-def run(plan: Plan, json_path: Path | None) -> None:
+def run(plan: Plan, json_path: Path | None, kinds: Sequence[str] = ("tokenwire",)) -> None:
     prepare_process(CLIENT_CPU)
     started = time.monotonic()
     context = multiprocessing.get_context("spawn")
@@ -473,7 +512,7 @@ def run(plan: Plan, json_path: Path | None) -> None:
     procs = plan.client_procs
     print(_environment(), flush=True)
     with concurrent.futures.ProcessPoolExecutor(procs, mp_context=context) as pool:
-        configs = [("bare", 0.0)] + [("tokenwire", c) for c in plan.coalesce_rows]
+        configs = [("bare", 0.0)] + [(k, c) for c in plan.coalesce_rows for k in kinds]
         for kind, coalesce in configs:
             with serving(kind, coalesce) as server:
                 warm_up(pool, server)
@@ -486,9 +525,9 @@ def run(plan: Plan, json_path: Path | None) -> None:
                         flush=True,
                     )
         for streams in plan.paced:
-            paced_configs = [("bare", 0.0), ("tokenwire", 0.0)]
+            paced_configs = [("bare", 0.0)] + [(k, 0.0) for k in kinds]
             if streams <= plan.paced_coalesced_max:
-                paced_configs.append(("tokenwire", 20.0))
+                paced_configs += [(k, 20.0) for k in kinds]
             for kind, coalesce in paced_configs:
                 with serving(kind, coalesce) as server:
                     warm_up(pool, server)
@@ -524,7 +563,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--paced", type=int, nargs="*", default=None, help="paced stream counts")
     parser.add_argument("--paced-seconds", type=float, default=None, help="paced duration, s")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--baseline-src", type=Path, default=None, metavar="DIR", help=BASELINE_HELP
+    )
     args = parser.parse_args(argv)
+    kinds = set_baseline_src(args.baseline_src)
     plan = QUICK if args.quick else FULL
     if args.client_procs is not None:
         plan = dataclasses.replace(plan, client_procs=args.client_procs)
@@ -532,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         plan = dataclasses.replace(plan, paced=tuple(args.paced))
     if args.paced_seconds is not None:
         plan = dataclasses.replace(plan, paced_seconds=args.paced_seconds)
-    run(plan, args.json)
+    run(plan, args.json, kinds)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,20 @@ import psutil
 
 from bench.client import prepare_process
 from bench.servers import Workload
-from bench.sse_bench import HTTP, LOOP, ROOT, Server, _free_port, _quantile, _sleep_until
+from bench.sse_bench import (
+    BASELINE,
+    BASELINE_HELP,
+    HTTP,
+    LOOP,
+    ROOT,
+    Server,
+    _free_port,
+    _quantile,
+    _sleep_until,
+    server_env,
+    set_baseline_src,
+    tokenwire_label,
+)
 from tokenwire.protocol.pusher import channel_auth
 
 __all__ = ["main", "tokenwire_app"]
@@ -267,15 +280,14 @@ class WsServer(Server):
         self.coalesce_ms = 0.0
         self.port = _free_port()
         self.data_dir = tempfile.mkdtemp(prefix="tokenwire-ws-bench-")
-        if kind == "tokenwire":
+        if kind != "bare":
             command = [sys.executable, "-m", "bench.ws_bench", "--serve-tokenwire", str(self.port)]
         else:
             command = [sys.executable, "-m", "bench.ws_bench", "--serve-bare", str(self.port)]
         if shutil.which("taskset"):
             command = ["taskset", "-c", str(SERVER_CPU), *command]
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWIRE_")}
-        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-        env |= {"BENCH_DATA_DIR": self.data_dir, "PYTHONPATH": path}
+        env |= {"BENCH_DATA_DIR": self.data_dir, **server_env(kind)}
         env["BENCH_DEFLATE"] = "1" if deflate else "0"
         if profile is not None:
             env["BENCH_PROFILE"] = str(profile)
@@ -285,7 +297,7 @@ class WsServer(Server):
 
     @property
     def label(self) -> str:
-        return "bare websockets" if self.kind == "bare" else "tokenwire"
+        return "bare websockets" if self.kind == "bare" else tokenwire_label(self.kind)
 
     def cpu_seconds(self) -> float:
         return sum(self.cpu_split())
@@ -932,7 +944,7 @@ def table(rows: Sequence[Row]) -> str:
 
 def targets(rows: Sequence[Row]) -> str:
     lines = []
-    for tw in (r for r in rows if r.server == "tokenwire"):
+    for tw in (r for r in rows if r.server.startswith("tokenwire")):
         head = f"- round {tw.round}: "
         verdict = "met" if tw.latency_p99_ms < 50 else "NOT met"
         lines.append(f"{head}p99 delivery latency < 50 ms: {tw.latency_p99_ms:.1f} ms → {verdict}")
@@ -995,6 +1007,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the tokenwire server")
     parser.add_argument("--json", type=Path, default=None, help="results file")
+    parser.add_argument(
+        "--baseline-src", type=Path, default=None, metavar="DIR", help=BASELINE_HELP
+    )
     parser.add_argument("--serve-bare", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--serve-tokenwire", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1025,7 +1040,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     plan = dataclasses.replace(plan, warmup_subscribers=min(50, plan.subscribers))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     json_path = args.json or RESULTS / f"ws_bench-{stamp}.json"
-    run(plan, args.servers, json_path, args.profile)
+    kinds = list(args.servers)
+    if BASELINE in set_baseline_src(args.baseline_src) and "tokenwire" in kinds:
+        kinds.insert(kinds.index("tokenwire") + 1, BASELINE)
+    run(plan, kinds, json_path, args.profile)
 
 
 if __name__ == "__main__":
