@@ -6,17 +6,24 @@ from __future__ import annotations
 import json
 
 import pytest
+import redis.exceptions
 
+from tests.support.servers import free_port
 from tokenwire import errors
 from tokenwire.errors import (
     AuthenticationError,
+    BusUnavailableError,
     InvalidRequestError,
+    QueueUnavailableError,
     RateLimitedError,
     StoreError,
     TokenwireError,
     UnknownModelError,
 )
+from tokenwire.queue import GenerationQueue
 from tokenwire.server.errors import error_response
+from tokenwire.settings import Settings
+from tokenwire.transports.pusher.bus import BusMessage, RedisBus
 
 CLASSES = [
     getattr(errors, name)
@@ -64,3 +71,38 @@ def test_headers_of_401_and_429() -> None:
     assert headers["www-authenticate"] == 'Bearer error="invalid_token"'
     status, body, headers = _body(RateLimitedError("concurrent", 0, "too many at once"))
     assert (status, body, headers["retry-after"]) == (429, {"detail": "too many at once"}, "1")
+
+
+# -- foreign errors become ours at their boundary -------------------------------
+
+
+def _nothing_listens() -> str:
+    """A Redis URL on a port nothing listens on (connections are refused)."""
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+@pytest.mark.anyio
+async def test_the_job_queue_raises_queue_unavailable_from_redis() -> None:
+    queue = GenerationQueue.from_settings(Settings(queue_url=_nothing_listens()))
+    try:
+        with pytest.raises(QueueUnavailableError) as caught:
+            await queue.ping()
+        assert isinstance(caught.value.__cause__, redis.exceptions.RedisError)
+        assert "127.0.0.1" not in str(caught.value)  # no client text reaches a caller
+        with pytest.raises(QueueUnavailableError):
+            await queue.claim("s1")
+    finally:
+        await queue.close()
+
+
+@pytest.mark.anyio
+async def test_the_pusher_bus_raises_bus_unavailable_from_redis() -> None:
+    bus = RedisBus(_nothing_listens())
+    try:
+        with pytest.raises(BusUnavailableError) as caught:
+            await bus.channels("app")
+        assert isinstance(caught.value.__cause__, redis.exceptions.RedisError)
+        with pytest.raises(BusUnavailableError):
+            await bus.publish(BusMessage(kind="publish", app_id="app", channel="c"))
+    finally:
+        await bus.close()
