@@ -240,7 +240,7 @@ def test_parse_run_input_maps_messages_tools_and_forwarded_props() -> None:
     )
     assert [m.role for m in run.history] == ["user", "assistant", "tool"]
     assert run.history[1].tool_calls[0].id == "c1" and run.history[2].tool_call_id == "c1"
-    assert [m.role for m in run.new] == ["tool"]  # the thread stored the call
+    assert [m.role for m in run.new] == ["assistant", "tool"]  # the server drops stored ones
     assert run.system == "Hi.\n\nBe brief.\n\ncity: Paris"
     assert run.tools[0].name == "get_time" and run.tools[0].parameters == TIME_TOOL["parameters"]
     assert (run.model, run.params) == ("fake:tools", {"k": 1})
@@ -417,27 +417,67 @@ def test_client_tool_round_trip(server: tuple[str, Tokenwire]) -> None:
     text = "".join(e.delta for e in step2 if e.type == EventType.TEXT_MESSAGE_CONTENT)  # type: ignore[attr-defined]
     assert text == "It is 12:00 UTC."
     sent = RECORDER.requests[-1]  # what the model saw in step 2
-    assert [(m.role, m.content) for m in sent.messages] == [
+    exchange = [
         ("user", "what time is it"),
         ("assistant", ""),
         ("tool", "It is 12:00 UTC."),
     ]
-    # The thread's stored call, with the model's arguments.
+    assert [(m.role, m.content) for m in sent.messages] == exchange  # the call once
+    # the stored call (step 1's arguments), not the client's copy of it ("{}")
     assert sent.messages[1].tool_calls == (MessageToolCall(call_id, "get_time", '{"zone": "UTC"}'),)
     assert sent.messages[2].tool_call_id == call_id
     assert [t.name for t in sent.tools] == ["get_time"]
+    with httpx.Client(base_url=base, headers=ALICE, timeout=10) as client:
+        stored = client.get(f"/v1/conversations/{thread}").json()["messages"]
+    assert [(m["role"], [p["type"] for p in m["parts"]]) for m in stored] == [
+        ("user", ["text"]),
+        ("assistant", ["tool-call"]),
+        ("tool", ["tool-result"]),
+        ("assistant", ["text"]),
+    ]  # no empty assistant message: the re-sent call was already stored
+    assert stored[2]["parts"][0]["tool_call_id"] == call_id
     messages += [
         {"id": "a2", "role": "assistant", "content": text},
         _user("thanks", "u2"),
     ]
     run_agent(base, {**_input(messages, threadId=thread), "forwardedProps": params})
     assert [(m.role, m.content) for m in RECORDER.requests[-1].messages] == [
-        ("user", "what time is it"),
-        ("assistant", ""),  # the stored tool call
-        ("tool", "It is 12:00 UTC."),
+        *exchange,
         ("assistant", "It is 12:00 UTC."),
         ("user", "thanks"),
-    ]  # the stored history, tool steps included, then only the new message
+    ]  # the stored history with the call and its result, then only the new message
+
+
+def test_a_tool_call_the_thread_does_not_store_is_kept(server: tuple[str, Tokenwire]) -> None:
+    """A client's own assistant tool-call message (not tokenwire's answer) on a known
+    thread is sent and stored with its call, so its result is not an orphan."""
+    base, _ = server
+    thread = _thread()
+    run_agent(base, _input([_user("hi")], threadId=thread, forwardedProps={"model": "rec:echo"}))
+    messages = [
+        _user("hi"),
+        {"id": "a1", "role": "assistant", "content": "hi"},
+        {**_tool_call_message("c-client"), "id": "a-client"},
+        {"id": "t1", "role": "tool", "toolCallId": "c-client", "content": "42"},
+    ]
+    run_agent(base, _input(messages, threadId=thread, forwardedProps={"model": "rec:tools"}))
+    sent = RECORDER.requests[-1].messages
+    assert [(m.role, m.content) for m in sent] == [
+        ("user", "hi"),
+        ("assistant", "hi"),
+        ("assistant", ""),
+        ("tool", "42"),
+    ]
+    assert sent[2].tool_calls == (MessageToolCall("c-client", "get_time", "{}"),)
+    with httpx.Client(base_url=base, headers=ALICE, timeout=10) as client:
+        stored = client.get(f"/v1/conversations/{thread}").json()["messages"]
+    assert [(m["role"], [p["type"] for p in m["parts"]]) for m in stored] == [
+        ("user", ["text"]),
+        ("assistant", ["text"]),
+        ("assistant", ["tool-call"]),
+        ("tool", ["tool-result"]),
+        ("assistant", ["text"]),
+    ]
 
 
 def test_a_provider_error_ends_with_run_error(server: tuple[str, Tokenwire]) -> None:

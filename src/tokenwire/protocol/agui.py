@@ -99,9 +99,9 @@ class AguiRun:
         run_id: ``runId``, echoed in ``RUN_STARTED`` / ``RUN_FINISHED``.
         history: the request's user, assistant and tool messages, oldest first, to
             seed a thread tokenwire does not know yet.
-        new: the messages that are new for a thread tokenwire knows: the trailing
-            tool results with the assistant message whose calls they answer, else
-            the last user message (see :func:`parse_run_input`).
+        new: the messages that may be new for a thread tokenwire knows: the
+            trailing tool results with the assistant message whose calls they
+            answer, else the last user message (see :func:`parse_run_input`).
         system: the ``system`` / ``developer`` messages, ``forwardedProps.system``
             and the ``context`` entries, joined by blank lines; ``None`` if none.
         tools: the client's tools (``tools[]``), for the model to call.
@@ -175,13 +175,17 @@ def text_of(content: object) -> str:
 
 
 def _new_messages(history: Sequence[ChatMessage]) -> list[ChatMessage]:
-    """The tail a known thread has not seen: trailing tool results (the thread's
-    stored answer holds the tool calls they answer), else the last user message."""
+    """The tail a known thread may not have seen: trailing tool results with the
+    assistant message that called them, else the last user message. (The thread may
+    store that assistant message already, its answer: the server leaves out what it
+    stores.)"""
     end = len(history)
     start = end
     while start > 0 and history[start - 1].role == "tool":
         start -= 1
     if start < end:
+        if start > 0 and history[start - 1].role == "assistant":
+            start -= 1
         return list(history[start:])
     if not history or history[-1].role != "user":
         raise InvalidRequestError(

@@ -29,6 +29,7 @@ package (types and ``EventEncoder``).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated
 
 from ag_ui.core import AssistantMessage, ToolMessage
@@ -54,6 +55,7 @@ from tokenwire.providers.base import MessageToolCall, ToolSpec
 from tokenwire.server.errors import error_response, field_error
 from tokenwire.server.identity import require_json
 from tokenwire.server.routes import responses
+from tokenwire.store.models import MessageRecord
 from tokenwire.transports.sse import EventStreamResponse
 
 __all__ = ["build_agui_router"]
@@ -139,7 +141,10 @@ async def _start(tw: Tokenwire, request: Request, agui: AguiRun, owner: str | No
         ConversationNotFoundError: the thread is another owner's.
     """
     existing = await tw.access.find_conversation(request, agui.thread_id)
-    history, new = [_message(m) for m in agui.history], [_message(m) for m in agui.new]
+    unseen = (
+        agui.new if existing is None else _unseen(agui.new, await tw.store.messages(existing.id))
+    )
+    history, new = [_message(m) for m in agui.history], [_message(m) for m in unseen]
     messages = history if existing is None else new
     tw.check(agui.model, messages, system=agui.system, params=agui.params)
     ticket = await tw.admit(request)  # 429 before the thread is created
@@ -160,6 +165,25 @@ async def _start(tw: Tokenwire, request: Request, agui: AguiRun, owner: str | No
         ],
     )
     return stream.stream_id
+
+
+def _unseen(new: list[ChatMessage], stored: Sequence[MessageRecord]) -> list[ChatMessage]:
+    """``new`` without what the thread already stores: an assistant message whose
+    ``id`` is a stored message's (tokenwire's message id, which the client got as
+    ``parentMessageId``) or whose tool calls are all stored (the client re-sends the
+    call its tool results answer), and a tool message whose result is stored."""
+    ids = {m.id for m in stored}
+    parts = [p for m in stored for p in m.parts]
+    calls = {p.get("tool_call_id") for p in parts if p.get("type") == "tool-call"}
+    results = {p.get("tool_call_id") for p in parts if p.get("type") == "tool-result"}
+
+    def seen(m: ChatMessage) -> bool:
+        if isinstance(m, AssistantMessage):
+            called = [c.id for c in m.tool_calls or ()]
+            return m.id in ids or (bool(called) and all(c in calls for c in called))
+        return isinstance(m, ToolMessage) and m.tool_call_id in results
+
+    return [m for m in new if not seen(m)]
 
 
 def _message(message: ChatMessage) -> Message:
