@@ -7,6 +7,7 @@ pydantic event types; and ``HttpAgent`` from ``@ag-ui/client`` in Node
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -47,6 +48,7 @@ from tokenwire.providers.base import (
     ProviderEvent,
 )
 from tokenwire.providers.fake import FakeProvider
+from tokenwire.testing import get_time
 
 AGUI_DIR = Path(__file__).resolve().parent / "js" / "agui"
 EVENTS: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(AguiEvent)
@@ -235,9 +237,16 @@ def test_parse_run_input_maps_messages_tools_and_forwarded_props() -> None:
             ],
             tools=[TIME_TOOL],
             context=[{"description": "city", "value": "Paris"}],
-            forwardedProps={"model": "fake:tools", "params": {"k": 1}, "system": "Hi."},
+            forwardedProps={
+                "model": "fake:tools",
+                "params": {"k": 1},
+                "system": "Hi.",
+                "tools": ["get_time"],
+                "max_steps": 2,
+            },
         )
     )
+    assert (run.server_tools, run.max_steps) == (["get_time"], 2)
     assert [m.role for m in run.history] == ["user", "assistant", "tool"]
     assert run.history[1].tool_calls[0].id == "c1" and run.history[2].tool_call_id == "c1"
     assert [m.role for m in run.new] == ["assistant", "tool"]  # the server drops stored ones
@@ -260,6 +269,12 @@ def test_parse_run_input_maps_messages_tools_and_forwarded_props() -> None:
         (
             _input([{"id": "1", "role": "user", "content": "x"}], forwardedProps={"model": 1}),
             "forwardedProps.model",
+        ),
+        (
+            _input(
+                [{"id": "1", "role": "user", "content": "x"}], forwardedProps={"max_steps": True}
+            ),
+            "forwardedProps.max_steps",
         ),
     ],
 )
@@ -307,7 +322,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Toke
         )
         registry = ProviderRegistry(settings)
         registry.register("rec", RECORDER)
-        tw = Tokenwire(settings, registry=registry)
+        tw = Tokenwire(settings, registry=registry, tools=[get_time])  # server-side tool
         with uvicorn_thread(create_app(tokenwire=tw)) as url:
             yield url, tw
 
@@ -480,6 +495,45 @@ def test_a_tool_call_the_thread_does_not_store_is_kept(server: tuple[str, Tokenw
     ]
 
 
+def test_server_side_tools_run_the_agent_loop(server: tuple[str, Tokenwire]) -> None:
+    """``forwardedProps.tools`` names registered tools: tokenwire runs them (the agent
+    loop, two steps) and the run finishes with nothing left for the client."""
+    base, _ = server
+    thread = _thread()
+    props = {"model": "rec:tools", "tools": ["get_time"], "max_steps": 3}
+    events = run_agent(
+        base, _input([_user("what time is it")], threadId=thread, forwardedProps=props)
+    )
+    types = [e.type.value for e in events]
+    assert [t for i, t in enumerate(types) if t != "TEXT_MESSAGE_CONTENT" or types[i - 1] != t] == [
+        "RUN_STARTED",
+        "STEP_STARTED",
+        "TOOL_CALL_START",
+        "TOOL_CALL_ARGS",
+        "TOOL_CALL_END",
+        "TOOL_CALL_RESULT",
+        "STEP_FINISHED",
+        "STEP_STARTED",
+        "TEXT_MESSAGE_START",
+        "TEXT_MESSAGE_CONTENT",  # one or more
+        "TEXT_MESSAGE_END",
+        "STEP_FINISHED",
+        "RUN_FINISHED",
+    ]
+    start, result = events[2].model_dump(by_alias=True), events[5].model_dump(by_alias=True)
+    assert start["toolCallName"] == "get_time" and result["toolCallId"] == start["toolCallId"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", result["content"])
+    steps = [e.step_name for e in events if e.type.value.startswith("STEP_")]  # type: ignore[attr-defined]
+    assert steps == ["step-1", "step-1", "step-2", "step-2"]
+    text = "".join(e.delta for e in events if e.type == EventType.TEXT_MESSAGE_CONTENT)  # type: ignore[attr-defined]
+    assert text == result["content"]  # step 2 answers with the tool's result
+    assert events[-1].outcome.type == "success"  # type: ignore[attr-defined]
+    assert events[-1].outcome.pending_tool_call_ids is None  # type: ignore[attr-defined]
+    second = RECORDER.requests[-1]  # step 2: the call and its result, the tool offered
+    assert [m.role for m in second.messages] == ["user", "assistant", "tool"]
+    assert [t.name for t in second.tools] == ["get_time"]
+
+
 def test_a_provider_error_ends_with_run_error(server: tuple[str, Tokenwire]) -> None:
     base, _ = server
     props = {"model": "fake:lorem", "params": {"tokens": 10, "fail_after": 2}}
@@ -521,6 +575,18 @@ def test_another_users_thread_is_404_and_untouched(server: tuple[str, Tokenwire]
             ["body", "forwardedProps", "model"],
         ),
         (_input([_user("x")], forwardedProps={"params": []}), ["body", "forwardedProps", "params"]),
+        (
+            _input([_user("x")], forwardedProps={"tools": "get_time"}),
+            ["body", "forwardedProps", "tools"],
+        ),
+        (
+            _input([_user("x")], forwardedProps={"tools": ["get_time", "nope"]}),
+            ["body", "forwardedProps", "tools", "1"],
+        ),
+        (
+            _input([_user("x")], forwardedProps={"tools": ["get_time"], "max_steps": 0}),
+            ["body", "forwardedProps", "max_steps"],
+        ),
         (
             _input([_user("x")], forwardedProps={"model": "fake:lorem", "params": {"tokens": -1}}),
             ["body", "forwardedProps", "params", "tokens"],

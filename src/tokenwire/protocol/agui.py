@@ -23,7 +23,7 @@ and the ``ag-ui-protocol`` 1.0 package (``ag_ui.core``: the generated models of
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,16 @@ ChatMessage = UserMessage | AssistantMessage | ToolMessage
 """The messages a model is sent (system and developer ones become the system prompt)."""
 
 _ENCODER = EventEncoder()
-_FORWARDED = ("model", "system", "params")
+_FORWARDED: dict[str, tuple[Callable[[object], bool], str]] = {
+    "model": (lambda v: isinstance(v, str), "a string"),
+    "system": (lambda v: isinstance(v, str), "a string"),
+    "params": (lambda v: isinstance(v, dict), "an object"),
+    "tools": (
+        lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
+        "a list of tool names",
+    ),
+    "max_steps": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+}
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,9 @@ class AguiRun:
         tools: the client's tools (``tools[]``), for the model to call.
         model: ``forwardedProps.model`` (``"provider:model"``), if sent.
         params: ``forwardedProps.params`` (provider parameters), if sent.
+        server_tools: ``forwardedProps.tools``: names of registered server-side
+            tools (the agent loop, docs/tools.md), as the native body's ``tools``.
+        max_steps: ``forwardedProps.max_steps`` (most model calls), if sent.
     """
 
     thread_id: str
@@ -117,6 +129,8 @@ class AguiRun:
     tools: list[Tool] = field(default_factory=list)
     model: str | None = None
     params: dict[str, object] = field(default_factory=dict)
+    server_tools: list[str] = field(default_factory=list)
+    max_steps: int | None = None
 
 
 def parse_run_input(body: object) -> AguiRun:
@@ -126,7 +140,9 @@ def parse_run_input(body: object) -> AguiRun:
     (``content`` and ``toolCalls``), ``tool`` (``toolCallId``, ``content``; an
     ``error`` marks a failed call), ``system`` and ``developer`` (into the system
     prompt). ``state`` is accepted and not used. ``forwardedProps`` may carry
-    ``model``, ``system`` (strings) and ``params`` (an object); other keys are ignored.
+    ``model``, ``system`` (strings), ``params`` (an object), ``tools`` (server-side
+    tool names) and ``max_steps`` (an integer, checked by the engine), as the native
+    body names them; other keys are ignored.
 
     Raises:
         InvalidRequestError: naming the field (``messages.0.content``,
@@ -163,6 +179,8 @@ def parse_run_input(body: object) -> AguiRun:
         tools=list(run.tools or ()),
         model=forwarded.get("model"),  # type: ignore[arg-type]
         params=dict(forwarded.get("params") or {}),  # type: ignore[call-overload]
+        server_tools=list(forwarded.get("tools") or ()),  # type: ignore[call-overload]
+        max_steps=forwarded.get("max_steps"),  # type: ignore[arg-type]
     )
 
 
@@ -200,13 +218,11 @@ def _forwarded(props: object) -> dict[str, object]:
     if not isinstance(props, dict):
         raise InvalidRequestError("forwardedProps", "must be an object")
     out: dict[str, object] = {}
-    for key in _FORWARDED:
+    for key, (valid, kind) in _FORWARDED.items():
         value = props.get(key)
         if value is None:
             continue
-        wanted = dict if key == "params" else str
-        if not isinstance(value, wanted):
-            kind = "an object" if key == "params" else "a string"
+        if not valid(value):
             raise InvalidRequestError(f"forwardedProps.{key}", f"must be {kind}")
         out[key] = value
     return out

@@ -15,7 +15,8 @@ another owner's thread answers 404 to ``POST`` and 204 to ``GET``, and nothing o
 is read or changed. Without a valid identity where one is required: 401. The body
 must be declared as JSON (415 otherwise).
 
-Choices travel in ``forwardedProps`` (``model``, ``system``, ``params``); see
+Choices travel in ``forwardedProps`` (``model``, ``system``, ``params``, and
+``tools`` / ``max_steps`` for registered server-side tools: the agent loop); see
 :func:`tokenwire.protocol.agui.parse_run_input`. Bad requests answer ``400`` (not
 JSON) or ``422`` in FastAPI's validation shape naming the field; over a limit:
 ``429`` with ``Retry-After``. The event mapping is
@@ -36,6 +37,7 @@ from ag_ui.core import AssistantMessage, ToolMessage
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from tokenwire.agent import DEFAULT_MAX_STEPS
 from tokenwire.engine import Tokenwire
 from tokenwire.errors import (
     ConversationNotFoundError,
@@ -93,8 +95,8 @@ def build_agui_router(tw: Tokenwire) -> APIRouter:
         except UnknownModelError as exc:  # the model and params are forwarded props here
             return field_error("forwardedProps.model", str(exc), exc.http_status)
         except InvalidRequestError as exc:
-            where = exc.field
-            if where == "params" or where.startswith("params."):
+            where = exc.field.replace("[", ".").replace("]", "")  # tools[0] -> tools.0
+            if where.split(".")[0] in ("params", "tools", "max_steps"):
                 where = f"forwardedProps.{where}"
             return field_error(where, exc.message, exc.http_status)
         except TokenwireError as exc:
@@ -146,7 +148,15 @@ async def _start(tw: Tokenwire, request: Request, agui: AguiRun, owner: str | No
     )
     history, new = [_message(m) for m in agui.history], [_message(m) for m in unseen]
     messages = history if existing is None else new
-    tw.check(agui.model, messages, system=agui.system, params=agui.params)
+    steps = DEFAULT_MAX_STEPS if agui.max_steps is None else agui.max_steps
+    tw.check(
+        agui.model,
+        messages,
+        system=agui.system,
+        params=agui.params,
+        tools=agui.server_tools,
+        max_steps=steps,
+    )
     ticket = await tw.admit(request)  # 429 before the thread is created
     if existing is None and not await tw.store.create_conversation_if_absent(
         agui.thread_id, owner=owner, source=SOURCE
@@ -161,8 +171,13 @@ async def _start(tw: Tokenwire, request: Request, agui: AguiRun, owner: str | No
         owner=owner,
         ticket=ticket,
         tools=[
-            ToolSpec(t.name, t.description, t.parameters or {"type": "object"}) for t in agui.tools
+            *agui.server_tools,
+            *(
+                ToolSpec(t.name, t.description, t.parameters or {"type": "object"})
+                for t in agui.tools
+            ),
         ],
+        max_steps=steps,
     )
     return stream.stream_id
 
