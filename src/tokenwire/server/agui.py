@@ -57,6 +57,7 @@ from tokenwire.providers.base import MessageToolCall, ToolSpec
 from tokenwire.server.errors import error_response, field_error
 from tokenwire.server.identity import require_json
 from tokenwire.server.routes import responses
+from tokenwire.server.turns import Turn, start_turn
 from tokenwire.store.models import MessageRecord
 from tokenwire.transports.sse import EventStreamResponse
 
@@ -131,45 +132,31 @@ def build_agui_router(tw: Tokenwire) -> APIRouter:
 
 
 async def _start(tw: Tokenwire, request: Request, agui: AguiRun, owner: str | None) -> str:
-    """Start the run's generation; the stream id.
+    """Start the run's generation (:func:`~tokenwire.server.turns.start_turn`); the
+    stream id.
 
     A thread tokenwire does not know is created with the request's whole history; a
-    known one gets :attr:`AguiRun.new` after its stored history.
+    known one gets :attr:`AguiRun.new` after its stored history, without what it
+    stores already (:func:`_unseen`).
 
     Raises:
-        UnknownModelError, InvalidRequestError: before anything is created (the
-            limits apply to the messages the model is sent).
+        UnknownModelError, InvalidRequestError: before anything is created (checked
+            against the request's whole history, as ``/api/chat`` does).
         RateLimitedError: over a limit (429), before anything is created.
         ConversationNotFoundError: the thread is another owner's.
     """
-    existing = await tw.access.find_conversation(request, agui.thread_id)
-    unseen = (
-        agui.new if existing is None else _unseen(agui.new, await tw.store.messages(existing.id))
-    )
-    history, new = [_message(m) for m in agui.history], [_message(m) for m in unseen]
-    messages = history if existing is None else new
-    steps = DEFAULT_MAX_STEPS if agui.max_steps is None else agui.max_steps
-    tw.check(
-        agui.model,
-        messages,
-        system=agui.system,
-        params=agui.params,
-        tools=agui.server_tools,
-        max_steps=steps,
-    )
-    ticket = await tw.admit(request)  # 429 before the thread is created
-    if existing is None and not await tw.store.create_conversation_if_absent(
-        agui.thread_id, owner=owner, source=SOURCE
-    ):  # a concurrent first run created it first
-        messages = new
-    stream = await tw.start(
-        agui.model,
-        messages,
+
+    async def known() -> list[Message]:
+        stored = await tw.store.messages(agui.thread_id)
+        return [_message(m) for m in _unseen(agui.new, stored)]
+
+    turn = Turn(
         conversation_id=agui.thread_id,
+        source=SOURCE,
+        messages=[_message(m) for m in agui.history],
+        model=agui.model,
         system=agui.system,
         params=agui.params,
-        owner=owner,
-        ticket=ticket,
         tools=[
             *agui.server_tools,
             *(
@@ -177,8 +164,9 @@ async def _start(tw: Tokenwire, request: Request, agui: AguiRun, owner: str | No
                 for t in agui.tools
             ),
         ],
-        max_steps=steps,
+        max_steps=DEFAULT_MAX_STEPS if agui.max_steps is None else agui.max_steps,
     )
+    stream = await start_turn(tw, request, turn, known, owner=owner)
     return stream.stream_id
 
 

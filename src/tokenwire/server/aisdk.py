@@ -61,10 +61,12 @@ from tokenwire.protocol.aisdk import (
     UIMessageStreamEncoder,
     parse_dialect,
 )
+from tokenwire.providers import Message
 from tokenwire.server.aisdk_request import parse_chat_request
 from tokenwire.server.errors import error_response
 from tokenwire.server.identity import caller_dependency, require_json
 from tokenwire.server.routes import responses
+from tokenwire.server.turns import Turn, start_turn
 from tokenwire.transports.sse import EventStreamResponse
 
 __all__ = ["build_aisdk_router"]
@@ -105,54 +107,32 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         except ChatRequestError as exc:
             return _detail(400 if exc.header else exc.http_status, exc.message)
         model = body.model if body.model is not None else x_tokenwire_model
-        steps = DEFAULT_MAX_STEPS if body.max_steps is None else body.max_steps
-        try:  # before the conversation is created, so a bad request leaves nothing behind
-            tw.check(
-                model,
-                [*body.history, *body.turn],
-                system=body.system,
-                params=body.params,
-                tools=[*body.tools, *body.client_tools],
-                max_steps=steps,
-            )
-        except UnknownModelError as exc:
-            return _detail(exc.http_status, f"model: {exc}")
-        except InvalidRequestError as exc:
-            return _detail(exc.http_status, str(exc))
-        try:  # 429 before the conversation is created
-            ticket = await tw.admit(request)
-        except RateLimitedError as exc:
-            return error_response(exc)
         regenerate = body.trigger == "regenerate-message"
-        try:
-            existing = await tw.access.find_conversation(request, body.chat_id)
-        except ConversationNotFoundError as exc:
-            return _detail(exc.http_status, "chat not found")
-        if existing is None and await tw.store.create_conversation_if_absent(
-            body.chat_id, owner=owner, source="ai-sdk"
-        ):  # created here (a concurrent first request may have created it first)
-            messages = [*body.history, *body.turn]
-        else:
+
+        async def known() -> list[Message]:
             if regenerate and body.message_id is not None:  # drop the answer it replaces
                 await tw.store.delete_messages_from(body.chat_id, body.message_id)
             answer_again = regenerate and await _ends_with_user(tw, body.chat_id)
-            messages = [] if answer_again else body.turn
+            return [] if answer_again else body.turn
+
+        turn = Turn(
+            conversation_id=body.chat_id,
+            source="ai-sdk",
+            messages=[*body.history, *body.turn],
+            model=model,
+            system=body.system,
+            params=body.params,
+            tools=[*body.tools, *body.client_tools],
+            max_steps=DEFAULT_MAX_STEPS if body.max_steps is None else body.max_steps,
+        )
         try:
-            stream = await tw.start(
-                model,
-                messages,
-                conversation_id=body.chat_id,
-                system=body.system,
-                params=body.params,
-                owner=owner,
-                ticket=ticket,
-                tools=[*body.tools, *body.client_tools],
-                max_steps=steps,
-            )
+            stream = await start_turn(tw, request, turn, known, owner=owner)
         except UnknownModelError as exc:
             return _detail(exc.http_status, f"model: {exc}")
         except InvalidRequestError as exc:
             return _detail(exc.http_status, str(exc))
+        except RateLimitedError as exc:
+            return error_response(exc)
         except ConversationNotFoundError as exc:
             return _detail(exc.http_status, "chat not found")
         return _response(tw, stream.stream_id, dialect, body.continued_id)
