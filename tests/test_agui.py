@@ -360,6 +360,13 @@ def _user(text: str, id: str = "u1") -> dict[str, Any]:
     return {"id": id, "role": "user", "content": text}
 
 
+def _stored_parts(base: str, thread: str) -> list[tuple[str, list[str]]]:
+    """The thread's stored messages as ``(role, part types)``."""
+    with httpx.Client(base_url=base, headers=ALICE, timeout=10) as client:
+        stored = client.get(f"/v1/conversations/{thread}").json()["messages"]
+    return [(m["role"], [p["type"] for p in m["parts"]]) for m in stored]
+
+
 def test_one_turn_streams_the_text_and_creates_the_thread(server: tuple[str, Tokenwire]) -> None:
     base, _ = server
     thread = _thread()
@@ -442,15 +449,12 @@ def test_client_tool_round_trip(server: tuple[str, Tokenwire]) -> None:
     assert sent.messages[1].tool_calls == (MessageToolCall(call_id, "get_time", '{"zone": "UTC"}'),)
     assert sent.messages[2].tool_call_id == call_id
     assert [t.name for t in sent.tools] == ["get_time"]
-    with httpx.Client(base_url=base, headers=ALICE, timeout=10) as client:
-        stored = client.get(f"/v1/conversations/{thread}").json()["messages"]
-    assert [(m["role"], [p["type"] for p in m["parts"]]) for m in stored] == [
+    assert _stored_parts(base, thread) == [
         ("user", ["text"]),
         ("assistant", ["tool-call"]),
         ("tool", ["tool-result"]),
         ("assistant", ["text"]),
     ]  # no empty assistant message: the re-sent call was already stored
-    assert stored[2]["parts"][0]["tool_call_id"] == call_id
     messages += [
         {"id": "a2", "role": "assistant", "content": text},
         _user("thanks", "u2"),
@@ -461,6 +465,7 @@ def test_client_tool_round_trip(server: tuple[str, Tokenwire]) -> None:
         ("assistant", "It is 12:00 UTC."),
         ("user", "thanks"),
     ]  # the stored history with the call and its result, then only the new message
+    assert RECORDER.requests[-1].messages[2].tool_call_id == call_id
 
 
 def test_a_tool_call_the_thread_does_not_store_is_kept(server: tuple[str, Tokenwire]) -> None:
@@ -484,9 +489,7 @@ def test_a_tool_call_the_thread_does_not_store_is_kept(server: tuple[str, Tokenw
         ("tool", "42"),
     ]
     assert sent[2].tool_calls == (MessageToolCall("c-client", "get_time", "{}"),)
-    with httpx.Client(base_url=base, headers=ALICE, timeout=10) as client:
-        stored = client.get(f"/v1/conversations/{thread}").json()["messages"]
-    assert [(m["role"], [p["type"] for p in m["parts"]]) for m in stored] == [
+    assert _stored_parts(base, thread) == [
         ("user", ["text"]),
         ("assistant", ["text"]),
         ("assistant", ["tool-call"]),
@@ -563,6 +566,30 @@ def test_another_users_thread_is_404_and_untouched(server: tuple[str, Tokenwire]
         assert client.post("/api/agui", json=_input([_user("x")])).status_code == 401
         stored = client.get(f"/v1/conversations/{thread}", headers=ALICE).json()
     assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
+
+
+def test_refusing_another_users_thread_holds_no_concurrent_slot(
+    server: tuple[str, Tokenwire],
+) -> None:
+    """The 404 for another owner's conversation comes after the limits admitted the
+    caller (the shared start, server/turns.py): the slot is given back, on both
+    surfaces, so more refusals than the concurrent limit (8) still leave Bob free."""
+    base, tw = server
+    thread = _thread()
+    run_agent(base, _input([_user("mine")], threadId=thread))
+    chat = {
+        "id": thread,
+        "messages": [{"id": "u9", "role": "user", "parts": [{"type": "text", "text": "x"}]}],
+        "trigger": "submit-message",
+    }
+    limit = tw.settings.limit_concurrent_streams
+    with httpx.Client(base_url=base, headers=BOB, timeout=10) as client:
+        for _ in range(limit + 1):
+            agui = client.post("/api/agui", json=_input([_user("x", "u9")], threadId=thread))
+            assert agui.status_code == 404, agui.text
+            assert client.post("/api/chat", json=chat).status_code == 404
+    events = run_agent(base, _input([_user("bob's own")], threadId=_thread()), headers=BOB)
+    assert events[-1].type == EventType.RUN_FINISHED
 
 
 @pytest.mark.parametrize(
