@@ -62,7 +62,28 @@ TIME_TOOL = {
     "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}},
 }
 
+AGENT_LOOP = [  # a two-step server-side agent loop, runs of one type counted once
+    "RUN_STARTED",
+    "STEP_STARTED",
+    "TOOL_CALL_START",
+    "TOOL_CALL_ARGS",
+    "TOOL_CALL_END",
+    "TOOL_CALL_RESULT",
+    "STEP_FINISHED",
+    "STEP_STARTED",
+    "TEXT_MESSAGE_START",
+    "TEXT_MESSAGE_CONTENT",
+    "TEXT_MESSAGE_END",
+    "STEP_FINISHED",
+    "RUN_FINISHED",
+]
+
 # --- pure encoder and parser ---------------------------------------------------------
+
+
+def _runs(types: list[str]) -> list[str]:
+    """``types`` with each run of one type as one."""
+    return [t for i, t in enumerate(types) if i == 0 or types[i - 1] != t]
 
 
 def _types(events: list[Event]) -> list[str]:
@@ -123,22 +144,8 @@ def test_encoder_agent_loop_steps_and_tool_results() -> None:
         Finish(finish_reason="stop"),
     ]
     encoded = AguiEncoder("t", "r").encode([START, *events])
-    assert [e.type.value for e in encoded] == [
-        "RUN_STARTED",
-        "STEP_STARTED",
-        "TOOL_CALL_START",
-        "TOOL_CALL_ARGS",
-        "TOOL_CALL_ARGS",
-        "TOOL_CALL_END",
-        "TOOL_CALL_RESULT",
-        "STEP_FINISHED",
-        "STEP_STARTED",
-        "TEXT_MESSAGE_START",
-        "TEXT_MESSAGE_CONTENT",
-        "TEXT_MESSAGE_END",
-        "STEP_FINISHED",
-        "RUN_FINISHED",
-    ]
+    types = [e.type.value for e in encoded]
+    assert _runs(types) == AGENT_LOOP and types.count("TOOL_CALL_ARGS") == 2
     result = encoded[6].model_dump(by_alias=True)
     assert result["toolCallId"] == "c1" and json.loads(result["content"]) == {"time": "12:00"}
     assert [e.step_name for e in encoded if "STEP" in e.type.value] == ["step-1"] * 2 + [  # type: ignore[attr-defined]
@@ -508,21 +515,7 @@ def test_server_side_tools_run_the_agent_loop(server: tuple[str, Tokenwire]) -> 
         base, _input([_user("what time is it")], threadId=thread, forwardedProps=props)
     )
     types = [e.type.value for e in events]
-    assert [t for i, t in enumerate(types) if t != "TEXT_MESSAGE_CONTENT" or types[i - 1] != t] == [
-        "RUN_STARTED",
-        "STEP_STARTED",
-        "TOOL_CALL_START",
-        "TOOL_CALL_ARGS",
-        "TOOL_CALL_END",
-        "TOOL_CALL_RESULT",
-        "STEP_FINISHED",
-        "STEP_STARTED",
-        "TEXT_MESSAGE_START",
-        "TEXT_MESSAGE_CONTENT",  # one or more
-        "TEXT_MESSAGE_END",
-        "STEP_FINISHED",
-        "RUN_FINISHED",
-    ]
+    assert _runs(types) == AGENT_LOOP and types.count("TOOL_CALL_ARGS") == 1
     start, result = events[2].model_dump(by_alias=True), events[5].model_dump(by_alias=True)
     assert start["toolCallName"] == "get_time" and result["toolCallId"] == start["toolCallId"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", result["content"])
