@@ -129,7 +129,7 @@ def tokenwire_app() -> object:
         _report_gc_time()
     from pathlib import Path
 
-    from tokenwire.engine import Tokenwire
+    from tokenwire import Tokenwire
     from tokenwire.providers import ProviderRegistry
     from tokenwire.server.app import create_app
     from tokenwire.settings import Settings

@@ -142,7 +142,7 @@ class Plan:
 def tokenwire_app() -> Any:
     """The tokenwire server for this benchmark (served by ``--serve-tokenwire PORT``)."""
     from bench.servers import BenchProvider
-    from tokenwire.engine import Tokenwire
+    from tokenwire import Tokenwire
     from tokenwire.providers import ProviderRegistry
     from tokenwire.server.app import create_app
     from tokenwire.settings import PusherApp, Settings
