@@ -93,13 +93,19 @@ def test_pysher_receives_a_streams_events(base: str) -> None:
     conversation_id = str(chat(base, "token-alice", "first")["conversation_id"])
     channel_name = f"private-conversation.{conversation_id}"
     received: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
-    subscribed = threading.Event()
+    ponged = threading.Event()
     with pysher_client(base, "token-alice") as client:
+        # pysher sends pusher:subscribe before it creates the Channel object, so a
+        # quick pusher_internal:subscription_succeeded can arrive with nothing bound
+        # yet and be dropped. A ping sent after the subscribe is answered after it
+        # (one connection's messages are handled in order): its pong means the
+        # server holds the subscription.
+        client.connection.bind("pusher:pong", lambda _data: ponged.set())
         channel = client.subscribe(channel_name)
-        channel.bind("pusher_internal:subscription_succeeded", lambda _data: subscribed.set())
         for name in ("start", "text-delta", "usage", "finish", "error"):
             channel.bind(name, lambda data, name=name: received.put((name, json.loads(data))))
-        assert subscribed.wait(WAIT), "no subscription_succeeded"
+        client.connection.send_event("pusher:ping", {})
+        assert ponged.wait(WAIT), "no pong after the subscribe"
         stream = chat(base, "token-alice", "hello pysher", conversation_id)
         events = []
         while not events or events[-1][0] not in ("finish", "error"):
