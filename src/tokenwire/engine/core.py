@@ -44,6 +44,7 @@ from tokenwire.providers import GenerationRequest, Message, Provider, ProviderRe
 from tokenwire.providers.base import ToolSpec
 from tokenwire.settings import Settings
 from tokenwire.store import Store
+from tokenwire.store.turns import encode_turn
 from tokenwire.tools import Tool, ToolFunction, ToolRegistry, load_tools
 
 if TYPE_CHECKING:
@@ -393,7 +394,7 @@ class Tokenwire:
         provider, provider_model, model = self.check(
             model, messages, system=system, params=params, tools=tools, max_steps=max_steps
         )
-        turn = await self.store.begin_turn(
+        turn = await self.store.start_turn(  # reads only: the writes follow the first byte
             conversation_id=conversation_id,
             owner=owner,
             messages=[(m.role, parts_of(m)) for m in messages],
@@ -402,13 +403,16 @@ class Tokenwire:
         )
         if turn is None:
             raise ConversationNotFoundError(conversation_id)
-        conversation, stored, assistant = turn
-        await self._supersede(conversation.id)
+        pending, conversation, stored = turn
+        assistant = pending.assistant
+        if not pending.new:
+            await self._supersede(conversation.id)
         stream_id = ticket.stream_id if ticket is not None else uuid.uuid4().hex
         obs_logs.stream_id.set(stream_id)  # the request's log lines from here on
         meta = {"conversation_id": conversation.id, "message_id": assistant.id, "model": model}
         if conversation.owner is not None:  # a stream is its conversation owner's
             meta["owner"] = conversation.owner
+        meta["turn"] = encode_turn(pending)  # what recovery writes if we die before the store
         await self.log.create(stream_id, meta)
         start = Start(
             stream_id=stream_id,
@@ -418,6 +422,7 @@ class Tokenwire:
             created_at=time.time(),
         )
         await self.log.append(stream_id, [start])
+        self.store.submit_turn(pending)  # batched with other turns' writes (store/turns.py)
         for announce in self.stream_started:
             await announce(start)
         request = GenerationRequest(
@@ -443,6 +448,7 @@ class Tokenwire:
         if self.queue is not None:
             from tokenwire.queue import GenerationJob
 
+            await self.store.settle()  # the worker's store writes the turn's end
             # The lease covers the wait for a worker: none in time -> producer_lost.
             await self.log.heartbeat(stream_id, self.settings.queue_timeout)
             await self.queue.enqueue(GenerationJob(model=model, generation=generation))

@@ -14,6 +14,7 @@ from tokenwire.log.memory import MemoryStreamLog
 from tokenwire.providers import ProviderRegistry
 from tokenwire.settings import Settings
 from tokenwire.store import Store
+from tokenwire.store.turns import decode_turn
 
 __all__ = ["finish_lost_message", "open_log", "sweep_leases", "warm_up"]
 
@@ -38,9 +39,12 @@ async def sweep_leases(sweep: Callable[[], Awaitable[list[str]]], interval: floa
 
 async def finish_lost_message(log: StreamLog, store: Store, stream_id: str) -> None:
     """Store the message of a stream whose producer died (``producer_lost``) as
-    ``failed``, with everything the log holds of it."""
+    ``failed``, with everything the log holds of it; first its turn (``meta["turn"]``,
+    :mod:`tokenwire.store.turns`) if the process died before writing it."""
     try:
         info = await log.info(stream_id)
+        if "turn" in info.meta:
+            await store.restore_turn(decode_turn(info.meta["turn"]))
         state = MessageState()
         for event in await log.events(stream_id):
             state.apply(event)

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tokenwire.errors import StoreError
 from tokenwire.store.engine import create_engine
 from tokenwire.store.migrate import upgrade_head
+from tokenwire.store.turns import PendingTurn, TurnWriter, write_turns
 
 __all__ = ["StoreCore"]
 
@@ -83,6 +84,7 @@ class StoreCore:
         # order, instead of contending for the file lock, which a write transaction
         # that read first cannot wait for ("database is locked" under load).
         self._write_lock = anyio.Lock() if engine.dialect.name == "sqlite" else None
+        self._turns = TurnWriter(self._write_turns)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, connect_timeout: float = 10.0) -> Self:
@@ -124,6 +126,7 @@ class StoreCore:
     async def close(self) -> None:
         """Close every pooled connection. Idempotent; the store is unusable afterwards."""
         if not self._closed:
+            await self._turns.settle()
             self._closed = True
             await self._engine.dispose()
 
@@ -153,18 +156,34 @@ class StoreCore:
         return now
 
     @contextlib.asynccontextmanager
-    async def _transaction(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
+    async def _transaction(
+        self, *, write: bool = False, settle: bool = True
+    ) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, else rolled back.
 
         ``write``: the transaction writes; on SQLite, it waits for this process's
-        other writes to end first (``_write_lock``).
+        other writes to end first (``_write_lock``). ``settle``: first wait for the
+        queued turns (:meth:`settle`; only the turn writer itself does not).
         """
+        if settle and self._turns.pending:
+            await self._turns.settle()
         if write and self._write_lock is not None:
             async with self._write_lock, self._sessions() as session, session.begin():
                 yield session
         else:
             async with self._sessions() as session, session.begin():
                 yield session
+
+    async def settle(self) -> None:
+        """Wait until the turns queued so far are written (failures are logged)."""
+        await self._turns.settle()
+
+    async def _write_turns(self, turns: list[PendingTurn]) -> None:
+        async with (
+            self._guard("store the turns"),
+            self._transaction(write=True, settle=False) as session,
+        ):
+            await write_turns(session, turns)
 
     @contextlib.asynccontextmanager
     async def _guard(self, action: str) -> AsyncIterator[None]:

@@ -15,7 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenwire.errors import StoreError
 from tokenwire.store.core import StoreCore
-from tokenwire.store.fields import check_parts, check_role, check_status, derive_title, json_copy
+from tokenwire.store.fields import (
+    check_parts,
+    check_role,
+    check_status,
+    derive_title,
+    from_unix,
+    json_copy,
+)
 from tokenwire.store.models import (
     ConversationRecord,
     ConversationRow,
@@ -23,6 +30,7 @@ from tokenwire.store.models import (
     MessageRow,
     may_touch,
 )
+from tokenwire.store.turns import PendingTurn, TurnMessage, write_turns
 
 __all__ = ["Messages"]
 
@@ -241,6 +249,82 @@ class Messages(StoreCore):
             user = next((parts for role, parts in messages if role == "user"), None)
             conversation.title = derive_title(user) if user else None
         return MessageRecord.from_row(rows[-1])
+
+    async def start_turn(
+        self,
+        *,
+        conversation_id: str | None,
+        owner: str | None,
+        messages: list[tuple[str, list[dict[str, object]]]],
+        model: str,
+        source: str | None = None,
+    ) -> tuple[PendingTurn, ConversationRecord, list[MessageRecord]] | None:
+        """Decide an assistant turn as :meth:`begin_turn` does, but write nothing yet:
+        only an existing conversation is read (owner check, history). Queue the
+        returned turn with :meth:`submit_turn` (:mod:`tokenwire.store.turns`).
+
+        Returns:
+            ``(turn, conversation as it will be, history before this turn)``, or
+            ``None`` as :meth:`begin_turn`.
+
+        Raises:
+            ValueError: an invalid role or parts.
+            StoreError: the database failed.
+        """
+        checked = [(check_role(role), check_parts(parts)) for role, parts in messages]
+        existing, history = None, []
+        if conversation_id is not None:
+            async with self._guard("read the conversation"), self._transaction() as session:
+                found = await session.get(ConversationRow, conversation_id)
+                if found is None or not may_touch(found.owner, owner):
+                    return None
+                existing = ConversationRecord.from_row(found)
+                rows = await session.scalars(_oldest_first(conversation_id))
+                history = [MessageRecord.from_row(r) for r in rows.all()]
+        turn_messages = [
+            TurnMessage(
+                id=uuid.uuid4().hex,
+                role=role,
+                parts=parts,
+                status="streaming" if i == len(checked) else "completed",
+                model=model if i == len(checked) else None,
+                created_at=self._now(),
+            )
+            for i, (role, parts) in enumerate([*checked, ("assistant", [])])
+        ]
+        user = next((parts for role, parts in checked if role == "user"), None)
+        turn = PendingTurn(
+            conversation_id=conversation_id or uuid.uuid4().hex,
+            new=existing is None,
+            owner=owner,
+            title=derive_title(user) if user else None,
+            source=source,
+            created_at=turn_messages[-1].created_at,
+            conversation_created_at=(
+                from_unix(existing.created_at, "created_at")
+                if existing
+                else turn_messages[0].created_at
+            ),
+            messages=turn_messages,
+        )
+        return turn, turn.conversation(existing), history
+
+    def submit_turn(self, turn: PendingTurn) -> None:
+        """Queue ``turn`` for the background writer (one transaction per batch);
+        every later call of this store waits for it (:meth:`settle`)."""
+        self._turns.submit(turn)
+
+    async def restore_turn(self, turn: PendingTurn) -> bool:
+        """Write ``turn`` now unless it is written already (recovery from the log).
+
+        Returns:
+            Whether it was written by this call.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        async with self._guard("store the turn"), self._transaction(write=True) as session:
+            return not await write_turns(session, [turn])
 
     async def checkpoint_messages(self, parts_by_id: dict[str, list[dict[str, object]]]) -> None:
         """Write the partial content of many streaming messages in one transaction.

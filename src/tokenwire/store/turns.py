@@ -1,0 +1,230 @@
+"""A turn's store writes off the first-byte path (issue #12, docs/performance.md).
+
+Starting a turn used to write the conversation, the new messages and the empty
+assistant message in one transaction before the stream's first byte. Now
+:meth:`Store.start_turn <tokenwire.store.Store.start_turn>` only *reads* (the
+conversation, its owner and history, when it exists) and returns a
+:class:`PendingTurn` with every id and timestamp decided; the engine logs it
+with the stream (``meta["turn"]``, :func:`encode_turn`) and hands it to the
+store's :class:`TurnWriter`, which writes the turns of all streams queued
+meanwhile in **one transaction per batch** in a background task.
+
+When "written" is guaranteed: every other operation of the same :class:`Store`
+(reads, checkpoints, the final ``update_message`` of the producer, deletes) first
+waits for the turns queued before it (:meth:`TurnWriter.settle`). The producer
+stores the final message before it appends the terminal event, so a reader that
+sees ``finish`` (or ``GET``\\s the message afterwards) finds the whole turn stored,
+as before. Another process's store may not see a turn until the writer's
+transaction commits (normally a few milliseconds after the first byte).
+
+If the process dies before the writer committed, the log still holds the turn:
+:func:`tokenwire.engine.housekeeping.finish_lost_message` writes it again
+(:func:`write_turns` skips a turn whose assistant message exists) and then stores
+what the log holds of the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenwire.store.models import ConversationRecord, ConversationRow, MessageRecord, MessageRow
+
+__all__ = ["PendingTurn", "TurnMessage", "TurnWriter", "decode_turn", "encode_turn", "write_turns"]
+
+logger = logging.getLogger("tokenwire")
+
+
+class TurnMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One message of a turn, as it will be inserted."""
+
+    id: str
+    role: str
+    parts: list[dict[str, object]]
+    status: str
+    model: str | None
+    created_at: datetime
+    """Aware UTC."""
+
+
+class PendingTurn(msgspec.Struct, frozen=True, kw_only=True):
+    """A turn decided but maybe not yet written: its conversation and new messages.
+
+    ``new``: the conversation is created by this turn (``owner``, ``source`` and
+    ``created_at`` are then its own); otherwise it exists, and ``title`` is what it
+    gets if it has none yet. ``messages`` ends with the assistant message
+    (status ``streaming``, no parts).
+    """
+
+    conversation_id: str
+    new: bool
+    owner: str | None
+    title: str | None
+    source: str | None
+    created_at: datetime
+    conversation_created_at: datetime
+    messages: list[TurnMessage]
+
+    @property
+    def assistant(self) -> MessageRecord:
+        """The assistant message as a record."""
+        return _record(self.conversation_id, self.messages[-1])
+
+    def conversation(self, existing: ConversationRecord | None) -> ConversationRecord:
+        """The conversation as it is once this turn is written."""
+        return ConversationRecord(
+            id=self.conversation_id,
+            owner=existing.owner if existing else self.owner,
+            title=(existing.title if existing and existing.title else self.title),
+            created_at=self.conversation_created_at.timestamp(),
+            updated_at=self.created_at.timestamp(),
+            source=existing.source if existing else self.source,
+        )
+
+
+def _record(conversation_id: str, m: TurnMessage) -> MessageRecord:
+    at = m.created_at.timestamp()
+    return MessageRecord(
+        id=m.id,
+        conversation_id=conversation_id,
+        role=m.role,
+        parts=m.parts,
+        status=m.status,
+        model=m.model,
+        finish_reason=None,
+        usage=None,
+        error=None,
+        created_at=at,
+        updated_at=at,
+    )
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(PendingTurn)
+
+
+def encode_turn(turn: PendingTurn) -> str:
+    """The turn as JSON text (for the stream's ``meta["turn"]`` in the log)."""
+    return _ENCODER.encode(turn).decode()
+
+
+def decode_turn(text: str) -> PendingTurn:
+    """The inverse of :func:`encode_turn`. Raises ``msgspec.ValidationError``."""
+    return _DECODER.decode(text)
+
+
+async def write_turns(session: AsyncSession, turns: list[PendingTurn]) -> list[PendingTurn]:
+    """Insert ``turns`` in ``session`` (one transaction, the caller's); return those
+    skipped: already written (their assistant message exists) or whose existing
+    conversation was deleted meanwhile."""
+    ids = [t.messages[-1].id for t in turns]
+    found = await session.scalars(sa.select(MessageRow.id).where(MessageRow.id.in_(ids)))
+    written = set(found.all())
+    wanted = {t.conversation_id for t in turns}
+    stmt = sa.select(ConversationRow).where(ConversationRow.id.in_(wanted)).with_for_update()
+    conversations = {row.id: row for row in (await session.scalars(stmt)).all()}
+    skipped = []
+    for turn in turns:
+        row = conversations.get(turn.conversation_id)
+        if turn.messages[-1].id in written or (row is None and not turn.new):
+            skipped.append(turn)
+            continue
+        if row is None:
+            row = conversations[turn.conversation_id] = ConversationRow(
+                id=turn.conversation_id,
+                owner=turn.owner,
+                title=turn.title,
+                source=turn.source,
+                created_at=turn.conversation_created_at,
+                updated_at=turn.created_at,
+            )
+            session.add(row)
+        else:
+            row.updated_at = max(row.updated_at, turn.created_at)
+            if row.title is None:
+                row.title = turn.title
+        session.add_all(
+            MessageRow(
+                id=m.id,
+                conversation_id=turn.conversation_id,
+                role=m.role,
+                parts=m.parts,
+                status=m.status,
+                model=m.model,
+                created_at=m.created_at,
+                updated_at=m.created_at,
+            )
+            for m in turn.messages
+        )
+    await session.flush()
+    return skipped
+
+
+class TurnWriter:
+    """Writes queued turns in the background, every turn queued meanwhile in one
+    batch (one ``write`` call, i.e. one transaction).
+
+    Args:
+        write: writes a batch in one transaction (raises on failure).
+    """
+
+    def __init__(self, write: Callable[[list[PendingTurn]], Awaitable[None]]) -> None:
+        self._write = write
+        self._queue: list[PendingTurn] = []
+        self._queued: asyncio.Future[None] | None = None
+        self._writing: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.failed: list[str] = []
+        """Assistant message ids of turns that could not be written (logged)."""
+
+    @property
+    def pending(self) -> bool:
+        """Some turn is queued or being written."""
+        return self._queued is not None or self._writing is not None
+
+    def submit(self, turn: PendingTurn) -> None:
+        """Queue ``turn``; it is written with the next batch."""
+        self._queue.append(turn)
+        if self._queued is None:
+            self._queued = asyncio.get_running_loop().create_future()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="tokenwire-turn-writer")
+
+    async def settle(self) -> None:
+        """Return once every turn queued before this call is written (or failed:
+        that is logged, not raised)."""
+        for future in (self._writing, self._queued):
+            if future is not None:
+                await asyncio.shield(future)
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                self._writing, self._queued = self._queued, None
+                try:
+                    await self._write_batch(batch)
+                finally:
+                    done, self._writing = self._writing, None
+                    if done is not None and not done.done():
+                        done.set_result(None)
+        finally:
+            self._task = None
+
+    async def _write_batch(self, batch: list[PendingTurn]) -> None:
+        try:
+            await self._write(batch)
+            return
+        except Exception:
+            if len(batch) == 1:
+                self.failed.append(batch[0].messages[-1].id)
+                logger.exception("could not store turn %s", batch[0].messages[-1].id)
+                return
+        for turn in batch:  # one bad turn must not lose the others
+            await self._write_batch([turn])
