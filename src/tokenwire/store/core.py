@@ -25,7 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from tokenwire.errors import StoreError
 from tokenwire.store.engine import create_engine
 from tokenwire.store.migrate import upgrade_head
-from tokenwire.store.turns import PendingTurn, TurnWriter, write_turns
+from tokenwire.store.turns import (
+    MessageUpdate,
+    PendingTurn,
+    TurnWriter,
+    write_turns,
+    write_updates,
+)
 
 __all__ = ["StoreCore"]
 
@@ -178,12 +184,11 @@ class StoreCore:
         """Wait until the turns queued so far are written (failures are logged)."""
         await self._turns.settle()
 
-    async def _write_turns(self, turns: list[PendingTurn]) -> None:
-        async with (
-            self._guard("store the turns"),
-            self._transaction(write=True, settle=False) as session,
-        ):
-            await write_turns(session, turns)
+    async def _write_turns(self, turns: list[PendingTurn], updates: list[MessageUpdate]) -> None:
+        async with self._transaction(write=True, settle=False) as session:
+            if turns:
+                await write_turns(session, turns)
+            await write_updates(session, updates)
 
     @contextlib.asynccontextmanager
     async def _guard(self, action: str) -> AsyncIterator[None]:

@@ -30,7 +30,7 @@ from tokenwire.store.models import (
     MessageRow,
     may_touch,
 )
-from tokenwire.store.turns import PendingTurn, TurnMessage, write_turns
+from tokenwire.store.turns import MessageUpdate, PendingTurn, TurnMessage, write_turns
 
 __all__ = ["Messages"]
 
@@ -156,14 +156,9 @@ class Messages(StoreCore):
         if not values:
             return
         values["updated_at"] = self._now()
-        stmt = (
-            sa.update(MessageRow)
-            .where(MessageRow.id == message_id)
-            .values(values)
-            .execution_options(synchronize_session=False)
-        )
-        async with self._guard("update the message"), self._transaction(write=True) as session:
-            await session.execute(stmt)
+        # batched with the turns and updates of other streams (store/turns.py)
+        async with self._guard("update the message"):
+            await self._turns.update(MessageUpdate(message_id, values))
 
     async def begin_turn(
         self,

@@ -36,7 +36,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenwire.store.models import ConversationRecord, ConversationRow, MessageRecord, MessageRow
 
-__all__ = ["PendingTurn", "TurnMessage", "TurnWriter", "decode_turn", "encode_turn", "write_turns"]
+__all__ = [
+    "MessageUpdate",
+    "PendingTurn",
+    "TurnMessage",
+    "TurnWriter",
+    "decode_turn",
+    "encode_turn",
+    "write_turns",
+    "write_updates",
+]
 
 logger = logging.getLogger("tokenwire")
 
@@ -166,17 +175,41 @@ async def write_turns(session: AsyncSession, turns: list[PendingTurn]) -> list[P
     return skipped
 
 
+class MessageUpdate(msgspec.Struct, frozen=True):
+    """Changed fields of one message (column name → value, ``updated_at`` included)."""
+
+    message_id: str
+    values: dict[str, object]
+
+
+async def write_updates(session: AsyncSession, updates: list[MessageUpdate]) -> None:
+    """Apply ``updates`` in ``session``, one ``UPDATE`` per message (a missing
+    message is ignored, as :meth:`Store.update_message` documents)."""
+    for update in updates:
+        stmt = (
+            sa.update(MessageRow)
+            .where(MessageRow.id == update.message_id)
+            .values(update.values)
+            .execution_options(synchronize_session=False)
+        )
+        await session.execute(stmt)
+
+
+_Item = PendingTurn | MessageUpdate
+_Write = Callable[[list[PendingTurn], list[MessageUpdate]], Awaitable[None]]
+
+
 class TurnWriter:
-    """Writes queued turns in the background, every turn queued meanwhile in one
-    batch (one ``write`` call, i.e. one transaction).
+    """Writes queued turns and message updates in the background: everything queued
+    while a transaction runs goes into the next one (one ``write`` call per batch).
 
     Args:
-        write: writes a batch in one transaction (raises on failure).
+        write: writes turns, then updates, in one transaction (raises on failure).
     """
 
-    def __init__(self, write: Callable[[list[PendingTurn]], Awaitable[None]]) -> None:
+    def __init__(self, write: _Write) -> None:
         self._write = write
-        self._queue: list[PendingTurn] = []
+        self._queue: list[tuple[_Item, asyncio.Future[None] | None]] = []
         self._queued: asyncio.Future[None] | None = None
         self._writing: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -185,20 +218,33 @@ class TurnWriter:
 
     @property
     def pending(self) -> bool:
-        """Some turn is queued or being written."""
+        """Something is queued or being written."""
         return self._queued is not None or self._writing is not None
 
     def submit(self, turn: PendingTurn) -> None:
         """Queue ``turn``; it is written with the next batch."""
-        self._queue.append(turn)
+        self._enqueue(turn, None)
+
+    async def update(self, update: MessageUpdate) -> None:
+        """Apply ``update`` with the next batch; return once it is committed.
+
+        Raises:
+            Exception: what writing it alone raised (the batch is retried item by item).
+        """
+        done = asyncio.get_running_loop().create_future()
+        self._enqueue(update, done)
+        await done
+
+    def _enqueue(self, item: _Item, done: asyncio.Future[None] | None) -> None:
+        self._queue.append((item, done))
         if self._queued is None:
             self._queued = asyncio.get_running_loop().create_future()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="tokenwire-turn-writer")
 
     async def settle(self) -> None:
-        """Return once every turn queued before this call is written (or failed:
-        that is logged, not raised)."""
+        """Return once everything queued before this call is written (or failed:
+        that is logged, or raised to :meth:`update`'s caller)."""
         for future in (self._writing, self._queued):
             if future is not None:
                 await asyncio.shield(future)
@@ -217,14 +263,25 @@ class TurnWriter:
         finally:
             self._task = None
 
-    async def _write_batch(self, batch: list[PendingTurn]) -> None:
+    async def _write_batch(self, batch: list[tuple[_Item, asyncio.Future[None] | None]]) -> None:
+        turns = [item for item, _ in batch if isinstance(item, PendingTurn)]
+        updates = [item for item, _ in batch if isinstance(item, MessageUpdate)]
         try:
-            await self._write(batch)
-            return
-        except Exception:
-            if len(batch) == 1:
-                self.failed.append(batch[0].messages[-1].id)
-                logger.exception("could not store turn %s", batch[0].messages[-1].id)
+            await self._write(turns, updates)
+        except Exception as exc:
+            if len(batch) > 1:  # one bad item must not lose the others
+                for one in batch:
+                    await self._write_batch([one])
                 return
-        for turn in batch:  # one bad turn must not lose the others
-            await self._write_batch([turn])
+            item, done = batch[0]
+            if done is not None:
+                if not done.done():
+                    done.set_exception(exc)
+                return
+            assert isinstance(item, PendingTurn)
+            self.failed.append(item.messages[-1].id)
+            logger.exception("could not store turn %s", item.messages[-1].id)
+            return
+        for _, done in batch:
+            if done is not None and not done.done():
+                done.set_result(None)
