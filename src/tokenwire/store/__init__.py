@@ -13,6 +13,7 @@ Modules: :mod:`~tokenwire.store.models` (tables and records),
 :mod:`~tokenwire.store.conversations` and :mod:`~tokenwire.store.messages`, over
 :mod:`~tokenwire.store.core`: sessions, transactions, the error boundary),
 :mod:`~tokenwire.store.fields` (value checks, titles),
+:mod:`~tokenwire.store.turns` (a turn's writes batched off the first-byte path),
 :mod:`~tokenwire.store.engine` (SQLite/PostgreSQL engine settings),
 :mod:`~tokenwire.store.migrate` (Alembic, also ``python -m tokenwire.store``).
 """
