@@ -93,7 +93,7 @@ async def test_sweep_restores_a_turn_that_was_never_written(tmp_path: Path, serv
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'tw.db'}")
     async with namespace() as prefix, open_redis_logs(prefix) as make:
         try:
-            decided = await store.start_turn(
+            decided = await store.plan_turn(
                 conversation_id=None,
                 owner="alice",
                 messages=[("user", [{"type": "text", "text": "a question"}])],

@@ -394,7 +394,7 @@ class Tokenwire:
         provider, provider_model, model = self.check(
             model, messages, system=system, params=params, tools=tools, max_steps=max_steps
         )
-        turn = await self.store.start_turn(  # reads only: the writes follow the first byte
+        turn = await self.store.plan_turn(  # reads only: the writes follow the first byte
             conversation_id=conversation_id,
             owner=owner,
             messages=[(m.role, parts_of(m)) for m in messages],

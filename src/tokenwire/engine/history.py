@@ -1,7 +1,7 @@
 """Chat messages as stored parts: tool calls and tool results included.
 
 A :class:`~tokenwire.providers.base.Message` is stored as ``(role, parts)``
-(:meth:`tokenwire.store.Store.start_turn`):
+(:meth:`tokenwire.store.Store.plan_turn`):
 
 - text: ``{"type": "text", "text"}`` (omitted when empty and the message has
   tool calls);

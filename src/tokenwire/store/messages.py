@@ -245,7 +245,7 @@ class Messages(StoreCore):
             conversation.title = derive_title(user) if user else None
         return MessageRecord.from_row(rows[-1])
 
-    async def start_turn(
+    async def plan_turn(
         self,
         *,
         conversation_id: str | None,

@@ -2,7 +2,7 @@
 
 Starting a turn used to write the conversation, the new messages and the empty
 assistant message in one transaction before the stream's first byte. Now
-:meth:`Store.start_turn <tokenwire.store.Store.start_turn>` only *reads* (the
+:meth:`Store.plan_turn <tokenwire.store.Store.plan_turn>` only *reads* (the
 conversation, its owner and history, when it exists) and returns a
 :class:`PendingTurn` with every id and timestamp decided; the engine logs it
 with the stream (``meta["turn"]``, :func:`encode_turn`) and hands it to the
