@@ -257,11 +257,29 @@ class TurnWriter:
                 try:
                     await self._write_batch(batch)
                 finally:
+                    for _, waiter in batch:  # only if cancelled: else all are resolved
+                        if waiter is not None and not waiter.done():
+                            waiter.cancel()
                     done, self._writing = self._writing, None
                     if done is not None and not done.done():
                         done.set_result(None)
         finally:
             self._task = None
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """The task was cancelled (the loop is closing): nothing waits forever for
+        what was still queued."""
+        left, self._queue = self._queue, []
+        for item, done in left:
+            if done is not None:
+                done.cancel()
+            elif isinstance(item, PendingTurn):
+                self.failed.append(item.messages[-1].id)
+                logger.error("turn %s not stored: the writer was stopped", item.messages[-1].id)
+        queued, self._queued = self._queued, None
+        if queued is not None and not queued.done():
+            queued.set_result(None)
 
     async def _write_batch(self, batch: list[tuple[_Item, asyncio.Future[None] | None]]) -> None:
         turns = [item for item, _ in batch if isinstance(item, PendingTurn)]
