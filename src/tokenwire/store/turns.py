@@ -129,50 +129,66 @@ def decode_turn(text: str) -> PendingTurn:
 
 
 async def write_turns(session: AsyncSession, turns: list[PendingTurn]) -> list[PendingTurn]:
-    """Insert ``turns`` in ``session`` (one transaction, the caller's); return those
-    skipped: already written (their assistant message exists) or whose existing
-    conversation was deleted meanwhile."""
+    """Insert ``turns`` in ``session`` (one transaction, the caller's; bulk
+    ``INSERT`` statements); return those skipped: already written (their assistant message
+    exists) or whose existing conversation was deleted meanwhile."""
     ids = [t.messages[-1].id for t in turns]
     found = await session.scalars(sa.select(MessageRow.id).where(MessageRow.id.in_(ids)))
     written = set(found.all())
-    wanted = {t.conversation_id for t in turns}
-    stmt = sa.select(ConversationRow).where(ConversationRow.id.in_(wanted)).with_for_update()
-    conversations = {row.id: row for row in (await session.scalars(stmt)).all()}
-    skipped = []
+    old = {t.conversation_id for t in turns if not t.new}
+    conversations: dict[str, ConversationRow] = {}
+    if old:  # the few existing conversations: locked, then updated
+        stmt = sa.select(ConversationRow).where(ConversationRow.id.in_(old)).with_for_update()
+        conversations = {row.id: row for row in (await session.scalars(stmt)).all()}
+    skipped: list[PendingTurn] = []
+    created: list[dict[str, object]] = []
+    messages: list[dict[str, object]] = []
     for turn in turns:
         row = conversations.get(turn.conversation_id)
         if turn.messages[-1].id in written or (row is None and not turn.new):
             skipped.append(turn)
             continue
         if row is None:
-            row = conversations[turn.conversation_id] = ConversationRow(
-                id=turn.conversation_id,
-                owner=turn.owner,
-                title=turn.title,
-                source=turn.source,
-                created_at=turn.conversation_created_at,
-                updated_at=turn.created_at,
-            )
-            session.add(row)
+            created.append(_conversation_values(turn))
         else:
             row.updated_at = max(row.updated_at, turn.created_at)
             if row.title is None:
                 row.title = turn.title
-        session.add_all(
-            MessageRow(
-                id=m.id,
-                conversation_id=turn.conversation_id,
-                role=m.role,
-                parts=m.parts,
-                status=m.status,
-                model=m.model,
-                created_at=m.created_at,
-                updated_at=m.created_at,
-            )
-            for m in turn.messages
-        )
+        messages += (_message_values(turn.conversation_id, m) for m in turn.messages)
+    if created:
+        await session.execute(sa.insert(ConversationRow), created)
+    if messages:
+        await session.execute(sa.insert(MessageRow), messages)
     await session.flush()
     return skipped
+
+
+def _conversation_values(turn: PendingTurn) -> dict[str, object]:
+    return {
+        "id": turn.conversation_id,
+        "owner": turn.owner,
+        "title": turn.title,
+        "source": turn.source,
+        "created_at": turn.conversation_created_at,
+        "updated_at": turn.created_at,
+    }
+
+
+def _message_values(conversation_id: str, m: TurnMessage) -> dict[str, object]:
+    return {
+        "id": m.id,
+        "conversation_id": conversation_id,
+        "role": m.role,
+        "parts": m.parts,
+        "status": m.status,
+        "model": m.model,
+        "finish_reason": None,
+        "usage": None,
+        "error": None,
+        "cost": None,
+        "created_at": m.created_at,
+        "updated_at": m.created_at,
+    }
 
 
 class MessageUpdate(msgspec.Struct, frozen=True):
@@ -184,7 +200,8 @@ class MessageUpdate(msgspec.Struct, frozen=True):
 
 async def write_updates(session: AsyncSession, updates: list[MessageUpdate]) -> None:
     """Apply ``updates`` in ``session``, one ``UPDATE`` per message (a missing
-    message is ignored, as :meth:`Store.update_message` documents)."""
+    message is ignored, as :meth:`Store.update_message` documents: not the ORM's
+    bulk update by primary key, which raises then)."""
     for update in updates:
         stmt = (
             sa.update(MessageRow)
