@@ -11,7 +11,6 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenwire.errors import StoreError
 from tokenwire.store.core import StoreCore
@@ -169,7 +168,8 @@ class Messages(StoreCore):
         model: str,
         source: str | None = None,
     ) -> tuple[ConversationRecord, list[MessageRecord], MessageRecord] | None:
-        """Start an assistant turn in one transaction (the one write at start, DESIGN §6).
+        """Start an assistant turn now: :meth:`plan_turn`, then write it at once (the
+        engine instead queues it, off the first-byte path: :mod:`tokenwire.store.turns`).
 
         Creates the conversation when ``conversation_id`` is ``None`` (recording
         ``source``, the surface that starts it; ignored otherwise), reads its
@@ -186,64 +186,17 @@ class Messages(StoreCore):
             ValueError: an invalid role or parts.
             StoreError: the database failed.
         """
-        checked = [(check_role(role), check_parts(parts)) for role, parts in messages]
-        async with self._guard("start the turn"), self._transaction(write=True) as session:
-            now = self._now()
-            if conversation_id is None:
-                conversation = ConversationRow(
-                    id=uuid.uuid4().hex,
-                    owner=owner,
-                    title=None,
-                    source=source,
-                    created_at=now,
-                    updated_at=now,
-                )
-                session.add(conversation)
-                history: list[MessageRecord] = []
-            else:
-                found = await session.get(ConversationRow, conversation_id, with_for_update=True)
-                if found is None or not may_touch(found.owner, owner):
-                    return None
-                conversation = found
-                rows = await session.scalars(_oldest_first(conversation.id))
-                history = [MessageRecord.from_row(r) for r in rows.all()]
-            answer = self._add_turn(session, conversation, checked, model)
-            await session.flush()
-            return ConversationRecord.from_row(conversation), history, answer
-
-    def _add_turn(
-        self,
-        session: AsyncSession,
-        conversation: ConversationRow,
-        messages: list[tuple[str, list[dict[str, object]]]],
-        model: str,
-    ) -> MessageRecord:
-        """Add ``messages`` (completed) and an empty streaming assistant message to
-        ``conversation``, whose ``updated_at`` (and title, while it has none) follow;
-        returns the assistant message."""
-        turn = [*messages, ("assistant", [])]
-        rows = []
-        for i, (role, parts) in enumerate(turn):
-            created = self._now()
-            last = i == len(turn) - 1
-            rows.append(
-                MessageRow(
-                    id=uuid.uuid4().hex,
-                    conversation_id=conversation.id,
-                    role=role,
-                    parts=parts,
-                    status="streaming" if last else "completed",
-                    model=model if last else None,
-                    created_at=created,
-                    updated_at=created,
-                )
-            )
-        session.add_all(rows)
-        conversation.updated_at = rows[-1].created_at
-        if conversation.title is None:
-            user = next((parts for role, parts in messages if role == "user"), None)
-            conversation.title = derive_title(user) if user else None
-        return MessageRecord.from_row(rows[-1])
+        planned = await self.plan_turn(
+            conversation_id=conversation_id,
+            owner=owner,
+            messages=messages,
+            model=model,
+            source=source,
+        )
+        if planned is None or not await self.restore_turn(planned[0]):
+            return None  # unknown, not the owner's, or deleted meanwhile
+        turn, conversation, history = planned
+        return conversation, history, turn.assistant
 
     async def plan_turn(
         self,
