@@ -25,7 +25,6 @@ from tokenwire import Settings, Tokenwire
 from tokenwire.events import Error, Finish, Start, TextDelta
 from tokenwire.providers import Message
 from tokenwire.store import Store
-from tokenwire.store.turns import encode_turn
 
 pytestmark = pytest.mark.anyio
 
@@ -100,14 +99,10 @@ async def test_sweep_restores_a_turn_that_was_never_written(tmp_path: Path, serv
                 model="fake:lorem",
             )
             assert decided is not None
-            turn, conversation, _ = decided  # never submitted: the process "died"
+            turn, conversation, _, _ = decided  # never submitted: the process "died"
             dead, sweeper = make(), make()
             assistant = turn.messages[-1].id
-            await dead.create(
-                "s",
-                {"conversation_id": turn.conversation_id, "message_id": assistant,
-                 "owner": "alice", "turn": encode_turn(turn)},
-            )  # fmt: skip
+            await dead.create("s", turn.meta("fake:lorem"))
             await dead.append(
                 "s",
                 [

@@ -44,7 +44,6 @@ from tokenwire.providers import GenerationRequest, Message, Provider, ProviderRe
 from tokenwire.providers.base import ToolSpec
 from tokenwire.settings import Settings
 from tokenwire.store import Store
-from tokenwire.store.turns import encode_turn
 from tokenwire.tools import Tool, ToolFunction, ToolRegistry, load_tools
 
 if TYPE_CHECKING:
@@ -403,17 +402,12 @@ class Tokenwire:
         )
         if turn is None:
             raise ConversationNotFoundError(conversation_id)
-        pending, conversation, stored = turn
-        assistant = pending.assistant
-        if not pending.new:
+        pending, conversation, stored, assistant = turn
+        if not pending.new:  # a new conversation has no generation to supersede
             await self._supersede(conversation.id)
         stream_id = ticket.stream_id if ticket is not None else uuid.uuid4().hex
         obs_logs.stream_id.set(stream_id)  # the request's log lines from here on
-        meta = {"conversation_id": conversation.id, "message_id": assistant.id, "model": model}
-        if conversation.owner is not None:  # a stream is its conversation owner's
-            meta["owner"] = conversation.owner
-        meta["turn"] = encode_turn(pending)  # what recovery writes if we die before the store
-        await self.log.create(stream_id, meta)
+        await self.log.create(stream_id, pending.meta(model))  # with the turn, for recovery
         start = Start(
             stream_id=stream_id,
             message_id=assistant.id,

@@ -195,8 +195,8 @@ class Messages(StoreCore):
         )
         if planned is None or not await self.restore_turn(planned[0]):
             return None  # unknown, not the owner's, or deleted meanwhile
-        turn, conversation, history = planned
-        return conversation, history, turn.assistant
+        _, conversation, history, assistant = planned
+        return conversation, history, assistant
 
     async def plan_turn(
         self,
@@ -206,13 +206,14 @@ class Messages(StoreCore):
         messages: list[tuple[str, list[dict[str, object]]]],
         model: str,
         source: str | None = None,
-    ) -> tuple[PendingTurn, ConversationRecord, list[MessageRecord]] | None:
+    ) -> tuple[PendingTurn, ConversationRecord, list[MessageRecord], MessageRecord] | None:
         """Decide an assistant turn as :meth:`begin_turn` does, but write nothing yet:
         only an existing conversation is read (owner check, history). Queue the
         returned turn with :meth:`submit_turn` (:mod:`tokenwire.store.turns`).
 
         Returns:
-            ``(turn, conversation as it will be, history before this turn)``, or
+            ``(turn, conversation as it will be, history before this turn, assistant
+            message)``, or
             ``None`` as :meth:`begin_turn`.
 
         Raises:
@@ -244,7 +245,7 @@ class Messages(StoreCore):
         turn = PendingTurn(
             conversation_id=conversation_id or uuid.uuid4().hex,
             new=existing is None,
-            owner=owner,
+            owner=existing.owner if existing else owner,
             title=derive_title(user) if user else None,
             source=source,
             created_at=turn_messages[-1].created_at,
@@ -255,7 +256,7 @@ class Messages(StoreCore):
             ),
             messages=turn_messages,
         )
-        return turn, turn.conversation(existing), history
+        return turn, turn.conversation(existing), history, turn.assistant
 
     def submit_turn(self, turn: PendingTurn) -> None:
         """Queue ``turn`` for the background writer (one transaction per batch);

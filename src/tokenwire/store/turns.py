@@ -65,10 +65,10 @@ class TurnMessage(msgspec.Struct, frozen=True, kw_only=True):
 class PendingTurn(msgspec.Struct, frozen=True, kw_only=True):
     """A turn decided but maybe not yet written: its conversation and new messages.
 
-    ``new``: the conversation is created by this turn (``owner``, ``source`` and
+    ``new``: the conversation is created by this turn (``source`` and
     ``created_at`` are then its own); otherwise it exists, and ``title`` is what it
-    gets if it has none yet. ``messages`` ends with the assistant message
-    (status ``streaming``, no parts).
+    gets if it has none yet. ``owner`` is the conversation's. ``messages`` ends with
+    the assistant message (status ``streaming``, no parts).
     """
 
     conversation_id: str
@@ -80,6 +80,21 @@ class PendingTurn(msgspec.Struct, frozen=True, kw_only=True):
     conversation_created_at: datetime
     messages: list[TurnMessage]
 
+    def meta(self, model: str) -> dict[str, str]:
+        """The stream's ``meta`` in the log: ``conversation_id``, ``message_id``,
+        ``model``, ``owner`` (the conversation's, if it has one: a stream is its
+        conversation owner's) and ``turn`` (:func:`encode_turn`: what recovery
+        writes if the process dies before the store has it)."""
+        meta = {
+            "conversation_id": self.conversation_id,
+            "message_id": self.messages[-1].id,
+            "model": model,
+            "turn": encode_turn(self),
+        }
+        if self.owner is not None:
+            meta["owner"] = self.owner
+        return meta
+
     @property
     def assistant(self) -> MessageRecord:
         """The assistant message as a record."""
@@ -89,7 +104,7 @@ class PendingTurn(msgspec.Struct, frozen=True, kw_only=True):
         """The conversation as it is once this turn is written."""
         return ConversationRecord(
             id=self.conversation_id,
-            owner=existing.owner if existing else self.owner,
+            owner=self.owner,
             title=(existing.title if existing and existing.title else self.title),
             created_at=self.conversation_created_at.timestamp(),
             updated_at=self.created_at.timestamp(),
