@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import asyncpg
 import pytest
 
@@ -63,12 +64,13 @@ async def test_first_token_arrives_while_the_store_is_locked(
             await lock.start()
             await locker.execute("LOCK TABLE messages IN EXCLUSIVE MODE")
             try:
-                stream = await tw.start("fake:echo", [Message("user", "hello there")])
-                events = aiter(stream)
-                start = await anext(events)
-                assert isinstance(start, Start)
-                first = await anext(events)
-                assert isinstance(first, TextDelta)
+                with anyio.fail_after(10):  # main wrote the turn first: it waited here
+                    stream = await tw.start("fake:echo", [Message("user", "hello there")])
+                    events = aiter(stream)
+                    start = await anext(events)
+                    assert isinstance(start, Start)
+                    first = await anext(events)
+                    assert isinstance(first, TextDelta)
                 # the turn is not written and the stream is not complete yet
                 count = await locker.fetchval("SELECT count(*) FROM messages")
                 assert count == 0

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from tokenwire.accumulate import MessageState
 from tokenwire.agent import DEFAULT_MAX_STEPS, MAX_STEPS_LIMIT, history
 from tokenwire.engine.history import check_tools, parts_of
-from tokenwire.engine.housekeeping import finish_lost_message, sweep_leases, warm_up
+from tokenwire.engine.housekeeping import finish_lost_message, recoverable, sweep_leases, warm_up
 from tokenwire.engine.housekeeping import open_log as _open_log
 from tokenwire.engine.identity import Access, HTTPRequest, Identify
 from tokenwire.engine.limits import Limits, Ticket
@@ -407,7 +407,7 @@ class Tokenwire:
             await self._supersede(conversation.id)
         stream_id = ticket.stream_id if ticket is not None else uuid.uuid4().hex
         obs_logs.stream_id.set(stream_id)  # the request's log lines from here on
-        await self.log.create(stream_id, pending.meta(model))  # with the turn, for recovery
+        await self.log.create(stream_id, pending.meta(model, recoverable=recoverable(self.log)))
         start = Start(
             stream_id=stream_id,
             message_id=assistant.id,

@@ -16,7 +16,7 @@ from tokenwire.settings import Settings
 from tokenwire.store import Store
 from tokenwire.store.turns import decode_turn
 
-__all__ = ["finish_lost_message", "open_log", "sweep_leases", "warm_up"]
+__all__ = ["finish_lost_message", "open_log", "recoverable", "sweep_leases", "warm_up"]
 
 logger = logging.getLogger("tokenwire")
 
@@ -57,6 +57,13 @@ async def finish_lost_message(log: StreamLog, store: Store, stream_id: str) -> N
         )
     except Exception:
         logger.exception("could not store the message of lost stream %s", stream_id)
+
+
+def recoverable(log: StreamLog) -> bool:
+    """Whether a stream's turn is worth keeping in ``log`` for :func:`finish_lost_message`
+    (``meta["turn"]``): not in the memory log, which dies with the process that would
+    have written it."""
+    return not isinstance(log, MemoryStreamLog)
 
 
 async def warm_up(registry: ProviderRegistry, model: str) -> None:

@@ -80,17 +80,16 @@ class PendingTurn(msgspec.Struct, frozen=True, kw_only=True):
     conversation_created_at: datetime
     messages: list[TurnMessage]
 
-    def meta(self, model: str) -> dict[str, str]:
+    def meta(self, model: str, *, recoverable: bool = True) -> dict[str, str]:
         """The stream's ``meta`` in the log: ``conversation_id``, ``message_id``,
         ``model``, ``owner`` (the conversation's, if it has one: a stream is its
-        conversation owner's) and ``turn`` (:func:`encode_turn`: what recovery
-        writes if the process dies before the store has it)."""
-        meta = {
-            "conversation_id": self.conversation_id,
-            "message_id": self.messages[-1].id,
-            "model": model,
-            "turn": encode_turn(self),
-        }
+        conversation owner's) and, if ``recoverable``, ``turn`` (:func:`encode_turn`:
+        what recovery writes if the process dies before the store has it; pointless
+        in a log that dies with the process)."""
+        meta = {"conversation_id": self.conversation_id, "message_id": self.messages[-1].id}
+        meta["model"] = model
+        if recoverable:
+            meta["turn"] = encode_turn(self)
         if self.owner is not None:
             meta["owner"] = self.owner
         return meta
