@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from tokenwire.events import ErrorCode
+from tokenwire.events import Error, ErrorCode
 
 __all__ = [
     "AuthenticationError",
@@ -98,6 +98,15 @@ class ProviderError(TokenwireError):
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+
+    def event(self) -> Error:
+        """The terminal ``error`` event that ends a stream this failure ends."""
+        return Error(
+            code=self.code,
+            message=self.message,
+            retryable=self.retryable,
+            retry_after=self.retry_after,
+        )
 
 
 class UnknownModelError(TokenwireError):

@@ -337,12 +337,7 @@ class _Run:
                         self._arm_flush()
             except ProviderError as exc:
                 if produced or not exc.retryable or attempt >= self.config.max_retries:
-                    return Error(
-                        code=exc.code,
-                        message=exc.message,
-                        retryable=exc.retryable,
-                        retry_after=exc.retry_after,
-                    )
+                    return exc.event()
                 attempt += 1
                 await asyncio.sleep(self.config.retry_backoff * 2 ** (attempt - 1))
                 continue
