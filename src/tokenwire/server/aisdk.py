@@ -41,6 +41,7 @@ https://ai-sdk.dev/docs/ai-sdk-ui/chatbot-resume-streams; the chunk encoding is
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
@@ -62,14 +63,14 @@ from tokenwire.protocol.aisdk import (
     parse_dialect,
 )
 from tokenwire.providers import Message
-from tokenwire.server.aisdk_request import parse_chat_request
+from tokenwire.server.aisdk_request import ChatRequest, parse_chat_request
 from tokenwire.server.errors import error_response
 from tokenwire.server.identity import caller_dependency, require_json
 from tokenwire.server.routes import responses
 from tokenwire.server.turns import Turn, start_turn
 from tokenwire.transports.sse import EventStreamResponse
 
-__all__ = ["build_aisdk_router"]
+__all__ = ["AISDKAPI", "build_aisdk_router"]
 
 DIALECT_HEADER = "x-tokenwire-ai-sdk"
 MODEL_HEADER = "x-tokenwire-model"
@@ -79,25 +80,21 @@ def _detail(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
 
 
-def build_aisdk_router(tw: Tokenwire) -> APIRouter:
-    """The ``/api/chat`` routes bound to ``tw``."""
-    router = APIRouter()
+class AISDKAPI:
+    """The ``/api/chat`` handlers, bound to one :class:`~tokenwire.engine.Tokenwire`
+    (:func:`build_aisdk_router` makes each a route)."""
 
-    @router.post(
-        "/api/chat",
-        response_model=None,
-        responses={
-            200: {"content": {"text/event-stream": {}}, "description": "UI message stream"},
-            **responses(400, 401, 404, 415, 422, 429, 503),
-        },
-    )
+    def __init__(self, tw: Tokenwire) -> None:
+        self.tw = tw
+
     async def chat(
+        self,
         request: Request,
         x_tokenwire_ai_sdk: Annotated[str | None, Header()] = None,
         x_tokenwire_model: Annotated[str | None, Header()] = None,
     ) -> Response:
         """Start a generation and answer its UI message stream."""
-        owner = await tw.access.owner(request)
+        owner = await self.tw.access.owner(request)
         require_json(request)
         try:
             dialect = parse_dialect(x_tokenwire_ai_sdk)
@@ -107,26 +104,10 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         except ChatRequestError as exc:
             return _detail(400 if exc.header else exc.http_status, exc.message)
         model = body.model if body.model is not None else x_tokenwire_model
-        regenerate = body.trigger == "regenerate-message"
-
-        async def known() -> list[Message]:
-            if regenerate and body.message_id is not None:  # drop the answer it replaces
-                await tw.store.delete_messages_from(body.chat_id, body.message_id)
-            answer_again = regenerate and await _ends_with_user(tw, body.chat_id)
-            return [] if answer_again else body.turn
-
-        turn = Turn(
-            conversation_id=body.chat_id,
-            source="ai-sdk",
-            messages=[*body.history, *body.turn],
-            model=model,
-            system=body.system,
-            params=body.params,
-            tools=[*body.tools, *body.client_tools],
-            max_steps=DEFAULT_MAX_STEPS if body.max_steps is None else body.max_steps,
-        )
         try:
-            stream = await start_turn(tw, request, turn, known, owner=owner)
+            stream = await start_turn(
+                self.tw, request, _turn(body, model), self._known(body), owner=owner
+            )
         except UnknownModelError as exc:
             return _detail(exc.http_status, f"model: {exc}")
         except InvalidRequestError as exc:
@@ -135,18 +116,27 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
             return error_response(exc)
         except ConversationNotFoundError as exc:
             return _detail(exc.http_status, "chat not found")
-        return _response(tw, stream.stream_id, dialect, body.continued_id)
+        return _response(self.tw, stream.stream_id, dialect, body.continued_id)
 
-    @router.get(
-        "/api/chat/{chat_id}/stream",
-        response_model=None,
-        responses={
-            200: {"content": {"text/event-stream": {}}, "description": "UI message stream"},
-            **responses(204, 400, 401, 404, 503),
-        },
-    )
+    def _known(self, body: ChatRequest) -> Callable[[], Awaitable[list[Message]]]:
+        """What :func:`start_turn` stores as the new turn once the request is admitted:
+        a regenerate first drops the answer it replaces, and answers the stored
+        user message again rather than adding one."""
+        regenerate = body.trigger == "regenerate-message"
+
+        async def known() -> list[Message]:
+            if regenerate and body.message_id is not None:  # drop the answer it replaces
+                await self.tw.store.delete_messages_from(body.chat_id, body.message_id)
+            answer_again = regenerate and await _ends_with_user(self.tw, body.chat_id)
+            return [] if answer_again else body.turn
+
+        return known
+
     async def resume(
-        request: Request, chat_id: str, x_tokenwire_ai_sdk: Annotated[str | None, Header()] = None
+        self,
+        request: Request,
+        chat_id: str,
+        x_tokenwire_ai_sdk: Annotated[str | None, Header()] = None,
     ) -> Response:
         """Replay the chat's running generation from ``start``; 204 when none runs
         (also for an unknown chat or another owner's)."""
@@ -155,32 +145,67 @@ def build_aisdk_router(tw: Tokenwire) -> APIRouter:
         except ChatRequestError as exc:
             return _detail(400, exc.message)
         try:
-            await tw.access.conversation(request, chat_id)
+            await self.tw.access.conversation(request, chat_id)
         except ConversationNotFoundError:
             return Response(status_code=204)
-        stream_id = await _running_stream(tw, chat_id)
+        stream_id = await _running_stream(self.tw, chat_id)
         if stream_id is None:
             return Response(status_code=204)
-        return _response(tw, stream_id, dialect)
+        return _response(self.tw, stream_id, dialect)
 
-    @router.post(
+    async def stop(self, request: Request, chat_id: str) -> Response:
+        """Cancel the chat's running generation (reason ``user``); idempotent. 404 for
+        an unknown chat or another owner's."""
+        try:
+            await self.tw.access.conversation(request, chat_id)
+        except ConversationNotFoundError as exc:
+            return _detail(exc.http_status, "chat not found")
+        stream_id = await _running_stream(self.tw, chat_id)
+        stopped = stream_id is not None and await self.tw.cancel(stream_id, "user")
+        return JSONResponse({"chat_id": chat_id, "stream_id": stream_id, "stopped": stopped})
+
+
+def build_aisdk_router(tw: Tokenwire) -> APIRouter:
+    """The ``/api/chat`` routes bound to ``tw`` (the handlers of :class:`AISDKAPI`)."""
+    router = APIRouter()
+    api = AISDKAPI(tw)
+    router.post(
+        "/api/chat",
+        response_model=None,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "UI message stream"},
+            **responses(400, 401, 404, 415, 422, 429, 503),
+        },
+    )(api.chat)
+    router.get(
+        "/api/chat/{chat_id}/stream",
+        response_model=None,
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "UI message stream"},
+            **responses(204, 400, 401, 404, 503),
+        },
+    )(api.resume)
+    router.post(
         "/api/chat/{chat_id}/stop",
         response_model=None,
         dependencies=[Depends(caller_dependency(tw.access)), Depends(require_json)],
         responses=responses(401, 404, 415, 503),
-    )
-    async def stop(request: Request, chat_id: str) -> Response:
-        """Cancel the chat's running generation (reason ``user``); idempotent. 404 for
-        an unknown chat or another owner's."""
-        try:
-            await tw.access.conversation(request, chat_id)
-        except ConversationNotFoundError as exc:
-            return _detail(exc.http_status, "chat not found")
-        stream_id = await _running_stream(tw, chat_id)
-        stopped = stream_id is not None and await tw.cancel(stream_id, "user")
-        return JSONResponse({"chat_id": chat_id, "stream_id": stream_id, "stopped": stopped})
-
+    )(api.stop)
     return router
+
+
+def _turn(body: ChatRequest, model: str | None) -> Turn:
+    """The turn ``body`` asks for (``model``: the body's, else the header's)."""
+    return Turn(
+        conversation_id=body.chat_id,
+        source="ai-sdk",
+        messages=[*body.history, *body.turn],
+        model=model,
+        system=body.system,
+        params=body.params,
+        tools=[*body.tools, *body.client_tools],
+        max_steps=DEFAULT_MAX_STEPS if body.max_steps is None else body.max_steps,
+    )
 
 
 async def _ends_with_user(tw: Tokenwire, chat_id: str) -> bool:

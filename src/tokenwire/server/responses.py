@@ -54,12 +54,12 @@ from tokenwire.server.openai_compat import (
     OpenAIRoute,
     failed_response,
 )
-from tokenwire.server.responses_request import parse_responses_request
+from tokenwire.server.responses_request import ResponsesRequest, parse_responses_request
 from tokenwire.server.routes import responses
 from tokenwire.transports.first_event import failure_before_first_event
 from tokenwire.transports.sse import EventStreamResponse
 
-__all__ = ["build_responses_router"]
+__all__ = ["ResponsesAPI", "build_responses_router"]
 
 
 class _Framer:
@@ -84,34 +84,35 @@ def _previous_not_found(response_id: object) -> OpenAIRequestError:
     return OpenAIRequestError(message, param="previous_response_id", status=404)
 
 
-def build_responses_router(tw: Tokenwire) -> APIRouter:
-    """The Responses API routes bound to ``tw``."""
-    router = APIRouter(
-        route_class=OpenAIRoute, dependencies=[Depends(caller_dependency(tw.access))]
-    )
+class ResponsesAPI:
+    """The Responses API's handlers, bound to one :class:`~tokenwire.engine.Tokenwire`
+    (:func:`build_responses_router` makes each a route)."""
 
-    async def stream_of(request: Request, response_id: str) -> str:
+    def __init__(self, tw: Tokenwire) -> None:
+        self.tw = tw
+
+    async def stream_of(self, request: Request, response_id: str) -> str:
         """The caller's stream behind ``response_id`` (404 for anyone else's)."""
         stream_id = stream_id_of(response_id)
         if stream_id is None:
             raise StreamNotFoundError(response_id)
-        await tw.access.stream(request, stream_id)
+        await self.tw.access.stream(request, stream_id)
         return stream_id
 
-    async def folded(stream_id: str, *, follow: bool = False) -> dict[str, Any]:
+    async def folded(self, stream_id: str, *, follow: bool = False) -> dict[str, Any]:
         """The response object of the stream so far (``follow``: once it ended)."""
-        info = await tw.log.info(stream_id)
+        info = await self.tw.log.info(stream_id)
         encoder = ResponseEncoder(str(info.meta.get("model", "")))
         if follow:
-            async for batch in tw.log.read(stream_id, 0):
+            async for batch in self.tw.log.read(stream_id, 0):
                 for event in batch:
                     encoder.feed(event)
         else:
-            for event in await tw.log.events(stream_id):
+            for event in await self.tw.log.events(stream_id):
                 encoder.feed(event)
         return encoder.response()
 
-    async def referenced(request: Request, item_id: object, where: str) -> Any:
+    async def referenced(self, request: Request, item_id: object, where: str) -> Any:
         """The output item an ``item_reference`` names, if it is the caller's.
 
         Raises:
@@ -125,15 +126,15 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
             raise missing
         stream_id, index = location
         try:
-            await tw.access.stream(request, stream_id)
+            await self.tw.access.stream(request, stream_id)
         except (StreamNotFoundError, StreamExpiredError):
             raise missing from None
-        output = (await folded(stream_id))["output"]
+        output = (await self.folded(stream_id))["output"]
         if index >= len(output):
             raise missing
         return output[index]
 
-    async def continued(request: Request, response_id: str) -> str:
+    async def continued(self, request: Request, response_id: str) -> str:
         """The conversation a new response continues: that of ``response_id``, which
         must be the caller's, ended, and the conversation's latest answer.
 
@@ -143,55 +144,48 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
                 latest of its conversation (tokenwire conversations do not branch).
         """
         try:
-            info = await tw.access.stream(request, stream_id_of(response_id) or "")
+            info = await self.tw.access.stream(request, stream_id_of(response_id) or "")
         except (StreamNotFoundError, StreamExpiredError):
             raise _previous_not_found(response_id) from None
         param = "previous_response_id"
         if info.status == StreamStatus.RUNNING:
             raise OpenAIRequestError(f"Response {response_id!r} is still in progress.", param=param)
         conversation_id = info.meta["conversation_id"]
-        answers = [m for m in await tw.store.messages(conversation_id) if m.role == "assistant"]
+        stored = await self.tw.store.messages(conversation_id)
+        answers = [m for m in stored if m.role == "assistant"]
         if not answers or answers[-1].id != info.meta.get("message_id"):
             why = "is not the latest response of its conversation; continue from the latest"
             raise OpenAIRequestError(f"Response {response_id!r} {why}.", param=param)
         return conversation_id
 
-    async def resolved(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    async def resolved(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
         """``body`` with each ``input`` item reference replaced by the item (the AI
         SDK refers to earlier output items this way when ``store`` is on)."""
         items = body.get("input")
         if not isinstance(items, list):
             return body
         out = [
-            await referenced(request, item.get("id"), f"input[{i}].id")
+            await self.referenced(request, item.get("id"), f"input[{i}].id")
             if isinstance(item, dict) and item.get("type") == "item_reference"
             else item
             for i, item in enumerate(items)
         ]
         return {**body, "input": out}
 
-    @router.post(
-        "/v1/responses",
-        response_model=None,
-        dependencies=[Depends(require_json)],
-        responses={
-            200: {"content": {"text/event-stream": {}}, "description": "A response"},
-            **responses(400, 401, 404, 415, 429, 502, 503, 504),
-        },
-    )
-    async def create_response(
-        request: Request, body: Annotated[dict[str, Any], Body()]
-    ) -> Response:
-        """Create a model response (streamed when ``stream`` is true), in a new
-        conversation owned by the caller."""
-        owner = await tw.access.owner(request)
-        parsed = parse_responses_request(await resolved(request, body))
-        ticket = await tw.admit(request)
+    async def started(self, request: Request, parsed: ResponsesRequest, owner: str | None) -> str:
+        """The stream id of the generation ``parsed`` starts for the caller.
+
+        Raises:
+            OpenAIRequestError: 404 for a ``previous_response_id`` gone since, 400
+                naming the Responses parameter of an invalid request.
+            RateLimitedError: over a limit (before anything is created).
+        """
+        ticket = await self.tw.admit(request)
         conversation_id = None
         if parsed.previous_response_id is not None:
-            conversation_id = await continued(request, parsed.previous_response_id)
+            conversation_id = await self.continued(request, parsed.previous_response_id)
         try:
-            stream = await tw.start(
+            stream = await self.tw.start(
                 parsed.model,
                 parsed.messages,
                 conversation_id=conversation_id,
@@ -207,30 +201,38 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
         except InvalidRequestError as exc:  # named as this request spells it
             param = _PARAMS.get(exc.field.partition("[")[0], exc.field)
             raise OpenAIRequestError(f"'{param}': {exc.message}", param=param) from None
+        return stream.stream_id
+
+    async def create_response(
+        self, request: Request, body: Annotated[dict[str, Any], Body()]
+    ) -> Response:
+        """Create a model response (streamed when ``stream`` is true), in a new
+        conversation owned by the caller."""
+        owner = await self.tw.access.owner(request)
+        parsed = parse_responses_request(await self.resolved(request, body))
+        stream_id = await self.started(request, parsed, owner)
         encoder = ResponseEncoder(parsed.model, parsed.echo)
-        headers = {STREAM_ID_HEADER: stream.stream_id}
+        headers = {STREAM_ID_HEADER: stream_id}
         if parsed.stream:
-            failed = await failure_before_first_event(tw.log, stream.stream_id)
+            failed = await failure_before_first_event(self.tw.log, stream_id)
             if failed is not None:  # no status line sent yet: a real HTTP error
                 return failed_response(failed, headers)
             return EventStreamResponse(
-                tw.log,
-                stream.stream_id,
-                heartbeat_interval=tw.settings.heartbeat_interval,
+                self.tw.log,
+                stream_id,
+                heartbeat_interval=self.tw.settings.heartbeat_interval,
                 headers=headers,
                 encoder=_Framer(encoder),
             )
-        async for batch in tw.log.read(stream.stream_id, 0):
+        async for batch in self.tw.log.read(stream_id, 0):
             for event in batch:
                 encoder.feed(event)
         if encoder.error is not None:
             return failed_response(encoder.error, headers)
         return JSONResponse(encoder.response(), headers=headers)
 
-    @router.get(
-        "/v1/responses/{response_id}", response_model=None, responses=responses(400, 401, 404, 503)
-    )
     async def retrieve_response(
+        self,
         request: Request,
         response_id: str,
         stream: bool = False,
@@ -238,26 +240,45 @@ def build_responses_router(tw: Tokenwire) -> APIRouter:
     ) -> Response:
         """The response so far, or with ``stream=true`` its events as SSE (after
         ``starting_after``), following it until its terminal event."""
-        stream_id = await stream_of(request, response_id)
+        stream_id = await self.stream_of(request, response_id)
         if stream:
-            info = await tw.log.info(stream_id)
+            info = await self.tw.log.info(stream_id)
             return EventStreamResponse(
-                tw.log,
+                self.tw.log,
                 stream_id,
-                heartbeat_interval=tw.settings.heartbeat_interval,
+                heartbeat_interval=self.tw.settings.heartbeat_interval,
                 encoder=_Framer(ResponseEncoder(str(info.meta.get("model", ""))), starting_after),
             )
-        return JSONResponse(await folded(stream_id))
+        return JSONResponse(await self.folded(stream_id))
 
-    @router.post(
+    async def cancel_response(self, request: Request, response_id: str) -> Response:
+        """Stop the response (idempotent) and answer it as it then is."""
+        stream_id = await self.stream_of(request, response_id)
+        await self.tw.cancel(stream_id, "user")
+        return JSONResponse(await self.folded(stream_id, follow=True))
+
+
+def build_responses_router(tw: Tokenwire) -> APIRouter:
+    """The Responses API routes bound to ``tw`` (the handlers of :class:`ResponsesAPI`)."""
+    router = APIRouter(
+        route_class=OpenAIRoute, dependencies=[Depends(caller_dependency(tw.access))]
+    )
+    api = ResponsesAPI(tw)
+    router.post(
+        "/v1/responses",
+        response_model=None,
+        dependencies=[Depends(require_json)],
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "A response"},
+            **responses(400, 401, 404, 415, 429, 502, 503, 504),
+        },
+    )(api.create_response)
+    router.get(
+        "/v1/responses/{response_id}", response_model=None, responses=responses(400, 401, 404, 503)
+    )(api.retrieve_response)
+    router.post(
         "/v1/responses/{response_id}/cancel",
         response_model=None,
         responses=responses(400, 401, 404, 503),
-    )
-    async def cancel_response(request: Request, response_id: str) -> Response:
-        """Stop the response (idempotent) and answer it as it then is."""
-        stream_id = await stream_of(request, response_id)
-        await tw.cancel(stream_id, "user")
-        return JSONResponse(await folded(stream_id, follow=True))
-
+    )(api.cancel_response)
     return router
