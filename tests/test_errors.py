@@ -11,17 +11,20 @@ import redis.exceptions
 from tests.support.servers import free_port
 from tokenwire import errors
 from tokenwire.errors import (
+    ApiAuthError,
     AuthenticationError,
     BusUnavailableError,
     InvalidRequestError,
+    PusherRequestError,
     QueueUnavailableError,
     RateLimitedError,
+    RequestTooLargeError,
     StoreError,
     TokenwireError,
     UnknownModelError,
 )
 from tokenwire.queue import GenerationQueue
-from tokenwire.server.errors import error_response
+from tokenwire.server.errors import error_response, pusher_error_response
 from tokenwire.settings import Settings
 from tokenwire.transports.pusher.bus import BusMessage, RedisBus
 
@@ -106,3 +109,21 @@ async def test_the_pusher_bus_raises_bus_unavailable_from_redis() -> None:
             await bus.publish(BusMessage(kind="publish", app_id="app", channel="c"))
     finally:
         await bus.close()
+
+
+def test_pusher_and_body_limit_errors_are_answered_from_the_tree() -> None:
+    refused = pusher_error_response(PusherRequestError("unknown app_id 9", status=404))
+    assert (refused.status_code, json.loads(bytes(refused.body))) == (
+        404,
+        {"error": "unknown app_id 9"},
+    )
+    signature = pusher_error_response(ApiAuthError("body_md5 does not match the body"))
+    assert (signature.status_code, json.loads(bytes(signature.body))) == (
+        401,
+        {"error": "body_md5 does not match the body"},
+    )
+    anonymous = pusher_error_response(AuthenticationError("who are you"))
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    status, body, _ = _body(RequestTooLargeError(1024))
+    assert (status, body) == (413, {"detail": "request body larger than 1024 bytes"})

@@ -16,14 +16,25 @@ at one boundary with ``raise X(...) from exc``::
     ├── LogUnavailableError        503   log_unavailable: the stream log's backend failed
     ├── ConfigurationError         422   configuration_error: a setting names something
     │                                    tokenwire cannot use (also a ValueError)
-    └── ShuttingDownError          503   shutting_down: no new generation
+    ├── ShuttingDownError          503   shutting_down: no new generation
+    ├── RequestTooLargeError       413   request_too_large: a request body over the limit
+    ├── PusherRequestError         400   pusher_request: refused by the Pusher auth endpoints
+    │   │                                or HTTP API (``status``: 400/401/403/404/413)
+    │   └── ApiAuthError           401   pusher_signature: an HTTP API request's signature
+    │                                    does not hold
+    └── PusherError                400   pusher_error: a client's frame broke the Pusher
+                                         protocol (a ``pusher:error`` frame, not HTTP)
 
 Each class carries ``http_status`` and ``error_code`` (class attributes) and, where the
 answer is fixed, ``public_message``: the sentence a client sees. The native API maps an
 exception to its response in one place (:func:`tokenwire.server.errors.error_response`);
 the OpenAI-compatible and AI SDK surfaces keep their own error shapes but read status
-and code from the class. An exception's own text reaches a client only when it was
-written for one (``message`` of the classes that take one).
+and code from the class, and the Pusher HTTP endpoints answer ``{"error": message}``
+(:func:`tokenwire.server.errors.pusher_error_response`). :class:`PusherError` is the
+sans-I/O Pusher session's signal (:mod:`tokenwire.protocol.pusher_session`), answered
+on the WebSocket as a ``pusher:error`` frame carrying its Pusher ``code``.
+An exception's own text reaches a client only when it was written for one
+(``message`` of the classes that take one).
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from typing import ClassVar
 from tokenwire.events import Error, ErrorCode
 
 __all__ = [
+    "ApiAuthError",
     "AuthenticationError",
     "BusUnavailableError",
     "ChatRequestError",
@@ -42,8 +54,11 @@ __all__ = [
     "LogUnavailableError",
     "OpenAIRequestError",
     "ProviderError",
+    "PusherError",
+    "PusherRequestError",
     "QueueUnavailableError",
     "RateLimitedError",
+    "RequestTooLargeError",
     "ShuttingDownError",
     "StoreError",
     "StreamExpiredError",
@@ -290,3 +305,72 @@ class ChatRequestError(TokenwireError, ValueError):
         super().__init__(message)
         self.message = message
         self.header = header
+
+
+class RequestTooLargeError(TokenwireError):
+    """A request body larger than the server's ``max_request_bytes`` (HTTP 413).
+
+    Args:
+        limit: the limit, in bytes (named in the message).
+    """
+
+    http_status = 413
+    error_code = "request_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+        self.limit = limit
+
+
+class PusherRequestError(TokenwireError):
+    """A request the Pusher auth endpoints or HTTP API refuse, answered
+    ``{"error": message}`` with :attr:`status` (Pusher "HTTP API reference").
+
+    Args:
+        message: what is wrong, for the caller.
+        status: HTTP status: 400 (:attr:`http_status`), 401 unauthenticated or a bad
+            signature, 403 refused by an authorizer, 404 unknown app or conversation,
+            413 event data over the app's ``max_message_size``.
+    """
+
+    http_status = 400
+    error_code = "pusher_request"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = self.http_status if status is None else status
+
+
+class ApiAuthError(PusherRequestError):
+    """A Pusher HTTP API request whose signature, key, timestamp or ``body_md5`` does
+    not hold (HTTP ``status``, 401); raised by
+    :func:`tokenwire.protocol.pusher.verify_api_request`."""
+
+    http_status = 401
+    error_code = "pusher_signature"
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message, status=status)
+
+
+class PusherError(TokenwireError):
+    """A Pusher protocol error, reported to the client as a ``pusher:error`` frame
+    (Pusher "Channels protocol", "Error codes"); never an HTTP answer (the 400 of
+    the tree is nominal).
+
+    Args:
+        code: a :class:`tokenwire.protocol.pusher.ErrorCode` (4000-4399), or ``None``
+            (the protocol makes it optional).
+        message: human-readable text sent to the client.
+        close: close the connection with ``code`` after the error frame.
+    """
+
+    http_status = 400
+    error_code = "pusher_error"
+
+    def __init__(self, code: int | None, message: str, *, close: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close = close

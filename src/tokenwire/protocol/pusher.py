@@ -30,6 +30,8 @@ from typing import Any
 
 import msgspec
 
+from tokenwire.errors import ApiAuthError, PusherError
+
 __all__ = [
     "JSON_ERRORS",
     "MAX_CHANNEL_LENGTH",
@@ -144,22 +146,6 @@ class ErrorCode:
     Not in Pusher's list, which names no such limit; in its 4300-4399 range."""
 
 
-class PusherError(Exception):
-    """A protocol error to report as a ``pusher:error`` frame.
-
-    Args:
-        code: an :class:`ErrorCode`, or ``None`` (the protocol makes it optional).
-        message: human-readable text sent to the client.
-        close: close the connection with ``code`` after the error frame.
-    """
-
-    def __init__(self, code: int | None, message: str, *, close: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.close = close
-
-
 class ChannelKind(Enum):
     """What a channel name's prefix makes it (protocol reference, "Channels")."""
 
@@ -262,15 +248,6 @@ def shared_secret(encryption_master_key: bytes, channel: str) -> str:
 
 
 # -- HTTP API signatures ----------------------------------------------------------
-
-
-class ApiAuthError(Exception):
-    """An HTTP API request whose signature does not hold (HTTP ``status``, 401)."""
-
-    def __init__(self, message: str, status: int = 401) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 def api_signature(secret: str, method: str, path: str, params: Mapping[str, str]) -> str:

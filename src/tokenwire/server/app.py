@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenwire.engine import Tokenwire
 from tokenwire.errors import (
+    RequestTooLargeError,
     StoreError,
     TokenwireError,
 )
@@ -260,13 +261,13 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await _too_large(self.max_bytes)(scope, receive, send)
+            await error_response(RequestTooLargeError(self.max_bytes))(scope, receive, send)
             return
         try:
             async with asyncio.timeout(self.timeout):
                 body = await self._read(receive)
-        except _BodyTooLarge:
-            await _too_large(self.max_bytes)(scope, receive, send)
+        except RequestTooLargeError as exc:
+            await error_response(exc)(scope, receive, send)
             return
         except TimeoutError:
             message = f"request body not received within {self.timeout:g} s"
@@ -289,7 +290,7 @@ class BodyLimitMiddleware:
         """The whole body, or ``None`` when the client left.
 
         Raises:
-            _BodyTooLarge: more than ``max_bytes``.
+            RequestTooLargeError: more than ``max_bytes``.
         """
         chunks: list[bytes] = []
         received = 0
@@ -300,15 +301,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             received += len(chunk)
             if received > self.max_bytes:
-                raise _BodyTooLarge
+                raise RequestTooLargeError(self.max_bytes)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-def _too_large(limit: int) -> Response:
-    return JSONResponse({"detail": f"request body larger than {limit} bytes"}, status_code=413)

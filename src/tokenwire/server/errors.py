@@ -3,8 +3,9 @@ exception tree (:mod:`tokenwire.errors`) to a response.
 
 The status and code come from the exception's class (``http_status``,
 ``error_code``); the body is FastAPI's: ``{"detail": message}``, or the validation
-list for the errors that name a request field. The OpenAI-compatible and AI SDK
-surfaces have their own shapes (:mod:`tokenwire.server.openai_compat`,
+list for the errors that name a request field. The Pusher HTTP endpoints' shape,
+``{"error": message}``, is :func:`pusher_error_response`. The OpenAI-compatible
+and AI SDK surfaces have their own shapes (:mod:`tokenwire.server.openai_compat`,
 :mod:`tokenwire.server.aisdk`) and read the same class attributes.
 """
 
@@ -15,12 +16,13 @@ from starlette.responses import JSONResponse
 from tokenwire.errors import (
     AuthenticationError,
     InvalidRequestError,
+    PusherRequestError,
     RateLimitedError,
     TokenwireError,
     UnknownModelError,
 )
 
-__all__ = ["error_response", "field_error"]
+__all__ = ["error_response", "field_error", "pusher_error_response"]
 
 
 def field_error(field: str, message: str, status: int = 422) -> JSONResponse:
@@ -47,3 +49,13 @@ def error_response(exc: TokenwireError) -> JSONResponse:
         headers["retry-after"] = str(exc.retry_after)
     message = exc.public_message if exc.public_message is not None else str(exc)
     return JSONResponse({"detail": message}, status_code=status, headers=headers or None)
+
+
+def pusher_error_response(exc: PusherRequestError | AuthenticationError) -> JSONResponse:
+    """The Pusher auth endpoints' and HTTP API's response to ``exc``: ``{"error":
+    message}`` with its ``status`` (401 with ``WWW-Authenticate`` for an
+    :class:`~tokenwire.errors.AuthenticationError`)."""
+    if isinstance(exc, AuthenticationError):
+        headers = {"www-authenticate": exc.www_authenticate}
+        return JSONResponse({"error": exc.message}, status_code=exc.http_status, headers=headers)
+    return JSONResponse({"error": exc.message}, status_code=exc.status)

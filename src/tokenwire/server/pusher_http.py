@@ -31,10 +31,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from tokenwire.engine.identity import Access, Identity
-from tokenwire.errors import AuthenticationError, ConversationNotFoundError
+from tokenwire.errors import AuthenticationError, ConversationNotFoundError, PusherRequestError
 from tokenwire.protocol.pusher import (
     JSON_ERRORS,
-    ApiAuthError,
     ChannelKind,
     channel_auth,
     channel_kind,
@@ -45,6 +44,7 @@ from tokenwire.protocol.pusher import (
     user_auth,
     verify_api_request,
 )
+from tokenwire.server.errors import pusher_error_response
 from tokenwire.server.routes import responses
 from tokenwire.settings import PusherApp
 from tokenwire.transports.pusher.hub import PusherHub
@@ -55,23 +55,6 @@ MAX_CHANNELS = 100
 """Channels one ``events`` request may name (HTTP API reference)."""
 MAX_BATCH = 10
 """Events one ``batch_events`` request may carry (HTTP API reference)."""
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _unauthenticated(exc: AuthenticationError) -> JSONResponse:
-    response = _error(401, exc.message)
-    response.headers["www-authenticate"] = exc.www_authenticate
-    return response
 
 
 class PusherAPI:
@@ -87,38 +70,42 @@ class PusherAPI:
             try:
                 await self.access.conversation(request, conversation_id)
             except ConversationNotFoundError:
-                raise _Refused(404, "no such conversation") from None
+                raise PusherRequestError("no such conversation", status=404) from None
             return
         for pattern, authorizer in self.hub.authorizers:
             found = pattern.fullmatch(channel)
             if found is not None:
                 if not await authorizer(identity, found):
-                    raise _Refused(403 if identity else 401, f"not allowed on {channel}")
+                    raise PusherRequestError(
+                        f"not allowed on {channel}", status=403 if identity else 401
+                    )
                 return
-        raise _Refused(403, f"no authorizer for channel {channel}")
+        raise PusherRequestError(f"no authorizer for channel {channel}", status=403)
 
     async def broadcasting_auth(self, request: Request) -> JSONResponse:
         try:
             identity = await self.access.caller(request)
         except AuthenticationError as exc:
-            return _unauthenticated(exc)
+            return pusher_error_response(exc)
         form = await request.form()
         socket_id, channel = form.get("socket_id"), form.get("channel_name")
         try:
             check_socket_id(socket_id)
             kind = channel_kind(channel)
         except ValueError as exc:
-            return _error(400, str(exc))
+            return pusher_error_response(PusherRequestError(str(exc)))
         assert isinstance(socket_id, str) and isinstance(channel, str)
         if not kind.needs_auth:
-            return _error(400, f"{channel} is not a private, encrypted or presence channel")
+            return pusher_error_response(
+                PusherRequestError(f"{channel} is not a private, encrypted or presence channel")
+            )
         app = self.hub.broadcast_app
         try:
             if kind is ChannelKind.PRESENCE and identity is None:
-                raise _Refused(401, "presence channels need an authenticated user")
+                raise PusherRequestError("presence channels need an authenticated user", status=401)
             await self.allowed(request, identity, channel)
-        except _Refused as exc:
-            return _error(exc.status, exc.message)
+        except PusherRequestError as exc:
+            return pusher_error_response(exc)
         body: dict[str, str] = {}
         channel_data = None
         if kind is ChannelKind.PRESENCE:
@@ -127,7 +114,11 @@ class PusherAPI:
             channel_data = body["channel_data"] = msgspec.json.encode(member).decode()
         if kind is ChannelKind.ENCRYPTED:
             if app.encryption_master_key_base64 is None:
-                return _error(400, "encrypted channels need the app's encryption_master_key_base64")
+                return pusher_error_response(
+                    PusherRequestError(
+                        "encrypted channels need the app's encryption_master_key_base64"
+                    )
+                )
             master = base64.b64decode(app.encryption_master_key_base64)
             body["shared_secret"] = shared_secret(master, channel)
         body["auth"] = channel_auth(app.key, app.secret, socket_id, channel, channel_data)
@@ -137,15 +128,17 @@ class PusherAPI:
         try:
             identity = await self.access.caller(request)
         except AuthenticationError as exc:
-            return _unauthenticated(exc)
+            return pusher_error_response(exc)
         if identity is None:
-            return _unauthenticated(AuthenticationError("signing in needs an authenticated user"))
+            return pusher_error_response(
+                AuthenticationError("signing in needs an authenticated user")
+            )
         form = await request.form()
         socket_id = form.get("socket_id")
         try:
             check_socket_id(socket_id)
         except ValueError as exc:
-            return _error(400, str(exc))
+            return pusher_error_response(PusherRequestError(str(exc)))
         assert isinstance(socket_id, str)
         app = self.hub.broadcast_app
         user_data = msgspec.json.encode({"id": identity.id, "user_info": identity.info}).decode()
@@ -158,24 +151,21 @@ class PusherAPI:
             key = request.query_params.get("auth_key", "")
             app = self.hub.apps_by_key.get(key)
             if app is None:
-                raise _Refused(401, "unknown auth_key")
+                raise PusherRequestError("unknown auth_key", status=401)
         else:
             app = self.hub.apps_by_id.get(app_id)
         if app is None:
-            raise _Refused(404, f"unknown app_id {app_id}")
+            raise PusherRequestError(f"unknown app_id {app_id}", status=404)
         body = await request.body()
-        try:
-            verify_api_request(
-                key=app.key,
-                secret=app.secret,
-                method=request.method,
-                path=request.url.path,
-                params=dict(request.query_params),
-                body=body,
-                now=time.time(),
-            )
-        except ApiAuthError as exc:
-            raise _Refused(exc.status, exc.message) from None
+        verify_api_request(
+            key=app.key,
+            secret=app.secret,
+            method=request.method,
+            path=request.url.path,
+            params=dict(request.query_params),
+            body=body,
+            now=time.time(),
+        )
         return app, body
 
     def signed_route(
@@ -189,8 +179,8 @@ class PusherAPI:
             try:
                 app, body = await self.signed(request, request.path_params.get("app_id"))
                 return JSONResponse(await handler(request, app, body))
-            except _Refused as exc:
-                return _error(exc.status, exc.message)
+            except PusherRequestError as exc:
+                return pusher_error_response(exc)
 
         return endpoint
 
@@ -215,9 +205,9 @@ class PusherAPI:
         item = _event(app, _json_object(body))
         channels = item.get("channels", [item["channel"]] if "channel" in item else None)
         if not isinstance(channels, list) or not channels:
-            raise _Refused(400, "channels must be a non-empty list (or give channel)")
+            raise PusherRequestError("channels must be a non-empty list (or give channel)")
         if len(channels) > MAX_CHANNELS:
-            raise _Refused(400, f"at most {MAX_CHANNELS} channels per event")
+            raise PusherRequestError(f"at most {MAX_CHANNELS} channels per event")
         _check_channels(channels)
         info = await self.trigger(app, item, channels)
         return {"channels": info} if info else {}
@@ -225,9 +215,9 @@ class PusherAPI:
     async def batch_events(self, request: Request, app: PusherApp, body: bytes) -> dict[str, Any]:
         batch = _json_object(body).get("batch")
         if not isinstance(batch, list) or not batch:
-            raise _Refused(400, "batch must be a non-empty list of events")
+            raise PusherRequestError("batch must be a non-empty list of events")
         if len(batch) > MAX_BATCH:
-            raise _Refused(400, f"at most {MAX_BATCH} events per batch")
+            raise PusherRequestError(f"at most {MAX_BATCH} events per batch")
         items = [_event(app, item) for item in batch]
         for item in items:
             _check_channels([item.get("channel")])
@@ -241,7 +231,7 @@ class PusherAPI:
         prefix = request.query_params.get("filter_by_prefix", "")
         wanted = _info(request.query_params.get("info"))
         if "user_count" in wanted and not prefix.startswith("presence-"):
-            raise _Refused(400, "info=user_count needs filter_by_prefix=presence-")
+            raise PusherRequestError("info=user_count needs filter_by_prefix=presence-")
         counts = await self.hub.bus.channels(app.id)
         found = {}
         for channel in sorted(counts):
@@ -256,7 +246,7 @@ class PusherAPI:
         _check_channels([channel])
         wanted = _info(request.query_params.get("info"))
         if "user_count" in wanted and channel_kind(channel) is not ChannelKind.PRESENCE:
-            raise _Refused(400, "user_count is only for presence channels")
+            raise PusherRequestError("user_count is only for presence channels")
         counts = await self.hub.bus.channels(app.id)
         return {
             "occupied": counts.get(channel, 0) > 0,
@@ -267,7 +257,7 @@ class PusherAPI:
         channel = request.path_params["channel_name"]
         _check_channels([channel])
         if channel_kind(channel) is not ChannelKind.PRESENCE:
-            raise _Refused(400, "users are listed for presence channels only")
+            raise PusherRequestError("users are listed for presence channels only")
         return {
             "users": [{"id": user_id} for user_id in await self.hub.bus.members(app.id, channel)]
         }
@@ -324,28 +314,30 @@ def _json_object(body: bytes) -> dict[str, Any]:
     try:
         decoded = msgspec.json.decode(body)
     except JSON_ERRORS:
-        raise _Refused(400, "the body is not JSON") from None
+        raise PusherRequestError("the body is not JSON") from None
     if not isinstance(decoded, dict):
-        raise _Refused(400, "the body must be a JSON object")
+        raise PusherRequestError("the body must be a JSON object")
     return decoded
 
 
 def _event(app: PusherApp, item: object) -> dict[str, Any]:
     """One event of ``events`` or ``batch_events``, checked; ``data`` stays a string."""
     if not isinstance(item, dict):
-        raise _Refused(400, "an event must be a JSON object")
+        raise PusherRequestError("an event must be a JSON object")
     try:
         check_event_name(item.get("name"))
         if "socket_id" in item:
             check_socket_id(item["socket_id"])
     except ValueError as exc:
-        raise _Refused(400, str(exc)) from None
+        raise PusherRequestError(str(exc)) from None
     data = item.get("data")
     if not isinstance(data, str):
-        raise _Refused(400, "data must be a string (JSON-encode objects first)")
+        raise PusherRequestError("data must be a string (JSON-encode objects first)")
     size = len(data.encode())
     if size > app.max_message_size:
-        raise _Refused(413, f"event data is {size} bytes; the limit is {app.max_message_size}")
+        raise PusherRequestError(
+            f"event data is {size} bytes; the limit is {app.max_message_size}", status=413
+        )
     return item
 
 
@@ -354,14 +346,14 @@ def _check_channels(channels: list[Any]) -> None:
         try:
             channel_kind(channel)
         except ValueError as exc:
-            raise _Refused(400, str(exc)) from None
+            raise PusherRequestError(str(exc)) from None
 
 
 def _info(value: object) -> set[str]:
     wanted = {part for part in str(value or "").split(",") if part}
     unknown = wanted - {"user_count", "subscription_count"}
     if unknown:
-        raise _Refused(400, f"unknown info attribute {sorted(unknown)[0]}")
+        raise PusherRequestError(f"unknown info attribute {sorted(unknown)[0]}")
     return wanted
 
 
