@@ -20,7 +20,7 @@ from tests.support.servers import uvicorn_thread
 from tokenwire.server.app import create_app
 from tokenwire.server.serving import FanoutWebSocketProtocol
 from tokenwire.settings import PusherApp, Settings
-from tokenwire.transports.pusher.connection import MAX_BACKLOG, Connection
+from tokenwire.transports.pusher.connection import MAX_BACKLOG, Connection, ConnectionState
 
 pytestmark = pytest.mark.anyio
 
@@ -72,9 +72,10 @@ async def test_an_overflowing_backlog_closes_the_connection_with_4100() -> None:
     socket.writable.clear()
     for i in range(MAX_BACKLOG + 2):
         conn.send(f"f{i}")
-    assert conn.closed
+    assert conn.state is ConnectionState.CLOSING  # its close frame waits for the socket
     socket.writable.set()
     await conn.flush()
+    assert conn.state is ConnectionState.CLOSED
     closes = [m for m in socket.sent if m["type"] == "websocket.close"]
     assert closes and closes[0]["code"] == 4100
     conn.send("late")
@@ -87,7 +88,19 @@ async def test_a_send_to_a_gone_client_marks_the_connection_closed() -> None:
 
     conn = Connection(APP, "1.1", gone, 0.0)
     conn.send("x")
-    assert conn.closed
+    assert conn.state is ConnectionState.CLOSED
+
+
+async def test_the_state_only_moves_forward() -> None:
+    conn = Connection(APP, "1.1", Socket().send, 0.0)
+    assert conn.state is ConnectionState.OPEN
+    conn.advance(ConnectionState.CLOSING)
+    conn.advance(ConnectionState.OPEN)
+    assert conn.state is ConnectionState.CLOSING
+    await conn.close(4200, "bye")  # closing an already closing connection still closes it
+    assert conn.state is ConnectionState.CLOSED
+    conn.advance(ConnectionState.CLOSING)
+    assert conn.state is ConnectionState.CLOSED
 
 
 async def test_send_prepared_writes_the_frame_or_falls_back_to_send() -> None:

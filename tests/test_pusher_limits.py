@@ -26,7 +26,7 @@ from tokenwire.server.app import create_app
 from tokenwire.server.serving import FanoutWebSocketProtocol
 from tokenwire.settings import PusherApp, Settings
 from tokenwire.transports.pusher import connection as websocket
-from tokenwire.transports.pusher.connection import Connection
+from tokenwire.transports.pusher.connection import Connection, ConnectionState
 
 KEY, SECRET = "k", "s"
 WAIT = 20.0
@@ -57,9 +57,12 @@ async def test_a_backlog_over_max_backlog_bytes_closes_with_4100() -> None:
     conn.send(frame)  # waits: the socket is not draining
     for _ in range(3):  # 900 bytes wait behind it
         conn.send(frame)
-        assert conn.statistics()["backlog_bytes"] <= 1000 and not conn.closed
+        assert conn.statistics()["backlog_bytes"] <= 1000 and conn.state is ConnectionState.OPEN
     conn.send(frame)  # 1,200 > 1,000: dropped and closed
-    assert conn.closed and conn.statistics() == {"backlog_frames": 0, "backlog_bytes": 0}
+    assert conn.state is not ConnectionState.OPEN and conn.statistics() == {
+        "backlog_frames": 0,
+        "backlog_bytes": 0,
+    }
     sock.writable.set()
     await conn.flush()
     closes = [m for m in sock.sent if m["type"] == "websocket.close"]
@@ -75,7 +78,7 @@ async def test_the_close_of_a_socket_that_never_drains_gives_up(
     conn = Connection(PusherApp(id="1", key=KEY, secret=SECRET), "1.1", sock.send, 0.0)
     for _ in range(websocket.MAX_BACKLOG + 2):
         conn.send("f")
-    assert conn.closed
+    assert conn.state is not ConnectionState.OPEN
     with anyio.fail_after(5):
         await conn.flush()  # the writer task ends: nothing stays waiting on the socket
 
@@ -207,9 +210,12 @@ def test_a_client_that_never_reads_is_closed_at_its_backlog_cap(served: tuple[st
             for _ in range(200):  # 18 MB: far more than the socket buffers hold
                 sender.send(event)
                 peak = max(peak, conn.statistics()["backlog_bytes"])
-                if conn.closed:
+                if conn.state is not ConnectionState.OPEN:
                     break
-            wait_until(lambda: conn.closed, "the idle client's connection is closed")
+            wait_until(
+                lambda: conn.state is not ConnectionState.OPEN,
+                "the idle client's connection is closed",
+            )
             assert peak <= 200_000
             # its next frame is not served: the hub stops reading it and forgets it
             idle.send({"event": "pusher:ping", "data": {}})

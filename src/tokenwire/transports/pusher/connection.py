@@ -10,6 +10,10 @@ from the stream log. So a client that never reads costs at most that much memory
 whatever it sends: the close is given :data:`CLOSE_TIMEOUT` seconds (it cannot be
 written to a socket that does not drain), and the hub stops reading the connection.
 
+A connection's :class:`ConnectionState` only moves forward, OPEN → CLOSING → CLOSED
+(:meth:`Connection.advance` is the one place that changes it); frames are written
+only while it is OPEN.
+
 When the server offers the :data:`WRITE_FRAME` extension
 (:mod:`tokenwire.server.serving`), :meth:`Connection.send_prepared` writes one
 frame encoded once per publish, as ``websockets.broadcast()`` does.
@@ -22,6 +26,7 @@ import contextlib
 import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from enum import Enum
 from typing import Any
 
 from starlette.types import Send
@@ -31,7 +36,7 @@ from tokenwire.protocol.pusher import ErrorCode, error_frame
 from tokenwire.protocol.pusher_session import PusherSession
 from tokenwire.settings import PusherApp
 
-__all__ = ["CLOSE_TIMEOUT", "MAX_BACKLOG", "WRITE_FRAME", "Connection"]
+__all__ = ["CLOSE_TIMEOUT", "MAX_BACKLOG", "WRITE_FRAME", "Connection", "ConnectionState"]
 
 MAX_BACKLOG = 1024
 """Frames a connection whose socket is not draining may have waiting before it is closed."""
@@ -41,6 +46,26 @@ WRITE_FRAME = "tokenwire.write_frame"
 """Key in ``scope["extensions"]`` a server may offer (:mod:`tokenwire.server.serving`):
 ``(frame: bytes) -> bool`` writes a complete, unmasked WebSocket frame at once, or
 returns ``False`` having written nothing (compression, socket not draining, closing)."""
+
+
+class ConnectionState(Enum):
+    """Where a :class:`Connection` is in its life (it only moves forward, in this order).
+
+    There is no CONNECTING: a connection exists once the hub accepted the WebSocket
+    and chose its app."""
+
+    OPEN = 0
+    """Accepted: frames are written (or queued behind a socket that is not draining)."""
+    CLOSING = 1
+    """Closing with a code (an overflowing backlog, :meth:`Connection.close`): frames
+    sent now are dropped; the close frame is on its way."""
+    CLOSED = 2
+    """Closed, or the client is gone: nothing more is written, and the hub stops
+    reading it."""
+
+
+_OPEN = ConnectionState.OPEN
+"""The send path's check is ``state is _OPEN``: an identity comparison, no allocation."""
 
 
 class Connection:
@@ -54,11 +79,11 @@ class Connection:
         "_send",
         "_writer",
         "app",
-        "closed",
         "last_seen",
         "pinged",
         "session",
         "socket_id",
+        "state",
         "write_frame",
     )
 
@@ -88,7 +113,8 @@ class Connection:
         """Its subscriptions, presence memberships and signed-in user."""
         self.last_seen = now
         self.pinged = False
-        self.closed = False
+        self.state = _OPEN
+        """Changed only by :meth:`advance`."""
         self._send = send
         self._backlog: deque[str] | None = None
         self._backlog_bytes = 0
@@ -99,13 +125,18 @@ class Connection:
         """Send ``text`` whose whole WebSocket frame is ``frame``: written as it is when
         the server allows (nothing waiting before it), else as :meth:`send` does."""
         write = self.write_frame
-        if write is None or self._backlog is not None or self.closed or not write(frame):
+        if (
+            write is None
+            or self._backlog is not None
+            or self.state is not _OPEN
+            or not write(frame)
+        ):
             self.send(text)
 
     def send(self, text: str) -> None:
         """Write a frame without waiting: at once when the socket takes it (the usual
         case), else behind the frames already waiting, in order."""
-        if self.closed:
+        if self.state is not _OPEN:
             return
         if self._backlog is not None:
             size = len(text.encode())
@@ -113,7 +144,7 @@ class Connection:
                 len(self._backlog) >= MAX_BACKLOG
                 or self._backlog_bytes + size > self.app.max_backlog_bytes
             ):
-                self.closed = True
+                self.advance(ConnectionState.CLOSING)
                 SLOW_READERS_DROPPED.labels("websocket").inc()
                 self._backlog.clear()  # what it has not read is dropped; it reconnects
                 self._backlog_bytes = 0
@@ -130,7 +161,7 @@ class Connection:
         except StopIteration:
             return
         except Exception:  # the client is gone: the receive loop ends the connection
-            self.closed = True
+            self.advance(ConnectionState.CLOSED)
             return
         # The server's send is waiting for the socket to drain: finish it in a task.
         self._backlog = deque()
@@ -144,7 +175,7 @@ class Connection:
                 self._backlog_bytes -= len(text.encode())
                 await self._send({"type": "websocket.send", "text": text})
         except Exception:
-            self.closed = True
+            self.advance(ConnectionState.CLOSED)
         finally:
             self._backlog = None
             self._backlog_bytes = 0
@@ -158,15 +189,26 @@ class Connection:
     async def close(self, code: int, reason: str) -> None:
         """Send ``pusher:error`` with ``code`` and close the WebSocket with it."""
         self.send(error_frame(code, reason))
-        self.closed = True
+        self.advance(ConnectionState.CLOSING)
         await self.flush()
         await self._close_now(code, reason)
 
+    def advance(self, state: ConnectionState) -> None:
+        """Move to ``state`` if it is later than the current one (OPEN → CLOSING →
+        CLOSED); an earlier or equal one changes nothing (closing twice, a client
+        gone while closing)."""
+        if state.value > self.state.value:
+            self.state = state
+
     async def _close_now(self, code: int, reason: str, timeout: float | None = None) -> None:
-        self.closed = True
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(timeout):
-                await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+        self.advance(ConnectionState.CLOSING)
+        try:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(timeout):
+                    close = {"type": "websocket.close", "code": code, "reason": reason[:120]}
+                    await self._send(close)
+        finally:
+            self.advance(ConnectionState.CLOSED)
 
     def statistics(self) -> dict[str, int]:
         """``backlog_frames`` and ``backlog_bytes`` waiting for the socket to drain."""

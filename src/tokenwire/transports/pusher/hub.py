@@ -68,7 +68,7 @@ from tokenwire.protocol.pusher_session import (
 )
 from tokenwire.settings import PusherApp
 from tokenwire.transports.pusher.bus import Bus, BusMessage, MemoryBus, RedisBus
-from tokenwire.transports.pusher.connection import WRITE_FRAME, Connection
+from tokenwire.transports.pusher.connection import WRITE_FRAME, Connection, ConnectionState
 from tokenwire.transports.pusher.relay import Relays
 
 if TYPE_CHECKING:
@@ -354,7 +354,7 @@ class PusherHub:
         session = conn.session
         while True:
             message: Message = await receive()
-            if message["type"] == "websocket.disconnect" or conn.closed:
+            if message["type"] == "websocket.disconnect" or conn.state is not ConnectionState.OPEN:
                 return
             conn.last_seen = time.monotonic()
             conn.pinged = False
@@ -444,7 +444,7 @@ class PusherHub:
         if self.connections.pop(conn.socket_id, None) is None:
             return
         self._app_connections[conn.app.id] -= 1
-        conn.closed = True
+        conn.advance(ConnectionState.CLOSED)
         await self._apply(conn, conn.session.unsubscribe_all())
         self._limiter.clear(
             RateLimitItemPerSecond(conn.app.client_event_rate), conn.app.id, conn.socket_id
