@@ -64,6 +64,21 @@ def _check_tools(settings: Settings) -> None:
         _say(settings, f"tokenwire: tools {', '.join(loaded.names()) or '(none)'}")
 
 
+def _check_exposure(settings: Settings) -> None:
+    """Exit (status 2) when ``settings`` would serve anonymous callers on an interface
+    other than loopback without saying so (``TOKENWIRE_ALLOW_ANONYMOUS=1``)."""
+    from tokenwire.server.identity import is_loopback
+
+    if not (
+        is_loopback(settings.host) or settings.identity_configured() or settings.allow_anonymous
+    ):
+        _fail(
+            f"refusing to serve {settings.host} with no identity source: set "
+            "TOKENWIRE_AUTH_TOKENS, TOKENWIRE_JWT_SECRET or TOKENWIRE_JWT_PUBLIC_KEY, "
+            "or TOKENWIRE_ALLOW_ANONYMOUS=1 to serve anonymous callers"
+        )
+
+
 def _observability(settings: Settings, log_level: str) -> None:
     """Logging in ``TOKENWIRE_LOG_FORMAT``; OpenTelemetry traces as ``OTEL_*`` ask."""
     from tokenwire.observability import logs, tracing
@@ -105,7 +120,6 @@ def serve(
     """
     from tokenwire.observability.logs import uvicorn_log_config
     from tokenwire.server.app import create_app
-    from tokenwire.server.identity import is_loopback
     from tokenwire.server.serving import run
 
     settings = _settings(
@@ -117,14 +131,7 @@ def serve(
         tools=tools,
     )
     _check_tools(settings)
-    if not (
-        is_loopback(settings.host) or settings.identity_configured() or settings.allow_anonymous
-    ):
-        _fail(
-            f"refusing to serve {settings.host} with no identity source: set "
-            "TOKENWIRE_AUTH_TOKENS, TOKENWIRE_JWT_SECRET or TOKENWIRE_JWT_PUBLIC_KEY, "
-            "or TOKENWIRE_ALLOW_ANONYMOUS=1 to serve anonymous callers"
-        )
+    _check_exposure(settings)
     _observability(settings, log_level)
     asgi_app = create_app(settings, freeze_gc=True)
     _say(

@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -66,20 +67,7 @@ def create_app(
     tw = tokenwire or Tokenwire(settings)
     hub = PusherHub(tw.log, tw.settings, tw.settings.pusher_apps, stream_started=tw.stream_started)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await tw.open()
-        await hub.start()
-        if freeze_gc:
-            gc.collect()
-            gc.freeze()
-        try:
-            yield
-        finally:
-            await hub.close()
-            await tw.aclose()
-
-    app = FastAPI(title="tokenwire", lifespan=lifespan)
+    app = FastAPI(title="tokenwire", lifespan=_lifespan(tw, hub, freeze_gc))
     app.state.tokenwire = tw
     app.state.pusher = hub
     app.add_middleware(
@@ -109,6 +97,28 @@ def create_app(
     if WEB_DIR.is_dir():
         app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
     return app
+
+
+def _lifespan(
+    tw: Tokenwire, hub: PusherHub, freeze_gc: bool
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: opens ``tw`` and ``hub`` (then :func:`gc.freeze` when
+    ``freeze_gc``), and closes them in the reverse order."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await tw.open()
+        await hub.start()
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
+        try:
+            yield
+        finally:
+            await hub.close()
+            await tw.aclose()
+
+    return lifespan
 
 
 def _exception_handlers(app: FastAPI) -> None:
