@@ -536,7 +536,17 @@ def table(rows: Sequence[Row], plan: Plan) -> str:
 
 
 def figures(rows: Sequence[Row]) -> str:
-    memory, one, two = rows
+    """The derived figures, once per server kind (this checkout's rows, then the
+    ``--baseline-src`` rows, whose ``config`` ends in ``(baseline)``)."""
+    ours = [r for r in rows if not r.config.endswith("(baseline)")]
+    baseline = [r for r in rows if r.config.endswith("(baseline)")]
+    parts = [_figures(*ours)]
+    if baseline:
+        parts.append("baseline:\n" + _figures(*baseline))
+    return "\n".join(parts)
+
+
+def _figures(memory: Row, one: Row, two: Row) -> str:
     mem_cost = memory.server_us_per_event + memory.redis_us_per_event
     one_cost = one.server_us_per_event + one.redis_us_per_event
     two_cost = two.server_us_per_event + two.redis_us_per_event
