@@ -318,7 +318,12 @@ def outcome(event: Event) -> StreamStatus:
 
 def is_terminal(event: Event) -> bool:
     """True for :class:`Finish`, :class:`Error` and :class:`Cancelled`."""
-    return isinstance(event, Finish | Error | Cancelled)
+    return isinstance(event, _TERMINALS)
+
+
+_TERMINALS: Final = (Finish, Error, Cancelled)
+"""A tuple, built once: ``Finish | Error | Cancelled`` in the call built a union
+object per event (the log calls this once per appended event)."""
 
 
 def with_seq(event: Event, seq: int) -> Event:

@@ -145,11 +145,18 @@ _TAGS: dict[type, bytes] = {}
 
 def frame_events(events: Sequence[Event]) -> bytes:
     """SSE frames for ``events``, concatenated (byte-exact to DESIGN §3): ``id: <seq>``,
-    ``event: <type>``, ``data: <event JSON>``, each framed by :func:`encode_sse`."""
+    ``event: <type>``, ``data: <event JSON>``, the frames :func:`encode_sse` makes.
+
+    One ``%`` format per event, inlined rather than a call to :func:`encode_sse`
+    (this is the per-event hot path, issue #11): its line-break checks cannot fail
+    here, since ``seq`` is an int, the type tags are our own names, and msgspec's
+    compact JSON escapes every control character inside strings.
+    """
     tags = _TAGS
     return b"".join(
         [
-            encode_sse(encode_event(e), event=tags.get(type(e)) or _tag(type(e)), id=e.seq)
+            b"id: %d\nevent: %s\ndata: %s\n\n"
+            % (e.seq, tags.get(type(e)) or _tag(type(e)), encode_event(e))
             for e in events
         ]
     )
