@@ -71,8 +71,9 @@ def parse_last_event_id(value: str | None) -> int | None:
 def encode_sse(
     data: bytes, *, event: str | bytes | None = None, id: int | str | None = None
 ) -> bytes:
-    """Frame one event: the one SSE framer of every tokenwire stream (native, AI SDK,
-    OpenAI-compatible). One ``%`` format per frame, no intermediate list.
+    """Frame one event: the SSE framer of every tokenwire stream (native, AI SDK,
+    OpenAI-compatible; :func:`frame_events` inlines its format for the native
+    events). One ``%`` format per frame, no intermediate list.
 
     Args:
         data: the payload; must not contain a line break (compact JSON never does).
