@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -55,13 +55,14 @@ from tokenwire.errors import (
     StreamNotFoundError,
     UnknownModelError,
 )
-from tokenwire.events import Error
+from tokenwire.events import Error, Event
 from tokenwire.protocol.openai_compat import (
     ChunkEncoder,
     OpenAIRequestError,
     error_body,
     error_status,
 )
+from tokenwire.protocol.sse import EventEncoder
 from tokenwire.providers.fallback import join_models
 from tokenwire.server.identity import caller_dependency, require_json
 from tokenwire.server.openai_request import parse_request
@@ -69,7 +70,7 @@ from tokenwire.server.routes import responses
 from tokenwire.transports.first_event import failure_before_first_event
 from tokenwire.transports.sse import EventStreamResponse
 
-__all__ = ["OpenAIRoute", "build_openai_router", "failed_response"]
+__all__ = ["OpenAIRoute", "answer", "build_openai_router", "failed_response"]
 
 STREAM_ID_HEADER = "x-tokenwire-stream-id"
 
@@ -163,6 +164,53 @@ def failed_response(event: Error, headers: dict[str, str]) -> JSONResponse:
     return response
 
 
+class Folding(Protocol):
+    """What folds a whole stream into one answer (:class:`ChunkEncoder`, the Responses
+    API's ``ResponseEncoder``): fed every event (what ``feed`` returns is not
+    used here), ``error`` set when it failed."""
+
+    @property
+    def error(self) -> Error | None: ...
+
+    def feed(self, event: Event) -> object: ...
+
+
+async def answer(
+    tw: Tokenwire,
+    stream_id: str,
+    *,
+    stream: bool,
+    frames: EventEncoder,
+    folding: Folding,
+    whole: Callable[[], dict[str, Any]],
+) -> Response:
+    """The reply of an OpenAI-shaped endpoint to a started generation.
+
+    Streamed (``stream``): waits for the first provider event, so a failure before
+    it is a real HTTP status (:func:`failed_response`), then SSE framed by
+    ``frames``. Otherwise: the whole stream fed to ``folding``, answered as
+    ``whole()`` or, when it failed, :func:`failed_response`. Both carry the
+    ``x-tokenwire-stream-id`` header."""
+    headers = {STREAM_ID_HEADER: stream_id}
+    if stream:
+        failed = await failure_before_first_event(tw.log, stream_id)
+        if failed is not None:  # no status line sent yet: a real HTTP error
+            return failed_response(failed, headers)
+        return EventStreamResponse(
+            tw.log,
+            stream_id,
+            heartbeat_interval=tw.settings.heartbeat_interval,
+            headers=headers,
+            encoder=frames,
+        )
+    async for batch in tw.log.read(stream_id, 0):
+        for event in batch:
+            folding.feed(event)
+    if folding.error is not None:
+        return failed_response(folding.error, headers)
+    return JSONResponse(whole(), headers=headers)
+
+
 def build_openai_router(tw: Tokenwire) -> APIRouter:
     """The OpenAI-compatible routes bound to ``tw``."""
     router = APIRouter(route_class=OpenAIRoute)
@@ -195,23 +243,13 @@ def build_openai_router(tw: Tokenwire) -> APIRouter:
             tools=chat.tools,
         )
         encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage)
-        headers = {STREAM_ID_HEADER: stream.stream_id}
-        if chat.stream:
-            failed = await failure_before_first_event(tw.log, stream.stream_id)
-            if failed is not None:  # no status line sent yet: a real HTTP error
-                return failed_response(failed, headers)
-            return EventStreamResponse(
-                tw.log,
-                stream.stream_id,
-                heartbeat_interval=tw.settings.heartbeat_interval,
-                headers={STREAM_ID_HEADER: stream.stream_id},
-                encoder=encoder,
-            )
-        async for batch in tw.log.read(stream.stream_id, 0):
-            for event in batch:
-                encoder.feed(event)
-        if encoder.error is not None:
-            return failed_response(encoder.error, headers)
-        return JSONResponse(encoder.completion(), headers=headers)
+        return await answer(
+            tw,
+            stream.stream_id,
+            stream=chat.stream,
+            frames=encoder,
+            folding=encoder,
+            whole=encoder.completion,
+        )
 
     return router

@@ -50,13 +50,11 @@ from tokenwire.events import Event, StreamStatus
 from tokenwire.protocol.openai_responses_api import ResponseEncoder, item_location, stream_id_of
 from tokenwire.server.identity import caller_dependency, require_json
 from tokenwire.server.openai_compat import (
-    STREAM_ID_HEADER,
     OpenAIRoute,
-    failed_response,
+    answer,
 )
 from tokenwire.server.responses_request import ResponsesRequest, parse_responses_request
 from tokenwire.server.routes import responses
-from tokenwire.transports.first_event import failure_before_first_event
 from tokenwire.transports.sse import EventStreamResponse
 
 __all__ = ["ResponsesAPI", "build_responses_router"]
@@ -212,24 +210,14 @@ class ResponsesAPI:
         parsed = parse_responses_request(await self.resolved(request, body))
         stream_id = await self.started(request, parsed, owner)
         encoder = ResponseEncoder(parsed.model, parsed.echo)
-        headers = {STREAM_ID_HEADER: stream_id}
-        if parsed.stream:
-            failed = await failure_before_first_event(self.tw.log, stream_id)
-            if failed is not None:  # no status line sent yet: a real HTTP error
-                return failed_response(failed, headers)
-            return EventStreamResponse(
-                self.tw.log,
-                stream_id,
-                heartbeat_interval=self.tw.settings.heartbeat_interval,
-                headers=headers,
-                encoder=_Framer(encoder),
-            )
-        async for batch in self.tw.log.read(stream_id, 0):
-            for event in batch:
-                encoder.feed(event)
-        if encoder.error is not None:
-            return failed_response(encoder.error, headers)
-        return JSONResponse(encoder.response(), headers=headers)
+        return await answer(
+            self.tw,
+            stream_id,
+            stream=parsed.stream,
+            frames=_Framer(encoder),
+            folding=encoder,
+            whole=encoder.response,
+        )
 
     async def retrieve_response(
         self,
