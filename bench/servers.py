@@ -18,8 +18,12 @@ with a ``bench:`` provider registered; ``bare_app`` is a hand-written Starlette
 ``StreamingResponse`` endpoint yielding one frame per event with the same framing
 (``id: N\\nevent: text-delta\\ndata: {json}\\n\\n``). Configuration comes from
 environment variables, because uvicorn's ``--factory`` takes no arguments:
-``BENCH_COALESCE_MS`` (default 0), ``BENCH_DATA_DIR`` (required for tokenwire) and
-``BENCH_GC_STATS`` (set: tokenwire prints the time spent in garbage collection).
+``BENCH_COALESCE_MS`` (default 0; ``default``: every setting as ``tokenwire serve``
+has it, but for the per-caller stream limit, since every stream comes from one
+client address), ``BENCH_DATA_DIR`` (required for tokenwire) and ``BENCH_GC_STATS``
+(set: tokenwire prints the time spent in garbage collection). ``sse_starlette_app``
+is the same endpoint written with sse-starlette's ``EventSourceResponse``, a second
+anchor.
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = ["BenchProvider", "Workload", "bare_app", "tokenwire_app"]
+__all__ = ["BenchProvider", "Workload", "bare_app", "sse_starlette_app", "tokenwire_app"]
 
 UNPACED_TOKEN = "tok "
 """Text of every unpaced delta; the client counts its occurrences to count tokens."""
@@ -136,13 +140,16 @@ def tokenwire_app() -> object:
 
     registry = ProviderRegistry()
     registry.register("bench", BenchProvider())  # type: ignore[arg-type]
+    coalesce = os.environ.get("BENCH_COALESCE_MS", "0")
+    tuned = (
+        {} if coalesce == "default" else {"coalesce_ms": float(coalesce), "orphan_timeout": None}
+    )
     settings = Settings(
         data_dir=Path(os.environ["BENCH_DATA_DIR"]),
-        coalesce_ms=float(os.environ.get("BENCH_COALESCE_MS", "0")),
-        orphan_timeout=None,
         limit_concurrent_streams=0,  # every stream comes from one client address
         default_model="bench:default",
         models=["bench:default"],
+        **tuned,  # type: ignore[arg-type]
     )
     return create_app(tokenwire=Tokenwire(settings, registry=registry), freeze_gc=True)
 
@@ -171,6 +178,32 @@ async def _bare_chat(request: Request) -> StreamingResponse:
     return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
 
 
+async def _sse_starlette_chat(request: Request) -> Response:
+    from sse_starlette import EventSourceResponse
+
+    body = await request.json()
+    workload = Workload.from_params(body.get("params") or {})
+
+    async def events() -> AsyncIterator[dict[str, object]]:
+        seq = 1
+        start = {"type": "start", "stream_id": uuid.uuid4().hex, "model": body.get("model")}
+        data = json.dumps({**start, "created_at": time.time(), "seq": seq}, separators=(",", ":"))
+        yield {"id": seq, "event": "start", "data": data}
+        async for text in workload.texts():
+            seq += 1
+            delta = {"type": "text-delta", "part": 0, "delta": text, "seq": seq}
+            yield {
+                "id": seq,
+                "event": "text-delta",
+                "data": json.dumps(delta, separators=(",", ":")),
+            }
+        seq += 1
+        finish = {"type": "finish", "finish_reason": "stop", "seq": seq}
+        yield {"id": seq, "event": "finish", "data": json.dumps(finish, separators=(",", ":"))}
+
+    return EventSourceResponse(events(), headers={"x-accel-buffering": "no"})
+
+
 async def _healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
@@ -180,6 +213,16 @@ def bare_app() -> Starlette:
     return Starlette(
         routes=[
             Route("/v1/chat", _bare_chat, methods=["POST"]),
+            Route("/healthz", _healthz, methods=["GET"]),
+        ]
+    )
+
+
+def sse_starlette_app() -> Starlette:
+    """The same endpoint with sse-starlette's ``EventSourceResponse`` (its defaults)."""
+    return Starlette(
+        routes=[
+            Route("/v1/chat", _sse_starlette_chat, methods=["POST"]),
             Route("/healthz", _healthz, methods=["GET"]),
         ]
     )

@@ -1,4 +1,5 @@
-"""Core SSE benchmark: tokenwire's native SSE vs. a bare Starlette ``StreamingResponse``.
+"""Core SSE benchmark: tokenwire's native SSE vs. a bare Starlette ``StreamingResponse``
+and sse-starlette's ``EventSourceResponse`` (two anchors).
 
 Run ``python -m bench.sse_bench`` (full, a few minutes) or ``--quick`` (a smoke run,
 under 20 s). Each server runs under uvicorn in its own subprocess pinned to CPU 0
@@ -8,7 +9,10 @@ CPU 1. Only 127.0.0.1 is used, and every run is bounded by a deadline.
 1. Unpaced throughput: 1, 50 and 500 concurrent streams of ``M`` text deltas each,
    sent as fast as possible: text-delta events per second received by the clients.
    tokenwire runs with ``coalesce_ms=0`` (one event per delta, as the bare app) and
-   with the default ``coalesce_ms=20`` (deltas merge, so tokens per second count).
+   with ``coalesce_ms=20`` (deltas merge, so tokens per second count), and as
+   ``tokenwire default``: every setting as ``tokenwire serve`` has it (coalescing
+   20 ms, orphan timeout), but for the per-caller stream limit (all clients share
+   one address).
 2. Paced: ``N`` streams at one delta per 20 ms with absolute deadlines and random
    phases (the same for both servers): lateness (receive time minus emission time)
    and server RSS per held connection.
@@ -46,6 +50,11 @@ SERVER_CPU = 0
 CLIENT_CPU = 1
 PACE_MS = 20.0
 TW_MODEL = "bench:default"
+ANCHORS = {
+    "bare": ("bare_app", "bare Starlette"),
+    "sse-starlette": ("sse_starlette_app", "sse-starlette"),
+}
+"""Server kinds that are not tokenwire: app factory in :mod:`bench.servers`, row label."""
 BASELINE = "baseline"
 """The server kind of a tokenwire server run from ``--baseline-src`` (another
 checkout's ``src``), beside this checkout's, for side-by-side figures in one run."""
@@ -112,7 +121,7 @@ class Plan:
 FULL = Plan(
     levels=(Level(1, 2000, 10), Level(50, 2000, 2), Level(500, 400, 1)),
     coalesce_rows=(0.0, 20.0),
-    paced=(500, 2000),
+    paced=(500, 1000, 2000),
     paced_seconds=10.0,
     client_procs=1,
     paced_coalesced_max=500,
@@ -148,12 +157,13 @@ HTTP = "httptools" if _has("httptools") else "h11"
 class Server:
     """A uvicorn subprocess serving ``app`` (a factory in :mod:`bench.servers`) on CPU 0."""
 
-    def __init__(self, kind: str, coalesce_ms: float = 0.0) -> None:
+    def __init__(self, kind: str, coalesce_ms: float | None = 0.0) -> None:
         self.kind = kind
         self.coalesce_ms = coalesce_ms
+        """``None``: every setting as ``tokenwire serve`` has it (the default row)."""
         self.port = _free_port()
         self.data_dir = tempfile.mkdtemp(prefix="tokenwire-bench-")
-        app = "bench.servers:tokenwire_app" if kind != "bare" else "bench.servers:bare_app"
+        app = f"bench.servers:{ANCHORS.get(kind, ('tokenwire_app', ''))[0]}"
         command = [
             sys.executable, "-m", "uvicorn", app, "--factory",
             "--host", "127.0.0.1", "--port", str(self.port),
@@ -165,7 +175,7 @@ class Server:
         env = {
             **os.environ,
             "BENCH_DATA_DIR": self.data_dir,
-            "BENCH_COALESCE_MS": str(coalesce_ms),
+            "BENCH_COALESCE_MS": "default" if coalesce_ms is None else str(coalesce_ms),
             **server_env(kind),
         }
         self.process = subprocess.Popen(command, cwd=ROOT, env=env)
@@ -173,8 +183,10 @@ class Server:
 
     @property
     def label(self) -> str:
-        if self.kind == "bare":
-            return "bare Starlette"
+        if self.kind in ANCHORS:
+            return ANCHORS[self.kind][1]
+        if self.coalesce_ms is None:
+            return f"{tokenwire_label(self.kind)} default"
         return f"{tokenwire_label(self.kind)} coalesce_ms={self.coalesce_ms:g}"
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -216,7 +228,7 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(kind: str, coalesce_ms: float = 0.0) -> Iterator[Server]:
+def serving(kind: str, coalesce_ms: float | None = 0.0) -> Iterator[Server]:
     server = Server(kind, coalesce_ms)
     try:
         server.wait_ready()
@@ -297,7 +309,7 @@ class PacedRow:
 
 
 def _model(server: Server) -> str:
-    return TW_MODEL if server.kind != "bare" else "bare"
+    return "bare" if server.kind in ANCHORS else TW_MODEL
 
 
 def warm_up(pool: concurrent.futures.Executor, server: Server) -> float:
@@ -437,7 +449,7 @@ def _throughput_table(rows: list[ThroughputRow]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        coalesced = "coalesce_ms=0" not in r.server and r.server != "bare Starlette"
+        coalesced = r.server.startswith("tokenwire") and "coalesce_ms=0" not in r.server
         rate = r.tokens_per_s if coalesced else r.deltas_per_s
         ratio = rate / bare[r.streams] if bare.get(r.streams) else float("nan")
         ratio_text = f"{ratio:.2f}" + (" (tokens)" if coalesced else "")
@@ -512,7 +524,8 @@ def run(plan: Plan, json_path: Path | None, kinds: Sequence[str] = ("tokenwire",
     procs = plan.client_procs
     print(_environment(), flush=True)
     with concurrent.futures.ProcessPoolExecutor(procs, mp_context=context) as pool:
-        configs = [("bare", 0.0)] + [(k, c) for c in plan.coalesce_rows for k in kinds]
+        configs: list[tuple[str, float | None]] = [(a, 0.0) for a in ANCHORS]
+        configs += [(k, c) for c in (*plan.coalesce_rows, None) for k in kinds]
         for kind, coalesce in configs:
             with serving(kind, coalesce) as server:
                 warm_up(pool, server)
@@ -525,9 +538,11 @@ def run(plan: Plan, json_path: Path | None, kinds: Sequence[str] = ("tokenwire",
                         flush=True,
                     )
         for streams in plan.paced:
-            paced_configs = [("bare", 0.0)] + [(k, 0.0) for k in kinds]
+            paced_configs: list[tuple[str, float | None]] = [(a, 0.0) for a in ANCHORS]
+            paced_configs += [(k, 0.0) for k in kinds]
             if streams <= plan.paced_coalesced_max:
                 paced_configs += [(k, 20.0) for k in kinds]
+            paced_configs += [(k, None) for k in kinds]
             for kind, coalesce in paced_configs:
                 with serving(kind, coalesce) as server:
                     warm_up(pool, server)

@@ -73,6 +73,21 @@ def test_a_merged_delta_past_the_deadline_is_released_at_once() -> None:
     assert c.deadline is None
 
 
+def test_a_late_timer_does_not_push_the_next_window_back() -> None:
+    """At a steady 50 tokens/s a late flush must not make every later delta wait."""
+    c, clock = coalescer(0.02)
+    assert c.push(text("a")) == [text("a")]
+    clock.now = 100.019
+    assert c.push(text("b")) == []
+    clock.now = 100.023  # the timer fired 3 ms late
+    assert c.flush() == [text("b")]
+    clock.now = 100.0405  # one window after b's deadline, though not after its release
+    assert c.push(text("c")) == [text("c")]
+    clock.now = 100.045
+    assert c.push(text("d")) == []
+    assert c.deadline == pytest.approx(100.0605)
+
+
 def test_a_delta_after_a_quiet_window_is_not_delayed() -> None:
     c, clock = coalescer(0.02)
     c.push(text("a"))

@@ -3,6 +3,7 @@ only Redis does: several processes sharing streams, connection bounds, outages."
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import socket
@@ -423,6 +424,38 @@ async def test_many_readers_use_few_connections(redis_prefix: str) -> None:
         assert counts == [4] * 100
     finally:
         await log.close()
+        await admin.aclose()
+
+
+async def test_concurrent_appends_share_round_trips(
+    redis_logs: Callable[..., RedisStreamLog],
+) -> None:
+    """Appends made while one is in flight go together in one script run (issue #12),
+    each stream still numbered and ended on its own."""
+    log = redis_logs()
+    admin = aioredis.Redis.from_url(REDIS_URL)
+    ids = [f"s{i}" for i in range(100)]
+    try:
+        for stream_id in ids:
+            await log.create(stream_id, {})
+        await log.heartbeat("s0", 30)  # the scripts are loaded: EVALSHA from here on
+        before = (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"]
+        appended = await asyncio.gather(
+            *(log.append(i, [delta("a"), delta("b")]) for i in ids),
+            log.append("s0", [Finish(finish_reason="stop")]),
+            log.append("s0", [delta("late")]),
+            *(log.heartbeat(i, 30) for i in ids[1:]),
+        )
+        calls = (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"] - before
+        assert calls <= 4, f"{calls} script runs for 100 streams' appends and heartbeats"
+        assert all([e.seq for e in batch] == [1, 2] for batch in appended[:100])
+        assert [e.seq for e in appended[100]] == [3] and appended[101] == []
+        assert (await log.info("s0")).status == "completed"
+        assert (await log.info("s99")).last_seq == 2
+        with pytest.raises(StreamNotFoundError):
+            await asyncio.gather(log.append("nope", [delta("x")]), log.append("s1", [delta("c")]))
+        assert (await log.info("s1")).last_seq == 3  # its neighbour in the batch went in
+    finally:
         await admin.aclose()
 
 

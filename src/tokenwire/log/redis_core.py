@@ -29,11 +29,14 @@ from tokenwire.events import (
     with_seq,
 )
 from tokenwire.log import redis_scripts as scripts
+from tokenwire.log.redis_batch import Batcher
 
 __all__ = ["RedisCore"]
 
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
 """Seconds between reconnection attempts of the background tasks (doubling)."""
+_BATCH_LIMIT = 256
+"""Most streams per append or heartbeat script run."""
 STOP_TIMEOUT = 3.0
 """Seconds :meth:`~tokenwire.log.redis.RedisStreamLog.close` waits for each background task."""
 
@@ -131,6 +134,8 @@ class RedisCore:
         self.leave_script = client.register_script(scripts.LEAVE)
         self.readers_script = client.register_script(scripts.READERS)
         self.sweep_script = client.register_script(scripts.SWEEP)
+        self._appends = Batcher(self._append_batch, _BATCH_LIMIT, self.spawn)
+        self._heartbeats = Batcher(self._heartbeat_batch, _BATCH_LIMIT, self.spawn)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` in a task that :meth:`stop_tasks` stops."""
@@ -155,32 +160,49 @@ class RedisCore:
     async def append(
         self, stream_id: str, events: list[Event], *, lease_expired: bool
     ) -> list[Event]:
-        """Run the append script; ``lease_expired``: only while the lease key is absent."""
-        keys = self.keys
-        args: list[str | bytes | float | int] = [
-            stream_id,
-            repr(self.clock()),
-            ms(self.retention),
-            ms(self.retention + self.tombstone),
-            "1" if lease_expired else "0",
-            keys.conv_prefix(),
-        ]
+        """Append through the process's batch (one script run for every stream's
+        waiting appends); ``lease_expired``: only while the lease key is absent."""
+        args: list[str | bytes] = [stream_id, "1" if lease_expired else "0", str(len(events))]
         for event in events:
             head, tail = split_event(event)
             args += [outcome(event) if is_terminal(event) else "", head, tail]
-        code, first, count = await self.call(
-            self.append_script(
-                keys=[
-                    keys.events(stream_id),
-                    keys.meta(stream_id),
-                    keys.lease(stream_id),
-                    keys.readers(stream_id),
-                    keys.gone(stream_id),
-                    keys.leases(),
-                ],
-                args=args,
-            )
-        )
+        code, first, count = await self._appends.submit((stream_id, args))
         if code < 0:
             raise await self.missing(stream_id, code)
         return [with_seq(events[i], first + i) for i in range(count)]
+
+    async def _append_batch(
+        self, batch: list[tuple[str, list[str | bytes]]]
+    ) -> list[tuple[int, int, int]]:
+        keys = self.keys
+        script_keys = [keys.leases()]
+        args: list[str | bytes | int] = [
+            repr(self.clock()),
+            ms(self.retention),
+            ms(self.retention + self.tombstone),
+            keys.conv_prefix(),
+        ]
+        for stream_id, stream_args in batch:
+            script_keys += [
+                keys.events(stream_id),
+                keys.meta(stream_id),
+                keys.lease(stream_id),
+                keys.readers(stream_id),
+                keys.gone(stream_id),
+            ]
+            args += stream_args
+        flat = await self.call(self.append_script(keys=script_keys, args=args))
+        return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+
+    async def heartbeat(self, stream_id: str, ttl: float) -> int:
+        """Renew one lease through the process's heartbeat batch; the script's code."""
+        return await self._heartbeats.submit((stream_id, ms(ttl)))
+
+    async def _heartbeat_batch(self, batch: list[tuple[str, int]]) -> list[int]:
+        keys = self.keys
+        script_keys = [keys.leases()]
+        args: list[str | int] = []
+        for stream_id, ttl_ms in batch:
+            script_keys += [keys.meta(stream_id), keys.lease(stream_id), keys.gone(stream_id)]
+            args += [stream_id, ttl_ms]
+        return list(await self.call(self.heartbeat_script(keys=script_keys, args=args)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
-from tokenwire.log.redis_core import RedisCore, as_str, lost_error, ms
+from tokenwire.log.redis_core import RedisCore, as_str, lost_error
 
 __all__ = ["Leases"]
 
@@ -35,18 +35,8 @@ class Leases:
             StreamNotFoundError, StreamExpiredError: no such stream.
             LogUnavailableError: Redis cannot be reached.
         """
-        core, keys = self._core, self._core.keys
-        code = await core.call(
-            core.heartbeat_script(
-                keys=[
-                    keys.meta(stream_id),
-                    keys.lease(stream_id),
-                    keys.gone(stream_id),
-                    keys.leases(),
-                ],
-                args=[ms(ttl), stream_id],
-            )
-        )
+        core = self._core
+        code = await core.heartbeat(stream_id, ttl)
         if code < 0:
             raise await core.missing(stream_id, code)
 

@@ -116,60 +116,83 @@ return 1
 APPEND = (
     _MISSING
     + """
--- KEYS: events, meta, lease, readers, gone, leases.
--- ARGV: stream id, now (Unix s), retention (ms), tombstone (ms),
---   only_if_lease_expired ('1'/'0'), conversation key prefix,
---   then per event: outcome ('' or completed/failed/cancelled), JSON head, JSON tail
+-- Appends to several streams, each atomically as the whole script is (issue #12:
+-- one round trip per batch of a process's appends, see redis_batch).
+-- KEYS: leases, then per stream: events, meta, lease, readers, gone.
+-- ARGV: now (Unix s), retention (ms), tombstone (ms), conversation key prefix,
+--   then per stream: stream id, only_if_lease_expired ('1'/'0'), event count n,
+--   then n times: outcome ('' or completed/failed/cancelled), JSON head, JSON tail
 --   (the event's JSON is head .. seq .. tail).
-local status = redis.call('HGET', KEYS[2], 'status')
-if not status then return {missing(KEYS[5]), 0, 0} end
-if status ~= 'running' then return {0, 0, 0} end
-if ARGV[5] == '1' and (redis.call('HGET', KEYS[2], 'leased') ~= '1'
-    or redis.call('EXISTS', KEYS[3]) == 1) then
-  return {0, 0, 0}
-end
-local seq = tonumber(redis.call('HGET', KEYS[2], 'last_seq'))
-local first = seq + 1
-local n = 0
-for i = 7, #ARGV, 3 do
-  seq = seq + 1
-  n = n + 1
-  local id = string.format('%d', seq)
-  redis.call('XADD', KEYS[1], id .. '-0', 'e', ARGV[i + 1] .. id .. ARGV[i + 2])
-  if ARGV[i] ~= '' then
-    redis.call('HSET', KEYS[2], 'status', ARGV[i], 'finished_at', ARGV[2], 'last_seq', seq)
-    redis.call('DEL', KEYS[3])
-    redis.call('ZREM', KEYS[6], ARGV[1])
-    local conv = redis.call('HGET', KEYS[2], 'conv')
-    if conv then
-      local active = ARGV[6] .. conv .. ':active'
-      if redis.call('GET', active) == ARGV[1] then redis.call('DEL', active) end
-    end
-    redis.call('PEXPIRE', KEYS[1], ARGV[3])
-    redis.call('PEXPIRE', KEYS[2], ARGV[3])
-    redis.call('PEXPIRE', KEYS[4], ARGV[3])
-    redis.call('SET', KEYS[5], '1', 'PX', ARGV[4])
-    return {1, first, n}
+-- Returns per stream: code, first seq, events appended.
+local function append(k, a, n)
+  local events, meta, lease = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local status = redis.call('HGET', meta, 'status')
+  if not status then return missing(KEYS[k + 4]), 0, 0 end
+  if status ~= 'running' then return 0, 0, 0 end
+  if ARGV[a + 1] == '1' and (redis.call('HGET', meta, 'leased') ~= '1'
+      or redis.call('EXISTS', lease) == 1) then
+    return 0, 0, 0
   end
+  local seq = tonumber(redis.call('HGET', meta, 'last_seq'))
+  local first = seq + 1
+  for i = a + 3, a + 3 * n, 3 do
+    seq = seq + 1
+    local id = string.format('%d', seq)
+    redis.call('XADD', events, id .. '-0', 'e', ARGV[i + 1] .. id .. ARGV[i + 2])
+    if ARGV[i] ~= '' then
+      redis.call('HSET', meta, 'status', ARGV[i], 'finished_at', ARGV[1], 'last_seq', seq)
+      redis.call('DEL', lease)
+      redis.call('ZREM', KEYS[1], ARGV[a])
+      local conv = redis.call('HGET', meta, 'conv')
+      if conv then
+        local active = ARGV[4] .. conv .. ':active'
+        if redis.call('GET', active) == ARGV[a] then redis.call('DEL', active) end
+      end
+      redis.call('PEXPIRE', events, ARGV[2])
+      redis.call('PEXPIRE', meta, ARGV[2])
+      redis.call('PEXPIRE', KEYS[k + 3], ARGV[2])
+      redis.call('SET', KEYS[k + 4], '1', 'PX', ARGV[3])
+      return 1, first, seq - first + 1
+    end
+  end
+  redis.call('HSET', meta, 'last_seq', seq)
+  return 1, first, n
 end
-redis.call('HSET', KEYS[2], 'last_seq', seq)
-return {1, first, n}
+local out, a = {}, 5
+for k = 2, #KEYS, 5 do
+  local n = tonumber(ARGV[a + 2])
+  local code, first, count = append(k, a, n)
+  out[#out + 1], out[#out + 2], out[#out + 3] = code, first, count
+  a = a + 3 + 3 * n
+end
+return out
 """
 )
 
 HEARTBEAT = (
     _MISSING
     + """
--- KEYS: meta, lease, gone, leases. ARGV: ttl (ms), stream id.
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return missing(KEYS[3]) end
-if status ~= 'running' then return 0 end
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
-redis.call('HSET', KEYS[1], 'leased', '1')
+-- Renews the leases of several streams (one round trip per batch, see redis_batch).
+-- KEYS: leases, then per stream: meta, lease, gone. ARGV: per stream: stream id, ttl (ms).
+-- Returns one code per stream.
 local now = redis.call('TIME')
-local ends = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
-redis.call('ZADD', KEYS[4], string.format('%d', ends), ARGV[2])
-return 1
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local out = {}
+for k = 2, #KEYS, 3 do
+  local a = (k - 2) / 3 * 2 + 1
+  local status = redis.call('HGET', KEYS[k], 'status')
+  if not status then
+    out[#out + 1] = missing(KEYS[k + 2])
+  elseif status ~= 'running' then
+    out[#out + 1] = 0
+  else
+    redis.call('SET', KEYS[k + 1], '1', 'PX', ARGV[a + 1])
+    redis.call('HSET', KEYS[k], 'leased', '1')
+    redis.call('ZADD', KEYS[1], string.format('%d', now_ms + tonumber(ARGV[a + 1])), ARGV[a])
+    out[#out + 1] = 1
+  end
+end
+return out
 """
 )
 
