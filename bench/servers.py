@@ -188,20 +188,20 @@ async def _sse_starlette_chat(request: Request) -> Response:
         seq = 1
         start = {"type": "start", "stream_id": uuid.uuid4().hex, "model": body.get("model")}
         data = json.dumps({**start, "created_at": time.time(), "seq": seq}, separators=(",", ":"))
-        yield {"id": seq, "event": "start", "data": data}
+        yield {"id": str(seq), "event": "start", "data": data}
         async for text in workload.texts():
             seq += 1
             delta = {"type": "text-delta", "part": 0, "delta": text, "seq": seq}
             yield {
-                "id": seq,
+                "id": str(seq),
                 "event": "text-delta",
                 "data": json.dumps(delta, separators=(",", ":")),
             }
         seq += 1
         finish = {"type": "finish", "finish_reason": "stop", "seq": seq}
-        yield {"id": seq, "event": "finish", "data": json.dumps(finish, separators=(",", ":"))}
+        yield {"id": str(seq), "event": "finish", "data": json.dumps(finish, separators=(",", ":"))}
 
-    return EventSourceResponse(events(), headers={"x-accel-buffering": "no"})
+    return EventSourceResponse(events(), headers={"x-accel-buffering": "no"}, sep="\n")
 
 
 async def _healthz(request: Request) -> JSONResponse:

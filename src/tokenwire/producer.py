@@ -100,7 +100,7 @@ _CLOSE_TIMEOUT = 5.0
 class ProducerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Timing of generations; seconds unless named ``_ms``. See :class:`~tokenwire.Settings`."""
 
-    coalesce_ms: float = 20.0
+    coalesce_ms: float = 10.0
     orphan_timeout: float | None = 60.0
     max_stream_seconds: float = 600.0
     provider_timeout: float = 120.0
