@@ -23,6 +23,7 @@ from tokenwire.errors import (
 from tokenwire.events import (
     Error,
     Event,
+    StreamStatus,
     encode_event,
     is_terminal,
     outcome,
@@ -64,16 +65,26 @@ def ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-def split_event(event: Event) -> tuple[bytes, bytes]:
-    """The event's JSON around its ``seq`` value, for the append script to number.
+_OUTCOME_CODES = {
+    StreamStatus.COMPLETED: b"c",
+    StreamStatus.FAILED: b"f",
+    StreamStatus.CANCELLED: b"x",
+}
+"""The first letter of an event's line in the append script (``-``: not terminal)."""
 
-    msgspec encodes ``seq`` (a base-class field) last: ``{… ,"seq":0}``.
+
+def event_line(event: Event) -> bytes:
+    """The event as one line of the append script's ``events`` argument: its outcome
+    code, then its JSON without the final ``0}`` for the script to number.
+
+    msgspec encodes ``seq`` (a base-class field) last, so the JSON ends ``"seq":0}``;
+    it escapes control characters in strings, so the JSON holds no raw newline.
     """
     data = encode_event(with_seq(event, 0))
-    at = data.rfind(b'"seq":0')
-    if at < 0:  # pragma: no cover - msgspec always writes the field
-        raise ValueError("event JSON has no seq")
-    return data[: at + 6], data[at + 7 :]
+    if not data.endswith(b'"seq":0}'):  # pragma: no cover - msgspec always writes it last
+        raise ValueError("event JSON does not end with seq")
+    code = _OUTCOME_CODES[outcome(event)] if is_terminal(event) else b"-"
+    return code + data[:-2]
 
 
 def entry_field(fields: Mapping[Any, Any]) -> bytes | str:
@@ -162,36 +173,25 @@ class RedisCore:
     ) -> list[Event]:
         """Append through the process's batch (one script run for every stream's
         waiting appends); ``lease_expired``: only while the lease key is absent."""
-        args: list[str | bytes] = [stream_id, "1" if lease_expired else "0", str(len(events))]
-        for event in events:
-            head, tail = split_event(event)
-            args += [outcome(event) if is_terminal(event) else "", head, tail]
-        code, first, count = await self._appends.submit((stream_id, args))
+        lines = b"\n".join([event_line(event) for event in events])
+        item = (stream_id, b"1" if lease_expired else b"0", lines)
+        code, first, count = await self._appends.submit(item)
         if code < 0:
             raise await self.missing(stream_id, code)
         return [with_seq(events[i], first + i) for i in range(count)]
 
     async def _append_batch(
-        self, batch: list[tuple[str, list[str | bytes]]]
+        self, batch: list[tuple[str, bytes, bytes]]
     ) -> list[tuple[int, int, int]]:
-        keys = self.keys
-        script_keys = [keys.leases()]
         args: list[str | bytes | int] = [
             repr(self.clock()),
             ms(self.retention),
             ms(self.retention + self.tombstone),
-            keys.conv_prefix(),
+            self.keys.prefix,
         ]
-        for stream_id, stream_args in batch:
-            script_keys += [
-                keys.events(stream_id),
-                keys.meta(stream_id),
-                keys.lease(stream_id),
-                keys.readers(stream_id),
-                keys.gone(stream_id),
-            ]
-            args += stream_args
-        flat = await self.call(self.append_script(keys=script_keys, args=args))
+        for item in batch:
+            args += item
+        flat = await self.call(self.append_script(keys=[self.keys.leases()], args=args))
         return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
 
     async def heartbeat(self, stream_id: str, ttl: float) -> int:

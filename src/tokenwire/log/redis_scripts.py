@@ -118,52 +118,59 @@ APPEND = (
     + """
 -- Appends to several streams, each atomically as the whole script is (issue #12:
 -- one round trip per batch of a process's appends, see redis_batch).
--- KEYS: leases, then per stream: events, meta, lease, readers, gone.
--- ARGV: now (Unix s), retention (ms), tombstone (ms), conversation key prefix,
---   then per stream: stream id, only_if_lease_expired ('1'/'0'), event count n,
---   then n times: outcome ('' or completed/failed/cancelled), JSON head, JSON tail
---   (the event's JSON is head .. seq .. tail).
+-- KEYS: leases. ARGV: now (Unix s), retention (ms), tombstone (ms), key prefix,
+--   then per stream: stream id, only_if_lease_expired ('1'/'0'), events.
+-- events: one line per event ('\\n'-separated: JSON never holds a raw newline), each
+--   the outcome's first letter ('-' running, 'c'ompleted, 'f'ailed, 'x' cancelled)
+--   then the event's JSON without its final '0}' (it ends '"seq":'; the seq and
+--   the brace are added here). Few arguments: packing them costs the caller most.
+-- Keys are built from the prefix (as Keys in redis_scripts.py; not for Redis Cluster).
 -- Returns per stream: code, first seq, events appended.
-local function append(k, a, n)
-  local events, meta, lease = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+local outcomes = {c = 'completed', f = 'failed', x = 'cancelled'}
+local function append(stream_id, only_if_expired, lines)
+  local base = ARGV[4] .. 's:' .. stream_id
+  local events, meta, lease = base .. ':events', base .. ':meta', base .. ':lease'
+  local gone = base .. ':gone'
   local status = redis.call('HGET', meta, 'status')
-  if not status then return missing(KEYS[k + 4]), 0, 0 end
+  if not status then return missing(gone), 0, 0 end
   if status ~= 'running' then return 0, 0, 0 end
-  if ARGV[a + 1] == '1' and (redis.call('HGET', meta, 'leased') ~= '1'
+  if only_if_expired == '1' and (redis.call('HGET', meta, 'leased') ~= '1'
       or redis.call('EXISTS', lease) == 1) then
     return 0, 0, 0
   end
   local seq = tonumber(redis.call('HGET', meta, 'last_seq'))
   local first = seq + 1
-  for i = a + 3, a + 3 * n, 3 do
+  local pos = 1
+  while pos <= #lines do
+    local stop = string.find(lines, '\\n', pos, true) or (#lines + 1)
+    local code = string.sub(lines, pos, pos)
     seq = seq + 1
     local id = string.format('%d', seq)
-    redis.call('XADD', events, id .. '-0', 'e', ARGV[i + 1] .. id .. ARGV[i + 2])
-    if ARGV[i] ~= '' then
-      redis.call('HSET', meta, 'status', ARGV[i], 'finished_at', ARGV[1], 'last_seq', seq)
+    redis.call('XADD', events, id .. '-0', 'e', string.sub(lines, pos + 1, stop - 1) .. id .. '}')
+    pos = stop + 1
+    if code ~= '-' then
+      redis.call('HSET', meta, 'status', outcomes[code], 'finished_at', ARGV[1], 'last_seq', seq)
       redis.call('DEL', lease)
-      redis.call('ZREM', KEYS[1], ARGV[a])
+      redis.call('ZREM', KEYS[1], stream_id)
       local conv = redis.call('HGET', meta, 'conv')
       if conv then
-        local active = ARGV[4] .. conv .. ':active'
-        if redis.call('GET', active) == ARGV[a] then redis.call('DEL', active) end
+        local active = ARGV[4] .. 'conv:' .. conv .. ':active'
+        if redis.call('GET', active) == stream_id then redis.call('DEL', active) end
       end
       redis.call('PEXPIRE', events, ARGV[2])
       redis.call('PEXPIRE', meta, ARGV[2])
-      redis.call('PEXPIRE', KEYS[k + 3], ARGV[2])
-      redis.call('SET', KEYS[k + 4], '1', 'PX', ARGV[3])
+      redis.call('PEXPIRE', base .. ':readers', ARGV[2])
+      redis.call('SET', gone, '1', 'PX', ARGV[3])
       return 1, first, seq - first + 1
     end
   end
   redis.call('HSET', meta, 'last_seq', seq)
-  return 1, first, n
+  return 1, first, seq - first + 1
 end
-local out, a = {}, 5
-for k = 2, #KEYS, 5 do
-  local n = tonumber(ARGV[a + 2])
-  local code, first, count = append(k, a, n)
+local out = {}
+for a = 5, #ARGV, 3 do
+  local code, first, count = append(ARGV[a], ARGV[a + 1], ARGV[a + 2])
   out[#out + 1], out[#out + 2], out[#out + 3] = code, first, count
-  a = a + 3 + 3 * n
 end
 return out
 """
