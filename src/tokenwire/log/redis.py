@@ -25,6 +25,13 @@ and the tombstone; anything after it is refused, so ``producer_lost``, appended 
 a reader through the same script once the lease key is gone, can never be a second
 terminal.
 
+Batching: the appends and lease heartbeats of all a process's streams go through
+:class:`~tokenwire.log.redis_batch.Batcher`: one script run in flight, and what is
+submitted meanwhile goes together in the next (one ``EVALSHA`` for many streams,
+each numbered atomically as above). Idle, an append goes at once; under load the
+batches grow with the round trip, and a producer waiting on its append is held back
+(backpressure) instead of failing.
+
 Live tail: one task per :class:`RedisStreamLog` (per process) runs ``XREAD BLOCK``
 over every stream that has a waiting local reader, from the lowest position any of
 them waits after (https://redis.io/docs/latest/commands/xread/: with ``BLOCK`` the
@@ -80,6 +87,7 @@ Deviations from :class:`~tokenwire.log.memory.MemoryStreamLog`:
 
 Modules: this one is the facade (:class:`RedisStreamLog`); the parts it composes are
 :mod:`~tokenwire.log.redis_core` (client, keys, scripts, append, error boundary),
+:mod:`~tokenwire.log.redis_batch` (one round trip for many streams' calls),
 :mod:`~tokenwire.log.redis_scripts` (the Lua scripts and key layout),
 :mod:`~tokenwire.log.redis_tail` (the multiplexed ``XREAD`` tail),
 :mod:`~tokenwire.log.redis_read` (one reader's fetch-and-follow loop),
