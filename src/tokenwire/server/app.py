@@ -42,6 +42,7 @@ from tokenwire.server.responses import build_responses_router
 from tokenwire.server.routes import EVERY_ROUTE, responses
 from tokenwire.settings import Settings
 from tokenwire.transports.pusher.hub import PusherHub
+from tokenwire.transports.sse import BODY_SEND
 
 __all__ = ["create_app"]
 
@@ -235,7 +236,9 @@ async def _unreachable(tw: Tokenwire) -> dict[str, str]:
 class PusherFirstMiddleware:
     """Hand WebSockets on ``/app/{key}`` to the Pusher hub before the other middleware
     and the router: each layer would keep a suspended frame for the whole life of
-    every connection (5.7 KB each, measured in docs/performance.md)."""
+    every connection (5.7 KB each, measured in docs/performance.md). For HTTP, put the
+    server's ``send`` in the scope (:data:`~tokenwire.transports.sse.BODY_SEND`): SSE
+    bodies skip the other layers' ``send`` wrappers, none of which changes a body."""
 
     def __init__(self, app: ASGIApp, hub: PusherHub) -> None:
         self.app = app
@@ -246,6 +249,8 @@ class PusherFirstMiddleware:
             scope["path_params"] = {"key": scope["path"][len("/app/") :]}
             await self.hub(scope, receive, send)
         else:
+            if scope["type"] == "http":
+                scope[BODY_SEND] = send
             await self.app(scope, receive, send)
 
 
