@@ -3,6 +3,7 @@ their transitions are checked in one place."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import msgspec
@@ -17,6 +18,7 @@ from tokenwire.events import (
     Start,
     StreamStatus,
     TextDelta,
+    ToolCallStart,
     outcome,
 )
 from tokenwire.store import MESSAGE_STATUSES
@@ -79,3 +81,23 @@ def test_message_state_follows_the_events() -> None:
                 seq=1, stream_id="s", message_id="m", conversation_id="c", model="m", created_at=0.0
             )
         )
+
+
+def test_message_state_text_grows_across_reads_copies_and_replaced_parts() -> None:
+    """Deltas are joined when read (not copied per delta): the text is whole after
+    every read, in a deep copy taken between reads, and a part replaced by a tool call
+    keeps no stale text."""
+    state = MessageState()
+    for seq, delta in enumerate(["He", "llo"], start=1):
+        state.apply(TextDelta(seq=seq, part=0, delta=delta))
+    assert state.text == "Hello"
+    state.apply(TextDelta(seq=3, part=0, delta=","))
+    copied = copy.deepcopy(state)
+    copied.apply(TextDelta(seq=4, part=0, delta=" copy"))
+    state.apply(TextDelta(seq=4, part=0, delta=" world"))
+    assert (state.text, copied.text) == ("Hello, world", "Hello, copy")
+    state.apply(ToolCallStart(seq=5, part=0, tool_call_id="t1", name="get_time"))
+    state.apply(TextDelta(seq=6, part=1, delta="after"))
+    assert state.parts_list()[0]["type"] == "tool-call"
+    assert "text" not in state.parts_list()[0]
+    assert state.text == "after"

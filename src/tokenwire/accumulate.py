@@ -60,6 +60,10 @@ class MessageState:
 
     def __init__(self) -> None:
         self.parts: dict[int, dict[str, Any]] = {}
+        self._pieces: dict[int, tuple[dict[str, Any], list[str]]] = {}
+        """Text and reasoning parts as they grow: the part's entry and its deltas, joined
+        into ``entry["text"]`` only when read (``+=`` on a dict value copies the whole
+        text each time: quadratic in the length of an answer)."""
         self.usage: TokenUsage | None = None
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
@@ -133,10 +137,21 @@ class MessageState:
         return {"code": "cancelled", "reason": reason, "message": message}
 
     def _append(self, part: int, kind: str, delta: str) -> None:
-        entry = self.parts.setdefault(part, {"type": kind, "text": ""})
-        entry["text"] += delta
+        held = self._pieces.get(part)
+        if held is None or self.parts.get(part) is not held[0]:
+            entry = self.parts.setdefault(part, {"type": kind, "text": ""})
+            held = self._pieces[part] = (entry, [entry.get("text", "")])
+        held[1].append(delta)
+
+    def _settle(self) -> None:
+        """Join the deltas held since the last read into their parts' ``text``."""
+        for entry, pieces in self._pieces.values():
+            if len(pieces) > 1:
+                pieces[:] = ["".join(pieces)]
+                entry["text"] = pieces[0]
 
     def _joined(self, kind: str) -> str:
+        self._settle()
         return "".join(p["text"] for _, p in sorted(self.parts.items()) if p["type"] == kind)
 
     @property
@@ -156,6 +171,7 @@ class MessageState:
 
     def parts_list(self) -> list[dict[str, Any]]:
         """The parts in order, as stored with the message (copies)."""
+        self._settle()
         return [dict(p) for _, p in sorted(self.parts.items())]
 
     def usage_dict(self) -> dict[str, int] | None:
