@@ -29,6 +29,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import cast
 
 import msgspec
 import sqlalchemy as sa
@@ -142,6 +143,12 @@ def decode_turn(text: str) -> PendingTurn:
     return _DECODER.decode(text)
 
 
+_CONVERSATIONS = cast(sa.Table, ConversationRow.__table__)
+_MESSAGES = cast(sa.Table, MessageRow.__table__)
+"""The tables, for Core statements: the same rows without the ORM's bulk bookkeeping
+(which was a third of a short stream's store CPU, py-spy)."""
+
+
 async def write_turns(session: AsyncSession, turns: list[PendingTurn]) -> list[PendingTurn]:
     """Insert ``turns`` in ``session`` (one transaction, the caller's; bulk
     ``INSERT`` statements); return those skipped: already written (their assistant message
@@ -170,9 +177,9 @@ async def write_turns(session: AsyncSession, turns: list[PendingTurn]) -> list[P
                 row.title = turn.title
         messages += (_message_values(turn.conversation_id, m) for m in turn.messages)
     if created:
-        await session.execute(sa.insert(ConversationRow), created)
+        await session.execute(sa.insert(_CONVERSATIONS), created)
     if messages:
-        await session.execute(sa.insert(MessageRow), messages)
+        await session.execute(sa.insert(_MESSAGES), messages)
     await session.flush()
     return skipped
 
@@ -214,16 +221,10 @@ class MessageUpdate(msgspec.Struct, frozen=True):
 
 async def write_updates(session: AsyncSession, updates: list[MessageUpdate]) -> None:
     """Apply ``updates`` in ``session``, one ``UPDATE`` per message (a missing
-    message is ignored, as :meth:`Store.update_message` documents: not the ORM's
-    bulk update by primary key, which raises then)."""
+    message is ignored, as :meth:`Store.update_message` documents)."""
     for update in updates:
-        stmt = (
-            sa.update(MessageRow)
-            .where(MessageRow.id == update.message_id)
-            .values(update.values)
-            .execution_options(synchronize_session=False)
-        )
-        await session.execute(stmt)
+        stmt = sa.update(_MESSAGES).where(_MESSAGES.c.id == update.message_id)
+        await session.execute(stmt.values(update.values))
 
 
 _Item = PendingTurn | MessageUpdate
