@@ -92,7 +92,8 @@ def test_message_state_text_grows_across_reads_copies_and_replaced_parts() -> No
         state.apply(TextDelta(seq=seq, part=0, delta=delta))
     assert state.text == "Hello"
     state.apply(TextDelta(seq=3, part=0, delta=","))
-    copied = copy.deepcopy(state)
+    copied = state.copy()
+    assert copy.deepcopy(state).text == "Hello,"
     copied.apply(TextDelta(seq=4, part=0, delta=" copy"))
     state.apply(TextDelta(seq=4, part=0, delta=" world"))
     assert (state.text, copied.text) == ("Hello, world", "Hello, copy")

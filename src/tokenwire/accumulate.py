@@ -6,6 +6,7 @@ Used for polling snapshots, for the stored message's ``parts`` and by
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Protocol
 
 from tokenwire.events import (
@@ -142,6 +143,12 @@ class MessageState:
             entry = self.parts.setdefault(part, {"type": kind, "text": ""})
             held = self._pieces[part] = (entry, [entry.get("text", "")])
         held[1].append(delta)
+
+    def copy(self) -> MessageState:
+        """A deep copy (the held deltas joined first: a list of thousands of deltas
+        is slow to deep-copy)."""
+        self._settle()
+        return copy.deepcopy(self)
 
     def _settle(self) -> None:
         """Join the deltas held since the last read into their parts' ``text``."""

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -438,7 +437,7 @@ class _Run:
         ended: MessageState | None = None  # what was stored before the append
         try:
             await self.sync_state()
-            ended = copy.deepcopy(self.state)
+            ended = self.state.copy()
             for seq, event in enumerate([*out, terminal], start=ended.last_seq + 1):
                 ended.apply(with_seq(event, seq))
             await self._store(ended)
