@@ -33,8 +33,9 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -154,25 +155,32 @@ def tokenwire_app() -> object:
     return create_app(tokenwire=Tokenwire(settings, registry=registry), freeze_gc=True)
 
 
-def _frame(seq: int, event: str, payload: dict[str, object]) -> bytes:
-    data = json.dumps(payload, separators=(",", ":"))
-    return f"id: {seq}\nevent: {event}\ndata: {data}\n\n".encode()
+async def _events(body: dict[str, Any]) -> AsyncIterator[tuple[int, str, str]]:
+    """The anchors' stream for a request body: ``(seq, event type, JSON data)`` per
+    event (``start``, the workload's text deltas, ``finish``), JSON via ``json.dumps``.
+    The handlers read the body first: once a streaming response runs, Starlette reads
+    ``receive`` for the disconnect."""
+    workload = Workload.from_params(body.get("params") or {})
+    seq = 1
+    start = {"type": "start", "stream_id": uuid.uuid4().hex, "model": body.get("model")}
+    yield seq, "start", _json({**start, "created_at": time.time(), "seq": seq})
+    async for text in workload.texts():
+        seq += 1
+        yield seq, "text-delta", _json({"type": "text-delta", "part": 0, "delta": text, "seq": seq})
+    seq += 1
+    yield seq, "finish", _json({"type": "finish", "finish_reason": "stop", "seq": seq})
+
+
+def _json(payload: dict[str, object]) -> str:
+    return json.dumps(payload, separators=(",", ":"))
 
 
 async def _bare_chat(request: Request) -> StreamingResponse:
     body = await request.json()
-    workload = Workload.from_params(body.get("params") or {})
 
     async def frames() -> AsyncIterator[bytes]:
-        seq = 1
-        start = {"type": "start", "stream_id": uuid.uuid4().hex, "model": body.get("model")}
-        yield _frame(seq, "start", {**start, "created_at": time.time(), "seq": seq})
-        async for text in workload.texts():
-            seq += 1
-            delta = {"type": "text-delta", "part": 0, "delta": text, "seq": seq}
-            yield _frame(seq, "text-delta", delta)
-        seq += 1
-        yield _frame(seq, "finish", {"type": "finish", "finish_reason": "stop", "seq": seq})
+        async for seq, event, data in _events(body):
+            yield f"id: {seq}\nevent: {event}\ndata: {data}\n\n".encode()
 
     headers = {"cache-control": "no-cache, no-transform", "x-accel-buffering": "no"}
     return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
@@ -182,24 +190,10 @@ async def _sse_starlette_chat(request: Request) -> Response:
     from sse_starlette import EventSourceResponse
 
     body = await request.json()
-    workload = Workload.from_params(body.get("params") or {})
 
-    async def events() -> AsyncIterator[dict[str, object]]:
-        seq = 1
-        start = {"type": "start", "stream_id": uuid.uuid4().hex, "model": body.get("model")}
-        data = json.dumps({**start, "created_at": time.time(), "seq": seq}, separators=(",", ":"))
-        yield {"id": str(seq), "event": "start", "data": data}
-        async for text in workload.texts():
-            seq += 1
-            delta = {"type": "text-delta", "part": 0, "delta": text, "seq": seq}
-            yield {
-                "id": str(seq),
-                "event": "text-delta",
-                "data": json.dumps(delta, separators=(",", ":")),
-            }
-        seq += 1
-        finish = {"type": "finish", "finish_reason": "stop", "seq": seq}
-        yield {"id": str(seq), "event": "finish", "data": json.dumps(finish, separators=(",", ":"))}
+    async def events() -> AsyncIterator[dict[str, str]]:
+        async for seq, event, data in _events(body):
+            yield {"id": str(seq), "event": event, "data": data}
 
     return EventSourceResponse(events(), headers={"x-accel-buffering": "no"}, sep="\n")
 
@@ -208,21 +202,21 @@ async def _healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def bare_app() -> Starlette:
-    """A hand-written SSE endpoint: one ``yield`` (one socket write) per event."""
+def _app(chat: Callable[[Request], Awaitable[Response]]) -> Starlette:
     return Starlette(
         routes=[
-            Route("/v1/chat", _bare_chat, methods=["POST"]),
+            Route("/v1/chat", chat, methods=["POST"]),
             Route("/healthz", _healthz, methods=["GET"]),
         ]
     )
+
+
+def bare_app() -> Starlette:
+    """A hand-written SSE endpoint: one ``yield`` (one socket write) per event."""
+    return _app(_bare_chat)
 
 
 def sse_starlette_app() -> Starlette:
-    """The same endpoint with sse-starlette's ``EventSourceResponse`` (its defaults)."""
-    return Starlette(
-        routes=[
-            Route("/v1/chat", _sse_starlette_chat, methods=["POST"]),
-            Route("/healthz", _healthz, methods=["GET"]),
-        ]
-    )
+    """The same endpoint with sse-starlette's ``EventSourceResponse`` (its defaults
+    but for ``sep``: ``\\n`` like the others)."""
+    return _app(_sse_starlette_chat)
