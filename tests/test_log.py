@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sized
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,115 @@ async def test_heartbeat_keeps_the_lease(log: StreamLog) -> None:
                 await anyio.sleep(0.05)
             await log.append("s", [Finish(finish_reason="stop")])
     assert [type(e) for e in got] == [Finish]
+
+
+class Collect:
+    """A follow sink keeping every batch; while ``hold`` is set, each batch's write
+    stays in flight until the test resolves it."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Event]] = []
+        self.hold = False
+        self.in_flight: list[asyncio.Future[None]] = []
+
+    def __call__(self, batch: list[Event]) -> asyncio.Future[None] | None:
+        self.batches.append(batch)
+        if not self.hold:
+            return None
+        write = asyncio.get_running_loop().create_future()
+        self.in_flight.append(write)
+        return write
+
+    def seqs(self) -> list[list[int]]:
+        return [[e.seq for e in b] for b in self.batches if b]
+
+
+async def test_follow_replays_then_follows_then_ends(log: StreamLog) -> None:
+    await log.create("s", {})
+    await log.append("s", [delta("a"), delta("b")])
+    sink = Collect()
+    follower = log.follow("s", 1, sink)
+    with anyio.fail_after(5):
+        await _until(lambda: _has(sink.batches, 1))
+        assert (await log.readers("s"))[0] == 1
+        await log.append("s", [delta("c"), delta("d"), Error(code="provider_error", message="x")])
+        await follower.done
+    assert sink.seqs() == [[2], [3, 4, 5]]
+    count, left_at = await log.readers("s")
+    assert count == 0 and left_at is not None
+
+
+async def test_follow_waits_for_a_write_in_flight_and_loses_nothing(log: StreamLog) -> None:
+    await log.create("s", {})
+    sink = Collect()
+    sink.hold = True
+    follower = log.follow("s", 0, sink)
+    with anyio.fail_after(5):
+        await log.append("s", [delta("a")])
+        await _until(lambda: _has(sink.in_flight, 1))
+        await log.append("s", [delta("b")])
+        await log.append("s", [delta("c"), Finish(finish_reason="stop")])
+        await anyio.sleep(0.05)  # room for a wrong handover; none may come while writing
+        assert sink.seqs() == [[1]]
+        sink.hold = False
+        sink.in_flight[0].set_result(None)
+        await follower.done
+    assert sink.seqs() == [[1], [2, 3, 4]]  # caught up from its position, in one batch
+
+
+async def test_follow_ends_with_the_sinks_error(log: StreamLog) -> None:
+    await log.create("s", {})
+    sink = Collect()
+    sink.hold = True
+    follower = log.follow("s", 0, sink)
+    with anyio.fail_after(5):
+        await log.append("s", [delta("a")])
+        await _until(lambda: _has(sink.in_flight, 1))
+        sink.in_flight[0].set_exception(OSError("client gone"))
+        with pytest.raises(OSError, match="client gone"):
+            await follower.done
+        await _until(lambda: _count(log, "s", 0))
+    await log.append("s", [delta("b")])  # the producer goes on
+
+
+async def test_follow_heartbeats_and_producer_lost(log: StreamLog) -> None:
+    await log.create("s", {})
+    sink = Collect()
+    follower = log.follow("s", 0, sink, idle=0.01)
+    with anyio.fail_after(5):
+        await _until(lambda: _has(sink.batches, 2))
+        assert sink.batches[:2] == [[], []]
+        await log.heartbeat("s", ttl=0.05)
+        await follower.done
+    [[lost]] = sink.seqs()
+    event = sink.batches[-1][-1]
+    assert isinstance(event, Error) and event.code == "producer_lost" and lost == 1
+
+
+async def test_closed_follower_gets_nothing_more(log: StreamLog) -> None:
+    await log.create("s", {})
+    sink = Collect()
+    follower = log.follow("s", 0, sink)
+    with anyio.fail_after(5):
+        await _until(lambda: _count(log, "s", 1))
+        follower.close()
+        await _until(lambda: _count(log, "s", 0))
+    await log.append("s", [delta("a"), Finish(finish_reason="stop")])
+    await anyio.sleep(0.05)  # a wrong handover would land here
+    assert sink.seqs() == []
+
+
+async def test_memory_follower_gets_an_append_inside_the_append() -> None:
+    """The memory log's push path: the batch is written in the appender's step, not
+    in a task of the reader's turn later (issue #12: the 1,000-paced tail)."""
+    log = MemoryStreamLog()
+    await log.create("s", {})
+    sink = Collect()
+    log.follow("s", 0, sink)
+    await log.append("s", [delta("a")])
+    assert sink.seqs() == [[1]]  # no await between the append and this line
+    with pytest.raises(StreamNotFoundError):
+        log.follow("nope", 0, sink)
 
 
 async def test_retention_answers_expired(make_log: MakeLog) -> None:
@@ -495,8 +604,8 @@ async def _count(log: StreamLog, stream_id: str, n: int) -> bool:
     return (await log.readers(stream_id))[0] == n
 
 
-async def _has(events: list[Event] | list[list[Event]], n: int) -> bool:
-    return len(events) >= n
+async def _has(items: Sized, n: int) -> bool:
+    return len(items) >= n
 
 
 async def _true(value: bool) -> bool:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import msgspec
 
 from tokenwire.events import Event, StreamStatus
+from tokenwire.log.follow import Follower, Sink
 
 __all__ = ["StreamInfo", "StreamLog"]
 
@@ -87,6 +88,26 @@ class StreamLog(Protocol):
         stream is running the reader counts as live for ``orphan_timeout``. If the
         producer's lease expires without a terminal event, the reader appends
         ``error{code: "producer_lost"}`` itself (and yields it).
+        """
+
+    def follow(
+        self,
+        stream_id: str,
+        after: int,
+        sink: Sink,
+        *,
+        batch: int = 256,
+        idle: float | None = None,
+    ) -> Follower:
+        """Like :meth:`read`, but the log hands each batch to ``sink``
+        (:mod:`tokenwire.log.follow`).
+
+        Same batches, heartbeats, reader count and ``producer_lost`` as :meth:`read`.
+        What the log holds after ``after`` may be handed over before this returns.
+        Must be called in the event loop's thread. Raises
+        :class:`~tokenwire.errors.StreamNotFoundError` /
+        :class:`~tokenwire.errors.StreamExpiredError` at once, or through
+        ``done``, for a stream the log does not have.
         """
 
     async def events(self, stream_id: str, after: int = 0, limit: int | None = None) -> list[Event]:

@@ -25,6 +25,7 @@ from tokenwire.events import (
     with_seq,
 )
 from tokenwire.log.base import StreamInfo
+from tokenwire.log.follow import Follower, Sink
 
 __all__ = ["MemoryStreamLog"]
 
@@ -40,6 +41,7 @@ class _Stream:
         "created_at",
         "events",
         "finished_at",
+        "followers",
         "lease_until",
         "meta",
         "readers",
@@ -63,6 +65,7 @@ class _Stream:
         self.readers = 0
         self.readers_left_at: float | None = None
         self.waiters: list[asyncio.Future[None]] = []
+        self.followers: list[_Follower] = []
 
 
 class _Wake:
@@ -105,6 +108,128 @@ class _Wake:
     def close(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
+
+
+class _Follower:
+    """A follower the log pushes to: inside ``append``, in the appender's step.
+
+    It hands over what the log holds after its position, batch by batch, then waits
+    in the stream's ``followers`` to be woken by the next append. While the sink's
+    write is in flight, wake-ups are ignored: the follower catches up from its
+    position when the write is done. One timer, armed lazily as in :class:`_Wake`,
+    serves heartbeats and the lease check.
+    """
+
+    __slots__ = (
+        "after", "batch", "done", "idle", "log", "loop", "quiet_until", "sink",
+        "stream", "timer", "timer_at", "writing",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        log: MemoryStreamLog,
+        stream: _Stream,
+        after: int,
+        sink: Sink,
+        batch: int,
+        idle: float | None,
+    ) -> None:
+        self.log = log
+        self.stream = stream
+        self.after = after
+        self.sink = sink
+        self.batch = batch
+        self.idle = math.inf if idle is None else idle
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.quiet_until = time.monotonic() + self.idle
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf
+        self.writing = False
+        stream.readers += 1
+        stream.followers.append(self)
+        self.wake()
+
+    def wake(self) -> None:
+        """Hand over every batch the log holds after ``after`` (until a write is in flight)."""
+        stream = self.stream
+        while not self.writing and not self.done.done():
+            if len(stream.events) <= self.after:
+                if stream.status != "running":
+                    self._end(None)
+                else:
+                    self._arm()
+                return
+            chunk = stream.events[self.after : self.after + self.batch]
+            self.after = chunk[-1].seq
+            self.quiet_until = time.monotonic() + self.idle
+            self._hand(chunk, is_terminal(chunk[-1]))
+
+    def _hand(self, chunk: list[Event], terminal: bool) -> None:
+        try:
+            pending = self.sink(chunk)
+        except Exception as exc:  # the sink's own failure must not fail the append
+            self._end(exc)
+            return
+        if pending is None:
+            if terminal:
+                self._end(None)
+            return
+        self.writing = True
+        asyncio.ensure_future(pending).add_done_callback(
+            lambda written: self._written(written, terminal)
+        )
+
+    def _written(self, written: asyncio.Future[object], terminal: bool) -> None:
+        self.writing = False
+        if written.cancelled():  # the follower's owner gave up on it
+            self._end(None)
+        elif (exc := written.exception()) is not None:
+            self._end(exc)
+        elif terminal:
+            self._end(None)
+        else:
+            self.wake()
+
+    def _arm(self) -> None:
+        deadline = min(self.quiet_until, self.stream.lease_until or math.inf)
+        if deadline < self.timer_at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = deadline
+            self.timer = self.loop.call_at(
+                self.loop.time() + (deadline - time.monotonic()), self._fire
+            )
+
+    def _fire(self) -> None:
+        self.timer, self.timer_at = None, math.inf
+        if self.done.done():
+            return
+        now = time.monotonic()
+        stream = self.stream
+        if stream.lease_until is not None and now >= stream.lease_until:
+            self.log._check_lease(stream)  # its producer_lost wakes this follower
+        elif not self.writing and now >= self.quiet_until:
+            self.quiet_until = now + self.idle
+            self._hand([], False)
+        if not self.done.done():
+            self._arm()
+
+    def _end(self, exc: BaseException | None) -> None:
+        if self.done.done():
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.stream.followers.remove(self)
+        self.log._reader_left(self.stream)
+        if exc is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(exc)
+
+    def close(self) -> None:
+        if not self.done.done():
+            self._end(None)
 
 
 class MemoryStreamLog:
@@ -199,6 +324,8 @@ class MemoryStreamLog:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+            for follower in stream.followers[:]:
+                follower.wake()
         return out
 
     async def read(
@@ -234,6 +361,23 @@ class MemoryStreamLog:
         finally:
             wake.close()
             self._reader_left(stream)
+
+    def follow(
+        self,
+        stream_id: str,
+        after: int,
+        sink: Sink,
+        *,
+        batch: int = 256,
+        idle: float | None = None,
+    ) -> Follower:
+        """Push each batch to ``sink`` inside :meth:`append` (:mod:`tokenwire.log.follow`):
+        a live SSE response writes in the producer's step, with no task of its own.
+
+        Raises:
+            StreamNotFoundError, StreamExpiredError: at once.
+        """
+        return _Follower(self, self._get(stream_id), after, sink, batch, idle)
 
     async def _wait_changed(self, stream: _Stream, timeout: float | None = None) -> bool:
         """Wait for an append, at most ``timeout`` s and never past the lease's expiry.

@@ -113,6 +113,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
 from tokenwire.events import Event, StreamStatus
 from tokenwire.log.base import StreamInfo
+from tokenwire.log.follow import Follower, ReadingFollower, Sink
 from tokenwire.log.redis_cancel import CancelWatch
 from tokenwire.log.redis_core import STOP_TIMEOUT, RedisCore, as_str, stop_task
 from tokenwire.log.redis_lease import Leases
@@ -270,6 +271,18 @@ class RedisStreamLog:
             leave = self._core.spawn(self._counts.leave(stream_id))
             with contextlib.suppress(Exception):
                 await asyncio.shield(leave)
+
+    def follow(
+        self,
+        stream_id: str,
+        after: int,
+        sink: Sink,
+        *,
+        batch: int = 256,
+        idle: float | None = None,
+    ) -> Follower:
+        """:meth:`read` in a task of its own, handing each batch to ``sink``."""
+        return ReadingFollower(self.read(stream_id, after, batch=batch, idle=idle), sink)
 
     def _producer_lost(self, stream_id: str) -> None:
         """This process appended ``producer_lost``: run ``on_producer_lost`` in a task."""

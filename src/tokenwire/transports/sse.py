@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
+from tokenwire.events import Event
 from tokenwire.log.base import StreamInfo, StreamLog
 from tokenwire.protocol.sse import (
     HEARTBEAT,
@@ -117,32 +120,121 @@ class EventStreamResponse(Response):
         send = scope.get(BODY_SEND, send)
         if self.preamble:
             await send({"type": "http.response.body", "body": self.preamble, "more_body": True})
-        writer = asyncio.create_task(self._write(send))
-        watcher = asyncio.create_task(_wait_disconnect(receive))
+        writer = _BodyWriter(send, self.frame)
         try:
-            await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            follower = self.log.follow(
+                self.stream_id, self.after, writer, idle=self.heartbeat_interval
+            )
+        except _LOG_LOST as lost:
+            return await self._lost(send, lost)
+        watcher = asyncio.create_task(_wait_disconnect(receive))
+        done = follower.done
+        try:
+            await asyncio.wait({done, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            ended = done.done() and not done.cancelled()
         finally:
-            for task in (writer, watcher):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await writer
-        if writer.done() and not writer.cancelled() and writer.exception() is None:
+            watcher.cancel()
+            follower.close()
+            writer.cancel()
+        if not ended:
+            return  # the client left first
+        exc = done.exception()
+        if isinstance(exc, _LOG_LOST):
+            await self._lost(send, exc)
+        elif isinstance(exc, OSError):
+            return  # the client left mid-write
+        elif exc is not None:
+            raise exc
+        else:
             with contextlib.suppress(OSError):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _write(self, send: Send) -> None:
-        reader = self.log.read(self.stream_id, self.after, idle=self.heartbeat_interval)
-        try:
-            async for batch in reader:
-                body = self.frame(batch) if batch else HEARTBEAT
-                if body:
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-        except (StreamNotFoundError, StreamExpiredError, LogUnavailableError) as exc:
-            # The log lost the stream mid-response (a Redis restart without persistence):
-            # end the body; a reconnect with Last-Event-ID then gets its 404 or 410.
-            logger.warning("stream %s ended without its terminal event: %r", self.stream_id, exc)
-        finally:
-            await reader.aclose()
+    async def _lost(self, send: Send, exc: Exception) -> None:
+        """The log lost the stream (a Redis restart without persistence): end the body;
+        a reconnect with Last-Event-ID then gets its 404 or 410."""
+        logger.warning("stream %s ended without its terminal event: %r", self.stream_id, exc)
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+_LOG_LOST = (StreamNotFoundError, StreamExpiredError, LogUnavailableError)
+
+
+class _BodyWriter:
+    """The response's :data:`~tokenwire.log.follow.Sink`: frames a batch and starts
+    its write at once, in the caller's step (the producer's, for the memory log).
+
+    ``send`` finishes without suspending while the socket takes the bytes (uvicorn
+    only waits when the transport paused writing), so a live event reaches the
+    socket in the step that appended it. When the write does suspend, the rest of it
+    runs in a task, returned so that the follower hands over nothing until it is done.
+    """
+
+    __slots__ = ("frame", "in_flight", "send")
+
+    def __init__(self, send: Send, frame: Callable[[list[Event]], bytes]) -> None:
+        self.send = send
+        self.frame = frame
+        self.in_flight: asyncio.Future[None] | None = None
+
+    def __call__(self, batch: list[Event]) -> asyncio.Future[None] | None:
+        body = self.frame(batch) if batch else HEARTBEAT
+        if not body:
+            return None
+        self.in_flight = start_eagerly(
+            self.send({"type": "http.response.body", "body": body, "more_body": True})
+        )
+        return self.in_flight
+
+    def cancel(self) -> None:
+        if self.in_flight is not None:
+            self.in_flight.cancel()
+
+
+def start_eagerly(awaitable: Awaitable[None]) -> asyncio.Future[None] | None:
+    """Run ``awaitable`` now, in the caller's step, up to its first suspension.
+
+    Returns ``None`` when it finished without suspending (its exception, if any, is
+    raised here), else a task running the rest. This is what Python 3.12's eager
+    tasks do (``asyncio.eager_task_factory``), for one awaitable, on 3.11 too.
+    """
+    steps = awaitable.__await__()
+    try:
+        blocked_on = steps.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_rest(_Resume(steps, blocked_on)))
+
+
+class _Resume:
+    """Awaitable going on with ``steps`` (an ``__await__`` iterator) that suspended on
+    ``blocked_on``: the task awaiting it waits for that future, then steps on."""
+
+    __slots__ = ("blocked_on", "steps")
+
+    def __init__(self, steps: Generator[Any, None, None], blocked_on: Any) -> None:
+        self.steps = steps
+        self.blocked_on = blocked_on
+
+    def __await__(self) -> Generator[Any, None, None]:
+        steps, blocked_on = self.steps, self.blocked_on
+        while True:
+            try:
+                yield blocked_on
+            except BaseException as exc:  # cancellation: into the awaitable
+                try:
+                    blocked_on = steps.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    blocked_on = steps.send(None)
+                except StopIteration:
+                    return
+
+
+async def _rest(resume: _Resume) -> None:
+    await resume
 
 
 async def _wait_disconnect(receive: Receive) -> None:

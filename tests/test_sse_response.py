@@ -1,0 +1,131 @@
+"""The SSE response as an ASGI app: eager writes, a slow client, a client that leaves."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tokenwire.events import Finish, TextDelta
+from tokenwire.log.memory import MemoryStreamLog
+from tokenwire.protocol.sse import SSEDecoder
+from tokenwire.transports.sse import EventStreamResponse, start_eagerly
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_start_eagerly_runs_to_the_end_when_nothing_suspends() -> None:
+    ran: list[str] = []
+
+    async def write() -> None:
+        ran.append("written")
+
+    assert start_eagerly(write()) is None
+    assert ran == ["written"]  # before any await of the caller
+
+    async def fail() -> None:
+        raise OSError("gone")
+
+    with pytest.raises(OSError, match="gone"):
+        start_eagerly(fail())
+
+
+async def test_start_eagerly_hands_the_rest_to_a_task() -> None:
+    writable = asyncio.get_running_loop().create_future()
+    ran: list[str] = []
+
+    async def write() -> None:
+        ran.append("started")
+        ran.append(await writable)
+
+    rest = start_eagerly(write())
+    assert rest is not None and ran == ["started"]
+    writable.set_result("written")
+    await rest
+    assert ran == ["started", "written"]
+
+
+async def test_start_eagerly_cancels_into_the_awaitable() -> None:
+    seen: list[str] = []
+
+    async def write() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    rest = start_eagerly(write())
+    assert rest is not None
+    await asyncio.sleep(0)  # the task starts waiting on the future
+    rest.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await rest
+    assert seen == ["cancelled"]
+
+
+class Client:
+    """An ASGI client: records the messages sent; ``slow`` makes every other body
+    write wait for the next loop turn (as uvicorn's ``send`` does under flow control)."""
+
+    def __init__(self, slow: bool = False) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.slow = slow
+        self.left = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.slow and len(self.messages) % 2:
+            await asyncio.sleep(0)
+        self.messages.append(message)
+        self.started.set()
+
+    async def receive(self) -> dict[str, Any]:
+        await self.left.wait()
+        return {"type": "http.disconnect"}
+
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.messages[1:])
+
+
+async def _respond(log: MemoryStreamLog, client: Client) -> asyncio.Task[None]:
+    """Start the response; return once it follows the stream (it does so in the step
+    that wrote the response head)."""
+    response = EventStreamResponse(log, "s", heartbeat_interval=60)
+    scope = {"type": "http"}
+    task = asyncio.ensure_future(response(scope, client.receive, client.send))  # type: ignore[arg-type]
+    await client.started.wait()
+    return task
+
+
+@pytest.mark.parametrize("slow", [False, True])
+async def test_every_event_in_order_to_a_fast_or_slow_client(slow: bool) -> None:
+    log = MemoryStreamLog()
+    await log.create("s", {})
+    client = Client(slow=slow)
+    task = await _respond(log, client)
+    for i in range(50):
+        await log.append("s", [TextDelta(part=0, delta=f"{i},")])
+    await log.append("s", [Finish(finish_reason="stop")])
+    async with asyncio.timeout(5):
+        await task
+    events = SSEDecoder().decode(client.body())
+    assert [e.id for e in events] == [str(i) for i in range(1, 52)]
+    assert [e.event for e in events][-1] == "finish"
+    assert client.messages[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+async def test_a_client_that_leaves_stops_counting_as_a_reader() -> None:
+    log = MemoryStreamLog()
+    await log.create("s", {})
+    client = Client()
+    task = await _respond(log, client)
+    await log.append("s", [TextDelta(part=0, delta="a")])
+    assert (await log.readers("s"))[0] == 1
+    client.left.set()
+    async with asyncio.timeout(5):
+        await task
+    assert (await log.readers("s"))[0] == 0
+    assert await log.append("s", [TextDelta(part=0, delta="b")])  # the generation goes on
+    assert client.messages[-1]["more_body"] is True  # no end written to a client gone
