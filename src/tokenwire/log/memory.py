@@ -1,9 +1,11 @@
 """In-memory stream log: one process, no dependencies, the default.
 
-Events live in a per-stream list whose index is ``seq - 1``; readers wait on a
-per-stream :class:`asyncio.Event` that is replaced on every append, so one append
-wakes every live reader once, however many events it carried. Finished streams are
-dropped ``retention`` seconds after their terminal event (then 410 for a while).
+Events live in a per-stream list whose index is ``seq - 1``. A reader waits on a
+future of the stream's ``waiters``, which an append resolves, so one append wakes
+every live reader once, however many events it carried; a follower
+(:meth:`MemoryStreamLog.follow`) is handed the events inside the append. Finished
+streams are dropped ``retention`` seconds after their terminal event (then 410 for
+a while).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ class _Stream:
     __slots__ = (
         "cancel_reason",
         "cancel_watchers",
-        "changed",
         "created_at",
         "events",
         "finished_at",
@@ -58,7 +59,6 @@ class _Stream:
         self.meta = dict(meta)
         self.created_at = now
         self.finished_at: float | None = None
-        self.changed = asyncio.Event()
         self.cancel_reason: str | None = None
         self.cancel_watchers: list[Callable[[str], None]] = []
         self.lease_until: float | None = None
@@ -110,19 +110,35 @@ class _Wake:
             self.timer.cancel()
 
 
+_HANDOVERS_PER_TURN = 16
+"""Handovers a follower makes at once in one turn of a loop that is not busy; more
+wait for the next turn (docs/performance.md, "Pushed to the SSE response")."""
+_BUSY_TURN = 0.002
+"""Seconds a callback waited for its turn above which the event loop counts as busy:
+then every handover waits for the next turn, all of a turn's events in one write."""
+
+
 class _Follower:
     """A follower the log pushes to: inside ``append``, in the appender's step.
 
     It hands over what the log holds after its position, batch by batch, then waits
-    in the stream's ``followers`` to be woken by the next append. While the sink's
-    write is in flight, wake-ups are ignored: the follower catches up from its
-    position when the write is done. One timer, armed lazily as in :class:`_Wake`,
-    serves heartbeats and the lease check.
+    in the stream's ``followers`` to be woken by the next append. While the event
+    loop has room, the first appends of a turn are handed over at once (a paced
+    stream's every event, and the few a late provider sends at once: the write
+    leaves in the appender's step); the rest of a long burst at the next turn, in
+    batches, as a reader would take it. When the loop is busy (a callback waited
+    more than :data:`_BUSY_TURN` for its turn), every handover waits for the next
+    turn: a turn's events go in one write, and the writes a saturated core saves
+    are what keeps it closest to its schedule.
+
+    While the sink's write is in flight, wake-ups are ignored: the follower catches
+    up from its position when the write is done. One timer, armed lazily as in
+    :class:`_Wake`, serves heartbeats and the lease check.
     """
 
     __slots__ = (
-        "after", "batch", "done", "idle", "log", "loop", "quiet_until", "sink",
-        "stream", "timer", "timer_at", "writing",
+        "after", "batch", "done", "handovers", "idle", "log", "loop", "quiet_until",
+        "sink", "stream", "timer", "timer_at", "turn_at", "writing",
     )  # fmt: skip
 
     def __init__(
@@ -146,11 +162,35 @@ class _Follower:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = math.inf
         self.writing = False
+        self.handovers = 0
+        """Handovers in this turn of the event loop."""
+        self.turn_at: float | None = None
+        """Loop time at which the next-turn callback was queued (``None``: not queued)."""
         stream.readers += 1
         stream.followers.append(self)
-        self.wake()
+        self._deliver()
 
     def wake(self) -> None:
+        """An append: hand it over now, or at the next turn of the event loop."""
+        room = _HANDOVERS_PER_TURN if self.log.turn_lag < _BUSY_TURN else 0
+        if self.handovers < room:
+            self._deliver()
+        else:
+            self._queue_turn()
+
+    def _queue_turn(self) -> None:
+        if self.turn_at is None:
+            self.turn_at = self.loop.time()
+            self.loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self.log.turn_lag = self.loop.time() - (self.turn_at or 0.0)
+        self.turn_at = None
+        self.handovers = 0
+        if len(self.stream.events) > self.after:
+            self._deliver()
+
+    def _deliver(self) -> None:
         """Hand over every batch the log holds after ``after`` (until a write is in flight)."""
         stream = self.stream
         while not self.writing and not self.done.done():
@@ -163,6 +203,8 @@ class _Follower:
             chunk = stream.events[self.after : self.after + self.batch]
             self.after = chunk[-1].seq
             self.quiet_until = time.monotonic() + self.idle
+            self._queue_turn()
+            self.handovers += 1
             self._hand(chunk, is_terminal(chunk[-1]))
 
     def _hand(self, chunk: list[Event], terminal: bool) -> None:
@@ -189,7 +231,7 @@ class _Follower:
         elif terminal:
             self._end(None)
         else:
-            self.wake()
+            self._deliver()
 
     def _arm(self) -> None:
         deadline = min(self.quiet_until, self.stream.lease_until or math.inf)
@@ -253,6 +295,8 @@ class MemoryStreamLog:
         self._retention = retention
         self._clock = clock
         self._last_sweep = clock()
+        self.turn_lag = 0.0
+        """Seconds the last next-turn callback of a follower waited: how busy the loop is."""
 
     def _get(self, stream_id: str) -> _Stream:
         stream = self._streams.get(stream_id)
@@ -318,8 +362,6 @@ class MemoryStreamLog:
                     del self._active[conversation_id]
                 break
         if out:
-            stream.changed.set()
-            stream.changed = asyncio.Event()
             waiters, stream.waiters = stream.waiters, []
             for waiter in waiters:
                 if not waiter.done():
@@ -389,7 +431,9 @@ class MemoryStreamLog:
         limits = [t for t in (timeout, lease_left) if t is not None]
         try:
             async with asyncio.timeout(min(limits) if limits else None):
-                await stream.changed.wait()
+                future = asyncio.get_running_loop().create_future()
+                stream.waiters.append(future)
+                await future
         except TimeoutError:
             self._check_lease(stream)
             return False
