@@ -32,8 +32,8 @@ Coalescing: consecutive deltas of the same part are merged for at most
 ``coalesce_ms``, as a leading-edge throttle: a delta is appended at once when no
 delta was appended in the last ``coalesce_ms`` (so the first token is never
 delayed); otherwise it waits, merged with those that follow, until that window
-ends. ``coalesce_ms = 0`` turns merging off: every delta is its own event. The
-rule is :class:`~tokenwire.protocol.coalesce.Coalescer` (sans-I/O); the run only
+ends. ``coalesce_ms = 0`` (the default) turns merging off: every delta is its own
+event. The rule is :class:`~tokenwire.protocol.coalesce.Coalescer` (sans-I/O); the run only
 arms a timer for its deadline.
 
 Server-side tools (``docs/tools.md``): a generation naming tools runs the
@@ -99,7 +99,7 @@ _CLOSE_TIMEOUT = 5.0
 class ProducerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Timing of generations; seconds unless named ``_ms``. See :class:`~tokenwire.Settings`."""
 
-    coalesce_ms: float = 10.0
+    coalesce_ms: float = 0.0
     orphan_timeout: float | None = 60.0
     max_stream_seconds: float = 600.0
     provider_timeout: float = 120.0

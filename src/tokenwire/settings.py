@@ -103,13 +103,15 @@ class Settings(BaseSettings):
     """Seconds of silence on an SSE response before a ``: ping`` comment."""
     retention: float = 3600.0
     """Seconds a finished stream's events stay readable (then 410)."""
-    coalesce_ms: float = 10.0
-    """Longest time a delta may wait to be merged with the next; 0 = never merge.
-    10 ms (DESIGN's 20 ms halved, issue #12): a stream of 50 tokens/s has deltas 20 ms
-    apart, so with a 20 ms window every delta that came a little early waited for the
-    window's end (+10 to 20 ms at p99 in ``bench/sse_bench.py``) while almost none
-    merged; at 10 ms such a stream is never held, and a fast one still gets at most
-    100 events/s."""
+    coalesce_ms: float = 0.0
+    """Longest time a delta may wait to be merged with the next; 0 (the default) =
+    never merge: every delta is its own event, appended as it comes. Not DESIGN's
+    20 ms (issue #12): a held delta waits for a timer, and on a loaded event loop the
+    timer is late by the loop's lag (500 paced streams: p99 30 ms against 9 ms at 0;
+    1,000: 187 against 91 ms, ``bench/sse_bench.py``, docs/performance.md), while at
+    50 tokens/s a window merges almost nothing. What is ready in one turn of the loop
+    still goes to a client in one write. Set it (e.g. 20) to cap a fast provider's
+    events per second."""
     orphan_timeout: float | None = 60.0
     """Seconds with no reader before a stream is cancelled (``abandoned``);
     0 = at once, ``None`` = never."""
