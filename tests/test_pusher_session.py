@@ -32,7 +32,7 @@ def session(max_channels: int = 100, allow: bool = True) -> PusherSession:
         max_channels=max_channels,
         max_message_size=1000,
         client_event_rate=10,
-        allow_client_event=lambda: allow,
+        allow_client_event=lambda socket_id: allow and socket_id == SOCKET_ID,
     )
 
 

@@ -413,8 +413,9 @@ class MemoryStreamLog:
         batch: int = 256,
         idle: float | None = None,
     ) -> Follower:
-        """Push each batch to ``sink`` inside :meth:`append` (:mod:`tokenwire.log.follow`):
-        a live SSE response writes in the producer's step, with no task of its own.
+        """Push each batch to ``sink`` (:mod:`tokenwire.log.follow`): inside
+        :meth:`append` while the event loop has room, else at its next turn; a live
+        SSE response needs no task of its own.
 
         Raises:
             StreamNotFoundError, StreamExpiredError: at once.

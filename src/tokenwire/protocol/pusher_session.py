@@ -10,7 +10,8 @@ connection). The session keeps what the protocol makes it remember: the channels
 subscribed to, the presence ``user_id`` of each presence channel and the signed-in
 user. It does no I/O, reads no clock and runs no asyncio; the shell owns the socket,
 the bus, liveness (``pusher:ping`` after silence) and the client-event rate limit,
-which it gives as ``allow_client_event``.
+which it gives as ``allow_client_event(socket_id)`` (one function for all of an
+app's connections, not one closure per connection).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class PusherSession:
         max_channels: int,
         max_message_size: int,
         client_event_rate: int,
-        allow_client_event: Callable[[], bool] = lambda: True,
+        allow_client_event: Callable[[str], bool] = lambda socket_id: True,
     ) -> None:
         self.socket_id = socket_id
         self.key = key
@@ -268,7 +269,7 @@ class PusherSession:
                 "client events are only allowed on private- and presence- channels",
             )
         assert channel is not None
-        if not self._allow_client_event():
+        if not self._allow_client_event(self.socket_id):
             raise PusherError(
                 ErrorCode.CLIENT_EVENT_RATE_LIMIT,
                 f"client event rejected: more than {self.client_event_rate} per second",

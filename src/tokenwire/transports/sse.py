@@ -162,12 +162,13 @@ _LOG_LOST = (StreamNotFoundError, StreamExpiredError, LogUnavailableError)
 
 class _BodyWriter:
     """The response's :data:`~tokenwire.log.follow.Sink`: frames a batch and starts
-    its write at once, in the caller's step (the producer's, for the memory log).
+    its write at once, in the step that hands it over (for the memory log, the
+    appender's, or the follower's next turn when the loop is busy).
 
     ``send`` finishes without suspending while the socket takes the bytes (uvicorn
-    only waits when the transport paused writing), so a live event reaches the
-    socket in the step that appended it. When the write does suspend, the rest of it
-    runs in a task, returned so that the follower hands over nothing until it is done.
+    only waits when the transport paused writing), so no task wakes per event. When
+    the write does suspend, the rest of it runs in a task, returned so that the
+    follower hands over nothing until it is done.
     """
 
     __slots__ = ("frame", "in_flight", "send")

@@ -94,7 +94,7 @@ class Connection:
         send: Send,
         now: float,
         write_frame: Callable[[bytes], bool] | None = None,
-        allow_client_event: Callable[[], bool] = lambda: True,
+        allow_client_event: Callable[[str], bool] = lambda socket_id: True,
     ) -> None:
         self.app = app
         self.write_frame = write_frame

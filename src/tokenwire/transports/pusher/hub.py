@@ -135,6 +135,9 @@ class PusherHub:
         )
         self.authorizers: list[tuple[re.Pattern[str], ChannelAuthorizer]] = []
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._client_event_limits = {a.id: self._client_event_limit(a) for a in apps}
+        """App id -> ``allow_client_event(socket_id)`` of its connections: one per app,
+        not a closure and a rate item per connection."""
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -310,14 +313,13 @@ class PusherHub:
         assert app is not None
         write_frame = scope.get("extensions", {}).get(WRITE_FRAME)
         socket_id = new_socket_id()
-        rate = RateLimitItemPerSecond(app.client_event_rate)
         conn = Connection(
             app,
             socket_id,
             send,
             time.monotonic(),
             write_frame,
-            allow_client_event=lambda: self._limiter.hit(rate, app.id, socket_id),
+            allow_client_event=self._client_event_limits[app.id],
         )
         self.connections[conn.socket_id] = conn
         self._app_connections[app.id] += 1
@@ -331,6 +333,13 @@ class PusherHub:
             await self._serve(conn, receive)
         finally:
             await self._forget(conn)
+
+    def _client_event_limit(self, app: PusherApp) -> Callable[[str], bool]:
+        """``allow_client_event(socket_id)``: at most ``app.client_event_rate`` client
+        events per second and connection (a moving window, ``limits``)."""
+        rate = RateLimitItemPerSecond(app.client_event_rate)
+        hit = self._limiter.hit
+        return lambda socket_id: hit(rate, app.id, socket_id)
 
     def _refusal(self, app: PusherApp | None, scope: Scope) -> tuple[int, str] | None:
         if app is None:
