@@ -100,6 +100,7 @@ def test_presence_and_client_events() -> None:
     [joined] = subscribe(s, "presence-room", member)
     assert joined == Subscribe("presence-room", ChannelKind.PRESENCE, ("7", {"n": 1}))
     assert s.members == {"presence-room": "7"}
+    assert session().members == {}  # another session's memberships are its own
     sent = s.receive_text(frame("client-typing", {"a": 1}, "presence-room"))
     assert sent == [ClientEvent("presence-room", "client-typing", '{"a":1}', "7")]
     outside = error_of(list(s.receive_text(frame("client-x", "d", "private-other"))))
