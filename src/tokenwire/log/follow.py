@@ -2,12 +2,11 @@
 
 :meth:`~tokenwire.log.base.StreamLog.read` is pulled by a task: every append wakes
 the reader's task, which then writes. :meth:`~tokenwire.log.base.StreamLog.follow`
-pushes instead: the memory log calls the sink inside ``append``, in the producer's
-own step, while the event loop has room, and at the loop's next turn when it is
-busy (one write for all that turn's events), so a live SSE response needs no task
-of its own and, on an idle loop, writes in the step that produced the event
-(docs/performance.md, "Pushed to the SSE response"). A log without such a path
-follows by reading (:class:`ReadingFollower`).
+pushes instead: the memory log calls the sink from one callback per follower at
+the event loop's next turn, with everything the turn appended, so a live SSE
+response needs no task of its own and writes once per turn, however many events
+came (docs/performance.md, "Pushed to the SSE response"). A log without such a
+path follows by reading (:class:`ReadingFollower`).
 
 A sink takes one batch (``[]`` after ``idle`` seconds of silence, for a heartbeat)
 and returns ``None`` when it is done with it, or an awaitable when its write is

@@ -3,7 +3,7 @@
 Events live in a per-stream list whose index is ``seq - 1``. A reader waits on a
 future of the stream's ``waiters``, which an append resolves, so one append wakes
 every live reader once, however many events it carried; a follower
-(:meth:`MemoryStreamLog.follow`) is handed the events inside the append. Finished
+(:meth:`MemoryStreamLog.follow`) is handed them by a callback at the next turn. Finished
 streams are dropped ``retention`` seconds after their terminal event (then 410 for
 a while).
 """
@@ -110,35 +110,24 @@ class _Wake:
             self.timer.cancel()
 
 
-_HANDOVERS_PER_TURN = 16
-"""Handovers a follower makes at once in one turn of a loop that is not busy; more
-wait for the next turn (docs/performance.md, "Pushed to the SSE response")."""
-_BUSY_TURN = 0.002
-"""Seconds a callback waited for its turn above which the event loop counts as busy:
-then every handover waits for the next turn, all of a turn's events in one write."""
-
-
 class _Follower:
-    """A follower the log pushes to: inside ``append``, in the appender's step.
+    """A follower the log pushes to, from a callback: no task of its own.
 
     It hands over what the log holds after its position, batch by batch, then waits
-    in the stream's ``followers`` to be woken by the next append. While the event
-    loop has room, the first appends of a turn are handed over at once (a paced
-    stream's every event, and the few a late provider sends at once: the write
-    leaves in the appender's step); the rest of a long burst at the next turn, in
-    batches, as a reader would take it. When the loop is busy (a callback waited
-    more than :data:`_BUSY_TURN` for its turn), every handover waits for the next
-    turn: a turn's events go in one write, and the writes a saturated core saves
-    are what keeps it closest to its schedule.
+    in the stream's ``followers``. An append queues one callback for the event
+    loop's next turn (one per follower, however many appends the turn has), which
+    hands over everything that came, in batches, each in one write: the writes of a
+    turn leave together, not one between every producer's work (docs/performance.md,
+    "Pushed to the SSE response", for why not in the appender's step).
 
-    While the sink's write is in flight, wake-ups are ignored: the follower catches
-    up from its position when the write is done. One timer, armed lazily as in
-    :class:`_Wake`, serves heartbeats and the lease check.
+    While the sink's write is in flight, nothing is handed over: the follower
+    catches up from its position when the write is done. One timer, armed lazily as
+    in :class:`_Wake`, serves heartbeats and the lease check.
     """
 
     __slots__ = (
-        "after", "batch", "done", "handovers", "idle", "log", "loop", "quiet_until",
-        "sink", "stream", "timer", "timer_at", "turn_at", "writing",
+        "after", "batch", "done", "idle", "log", "loop", "queued", "quiet_until",
+        "sink", "stream", "timer", "timer_at", "writing",
     )  # fmt: skip
 
     def __init__(
@@ -162,33 +151,21 @@ class _Follower:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = math.inf
         self.writing = False
-        self.handovers = 0
-        """Handovers in this turn of the event loop."""
-        self.turn_at: float | None = None
-        """Loop time at which the next-turn callback was queued (``None``: not queued)."""
+        self.queued = False
+        """Whether the next-turn callback is queued."""
         stream.readers += 1
         stream.followers.append(self)
         self._deliver()
 
     def wake(self) -> None:
-        """An append: hand it over now, or at the next turn of the event loop."""
-        room = _HANDOVERS_PER_TURN if self.log.turn_lag < _BUSY_TURN else 0
-        if self.handovers < room:
-            self._deliver()
-        else:
-            self._queue_turn()
-
-    def _queue_turn(self) -> None:
-        if self.turn_at is None:
-            self.turn_at = self.loop.time()
+        """An append: hand over what came at the event loop's next turn."""
+        if not self.queued:
+            self.queued = True
             self.loop.call_soon(self._next_turn)
 
     def _next_turn(self) -> None:
-        self.log.turn_lag = self.loop.time() - (self.turn_at or 0.0)
-        self.turn_at = None
-        self.handovers = 0
-        if len(self.stream.events) > self.after:
-            self._deliver()
+        self.queued = False
+        self._deliver()
 
     def _deliver(self) -> None:
         """Hand over every batch the log holds after ``after`` (until a write is in flight)."""
@@ -203,14 +180,12 @@ class _Follower:
             chunk = stream.events[self.after : self.after + self.batch]
             self.after = chunk[-1].seq
             self.quiet_until = time.monotonic() + self.idle
-            self._queue_turn()
-            self.handovers += 1
             self._hand(chunk, is_terminal(chunk[-1]))
 
     def _hand(self, chunk: list[Event], terminal: bool) -> None:
         try:
             pending = self.sink(chunk)
-        except Exception as exc:  # the sink's own failure must not fail the append
+        except Exception as exc:  # the sink's own failure ends this follower only
             self._end(exc)
             return
         if pending is None:
@@ -295,8 +270,6 @@ class MemoryStreamLog:
         self._retention = retention
         self._clock = clock
         self._last_sweep = clock()
-        self.turn_lag = 0.0
-        """Seconds the last next-turn callback of a follower waited: how busy the loop is."""
 
     def _get(self, stream_id: str) -> _Stream:
         stream = self._streams.get(stream_id)
@@ -413,9 +386,9 @@ class MemoryStreamLog:
         batch: int = 256,
         idle: float | None = None,
     ) -> Follower:
-        """Push each batch to ``sink`` (:mod:`tokenwire.log.follow`): inside
-        :meth:`append` while the event loop has room, else at its next turn; a live
-        SSE response needs no task of its own.
+        """Push each batch to ``sink`` (:mod:`tokenwire.log.follow`): what the log
+        holds at once, then what each turn of the event loop appends, at the next
+        turn, from a callback; a live SSE response needs no task of its own.
 
         Raises:
             StreamNotFoundError, StreamExpiredError: at once.

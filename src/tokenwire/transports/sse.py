@@ -163,7 +163,7 @@ _LOG_LOST = (StreamNotFoundError, StreamExpiredError, LogUnavailableError)
 class _BodyWriter:
     """The response's :data:`~tokenwire.log.follow.Sink`: frames a batch and starts
     its write at once, in the step that hands it over (for the memory log, the
-    appender's, or the follower's next turn when the loop is busy).
+    follower's callback at the event loop's next turn after an append).
 
     ``send`` finishes without suspending while the socket takes the bytes (uvicorn
     only waits when the transport paused writing), so no task wakes per event. When
