@@ -13,6 +13,7 @@ from tokenwire.protocol.pusher import (
 )
 from tokenwire.protocol.pusher_session import (
     PONG,
+    AppRules,
     ClientEvent,
     Close,
     PusherSession,
@@ -27,12 +28,14 @@ KEY, SECRET, SOCKET_ID = "key1", "secret1", "123.456"
 def session(max_channels: int = 100, allow: bool = True) -> PusherSession:
     return PusherSession(
         SOCKET_ID,
-        KEY,
-        SECRET,
-        max_channels=max_channels,
-        max_message_size=1000,
-        client_event_rate=10,
-        allow_client_event=lambda socket_id: allow and socket_id == SOCKET_ID,
+        AppRules(
+            KEY,
+            SECRET,
+            max_channels=max_channels,
+            max_message_size=1000,
+            client_event_rate=10,
+            allow_client_event=lambda socket_id: allow and socket_id == SOCKET_ID,
+        ),
     )
 
 

@@ -10,14 +10,14 @@ connection). The session keeps what the protocol makes it remember: the channels
 subscribed to, the presence ``user_id`` of each presence channel and the signed-in
 user. It does no I/O, reads no clock and runs no asyncio; the shell owns the socket,
 the bus, liveness (``pusher:ping`` after silence) and the client-event rate limit,
-which it gives as ``allow_client_event(socket_id)`` (one function for all of an
-app's connections, not one closure per connection).
+which it gives in the app's :class:`AppRules` as ``allow_client_event(socket_id)``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -41,6 +41,7 @@ from tokenwire.protocol.pusher import (
 __all__ = [
     "PONG",
     "Action",
+    "AppRules",
     "ClientEvent",
     "Close",
     "PusherSession",
@@ -108,43 +109,35 @@ _NO_MEMBERS: dict[str, str] = {}
 never written to (64 bytes a connection saved, ws_bench)."""
 
 
+def _allow_all(socket_id: str) -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class AppRules:
+    """What every connection of one app shares (one object per app, not per
+    connection): ``key`` and ``secret``, which sign its subscriptions and sign-in,
+    its limits, and the shell's client-event rate limiter."""
+
+    key: str
+    secret: str
+    max_channels: int
+    max_message_size: int
+    """Bytes of one frame, and of one client event's ``data``."""
+    client_event_rate: int
+    """Client events per second ``allow_client_event`` allows."""
+    allow_client_event: Callable[[str], bool] = _allow_all
+    """``allow_client_event(socket_id)``: whether this connection may send one more."""
+
+
 class PusherSession:
-    """The protocol state of one connection of the app ``key`` (``secret`` signs its
-    subscriptions and sign-in)."""
+    """The protocol state of one connection of an app (``rules``)."""
 
-    __slots__ = (
-        "_allow_client_event",
-        "channels",
-        "client_event_rate",
-        "key",
-        "max_channels",
-        "max_message_size",
-        "members",
-        "secret",
-        "socket_id",
-        "user_id",
-    )
+    __slots__ = ("channels", "members", "rules", "socket_id", "user_id")
 
-    def __init__(
-        self,
-        socket_id: str,
-        key: str,
-        secret: str,
-        *,
-        max_channels: int,
-        max_message_size: int,
-        client_event_rate: int,
-        allow_client_event: Callable[[str], bool] = lambda socket_id: True,
-    ) -> None:
+    def __init__(self, socket_id: str, rules: AppRules) -> None:
         self.socket_id = socket_id
-        self.key = key
-        self.secret = secret
-        self.max_channels = max_channels
-        self.max_message_size = max_message_size
-        """Bytes of one frame, and of one client event's ``data``."""
-        self.client_event_rate = client_event_rate
-        """Client events per second ``allow_client_event`` (the shell's limiter) allows."""
-        self._allow_client_event = allow_client_event
+        self.rules = rules
         self.channels: dict[str, ChannelKind] = {}
         self.user_id: str | None = None
         """Set by ``pusher:signin``."""
@@ -157,10 +150,10 @@ class PusherSession:
         ``pusher:error`` frame, or a :class:`Close` for the errors that end the
         connection."""
         try:
-            if len(text.encode()) > self.max_message_size:
+            if len(text.encode()) > self.rules.max_message_size:
                 raise PusherError(
                     ErrorCode.MESSAGE_TOO_LARGE,
-                    f"frame larger than {self.max_message_size} bytes",
+                    f"frame larger than {self.rules.max_message_size} bytes",
                 )
             return self._handle(parse_frame(text))
         except PusherError as exc:
@@ -207,12 +200,12 @@ class PusherSession:
                 return [subscription_error(channel, "InvalidChannel", str(exc), 400)]
             raise PusherError(ErrorCode.INVALID_FRAME, f"pusher:subscribe: {exc}") from None
         assert isinstance(channel, str)
-        if channel not in self.channels and len(self.channels) >= self.max_channels:
+        if channel not in self.channels and len(self.channels) >= self.rules.max_channels:
             return [
                 subscription_error(
                     channel,
                     "LimitReached",
-                    f"a connection may be subscribed to at most {self.max_channels} channels",
+                    f"a connection may be subscribed to at most {self.rules.max_channels} channels",
                     ErrorCode.TOO_MANY_CHANNELS,
                 )
             ]
@@ -230,7 +223,9 @@ class PusherSession:
                             channel, "AuthError", "channel_data must name a user_id", 400
                         )
                     ]
-            expected = channel_auth(self.key, self.secret, self.socket_id, channel, channel_data)
+            expected = channel_auth(
+                self.rules.key, self.rules.secret, self.socket_id, channel, channel_data
+            )
             if not verify_auth(data.get("auth"), expected):
                 return [subscription_error(channel, "AuthError", "invalid auth signature", 401)]
         actions = self.unsubscribe(channel)  # a re-subscription starts afresh
@@ -255,7 +250,7 @@ class PusherSession:
                 ErrorCode.UNAUTHORIZED, "pusher:signin: user_data must name an id", close=True
             )
         assert isinstance(user_data, str)
-        expected = user_auth(self.key, self.secret, self.socket_id, user_data)
+        expected = user_auth(self.rules.key, self.rules.secret, self.socket_id, user_data)
         if not verify_auth(data.get("auth"), expected):
             raise PusherError(
                 ErrorCode.UNAUTHORIZED, "pusher:signin: invalid auth signature", close=True
@@ -277,18 +272,18 @@ class PusherSession:
                 "client events are only allowed on private- and presence- channels",
             )
         assert channel is not None
-        if not self._allow_client_event(self.socket_id):
+        if not self.rules.allow_client_event(self.socket_id):
             raise PusherError(
                 ErrorCode.CLIENT_EVENT_RATE_LIMIT,
-                f"client event rejected: more than {self.client_event_rate} per second",
+                f"client event rejected: more than {self.rules.client_event_rate} per second",
             )
         data = (
             frame.data if isinstance(frame.data, str) else msgspec.json.encode(frame.data).decode()
         )
-        if len(data.encode()) > self.max_message_size:
+        if len(data.encode()) > self.rules.max_message_size:
             raise PusherError(
                 ErrorCode.MESSAGE_TOO_LARGE,
-                f"client event data larger than {self.max_message_size} bytes",
+                f"client event data larger than {self.rules.max_message_size} bytes",
             )
         user_id = self.members[channel] if kind is ChannelKind.PRESENCE else None
         return ClientEvent(channel, frame.event, data, user_id)

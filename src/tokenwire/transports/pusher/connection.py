@@ -33,10 +33,17 @@ from starlette.types import Send
 
 from tokenwire.observability.metrics import SLOW_READERS_DROPPED
 from tokenwire.protocol.pusher import ErrorCode, error_frame
-from tokenwire.protocol.pusher_session import PusherSession
+from tokenwire.protocol.pusher_session import AppRules, PusherSession
 from tokenwire.settings import PusherApp
 
-__all__ = ["CLOSE_TIMEOUT", "MAX_BACKLOG", "WRITE_FRAME", "Connection", "ConnectionState"]
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "MAX_BACKLOG",
+    "WRITE_FRAME",
+    "Connection",
+    "ConnectionState",
+    "app_rules",
+]
 
 MAX_BACKLOG = 1024
 """Frames a connection whose socket is not draining may have waiting before it is closed."""
@@ -68,6 +75,20 @@ _OPEN = ConnectionState.OPEN
 """The send path's check is ``state is _OPEN``: an identity comparison, no allocation."""
 
 
+def app_rules(app: PusherApp, allow_client_event: Callable[[str], bool] | None = None) -> AppRules:
+    """The :class:`AppRules` of ``app``'s connections (no client-event limit unless
+    ``allow_client_event`` is given)."""
+    limit = {} if allow_client_event is None else {"allow_client_event": allow_client_event}
+    return AppRules(
+        app.key,
+        app.secret,
+        app.max_channels,
+        app.max_message_size,
+        app.client_event_rate,
+        **limit,
+    )
+
+
 class Connection:
     """One client connection: its ``socket_id``, its protocol state (``session``, a
     sans-I/O :class:`~tokenwire.protocol.pusher_session.PusherSession`) and outgoing
@@ -94,22 +115,14 @@ class Connection:
         send: Send,
         now: float,
         write_frame: Callable[[bytes], bool] | None = None,
-        allow_client_event: Callable[[str], bool] = lambda socket_id: True,
+        rules: AppRules | None = None,
     ) -> None:
         self.app = app
         self.write_frame = write_frame
         """The server's ``tokenwire.write_frame`` extension, if it has one
         (:mod:`tokenwire.server.serving`)."""
         self.socket_id = socket_id
-        self.session = PusherSession(
-            socket_id,
-            app.key,
-            app.secret,
-            max_channels=app.max_channels,
-            max_message_size=app.max_message_size,
-            client_event_rate=app.client_event_rate,
-            allow_client_event=allow_client_event,
-        )
+        self.session = PusherSession(socket_id, rules or app_rules(app))
         """Its subscriptions, presence memberships and signed-in user."""
         self.last_seen = now
         self.pinged = False

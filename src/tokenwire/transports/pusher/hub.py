@@ -68,7 +68,12 @@ from tokenwire.protocol.pusher_session import (
 )
 from tokenwire.settings import PusherApp
 from tokenwire.transports.pusher.bus import Bus, BusMessage, MemoryBus, RedisBus
-from tokenwire.transports.pusher.connection import WRITE_FRAME, Connection, ConnectionState
+from tokenwire.transports.pusher.connection import (
+    WRITE_FRAME,
+    Connection,
+    ConnectionState,
+    app_rules,
+)
 from tokenwire.transports.pusher.relay import Relays
 
 if TYPE_CHECKING:
@@ -135,9 +140,8 @@ class PusherHub:
         )
         self.authorizers: list[tuple[re.Pattern[str], ChannelAuthorizer]] = []
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
-        self._client_event_limits = {a.id: self._client_event_limit(a) for a in apps}
-        """App id -> ``allow_client_event(socket_id)`` of its connections: one per app,
-        not a closure and a rate item per connection."""
+        self._rules = {a.id: app_rules(a, self._client_event_limit(a)) for a in apps}
+        """App id -> what its connections share (one object per app, ws_bench)."""
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -319,7 +323,7 @@ class PusherHub:
             send,
             time.monotonic(),
             write_frame,
-            allow_client_event=self._client_event_limits[app.id],
+            rules=self._rules[app.id],
         )
         self.connections[conn.socket_id] = conn
         self._app_connections[app.id] += 1
