@@ -22,6 +22,7 @@ from tests.support.redis_logs import REDIS_URL, namespace, open_redis_logs
 from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
 from tokenwire.events import Cancelled, Error, Event, Finish, TextDelta, encode_event
 from tokenwire.log.base import StreamLog
+from tokenwire.log.follow import Follower
 from tokenwire.log.memory import MemoryStreamLog
 from tokenwire.log.redis import RedisStreamLog
 
@@ -246,14 +247,21 @@ async def test_follow_replays_then_follows_then_ends(log: StreamLog) -> None:
     assert count == 0 and left_at is not None
 
 
-async def test_follow_waits_for_a_write_in_flight_and_loses_nothing(log: StreamLog) -> None:
+async def _first_write_in_flight(log: StreamLog) -> tuple[Collect, Follower]:
+    """Follow stream ``s`` with a sink that holds its writes; return once the write
+    of the first event (``seq`` 1) is in flight."""
     await log.create("s", {})
     sink = Collect()
     sink.hold = True
     follower = log.follow("s", 0, sink)
+    await log.append("s", [delta("a")])
+    await _until(lambda: _has(sink.in_flight, 1))
+    return sink, follower
+
+
+async def test_follow_waits_for_a_write_in_flight_and_loses_nothing(log: StreamLog) -> None:
     with anyio.fail_after(5):
-        await log.append("s", [delta("a")])
-        await _until(lambda: _has(sink.in_flight, 1))
+        sink, follower = await _first_write_in_flight(log)
         await log.append("s", [delta("b")])
         await log.append("s", [delta("c"), Finish(finish_reason="stop")])
         await anyio.sleep(0.05)  # room for a wrong handover; none may come while writing
@@ -265,13 +273,8 @@ async def test_follow_waits_for_a_write_in_flight_and_loses_nothing(log: StreamL
 
 
 async def test_follow_ends_with_the_sinks_error(log: StreamLog) -> None:
-    await log.create("s", {})
-    sink = Collect()
-    sink.hold = True
-    follower = log.follow("s", 0, sink)
     with anyio.fail_after(5):
-        await log.append("s", [delta("a")])
-        await _until(lambda: _has(sink.in_flight, 1))
+        sink, follower = await _first_write_in_flight(log)
         sink.in_flight[0].set_exception(OSError("client gone"))
         with pytest.raises(OSError, match="client gone"):
             await follower.done

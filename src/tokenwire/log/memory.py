@@ -68,49 +68,67 @@ class _Stream:
         self.followers: list[_Follower] = []
 
 
-class _Wake:
-    """How a live reader waits: a future resolved by the next append, or by a timer.
+class _LazyTimer:
+    """Base of a reader or follower with one timer, armed lazily: asking for a later
+    deadline than the armed one changes nothing, and when the timer fires early (the
+    deadline moved on because events came) the owner asks again for the new one. So
+    following a busy stream costs no timer per event. The owner's ``_fire`` runs."""
 
-    The timer is armed lazily and not re-armed per wait: when it fires early (the
-    deadline moved on because events came), the reader re-arms it for the new
-    deadline. So following a busy stream costs no timer per event.
-    """
+    __slots__ = ("loop", "timer", "timer_at")
 
-    __slots__ = ("future", "loop", "stream", "timer", "timer_at")
-
-    def __init__(self, stream: _Stream) -> None:
-        self.stream = stream
+    def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = math.inf
 
+    def _arm(self, deadline: float) -> None:
+        """Have ``_fire`` run by ``deadline`` (``time.monotonic()`` seconds)."""
+        if deadline < self.timer_at:
+            self._disarm()
+            self.timer_at = deadline
+            if deadline < math.inf:
+                when = self.loop.time() + (deadline - time.monotonic())
+                self.timer = self.loop.call_at(when, self._fired)
+
+    def _fired(self) -> None:
+        self.timer, self.timer_at = None, math.inf
+        self._fire()
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer, self.timer_at = None, math.inf
+
+    def _fire(self) -> None:
+        raise NotImplementedError
+
+
+class _Wake(_LazyTimer):
+    """How a live reader waits: a future resolved by the next append, or by the timer."""
+
+    __slots__ = ("future", "stream")
+
+    def __init__(self, stream: _Stream) -> None:
+        super().__init__()
+        self.stream = stream
+        self.future: asyncio.Future[None] | None = None
+
     async def wait(self, deadline: float) -> None:
         """Wait for an append or until ``deadline`` (``time.monotonic()`` seconds)."""
-        if deadline < self.timer_at:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer_at = deadline
-            self.timer = (
-                self.loop.call_at(self.loop.time() + (deadline - time.monotonic()), self._fire)
-                if deadline < math.inf
-                else None
-            )
+        self._arm(deadline)
         future = self.future = self.loop.create_future()
         self.stream.waiters.append(future)
         await future
 
     def _fire(self) -> None:
-        self.timer, self.timer_at = None, math.inf
         if self.future is not None and not self.future.done():
             self.future.set_result(None)
 
     def close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        self._disarm()
 
 
-class _Follower:
+class _Follower(_LazyTimer):
     """A follower the log pushes to, from a callback: no task of its own.
 
     It hands over what the log holds after its position, batch by batch, then waits
@@ -121,13 +139,13 @@ class _Follower:
     "Pushed to the SSE response", for why not in the appender's step).
 
     While the sink's write is in flight, nothing is handed over: the follower
-    catches up from its position when the write is done. One timer, armed lazily as
-    in :class:`_Wake`, serves heartbeats and the lease check.
+    catches up from its position when the write is done. Its one timer
+    (:class:`_LazyTimer`) serves heartbeats and the lease check.
     """
 
     __slots__ = (
-        "after", "batch", "done", "idle", "log", "loop", "queued", "quiet_until",
-        "sink", "stream", "timer", "timer_at", "writing",
+        "after", "batch", "done", "idle", "log", "queued", "quiet_until", "sink",
+        "stream", "writing",
     )  # fmt: skip
 
     def __init__(
@@ -139,17 +157,15 @@ class _Follower:
         batch: int,
         idle: float | None,
     ) -> None:
+        super().__init__()
         self.log = log
         self.stream = stream
         self.after = after
         self.sink = sink
         self.batch = batch
         self.idle = math.inf if idle is None else idle
-        self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.quiet_until = time.monotonic() + self.idle
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = math.inf
         self.writing = False
         self.queued = False
         """Whether the next-turn callback is queued."""
@@ -175,7 +191,7 @@ class _Follower:
                 if stream.status != "running":
                     self._end(None)
                 else:
-                    self._arm()
+                    self._arm_quiet()
                 return
             chunk = stream.events[self.after : self.after + self.batch]
             self.after = chunk[-1].seq
@@ -208,18 +224,11 @@ class _Follower:
         else:
             self._deliver()
 
-    def _arm(self) -> None:
-        deadline = min(self.quiet_until, self.stream.lease_until or math.inf)
-        if deadline < self.timer_at:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer_at = deadline
-            self.timer = self.loop.call_at(
-                self.loop.time() + (deadline - time.monotonic()), self._fire
-            )
+    def _arm_quiet(self) -> None:
+        """Time the heartbeat, or the lease check if the lease ends first."""
+        self._arm(min(self.quiet_until, self.stream.lease_until or math.inf))
 
     def _fire(self) -> None:
-        self.timer, self.timer_at = None, math.inf
         if self.done.done():
             return
         now = time.monotonic()
@@ -230,13 +239,12 @@ class _Follower:
             self.quiet_until = now + self.idle
             self._hand([], False)
         if not self.done.done():
-            self._arm()
+            self._arm_quiet()
 
     def _end(self, exc: BaseException | None) -> None:
         if self.done.done():
             return
-        if self.timer is not None:
-            self.timer.cancel()
+        self._disarm()
         self.stream.followers.remove(self)
         self.log._reader_left(self.stream)
         if exc is None:
@@ -245,8 +253,7 @@ class _Follower:
             self.done.set_exception(exc)
 
     def close(self) -> None:
-        if not self.done.done():
-            self._end(None)
+        self._end(None)
 
 
 class MemoryStreamLog:

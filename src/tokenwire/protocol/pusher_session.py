@@ -109,10 +109,6 @@ _NO_MEMBERS: dict[str, str] = {}
 never written to (64 bytes a connection saved, ws_bench)."""
 
 
-def _allow_all(socket_id: str) -> bool:
-    return True
-
-
 @dataclass(frozen=True, slots=True)
 class AppRules:
     """What every connection of one app shares (one object per app, not per
@@ -126,7 +122,7 @@ class AppRules:
     """Bytes of one frame, and of one client event's ``data``."""
     client_event_rate: int
     """Client events per second ``allow_client_event`` allows."""
-    allow_client_event: Callable[[str], bool] = _allow_all
+    allow_client_event: Callable[[str], bool]
     """``allow_client_event(socket_id)``: whether this connection may send one more."""
 
 

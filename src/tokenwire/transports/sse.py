@@ -121,38 +121,34 @@ class EventStreamResponse(Response):
         if self.preamble:
             await send({"type": "http.response.body", "body": self.preamble, "more_body": True})
         writer = _BodyWriter(send, self.frame)
+        exc: BaseException | None
         try:
             follower = self.log.follow(
                 self.stream_id, self.after, writer, idle=self.heartbeat_interval
             )
         except _LOG_LOST as lost:
-            return await self._lost(send, lost)
-        watcher = asyncio.create_task(_wait_disconnect(receive))
-        done = follower.done
-        try:
-            await asyncio.wait({done, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            ended = done.done() and not done.cancelled()
-        finally:
-            watcher.cancel()
-            follower.close()
-            writer.cancel()
-        if not ended:
-            return  # the client left first
-        exc = done.exception()
+            exc = lost
+        else:
+            watcher = asyncio.create_task(_wait_disconnect(receive))
+            done = follower.done
+            try:
+                await asyncio.wait({done, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                ended = done.done() and not done.cancelled()
+            finally:
+                watcher.cancel()
+                follower.close()
+                writer.cancel()
+            if not ended:
+                return  # the client left first
+            exc = done.exception()
         if isinstance(exc, _LOG_LOST):
-            await self._lost(send, exc)
+            # The log lost the stream (a Redis restart without persistence): end the
+            # body; a reconnect with Last-Event-ID then gets its 404 or 410.
+            logger.warning("stream %s ended without its terminal event: %r", self.stream_id, exc)
         elif isinstance(exc, OSError):
             return  # the client left mid-write
         elif exc is not None:
             raise exc
-        else:
-            with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _lost(self, send: Send, exc: Exception) -> None:
-        """The log lost the stream (a Redis restart without persistence): end the body;
-        a reconnect with Last-Event-ID then gets its 404 or 410."""
-        logger.warning("stream %s ended without its terminal event: %r", self.stream_id, exc)
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -75,17 +75,20 @@ _OPEN = ConnectionState.OPEN
 """The send path's check is ``state is _OPEN``: an identity comparison, no allocation."""
 
 
-def app_rules(app: PusherApp, allow_client_event: Callable[[str], bool] | None = None) -> AppRules:
+def _no_limit(socket_id: str) -> bool:
+    return True
+
+
+def app_rules(app: PusherApp, allow_client_event: Callable[[str], bool] = _no_limit) -> AppRules:
     """The :class:`AppRules` of ``app``'s connections (no client-event limit unless
     ``allow_client_event`` is given)."""
-    limit = {} if allow_client_event is None else {"allow_client_event": allow_client_event}
     return AppRules(
         app.key,
         app.secret,
         app.max_channels,
         app.max_message_size,
         app.client_event_rate,
-        **limit,
+        allow_client_event,
     )
 
 
