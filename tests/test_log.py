@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sized
 from pathlib import Path
@@ -20,7 +21,25 @@ import redis.asyncio as aioredis
 
 from tests.support.redis_logs import REDIS_URL, namespace, open_redis_logs
 from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
-from tokenwire.events import Cancelled, Error, Event, Finish, TextDelta, encode_event
+from tokenwire.events import (
+    Cancelled,
+    Error,
+    Event,
+    Finish,
+    ReasoningDelta,
+    Source,
+    Start,
+    StepFinish,
+    StepStart,
+    TextDelta,
+    TokenUsage,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolResult,
+    Usage,
+    encode_event,
+)
 from tokenwire.log.base import StreamLog
 from tokenwire.log.follow import Follower
 from tokenwire.log.memory import MemoryStreamLog
@@ -326,6 +345,64 @@ async def test_memory_follower_gets_a_turns_appends_at_the_next_turn_in_one_batc
     assert sink.seqs() == [[1], list(range(2, 41))]
     with pytest.raises(StreamNotFoundError):
         log.follow("nope", 0, sink)
+
+
+EVERY_KIND: list[Event] = [
+    Start(stream_id="s", message_id="m", conversation_id="c", model="fake:x", created_at=1.5),
+    StepStart(step=1),
+    ReasoningDelta(part=0, delta="pensée "),
+    TextDelta(part=1, delta="héllo 🌍"),
+    TextDelta(part=1, delta=""),
+    TextDelta(part=1, delta="no", refusal=True),
+    TextDelta(part=300, delta="a part past what packs as bare text"),
+    ReasoningDelta(part=200, delta="and its reasoning"),
+    ToolCallStart(part=2, tool_call_id="call_1", name="lookup"),
+    ToolCallDelta(part=2, tool_call_id="call_1", delta='{"q": '),
+    ToolCall(part=2, tool_call_id="call_1", name="lookup", arguments={"q": [1, 2.5, None]}),
+    ToolResult(part=3, tool_call_id="call_1", output={"rows": ["x"]}, is_error=False),
+    Source(part=4, url="https://example.com/", title=None),
+    StepFinish(step=1, finish_reason="tool_calls"),
+    Usage(input_tokens=3, output_tokens=5),
+    Finish(finish_reason="stop", usage=TokenUsage(input_tokens=3, output_tokens=5)),
+]
+
+
+async def test_every_event_kind_reads_back_equal(log: StreamLog) -> None:
+    await log.create("s", {})
+    appended: list[Event] = []
+    for event in EVERY_KIND:  # one append each: the memory log packs all but the last
+        appended += await log.append("s", [event])
+    assert [e.seq for e in appended] == list(range(1, len(EVERY_KIND) + 1))
+    assert await log.events("s") == appended
+    assert await log.events("s", after=3, limit=4) == appended[3:7]
+    assert [e for batch in [b async for b in log.read("s", 0, batch=5)] for e in batch] == appended
+
+
+async def test_memory_log_keeps_a_delta_in_its_text_and_five_bytes() -> None:
+    """Issue #12: a stream's deltas are packed, not held as one struct each (~190 bytes
+    for 40 bytes of text); a follower at the live edge is handed the very events
+    appended, and a late one reads back equal ones."""
+    log = MemoryStreamLog()
+    await log.create("s", {})
+    sink = Collect()
+    log.follow("s", 0, sink)
+    texts = [f"{i:04d} a paced delta of forty bytes." for i in range(500)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        handed: list[Event] = []
+        for text in texts:
+            handed += await log.append("s", [delta(text)])
+            await asyncio.sleep(0)  # the follower's turn
+            assert sink.batches[-1][0] is handed[-1]
+        sink.batches.clear()
+        del handed
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # bytearray and array over-allocate; the interpreter's free lists keep a few KB
+    assert kept <= sum(len(t) + 5 for t in texts) * 1.1 + 6_000
+    assert [e.delta for e in await log.events("s") if isinstance(e, TextDelta)] == texts
 
 
 async def test_retention_answers_expired(make_log: MakeLog) -> None:
