@@ -244,6 +244,7 @@ class Producer:
             for run in batch:
                 await run.sync_state()
                 run.checkpointed_seq = run.state.last_seq
+                await asyncio.sleep(0)  # one message's fold per turn, not a batch's stall
             await self.sink.checkpoint_messages({r.message_id: r.state.parts_list() for r in batch})
 
 
