@@ -75,15 +75,20 @@ class MessageState:
 
     def apply(self, event: Event) -> None:
         """Fold one event in."""
-        self.last_seq = max(self.last_seq, event.seq)
+        if event.seq > self.last_seq:
+            self.last_seq = event.seq
+        # The many first, without a ``match`` (its keyword class patterns cost a fold of
+        # text deltas four times as much):
+        if isinstance(event, TextDelta):
+            self._append(event.part, "text", event.delta)
+            return
+        if isinstance(event, ReasoningDelta):
+            self._append(event.part, "reasoning", event.delta)
+            return
         match event:
             case Start():
                 self.start = event
                 self.status = self.status.then(MessageStatus.STREAMING)
-            case TextDelta(part=part, delta=delta):
-                self._append(part, "text", delta)
-            case ReasoningDelta(part=part, delta=delta):
-                self._append(part, "reasoning", delta)
             case ToolCallStart():
                 self.parts[event.part] = _tool_part(event.tool_call_id, event.name, event)
             case ToolCallDelta(part=part, delta=delta):
