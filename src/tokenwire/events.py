@@ -317,13 +317,13 @@ def outcome(event: Event) -> StreamStatus:
 
 
 def is_terminal(event: Event) -> bool:
-    """True for :class:`Finish`, :class:`Error` and :class:`Cancelled`."""
-    return isinstance(event, _TERMINALS)
+    """True for :class:`Finish`, :class:`Error` and :class:`Cancelled`.
 
-
-_TERMINALS: Final = (Finish, Error, Cancelled)
-"""A tuple, built once: ``Finish | Error | Cancelled`` in the call built a union
-object per event (the log calls this once per appended event)."""
+    A lookup of the event's class (the union is closed: no event class has
+    subclasses): ``isinstance`` against the three classes cost a text delta about
+    0.6 us, three failed checks through msgspec's ``StructMeta``, and the log asks
+    this once per appended event."""
+    return type(event) in _OUTCOMES
 
 
 def with_seq(event: Event, seq: int) -> Event:

@@ -121,6 +121,6 @@ def event_frame(channel: str, stream_id: str, event: Event) -> str:
     """A stream event as a frame: event name = its ``type``; ``data`` = its JSON with
     ``stream_id`` (``start`` has it already) and ``seq``."""
     body = encode_event(event)
-    if not isinstance(event, Start):
+    if type(event) is not Start:
         body = b'{"stream_id":' + msgspec.json.encode(stream_id) + b"," + body[1:]
     return encode_frame(str(event.__struct_config__.tag), body.decode(), channel)
