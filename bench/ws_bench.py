@@ -47,6 +47,11 @@ all subscribers; the kernel's part (socket writes, and on loopback the receiving
 side's TCP processing too) is reported separately. **Memory per connection** =
 (RSS with N subscribed - RSS before the round, clients gone) / N; only the first
 round's figure means anything, later rounds reuse the memory freed by the first.
+It also counts the free space the server's heaps had before the round (holes that
+start-up left, which the connections fill first): a fixed amount, a few hundred KB
+that follows the import history (``docs/performance.md``, run 7), so at N = 1,000
+two versions whose connections allocate the same may differ by up to 0.5 KB;
+compare versions at two N (the slope) rather than at one.
 
 **Processes.** Each server runs alone on CPU 0 (``taskset -c 0``); the client
 process(es) and this orchestrator are pinned to CPU 1. The default client is a
