@@ -405,6 +405,24 @@ async def test_memory_log_keeps_a_delta_in_its_text_and_five_bytes() -> None:
     assert [e.delta for e in await log.events("s") if isinstance(e, TextDelta)] == texts
 
 
+async def test_memory_reader_at_the_live_edge_decodes_nothing() -> None:
+    """What one turn appends stays held as the appended structs until the turn after,
+    when the readers it woke have taken it; a reader that comes later decodes."""
+    log = MemoryStreamLog()
+    await log.create("s", {})
+    reader = log.read("s", 0)
+    first = asyncio.ensure_future(anext(reader))
+    await asyncio.sleep(0)  # the reader waits at the live edge
+    appended: list[Event] = []
+    for i in range(200):  # one turn, many appends (one batch: at most 256)
+        appended += await log.append("s", [delta(str(i))])
+    batch = await first
+    assert len(batch) == 200 and all(a is b for a, b in zip(appended, batch, strict=True))
+    await reader.aclose()
+    later = await log.events("s")
+    assert later == appended and not any(a is b for a, b in zip(appended, later, strict=True))
+
+
 async def test_retention_answers_expired(make_log: MakeLog) -> None:
     log = await make_log(retention=0.2)
     await log.create("s", {})

@@ -52,6 +52,7 @@ class _Stream:
         "readers_left_at",
         "status",
         "stream_id",
+        "trim_queued",
         "waiters",
     )
 
@@ -69,6 +70,7 @@ class _Stream:
         self.readers_left_at: float | None = None
         self.waiters: list[asyncio.Future[None]] = []
         self.followers: list[_Follower] = []
+        self.trim_queued = False
 
 
 class _LazyTimer:
@@ -328,7 +330,6 @@ class MemoryStreamLog:
             return []
         out: list[Event] = []
         log = stream.events
-        appended_from = len(log)
         for event in events:
             numbered = with_seq(event, len(log) + 1)
             log.append(numbered)
@@ -346,14 +347,25 @@ class MemoryStreamLog:
                     del self._active[conversation_id]
                 break
         if out:
-            log.trim(min([f.after for f in stream.followers], default=appended_from))
             waiters, stream.waiters = stream.waiters, []
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
             for follower in stream.followers[:]:
                 follower.wake()
+            if not stream.trim_queued:  # after the wake-ups just queued
+                stream.trim_queued = True
+                asyncio.get_running_loop().call_soon(self._trim, stream)
         return out
+
+    @staticmethod
+    def _trim(stream: _Stream) -> None:
+        """At the turn after an append, once the readers and followers it woke took
+        its events: stop holding as structs what every follower was handed (a
+        reader that comes later, or lags, decodes)."""
+        stream.trim_queued = False
+        log = stream.events
+        log.trim(min([f.after for f in stream.followers], default=len(log)))
 
     async def read(
         self, stream_id: str, after: int = 0, *, batch: int = 256, idle: float | None = None
