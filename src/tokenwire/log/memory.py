@@ -51,8 +51,8 @@ class _Stream:
         "readers",
         "readers_left_at",
         "status",
+        "reading",
         "stream_id",
-        "trim_queued",
         "waiters",
     )
 
@@ -70,7 +70,8 @@ class _Stream:
         self.readers_left_at: float | None = None
         self.waiters: list[asyncio.Future[None]] = []
         self.followers: list[_Follower] = []
-        self.trim_queued = False
+        self.reading: list[_Wake] = []
+        """The live readers (:meth:`MemoryStreamLog.read`), with their positions."""
 
 
 class _LazyTimer:
@@ -109,14 +110,18 @@ class _LazyTimer:
 
 
 class _Wake(_LazyTimer):
-    """How a live reader waits: a future resolved by the next append, or by the timer."""
+    """How a live reader waits: a future resolved by the next append, or by the
+    timer; ``after`` is the reader's position, so the packed log keeps as structs
+    what it has not read yet."""
 
-    __slots__ = ("future", "stream")
+    __slots__ = ("after", "future", "stream")
 
-    def __init__(self, stream: _Stream) -> None:
+    def __init__(self, stream: _Stream, after: int) -> None:
         super().__init__()
         self.stream = stream
+        self.after = after
         self.future: asyncio.Future[None] | None = None
+        stream.reading.append(self)
 
     async def wait(self, deadline: float) -> None:
         """Wait for an append or until ``deadline`` (``time.monotonic()`` seconds)."""
@@ -131,6 +136,7 @@ class _Wake(_LazyTimer):
 
     def close(self) -> None:
         self._disarm()
+        self.stream.reading.remove(self)
 
 
 class _Follower(_LazyTimer):
@@ -330,6 +336,7 @@ class MemoryStreamLog:
             return []
         out: list[Event] = []
         log = stream.events
+        keep_from = len(log)
         for event in events:
             numbered = with_seq(event, len(log) + 1)
             log.append(numbered)
@@ -353,33 +360,27 @@ class MemoryStreamLog:
                     waiter.set_result(None)
             for follower in stream.followers[:]:
                 follower.wake()
-            if not stream.trim_queued:  # after the wake-ups just queued
-                stream.trim_queued = True
-                asyncio.get_running_loop().call_soon(self._trim, stream)
+                if follower.after < keep_from:
+                    keep_from = follower.after
+            for reader in stream.reading:
+                if reader.after < keep_from:
+                    keep_from = reader.after
+            log.trim(keep_from)  # what every live reader and follower has taken
         return out
-
-    @staticmethod
-    def _trim(stream: _Stream) -> None:
-        """At the turn after an append, once the readers and followers it woke took
-        its events: stop holding as structs what every follower was handed (a
-        reader that comes later, or lags, decodes)."""
-        stream.trim_queued = False
-        log = stream.events
-        log.trim(min([f.after for f in stream.followers], default=len(log)))
 
     async def read(
         self, stream_id: str, after: int = 0, *, batch: int = 256, idle: float | None = None
     ) -> AsyncGenerator[list[Event], None]:
         stream = self._get(stream_id)
         stream.readers += 1
-        wake = _Wake(stream)
+        wake = _Wake(stream, after)
         try:
             quiet_until = math.inf if idle is None else time.monotonic() + idle
             while True:
                 log = stream.events
                 if len(log) > after:
                     chunk = log.slice(after, after + batch)
-                    after = chunk[-1].seq
+                    after = wake.after = chunk[-1].seq
                     yield chunk
                     if is_terminal(chunk[-1]):
                         return

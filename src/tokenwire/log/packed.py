@@ -8,12 +8,11 @@ any other event (``start``, tool calls, ``usage``, the terminal event …) is it
 JSON (:func:`~tokenwire.events.encode_event`, as on the wire) behind a kind byte of
 0. Reading decodes new structs, equal to the events appended.
 
-The events appended since the last turn of the event loop, and those a live
-follower has not been handed yet, are also kept as the structs that were appended
-(the *tail*): the memory log trims it at the turn after an append, when the
-readers and followers the append woke have taken its events, down to the slowest
-follower's position. So a reader or follower at the live edge is handed the very
-objects the producer appended and decodes nothing; one that comes later decodes.
+The events of the last append, and those a live reader or follower has not taken
+yet, are also kept as the structs that were appended (the *tail*): the memory log
+trims it on every append to the slowest live reader's or follower's position. So a
+reader or follower at the live edge is handed the very objects the producer
+appended and decodes nothing; one that comes later (a replay) decodes.
 """
 
 from __future__ import annotations
