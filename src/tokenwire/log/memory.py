@@ -50,8 +50,8 @@ class _Stream:
         "meta",
         "readers",
         "readers_left_at",
-        "status",
         "reading",
+        "status",
         "stream_id",
         "waiters",
     )
