@@ -1,8 +1,9 @@
 """In-memory stream log: one process, no dependencies, the default.
 
 Each stream's events are packed in bytes (:class:`~tokenwire.log.packed.PackedEvents`:
-a 40-byte delta costs 45 bytes, not the ~190 of a struct), index ``seq - 1``; those a
-follower has not been handed yet are also held as structs. A reader waits on a
+a 40-byte delta costs 45 bytes, not the ~190 of a struct), index ``seq - 1``; those
+of the last append and those a live reader or follower has not taken yet are also
+held as structs. A reader waits on a
 future of the stream's ``waiters``, which an append resolves, so one append wakes
 every live reader once, however many events it carried; a follower
 (:meth:`MemoryStreamLog.follow`) is handed them by a callback at the next turn. Finished
