@@ -77,8 +77,8 @@ class MessageState:
         """Fold one event in."""
         if event.seq > self.last_seq:
             self.last_seq = event.seq
-        # The many first, without a ``match`` (its keyword class patterns cost a fold of
-        # text deltas four times as much):
+        # The many first, without a ``match``: its class patterns made a text delta
+        # cost 1.46 us to fold instead of 0.42 (docs/performance.md, "packed").
         if isinstance(event, TextDelta):
             self._append(event.part, "text", event.delta)
             return

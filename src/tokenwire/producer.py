@@ -333,7 +333,7 @@ class _Run:
                     out = self.coalescer.push(event)
                     if out:
                         await self._append(out)
-                    if self.coalescer.deadline is not None and self.flush_timer is None:
+                    if self.flush_timer is None and self.coalescer.deadline is not None:
                         self._arm_flush()
             except ProviderError as exc:
                 if produced or not exc.retryable or attempt >= self.config.max_retries:

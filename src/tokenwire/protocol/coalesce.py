@@ -39,6 +39,9 @@ class Coalescer:
         self.window = window
         self._clock = clock
         self._pending: _Delta | None = None
+        self._merged: list[str] = []
+        """The text of the deltas merged into ``_pending``, joined once at the release
+        (a ``+`` per delta copied the held text each time: quadratic in a window)."""
         self._deadline = 0.0
         self._last_release = -math.inf
 
@@ -54,7 +57,7 @@ class Coalescer:
         now = self._clock()
         pending = self._pending
         if pending is not None and _mergeable(pending, event):
-            self._pending = msgspec.structs.replace(pending, delta=pending.delta + event.delta)
+            self._merged.append(event.delta)
             return self.flush() if now >= self._deadline else []
         out = self.flush()
         if now - self._last_release >= self.window:
@@ -74,8 +77,11 @@ class Coalescer:
         tokens/s the held time crept up to a whole window)."""
         if self._pending is None:
             return []
-        out: list[Event] = [self._pending]
-        self._pending = None
+        pending, self._pending = self._pending, None
+        if self._merged:
+            pending = msgspec.structs.replace(pending, delta=pending.delta + "".join(self._merged))
+            self._merged = []
+        out: list[Event] = [pending]
         self._last_release = min(self._clock(), self._deadline)
         return out
 
@@ -84,8 +90,8 @@ def _mergeable(pending: _Delta, event: _Delta) -> bool:
     """Same kind, same part and, for tool-call arguments, the same tool call."""
     if type(pending) is not type(event) or pending.part != event.part:
         return False
-    if isinstance(event, ToolCallDelta) and isinstance(pending, ToolCallDelta):
-        return pending.tool_call_id == event.tool_call_id
-    if isinstance(event, TextDelta) and isinstance(pending, TextDelta):
+    if type(event) is TextDelta and type(pending) is TextDelta:  # ("is": no isinstance)
         return pending.refusal == event.refusal  # a refusal is never merged into text
+    if type(event) is ToolCallDelta and type(pending) is ToolCallDelta:
+        return pending.tool_call_id == event.tool_call_id
     return True
