@@ -78,7 +78,7 @@ class MessageState:
         if event.seq > self.last_seq:
             self.last_seq = event.seq
         # The many first, without a ``match``: its class patterns made a text delta
-        # cost 1.46 us to fold instead of 0.42 (docs/performance.md, "packed").
+        # cost 1.46 us to fold instead of 0.42 (docs/performance.md, "Stalls").
         if isinstance(event, TextDelta):
             self._append(event.part, "text", event.delta)
             return

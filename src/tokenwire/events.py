@@ -247,7 +247,7 @@ def encode_event(event: Event) -> bytes:
     return _encoder.encode(event)
 
 
-def decode_event(data: bytes | bytearray | memoryview | str) -> Event:
+def decode_event(data: bytes | str) -> Event:
     """Decode one event from JSON.
 
     Raises:

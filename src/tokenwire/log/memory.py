@@ -1,9 +1,6 @@
 """In-memory stream log: one process, no dependencies, the default.
 
-Each stream's events are packed in bytes (:class:`~tokenwire.log.packed.PackedEvents`:
-a 40-byte delta costs 45 bytes, not the ~190 of a struct), index ``seq - 1``; those
-of the last append and those a live reader or follower has not taken yet are also
-held as structs. A reader waits on a
+Events live in a per-stream list whose index is ``seq - 1``. A reader waits on a
 future of the stream's ``waiters``, which an append resolves, so one append wakes
 every live reader once, however many events it carried; a follower
 (:meth:`MemoryStreamLog.follow`) is handed them by a callback at the next turn. Finished
@@ -31,7 +28,6 @@ from tokenwire.events import (
 )
 from tokenwire.log.base import StreamInfo
 from tokenwire.log.follow import Follower, Sink
-from tokenwire.log.packed import PackedEvents
 
 __all__ = ["MemoryStreamLog"]
 
@@ -51,7 +47,6 @@ class _Stream:
         "meta",
         "readers",
         "readers_left_at",
-        "reading",
         "status",
         "stream_id",
         "waiters",
@@ -59,7 +54,7 @@ class _Stream:
 
     def __init__(self, stream_id: str, meta: Mapping[str, str], now: float) -> None:
         self.stream_id = stream_id
-        self.events = PackedEvents()
+        self.events: list[Event] = []
         self.status = StreamStatus.RUNNING
         self.meta = dict(meta)
         self.created_at = now
@@ -71,8 +66,6 @@ class _Stream:
         self.readers_left_at: float | None = None
         self.waiters: list[asyncio.Future[None]] = []
         self.followers: list[_Follower] = []
-        self.reading: list[_Wake] = []
-        """The live readers (:meth:`MemoryStreamLog.read`), with their positions."""
 
 
 class _LazyTimer:
@@ -111,18 +104,14 @@ class _LazyTimer:
 
 
 class _Wake(_LazyTimer):
-    """How a live reader waits: a future resolved by the next append, or by the
-    timer; ``after`` is the reader's position, so the packed log keeps as structs
-    what it has not read yet."""
+    """How a live reader waits: a future resolved by the next append, or by the timer."""
 
-    __slots__ = ("after", "future", "stream")
+    __slots__ = ("future", "stream")
 
-    def __init__(self, stream: _Stream, after: int) -> None:
+    def __init__(self, stream: _Stream) -> None:
         super().__init__()
         self.stream = stream
-        self.after = after
         self.future: asyncio.Future[None] | None = None
-        stream.reading.append(self)
 
     async def wait(self, deadline: float) -> None:
         """Wait for an append or until ``deadline`` (``time.monotonic()`` seconds)."""
@@ -137,7 +126,6 @@ class _Wake(_LazyTimer):
 
     def close(self) -> None:
         self._disarm()
-        self.stream.reading.remove(self)
 
 
 class _Follower(_LazyTimer):
@@ -205,7 +193,7 @@ class _Follower(_LazyTimer):
                 else:
                     self._arm_quiet()
                 return
-            chunk = stream.events.slice(self.after, self.after + self.batch)
+            chunk = stream.events[self.after : self.after + self.batch]
             self.after = chunk[-1].seq
             self.quiet_until = time.monotonic() + self.idle
             self._hand(chunk, is_terminal(chunk[-1]))
@@ -337,7 +325,6 @@ class MemoryStreamLog:
             return []
         out: list[Event] = []
         log = stream.events
-        keep_from = len(log)
         for event in events:
             numbered = with_seq(event, len(log) + 1)
             log.append(numbered)
@@ -361,12 +348,6 @@ class MemoryStreamLog:
                     waiter.set_result(None)
             for follower in stream.followers[:]:
                 follower.wake()
-                if follower.after < keep_from:
-                    keep_from = follower.after
-            for reader in stream.reading:
-                if reader.after < keep_from:
-                    keep_from = reader.after
-            log.trim(keep_from)  # what every live reader and follower has taken
         return out
 
     async def read(
@@ -374,14 +355,14 @@ class MemoryStreamLog:
     ) -> AsyncGenerator[list[Event], None]:
         stream = self._get(stream_id)
         stream.readers += 1
-        wake = _Wake(stream, after)
+        wake = _Wake(stream)
         try:
             quiet_until = math.inf if idle is None else time.monotonic() + idle
             while True:
                 log = stream.events
                 if len(log) > after:
-                    chunk = log.slice(after, after + batch)
-                    after = wake.after = chunk[-1].seq
+                    chunk = log[after : after + batch]
+                    after = chunk[-1].seq
                     yield chunk
                     if is_terminal(chunk[-1]):
                         return
@@ -468,7 +449,8 @@ class MemoryStreamLog:
 
     async def events(self, stream_id: str, after: int = 0, limit: int | None = None) -> list[Event]:
         log = self._get(stream_id).events
-        return log.slice(after, len(log) if limit is None else after + limit)
+        end = None if limit is None else after + limit
+        return log[after:end]
 
     async def wait(self, stream_id: str, after: int, timeout: float) -> list[Event]:
         stream = self._get(stream_id)
@@ -482,7 +464,7 @@ class MemoryStreamLog:
                 await self._wait_changed(stream, left)
             finally:
                 self._reader_left(stream)
-        return stream.events.slice(after, len(stream.events))
+        return stream.events[after:]
 
     async def info(self, stream_id: str) -> StreamInfo:
         stream = self._get(stream_id)
