@@ -18,6 +18,8 @@ from tokenwire.events import (
     Start,
     StreamStatus,
     TextDelta,
+    ToolCall,
+    ToolCallDelta,
     ToolCallStart,
     outcome,
 )
@@ -102,3 +104,24 @@ def test_message_state_text_grows_across_reads_copies_and_replaced_parts() -> No
     assert state.parts_list()[0]["type"] == "tool-call"
     assert "text" not in state.parts_list()[0]
     assert state.text == "after"
+
+
+def test_message_state_tool_call_arguments_grow_across_reads_and_a_final_call() -> None:
+    """A tool call's ``arguments_text`` is held as deltas and joined when read, like
+    text: whole after each read (``tool_calls`` and ``parts_list``), and replaced by the
+    ``tool-call`` event's parsed arguments when it arrives."""
+    state = MessageState()
+    state.apply(ToolCallStart(seq=1, part=0, tool_call_id="t1", name="get_time"))
+    state.apply(TextDelta(seq=2, part=1, delta="and "))
+    for seq, delta in enumerate(['{"tz"', ': "UT'], start=3):
+        state.apply(ToolCallDelta(seq=seq, part=0, tool_call_id="t1", delta=delta))
+    assert state.tool_calls[0]["arguments_text"] == '{"tz": "UT'
+    state.apply(ToolCallDelta(seq=5, part=0, tool_call_id="t1", delta='C"}'))
+    state.apply(TextDelta(seq=6, part=1, delta="text"))
+    assert state.parts_list()[0]["arguments_text"] == '{"tz": "UTC"}'
+    assert (state.tool_calls[0]["name"], state.text) == ("get_time", "and text")
+    state.apply(
+        ToolCall(seq=7, part=0, tool_call_id="t1", name="get_time", arguments={"tz": "UTC"})
+    )
+    assert state.tool_calls[0]["arguments"] == {"tz": "UTC"}
+    assert "arguments_text" not in state.parts_list()[0]

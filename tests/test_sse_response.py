@@ -99,6 +99,17 @@ async def _respond(log: MemoryStreamLog, client: Client) -> asyncio.Task[None]:
     return task
 
 
+async def _reading_one_event() -> tuple[MemoryStreamLog, Client, asyncio.Task[None]]:
+    """A response following stream ``s`` of a new log, which has handed it one event."""
+    log = MemoryStreamLog()
+    await log.create("s", {})
+    client = Client()
+    task = await _respond(log, client)
+    await log.append("s", [TextDelta(part=0, delta="a")])
+    assert (await log.readers("s"))[0] == 1
+    return log, client, task
+
+
 @pytest.mark.parametrize("slow", [False, True])
 async def test_every_event_in_order_to_a_fast_or_slow_client(slow: bool) -> None:
     log = MemoryStreamLog()
@@ -117,15 +128,21 @@ async def test_every_event_in_order_to_a_fast_or_slow_client(slow: bool) -> None
 
 
 async def test_a_client_that_leaves_stops_counting_as_a_reader() -> None:
-    log = MemoryStreamLog()
-    await log.create("s", {})
-    client = Client()
-    task = await _respond(log, client)
-    await log.append("s", [TextDelta(part=0, delta="a")])
-    assert (await log.readers("s"))[0] == 1
+    log, client, task = await _reading_one_event()
     client.left.set()
     async with asyncio.timeout(5):
         await task
     assert (await log.readers("s"))[0] == 0
     assert await log.append("s", [TextDelta(part=0, delta="b")])  # the generation goes on
     assert client.messages[-1]["more_body"] is True  # no end written to a client gone
+
+
+async def test_a_cancellation_from_outside_still_cancels_the_response() -> None:
+    """The response waits for the client's disconnect in its own task, and the end of
+    the stream interrupts that wait; a cancellation from elsewhere (server shutdown)
+    must still end the task as cancelled, and stop following."""
+    log, _client, task = await _reading_one_event()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await log.readers("s"))[0] == 0

@@ -61,10 +61,11 @@ class MessageState:
 
     def __init__(self) -> None:
         self.parts: dict[int, dict[str, Any]] = {}
-        self._pieces: dict[int, tuple[dict[str, Any], list[str]]] = {}
-        """Text and reasoning parts as they grow: the part's entry and its deltas, joined
-        into ``entry["text"]`` only when read (``+=`` on a dict value copies the whole
-        text each time: quadratic in the length of an answer)."""
+        self._pieces: dict[int, tuple[dict[str, Any], str, list[str]]] = {}
+        """Parts as they grow: the part's entry, the field that grows (``text``, or a
+        tool call's ``arguments_text``) and its deltas, joined into the field only when
+        read (``+=`` on a dict value copies the whole string each time: quadratic in
+        the length of an answer or of a tool call's arguments)."""
         self.usage: TokenUsage | None = None
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
@@ -85,15 +86,18 @@ class MessageState:
         if isinstance(event, ReasoningDelta):
             self._append(event.part, "reasoning", event.delta)
             return
+        if isinstance(event, ToolCallDelta):
+            part = event.part
+            if part not in self.parts:
+                self.parts[part] = _tool_part(event.tool_call_id, "", event)
+            self._grow(part, "arguments_text", event.delta)
+            return
         match event:
             case Start():
                 self.start = event
                 self.status = self.status.then(MessageStatus.STREAMING)
             case ToolCallStart():
                 self.parts[event.part] = _tool_part(event.tool_call_id, event.name, event)
-            case ToolCallDelta(part=part, delta=delta):
-                entry = self.parts.setdefault(part, _tool_part(event.tool_call_id, "", event))
-                entry["arguments_text"] = entry.get("arguments_text", "") + delta
             case ToolCall():
                 entry = _tool_part(event.tool_call_id, event.name, event)
                 entry["arguments"] = event.arguments
@@ -143,11 +147,17 @@ class MessageState:
         return {"code": "cancelled", "reason": reason, "message": message}
 
     def _append(self, part: int, kind: str, delta: str) -> None:
+        if part not in self.parts:
+            self.parts[part] = {"type": kind, "text": ""}
+        self._grow(part, "text", delta)
+
+    def _grow(self, part: int, field: str, delta: str) -> None:
+        """Hold ``delta`` for ``self.parts[part][field]`` (joined by ``_settle``)."""
         held = self._pieces.get(part)
-        if held is None or self.parts.get(part) is not held[0]:
-            entry = self.parts.setdefault(part, {"type": kind, "text": ""})
-            held = self._pieces[part] = (entry, [entry.get("text", "")])
-        held[1].append(delta)
+        entry = self.parts[part]
+        if held is None or entry is not held[0] or field != held[1]:
+            held = self._pieces[part] = (entry, field, [entry.get(field, "")])
+        held[2].append(delta)
 
     def copy(self) -> MessageState:
         """A deep copy (the held deltas joined first: a list of thousands of deltas
@@ -157,10 +167,10 @@ class MessageState:
 
     def _settle(self) -> None:
         """Join the deltas held since the last read into their parts' ``text``."""
-        for entry, pieces in self._pieces.values():
+        for entry, field, pieces in self._pieces.values():
             if len(pieces) > 1:
                 pieces[:] = ["".join(pieces)]
-                entry["text"] = pieces[0]
+                entry[field] = pieces[0]
 
     def _joined(self, kind: str) -> str:
         self._settle()
@@ -179,6 +189,7 @@ class MessageState:
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
         """Tool-call parts: ``{type, tool_call_id, name, arguments?, arguments_text?, …}``."""
+        self._settle()
         return [p for _, p in sorted(self.parts.items()) if p["type"] == "tool-call"]
 
     def parts_list(self) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
 from tokenwire.events import Event
@@ -129,16 +129,13 @@ class EventStreamResponse(Response):
         except _LOG_LOST as lost:
             exc = lost
         else:
-            watcher = asyncio.create_task(_wait_disconnect(receive))
             done = follower.done
             try:
-                await asyncio.wait({done, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                ended = done.done() and not done.cancelled()
+                ended = await _done_before_disconnect(done, receive)
             finally:
-                watcher.cancel()
                 follower.close()
                 writer.cancel()
-            if not ended:
+            if not ended or done.cancelled():
                 return  # the client left first
             exc = done.exception()
         if isinstance(exc, _LOG_LOST):
@@ -234,8 +231,35 @@ async def _rest(resume: _Resume) -> None:
     await resume
 
 
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            return
+async def _done_before_disconnect(done: asyncio.Future[None], receive: Receive) -> bool:
+    """Wait for ``done`` or the client's ``http.disconnect``, whichever comes first;
+    ``True`` when ``done`` did.
+
+    The calling task waits on ``receive`` itself, and ``done`` cancels that wait
+    (taken back with :meth:`asyncio.Task.uncancel`, so a cancellation from outside
+    still propagates): one task per response, not a watcher task beside it.
+    """
+    if done.done():
+        return True
+    task = asyncio.current_task()
+    assert task is not None
+    waiting, woke = True, False
+
+    def wake(_: asyncio.Future[None]) -> None:
+        nonlocal woke
+        if waiting:  # not after the wait ended: the cancel would hit a later await
+            woke = True
+            task.cancel()
+
+    done.add_done_callback(wake)
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        return False
+    except asyncio.CancelledError:
+        if woke and task.uncancel() == 0:
+            return True
+        raise
+    finally:
+        waiting = False
+        done.remove_done_callback(wake)
