@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextvars
+from typing import Any, cast
 
 import pytest
 
 from tokenwire.events import Finish, TextDelta
 from tokenwire.log.memory import MemoryStreamLog
 from tokenwire.protocol.sse import SSEDecoder
+from tokenwire.server.app import OuterMiddleware
 from tokenwire.transports.sse import EventStreamResponse, start_eagerly
 
 pytestmark = pytest.mark.anyio
@@ -146,3 +148,38 @@ async def test_a_cancellation_from_outside_still_cancels_the_response() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert (await log.readers("s"))[0] == 0
+
+
+async def test_a_detached_body_runs_after_the_app_returned_in_the_request_context() -> None:
+    """Behind ``server.app``'s outermost layer the SSE body runs once every inner
+    layer has returned (their frames are not held by a stream), with the server's
+    ``send``, and still sees the request's context variables (its request id)."""
+    log = MemoryStreamLog()
+    await log.create("s", {})
+    await log.append("s", [TextDelta(part=0, delta="a"), Finish(finish_reason="stop")])
+    request_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("r", default=None)
+    returned: list[bool] = []
+    seen: list[tuple[str, str | None, bool]] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        token = request_var.set("r1")
+        try:
+            await EventStreamResponse(log, "s")(scope, receive, send)
+        finally:
+            request_var.reset(token)
+            returned.append(True)
+
+    async def send(message: dict[str, Any]) -> None:
+        seen.append((message["type"], request_var.get(), bool(returned)))
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client stays
+        raise AssertionError
+
+    outer = OuterMiddleware(inner, hub=cast(Any, None))
+    async with asyncio.timeout(5):
+        await outer({"type": "http", "path": "/v1/chat"}, receive, send)
+    assert seen[0] == ("http.response.start", "r1", False)
+    assert len(seen) >= 3
+    assert set(seen[1:]) == {("http.response.body", "r1", True)}
+    assert request_var.get() is None

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -42,7 +44,7 @@ from tokenwire.server.responses import build_responses_router
 from tokenwire.server.routes import EVERY_ROUTE, responses
 from tokenwire.settings import Settings
 from tokenwire.transports.pusher.hub import PusherHub
-from tokenwire.transports.sse import BODY_SEND
+from tokenwire.transports.sse import DETACH, Body
 
 __all__ = ["create_app"]
 
@@ -92,7 +94,7 @@ def create_app(
             expose_headers=["x-tokenwire-stream-id"],
         )
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(PusherFirstMiddleware, hub=hub)  # added last: the outermost
+    app.add_middleware(OuterMiddleware, hub=hub)  # added last: the outermost
     _exception_handlers(app)
     _operations(app, tw, hub)
     if WEB_DIR.is_dir():
@@ -233,12 +235,17 @@ async def _unreachable(tw: Tokenwire) -> dict[str, str]:
     return down
 
 
-class PusherFirstMiddleware:
-    """Hand WebSockets on ``/app/{key}`` to the Pusher hub before the other middleware
-    and the router: each layer would keep a suspended frame for the whole life of
-    every connection (5.7 KB each, measured in docs/performance.md). For HTTP, put the
-    server's ``send`` in the scope (:data:`~tokenwire.transports.sse.BODY_SEND`): SSE
-    bodies skip the other layers' ``send`` wrappers, none of which changes a body."""
+class OuterMiddleware:
+    """The application's outermost layer, so that a long-lived connection keeps no
+    suspended frame of the other layers (5.7 KB per WebSocket, 12 KB per SSE
+    response with the route's, measured in docs/performance.md):
+
+    - a WebSocket on ``/app/{key}`` goes to the Pusher hub before the other
+      middleware and the router;
+    - an HTTP response may detach its body (:data:`~tokenwire.transports.sse.DETACH`):
+      the body runs here once the application returned, with this layer's ``send``
+      and ``receive``, in a copy of the request's context (its request id).
+    """
 
     def __init__(self, app: ASGIApp, hub: PusherHub) -> None:
         self.app = app
@@ -248,10 +255,46 @@ class PusherFirstMiddleware:
         if scope["type"] == "websocket" and scope["path"].startswith("/app/"):
             scope["path_params"] = {"key": scope["path"][len("/app/") :]}
             await self.hub(scope, receive, send)
-        else:
-            if scope["type"] == "http":
-                scope[BODY_SEND] = send
+            return
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        detached: list[tuple[Body, contextvars.Context]] = []
+        # A copy, so that what the inner layers add (FastAPI's exit stacks, the
+        # route) goes with them.
+        inner = {**scope, DETACH: lambda body: detached.append((body, contextvars.copy_context()))}
+        await self.app(inner, receive, send)
+        del inner
+        if detached:
+            body, context = detached[0]
+            await _InContext(body(send, receive), context)
+
+
+class _InContext:
+    """Awaitable running ``coro`` in ``context`` (each of its steps inside
+    :meth:`contextvars.Context.run`), in the awaiting task: a context without a task."""
+
+    __slots__ = ("context", "coro")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], context: contextvars.Context) -> None:
+        self.coro = coro
+        self.context = context
+
+    def __await__(self) -> Generator[Any, None, None]:
+        run, coro = self.context.run, self.coro
+        step: Callable[..., Any] = coro.send
+        arg: Any = None
+        while True:
+            try:
+                blocked_on = run(step, arg)
+            except StopIteration:
+                return
+            try:
+                yield blocked_on
+            except BaseException as exc:  # cancellation: into the coroutine
+                step, arg = coro.throw, exc
+            else:
+                step, arg = coro.send, None
 
 
 class BodyLimitMiddleware:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from starlette.responses import Response
@@ -36,21 +36,27 @@ from tokenwire.protocol.sse import (
 )
 
 __all__ = [
-    "BODY_SEND",
+    "DETACH",
     "RETRY_MS",
     "SSE_HEADERS",
+    "Body",
     "EventStreamResponse",
     "frame_events",
     "resume_point",
 ]
 
-BODY_SEND = "tokenwire.body_send"
-"""Scope key of the server's own ``send``, set by the application's outermost
-middleware (``server.app``): once the response head went through every middleware,
-the body's many messages skip their ``send`` wrappers, which only look at the head
-(4 % of the CPU with 1,000 paced streams, docs/performance.md). Absent (a router
-mounted in another application, whose middleware may rewrite bodies): the ``send``
-given to the response is used."""
+DETACH = "tokenwire.detach"
+"""Scope key of a callable set by the application's outermost middleware
+(``server.app``) that takes a response's body, ``body(send, receive)``, and runs it
+once the application has returned, with that middleware's ``send`` and ``receive``.
+The head goes through every layer (request id, CORS); the body, which lasts as long
+as the stream, then holds no route, dependency or middleware frame, nor the parsed
+request (12 KB less per held connection), and skips the inner ``send`` wrappers
+(docs/performance.md). Absent (a router mounted in another application, whose
+middleware may rewrite bodies): the body runs in place."""
+
+Body = Callable[[Send, Receive], Coroutine[Any, Any, None]]
+"""The rest of a response after its head: ``body(send, receive)``."""
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -117,7 +123,16 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        send = scope.get(BODY_SEND, send)
+        detach = scope.get(DETACH)
+        if detach is None:
+            await self.stream_body(send, receive)
+        else:
+            detach(self.stream_body)
+
+    async def stream_body(self, send: Send, receive: Receive) -> None:
+        """Write the body (after the head): the preamble, every event with ``seq >
+        after`` as it comes, and the end after the terminal event; return early when
+        the client leaves."""
         if self.preamble:
             await send({"type": "http.response.body", "body": self.preamble, "more_body": True})
         writer = _BodyWriter(send, self.frame)
