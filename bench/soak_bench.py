@@ -125,7 +125,7 @@ def tokenwire_serve(streams: int, retention: float) -> Iterator[tuple[int, psuti
         "TOKENWIRE_RETENTION": str(retention),
         # the load is one anonymous client: lift the per-identity limits
         "TOKENWIRE_LIMIT_CONCURRENT_STREAMS": str(streams * 2),
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),  # this checkout's
     }
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     try:

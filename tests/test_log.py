@@ -376,6 +376,30 @@ async def test_every_event_kind_reads_back_equal(log: StreamLog) -> None:
     assert [e for batch in [b async for b in log.read("s", 0, batch=5)] for e in batch] == appended
 
 
+async def test_a_packed_finished_stream_reads_back_equal() -> None:
+    """The memory log packs a finished stream into one compressed blob (here at once,
+    ``pack_after=0``): every kind reads back equal through every reading method, and
+    nothing more is appended."""
+    log = MemoryStreamLog(pack_after=0)
+    await log.create("s", {})
+    appended = await log.append("s", EVERY_KIND)
+    assert log.statistics()["events"] == len(EVERY_KIND)
+    assert 0 < log.statistics()["packed_bytes"] < sum(map(len, map(encode_event, appended)))
+    assert await log.events("s") == appended
+    assert await log.events("s", after=3, limit=4) == appended[3:7]
+    assert [e for batch in [b async for b in log.read("s", 2, batch=5)] for e in batch] == (
+        appended[2:]
+    )
+    assert await log.wait("s", len(appended) - 1, timeout=1) == appended[-1:]
+    assert (await log.info("s")).last_seq == len(appended)
+    batches: list[list[Event]] = []
+    follower = log.follow("s", 0, batches.append, batch=4)
+    with anyio.fail_after(5):
+        await follower.done
+    assert [e for batch in batches for e in batch] == appended
+    assert await log.append("s", [TextDelta(part=1, delta="late")]) == []
+
+
 async def test_retention_answers_expired(make_log: MakeLog) -> None:
     log = await make_log(retention=0.2)
     await log.create("s", {})

@@ -3,9 +3,11 @@
 Events live in a per-stream list whose index is ``seq - 1``. A reader waits on a
 future of the stream's ``waiters``, which an append resolves, so one append wakes
 every live reader once, however many events it carried; a follower
-(:meth:`MemoryStreamLog.follow`) is handed them by a callback at the next turn. Finished
-streams are dropped ``retention`` seconds after their terminal event (then 410 for
-a while).
+(:meth:`MemoryStreamLog.follow`) is handed them by a callback at the next turn. A
+finished stream's events are packed into one compressed blob ``pack_after`` seconds
+after its terminal event (for the rest of the retention it then costs about the size
+of its text), and finished streams are dropped ``retention`` seconds after their
+terminal event (then 410 for a while).
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from typing import Any
+
+import msgspec
 
 from tokenwire.errors import StreamExpiredError, StreamNotFoundError
 from tokenwire.events import (
@@ -33,6 +38,36 @@ __all__ = ["MemoryStreamLog"]
 
 _EXPIRED_KEPT = 100_000
 """How many expired stream ids are remembered to answer 410 rather than 404."""
+
+
+_PACK_AFTER = 5.0
+"""Seconds after its terminal event at which a finished stream is packed: after its
+live followers took the end, and the producer folded the final message."""
+_pack_encoder = msgspec.msgpack.Encoder()
+_pack_decoder = msgspec.msgpack.Decoder(list[Event])
+
+
+class _Packed:
+    """A finished stream's events as one blob: msgpack, compressed with zlib at level 1.
+
+    479 deltas of recorded model text (4,941 bytes): 34.9 KB of structs become 5.0 KB;
+    500 of the benchmark's 40-byte stamps: 81 KB become 4.5 KB, packed in ~0.14 ms,
+    once per stream, off the append path. It reads like the list it replaces (``len``
+    and slices), but a slice decodes the whole stream (~0.14 ms per 500 events): a
+    finished stream is read rarely, by a resume or a reload.
+    """
+
+    __slots__ = ("blob", "count")
+
+    def __init__(self, events: list[Event]) -> None:
+        self.blob = zlib.compress(_pack_encoder.encode(events), 1)
+        self.count = len(events)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: slice) -> list[Event]:
+        return _pack_decoder.decode(zlib.decompress(self.blob))[index]
 
 
 class _Stream:
@@ -54,7 +89,7 @@ class _Stream:
 
     def __init__(self, stream_id: str, meta: Mapping[str, str], now: float) -> None:
         self.stream_id = stream_id
-        self.events: list[Event] = []
+        self.events: list[Event] | _Packed = []
         self.status = StreamStatus.RUNNING
         self.meta = dict(meta)
         self.created_at = now
@@ -263,11 +298,18 @@ class MemoryStreamLog:
         retention: seconds a finished stream stays readable after its terminal event.
         clock: wall clock in Unix seconds (injectable for tests); leases use
             :func:`time.monotonic`.
+        pack_after: seconds after its terminal event at which a finished stream's
+            events are packed into one compressed blob (``0``: at once).
     """
 
     def __init__(
-        self, *, retention: float = 3600.0, clock: Callable[[], float] = time.time
+        self,
+        *,
+        retention: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+        pack_after: float = _PACK_AFTER,
     ) -> None:
+        self._pack_after = pack_after
         self._streams: dict[str, _Stream] = {}
         self.on_producer_lost: Callable[[str], Coroutine[Any, Any, None]] | None = None
         self._lost_tasks: set[asyncio.Task[None]] = set()
@@ -321,10 +363,10 @@ class MemoryStreamLog:
         return self._append(self._get(stream_id), events)
 
     def _append(self, stream: _Stream, events: list[Event]) -> list[Event]:
-        if stream.status != "running":
+        log = stream.events
+        if stream.status != "running" or isinstance(log, _Packed):
             return []
         out: list[Event] = []
-        log = stream.events
         for event in events:
             numbered = with_seq(event, len(log) + 1)
             log.append(numbered)
@@ -334,6 +376,7 @@ class MemoryStreamLog:
                 stream.finished_at = self._clock()
                 stream.lease_until = None
                 stream.cancel_watchers.clear()
+                self._pack_later(stream)
                 conversation_id = stream.meta.get("conversation_id")
                 if (
                     conversation_id is not None
@@ -349,6 +392,17 @@ class MemoryStreamLog:
             for follower in stream.followers[:]:
                 follower.wake()
         return out
+
+    def _pack_later(self, stream: _Stream) -> None:
+        if self._pack_after <= 0:
+            self._pack(stream)
+        else:
+            asyncio.get_running_loop().call_later(self._pack_after, self._pack, stream)
+
+    @staticmethod
+    def _pack(stream: _Stream) -> None:
+        if isinstance(stream.events, list):
+            stream.events = _Packed(stream.events)
 
     async def read(
         self, stream_id: str, after: int = 0, *, batch: int = 256, idle: float | None = None
@@ -519,13 +573,17 @@ class MemoryStreamLog:
         return stream.readers, stream.readers_left_at
 
     def statistics(self) -> dict[str, int]:
-        """Counts for metrics: ``streams``, ``running``, ``events`` held, live ``readers``."""
+        """Counts for metrics: ``streams``, ``running``, ``events`` held, live ``readers``,
+        and ``packed_bytes``, the size of the finished streams' packed events."""
         streams = self._streams.values()
         return {
             "streams": len(self._streams),
             "running": sum(1 for s in streams if s.status == "running"),
             "events": sum(len(s.events) for s in streams),
             "readers": sum(s.readers for s in streams),
+            "packed_bytes": sum(
+                len(s.events.blob) for s in streams if isinstance(s.events, _Packed)
+            ),
         }
 
     async def close(self) -> None:

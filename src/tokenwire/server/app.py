@@ -143,7 +143,7 @@ def _operations(app: FastAPI, tw: Tokenwire, hub: PusherHub) -> None:
     registry = CollectorRegistry()
     gauges = {
         name: Gauge(f"tokenwire_log_{name}", f"stream log: {name}", registry=registry)
-        for name in ("streams", "running", "events", "readers")
+        for name in ("streams", "running", "events", "readers", "packed_bytes")
     }
     pusher_gauges = {
         name: Gauge(f"tokenwire_pusher_{name}", f"this node's Pusher {name}", registry=registry)
