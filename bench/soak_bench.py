@@ -54,6 +54,7 @@ _GAUGES = (
     "tokenwire_readers_active",
     "tokenwire_log_streams",
     "tokenwire_log_events",
+    "tokenwire_log_packed_bytes",
 )
 
 
