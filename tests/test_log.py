@@ -346,6 +346,25 @@ async def test_memory_follower_gets_a_turns_appends_at_the_next_turn_in_one_batc
         log.follow("nope", 0, sink)
 
 
+async def test_memory_followers_of_many_streams_are_served_at_the_same_next_turn() -> None:
+    """One callback serves every follower woken in a turn, of whatever stream: all of
+    them have their events after one turn, each in its own batch."""
+    log = MemoryStreamLog()
+    sinks = {name: Collect() for name in ("s", "t", "u")}
+    for name, sink in sinks.items():
+        await log.create(name, {})
+        log.follow(name, 0, sink)
+    for i in range(1, 4):
+        for name in sinks:
+            await log.append(name, [delta(str(i))])
+    assert all(sink.seqs() == [] for sink in sinks.values())
+    await asyncio.sleep(0)  # one turn
+    assert [sink.seqs() for sink in sinks.values()] == [[[1, 2, 3]]] * 3
+    await log.append("t", [delta("4")])
+    await asyncio.sleep(0)
+    assert [sink.seqs() for sink in sinks.values()] == [[[1, 2, 3]], [[1, 2, 3], [4]], [[1, 2, 3]]]
+
+
 EVERY_KIND: list[Event] = [
     Start(stream_id="s", message_id="m", conversation_id="c", model="fake:x", created_at=1.5),
     StepStart(step=1),

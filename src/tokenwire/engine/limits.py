@@ -147,8 +147,10 @@ class Limits:
             RateLimitedError: a limit refuses it; nothing is held then.
         """
         ticket = Ticket(key, stream_id)
-        await self._settle(key)
         if self.tokens_per_day is not None:
+            # A full concurrent-streams slot set settles by itself (``_acquire``); asking
+            # the log about every stream the key holds, on every start, cost O(streams).
+            await self._settle(key)
             item = RateLimitItemPerDay(self.tokens_per_day)
             if not await self._fixed.test(item, "tokens", key, _utc_day()):
                 raise self._refuse(
