@@ -297,10 +297,10 @@ class _Run:
         unwatch = self.log.watch_cancel(self.stream_id, lambda r: self.stop(Cancelled(reason=r)))
         self.watchdog_timer = loop.call_later(self._watchdog_delay(), self._watchdog)
         pump = asyncio.create_task(self._pump())
+        pump.add_done_callback(self._pumped)
         terminal: Event = Cancelled(reason="shutdown")
         try:
-            await asyncio.wait({pump, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            terminal = stopped.result() if stopped.done() else pump.result()
+            terminal = await stopped  # the pump's end or a stop, whichever comes first
         finally:
             unwatch()
             for timer in (self.watchdog_timer, self.flush_timer):
@@ -314,6 +314,19 @@ class _Run:
         """End the run with ``terminal`` (the first call wins)."""
         if self.stopped is not None and not self.stopped.done():
             self.stopped.set_result(terminal)
+
+    def _pumped(self, pump: asyncio.Task[Event]) -> None:
+        """The provider task ended: its terminal event (or failure) ends the run,
+        unless a stop came first."""
+        stopped = self.stopped
+        if stopped is None or stopped.done():
+            return
+        if pump.cancelled():
+            stopped.cancel()
+        elif (exc := pump.exception()) is not None:
+            stopped.set_exception(exc)
+        else:
+            stopped.set_result(pump.result())
 
     async def _pump(self) -> Event:
         """Iterate the provider, appending as events come; return the terminal event.

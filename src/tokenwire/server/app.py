@@ -70,7 +70,7 @@ def create_app(
     tw = tokenwire or Tokenwire(settings)
     hub = PusherHub(tw.log, tw.settings, tw.settings.pusher_apps, stream_started=tw.stream_started)
 
-    app = FastAPI(title="tokenwire", lifespan=_lifespan(tw, hub, freeze_gc))
+    app = _App(hub, title="tokenwire", lifespan=_lifespan(tw, hub, freeze_gc))
     app.state.tokenwire = tw
     app.state.pusher = hub
     app.add_middleware(
@@ -94,7 +94,6 @@ def create_app(
             expose_headers=["x-tokenwire-stream-id"],
         )
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(OuterMiddleware, hub=hub)  # added last: the outermost
     _exception_handlers(app)
     _operations(app, tw, hub)
     if WEB_DIR.is_dir():
@@ -233,6 +232,20 @@ async def _unreachable(tw: Tokenwire) -> dict[str, str]:
         except Exception:  # any client error or the timeout: not ready
             down[name] = "unreachable"
     return down
+
+
+class _App(FastAPI):
+    """FastAPI with :class:`OuterMiddleware` outside all of its stack, Starlette's
+    ``ServerErrorMiddleware`` and FastAPI's own included: a long-lived connection then
+    keeps none of their frames, and an SSE body's writes skip their ``send``
+    wrappers."""
+
+    def __init__(self, hub: PusherHub, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hub = hub
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return OuterMiddleware(super().build_middleware_stack(), self.hub)
 
 
 class OuterMiddleware:
