@@ -49,6 +49,7 @@ from tokenwire.providers.base import (
     Parts,
     ProviderEvent,
     ToolSpec,
+    connection_error,
     error_for_code,
     error_for_status,
     finish,
@@ -281,13 +282,9 @@ def translate_anthropic_error(exc: Exception) -> ProviderError:
             return error_for_code(kind, message)
         fallback = f"the provider answered HTTP {status}"
         return error_for_status(status, message or fallback, exc.response.headers)
-    if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
-        return ProviderError(
-            "provider_timeout", "the provider did not answer in time", retryable=True
-        )
     if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
-        return ProviderError(
-            "provider_error", "the connection to the provider failed", retryable=True
+        return connection_error(
+            isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException)
         )
     if isinstance(exc, anthropic.APIError):
         return error_for_code(*body_error(exc.body))

@@ -38,6 +38,7 @@ __all__ = [
     "Provider",
     "ProviderEvent",
     "ToolSpec",
+    "connection_error",
     "error_for_code",
     "error_for_status",
     "finish",
@@ -257,6 +258,16 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         if math.isfinite(value) and value >= 0:
             return value
     return None
+
+
+def connection_error(timed_out: bool) -> ProviderError:
+    """The retryable error for a request to the provider that timed out
+    (``provider_timeout``) or whose connection failed (``provider_error``)."""
+    if timed_out:
+        return ProviderError(
+            "provider_timeout", "the provider did not answer in time", retryable=True
+        )
+    return ProviderError("provider_error", "the connection to the provider failed", retryable=True)
 
 
 def error_for_code(kind: str | None, message: str | None) -> ProviderError:

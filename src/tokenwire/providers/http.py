@@ -21,7 +21,7 @@ import httpx2
 import msgspec
 
 from tokenwire.errors import ProviderError
-from tokenwire.providers.base import error_for_status
+from tokenwire.providers.base import connection_error, error_for_status
 from tokenwire.providers.openai_chat import body_error
 
 __all__ = ["HTTPProvider", "count", "decode_json", "env_url"]
@@ -77,12 +77,8 @@ class HTTPProvider:
                 if response.status_code >= 400:
                     raise _status_error(response.status_code, await response.aread())
                 yield response
-        except httpx2.TimeoutException as exc:
-            message = "the provider did not answer in time"
-            raise ProviderError("provider_timeout", message, retryable=True) from exc
         except httpx2.HTTPError as exc:
-            message = "the connection to the provider failed"
-            raise ProviderError("provider_error", message, retryable=True) from exc
+            raise connection_error(isinstance(exc, httpx2.TimeoutException)) from exc
 
     async def aclose(self) -> None:
         """Close the client and its connections (an injected one too)."""

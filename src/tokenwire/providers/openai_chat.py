@@ -51,6 +51,7 @@ from tokenwire.providers.base import (
     Parts,
     ProviderEvent,
     ToolSpec,
+    connection_error,
     error_for_code,
     error_for_status,
     finish,
@@ -308,14 +309,8 @@ def translate_openai_error(exc: Exception) -> ProviderError:
         status = exc.status_code
         fallback = f"the provider answered HTTP {status}"
         return error_for_status(status, message or fallback, exc.response.headers)
-    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
-        return ProviderError(
-            "provider_timeout", "the provider did not answer in time", retryable=True
-        )
     if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
-        return ProviderError(
-            "provider_error", "the connection to the provider failed", retryable=True
-        )
+        return connection_error(isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException))
     if isinstance(exc, openai.APIError):
         kind, message = body_error(exc.body)
         return error_for_code(kind, message)
