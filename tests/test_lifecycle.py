@@ -125,3 +125,16 @@ def test_message_state_tool_call_arguments_grow_across_reads_and_a_final_call() 
     )
     assert state.tool_calls[0]["arguments"] == {"tz": "UTC"}
     assert "arguments_text" not in state.parts_list()[0]
+
+
+def test_message_state_text_of_many_deltas_reads_whole() -> None:
+    """Past 64 held deltas a part's text is joined as it grows; what is read is still
+    every delta in order, in the state and in a copy."""
+    state = MessageState()
+    deltas = [f"{i}," for i in range(1, 301)]
+    for seq, delta in enumerate(deltas, start=1):
+        state.apply(TextDelta(seq=seq, part=0, delta=delta))
+        if seq == 150:
+            assert state.copy().text == "".join(deltas[:150])
+    assert state.text == "".join(deltas)
+    assert state.parts_list() == [{"type": "text", "text": "".join(deltas)}]

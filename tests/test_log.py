@@ -419,6 +419,33 @@ async def test_a_packed_finished_stream_reads_back_equal() -> None:
     assert await log.append("s", [TextDelta(part=1, delta="late")]) == []
 
 
+async def test_memory_log_reads_across_packed_chunks_and_the_live_tail() -> None:
+    """Older events of a running stream are packed 64 at a time, the finished rest at
+    once (``pack_after=0``): every slice reads the same events as appended, whether it
+    falls in chunks, in the tail or across both."""
+    log = MemoryStreamLog(pack_after=0)
+    await log.create("s", {})
+    appended: list[Event] = []
+    for i in range(300):
+        appended += await log.append("s", [delta(str(i))])
+    assert log.statistics()["packed_bytes"] > 0
+    for after, limit in [(0, None), (0, 10), (60, 10), (63, 2), (100, 150), (250, None), (299, 5)]:
+        end = None if limit is None else after + limit
+        assert await log.events("s", after=after, limit=limit) == appended[after:end]
+    assert await log.wait("s", 250, timeout=1) == appended[250:]
+    appended += await log.append("s", [Finish(finish_reason="stop")])
+    assert (await log.info("s")).last_seq == len(appended) == 301
+    read = [e for batch in [b async for b in log.read("s", 5, batch=70)] for e in batch]
+    assert read == appended[5:]
+    assert await log.events("s", after=290) == appended[290:]
+    assert await log.events("s") == appended
+    batches: list[list[Event]] = []
+    follower = log.follow("s", 0, batches.append, batch=100)
+    with anyio.fail_after(5):
+        await follower.done
+    assert [e for batch in batches for e in batch] == appended
+
+
 async def test_retention_answers_expired(make_log: MakeLog) -> None:
     log = await make_log(retention=0.2)
     await log.create("s", {})
