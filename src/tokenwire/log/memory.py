@@ -136,8 +136,9 @@ class _Stream:
         all of it with ``keep=0`` (a finished stream)."""
         events = self.events
         while len(events) >= keep + _CHUNK or (keep == 0 and events):
-            self.chunks.append(_pack(events[:_CHUNK]))
-            self.packed += len(events[:_CHUNK])
+            chunk = events[:_CHUNK]
+            self.chunks.append(_pack(chunk))
+            self.packed += len(chunk)
             del events[:_CHUNK]
 
 
