@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import anyio
@@ -244,3 +245,73 @@ async def test_a_lost_producer_leaves_a_failed_message_with_its_partial_text(
         "code": "producer_lost",
         "message": "the generation stopped unexpectedly",
     }
+
+
+class GatedReads(MemoryStreamLog):
+    """A log whose ``events`` read, once ``gate`` is set, returns only after the next
+    append, from the position it was asked for: a Redis read that a concurrent append
+    overtakes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: asyncio.Future[None] | None = None
+
+    async def events(self, stream_id: str, after: int = 0, limit: int | None = None) -> list[Event]:
+        if self.gate is not None:
+            await self.gate
+        return await super().events(stream_id, after, limit)
+
+    async def append(self, stream_id: str, events: list[Event]) -> list[Event]:
+        out = await super().append(stream_id, events)
+        if self.gate is not None and not self.gate.done():
+            self.gate.set_result(None)
+        return out
+
+
+class Stored:
+    """A message sink keeping the last parts written."""
+
+    def __init__(self) -> None:
+        self.parts: list[dict[str, object]] = []
+
+    async def update_message(self, message_id: str, **fields: object) -> None:
+        if fields.get("parts") is not None:
+            self.parts = fields["parts"]  # type: ignore[assignment]
+
+    async def checkpoint_messages(self, parts_by_id: dict[str, list[dict[str, object]]]) -> None:
+        pass
+
+
+async def test_a_checkpoint_read_overtaken_by_an_append_folds_each_event_once() -> None:
+    """The run folds what it appends; a checkpoint's read of the log that started
+    before an append and returns after it sees that event too: it is folded once."""
+    log = GatedReads()
+    await log.create("s", {})
+    await log.append(
+        "s", [Start(stream_id="s", message_id="m", conversation_id="c", model="x", created_at=0)]
+    )
+    deltas: asyncio.Queue[str | None] = asyncio.Queue()
+
+    class Provider:
+        async def stream(self, request: object) -> AsyncIterator[ProviderEvent]:
+            while (text := await deltas.get()) is not None:
+                yield TextDelta(part=0, delta=text)
+            yield finish("stop", None, None)
+
+    stored = Stored()
+    producer = Producer(log, stored, FAST)
+    request = GenerationRequest(model="x", messages=[Message("user", "hi")])
+    generation = Generation(stream_id="s", message_id="m", conversation_id="c", request=request)
+    with anyio.fail_after(10):
+        running = asyncio.ensure_future(producer.run(generation, Provider()))  # type: ignore[arg-type]
+        deltas.put_nowait("a")
+        assert [e.seq for e in await log.wait("s", 1, timeout=5)] == [2]
+        log.gate = asyncio.get_running_loop().create_future()
+        checkpoint = asyncio.ensure_future(producer._runs["s"].sync_state())
+        await asyncio.sleep(0)  # the read has started, after seq 2
+        deltas.put_nowait("b")
+        assert isinstance(await checkpoint, TextDelta)
+        log.gate = None
+        deltas.put_nowait(None)
+        assert isinstance(await running, Finish)
+    assert stored.parts == [{"type": "text", "text": "ab"}]

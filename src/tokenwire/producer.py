@@ -416,11 +416,9 @@ class _Run:
         if appended:
             self.appended_seq = appended[-1].seq
             if appended[0].seq == self.state.last_seq + 1:
-                # Folded here rather than read back at a checkpoint: with Redis that
-                # read and its decoding cost a fifth of the server's CPU; after a gap
+                # Folded here rather than read back at a checkpoint; after a gap
                 # (another node's append) ``sync_state`` reads the rest.
-                for event in appended:
-                    self.state.apply(event)
+                self._fold(appended)
             self._observe(appended)
 
     def _observe(self, appended: list[Event]) -> None:
@@ -438,10 +436,17 @@ class _Run:
         """Fold the events the log holds past ``state`` into it (at the start, for
         checkpoints and at the end: what this run appends is folded as it is
         appended); return the last one read, if any."""
-        last = None
-        for last in await self.log.events(self.stream_id, after=self.state.last_seq):
-            self.state.apply(last)
-        return last
+        events = await self.log.events(self.stream_id, after=self.state.last_seq)
+        self._fold(events)
+        return events[-1] if events else None
+
+    def _fold(self, events: list[Event]) -> None:
+        """Apply the events not folded yet: a checkpoint's read and this run's append
+        can both return an event (the read started before the append ended)."""
+        state = self.state
+        for event in events:
+            if event.seq > state.last_seq:
+                state.apply(event)
 
     async def check_orphan(self, limit: float) -> None:
         """Cancel (reason ``abandoned``) once no reader has followed for ``limit`` seconds,
@@ -468,8 +473,7 @@ class _Run:
             await self._store(ended)
             appended = await self.log.append(self.stream_id, [*out, terminal])
             self._observe(appended)
-            for event in appended:
-                self.state.apply(event)
+            self._fold(appended)
             last = appended[-1] if appended else await self.sync_state()
             if last is not None:  # ours, or the producer_lost that ended the stream first
                 terminal = last
