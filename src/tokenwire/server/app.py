@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from tokenwire.server.responses import build_responses_router
 from tokenwire.server.routes import EVERY_ROUTE, responses
 from tokenwire.settings import Settings
 from tokenwire.transports.pusher.hub import PusherHub
-from tokenwire.transports.sse import DETACH, Body
+from tokenwire.transports.sse import DETACH, Body, run_in_context
 
 __all__ = ["create_app"]
 
@@ -280,34 +280,7 @@ class OuterMiddleware:
         del inner
         if detached:
             body, context = detached[0]
-            await _InContext(body(send, receive), context)
-
-
-class _InContext:
-    """Awaitable running ``coro`` in ``context`` (each of its steps inside
-    :meth:`contextvars.Context.run`), in the awaiting task: a context without a task."""
-
-    __slots__ = ("context", "coro")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], context: contextvars.Context) -> None:
-        self.coro = coro
-        self.context = context
-
-    def __await__(self) -> Generator[Any, None, None]:
-        run, coro = self.context.run, self.coro
-        step: Callable[..., Any] = coro.send
-        arg: Any = None
-        while True:
-            try:
-                blocked_on = run(step, arg)
-            except StopIteration:
-                return
-            try:
-                yield blocked_on
-            except BaseException as exc:  # cancellation: into the coroutine
-                step, arg = coro.throw, exc
-            else:
-                step, arg = coro.send, None
+            await run_in_context(body(send, receive), context)
 
 
 class BodyLimitMiddleware:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
@@ -43,6 +44,7 @@ __all__ = [
     "EventStreamResponse",
     "frame_events",
     "resume_point",
+    "run_in_context",
 ]
 
 DETACH = "tokenwire.detach"
@@ -217,29 +219,46 @@ def start_eagerly(awaitable: Awaitable[None]) -> asyncio.Future[None] | None:
 
 class _Resume:
     """Awaitable going on with ``steps`` (an ``__await__`` iterator) that suspended on
-    ``blocked_on``: the task awaiting it waits for that future, then steps on."""
+    ``blocked_on``: the task awaiting it waits for that future, then steps on, each
+    step inside ``context`` when one is given."""
 
-    __slots__ = ("blocked_on", "steps")
+    __slots__ = ("blocked_on", "context", "steps")
 
-    def __init__(self, steps: Generator[Any, None, None], blocked_on: Any) -> None:
+    def __init__(
+        self,
+        steps: Generator[Any, None, None] | Coroutine[Any, Any, None],
+        blocked_on: Any,
+        context: contextvars.Context | None = None,
+    ) -> None:
         self.steps = steps
         self.blocked_on = blocked_on
+        self.context = context
 
     def __await__(self) -> Generator[Any, None, None]:
-        steps, blocked_on = self.steps, self.blocked_on
+        steps, blocked_on, context = self.steps, self.blocked_on, self.context
+        step: Callable[..., Any]
+        arg: Any
         while True:
             try:
                 yield blocked_on
             except BaseException as exc:  # cancellation: into the awaitable
-                try:
-                    blocked_on = steps.throw(exc)
-                except StopIteration:
-                    return
+                step, arg = steps.throw, exc
             else:
-                try:
-                    blocked_on = steps.send(None)
-                except StopIteration:
-                    return
+                step, arg = steps.send, None
+            try:
+                blocked_on = step(arg) if context is None else context.run(step, arg)
+            except StopIteration:
+                return
+
+
+async def run_in_context(coro: Coroutine[Any, Any, None], context: contextvars.Context) -> None:
+    """Await ``coro`` in the calling task with each of its steps run in ``context``
+    (:meth:`contextvars.Context.run`): another context without a task of its own."""
+    try:
+        blocked_on = context.run(coro.send, None)
+    except StopIteration:
+        return
+    await _Resume(coro, blocked_on, context)
 
 
 async def _rest(resume: _Resume) -> None:
