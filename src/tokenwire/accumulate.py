@@ -167,8 +167,7 @@ class MessageState:
         pieces = held[2]
         pieces.append(delta)
         if len(pieces) > _JOIN_EVERY:
-            pieces[:] = ["".join(pieces)]
-            entry[field] = pieces[0]
+            _join(entry, field, pieces)
 
     def copy(self) -> MessageState:
         """A deep copy (the held deltas joined first: a list of thousands of deltas
@@ -180,8 +179,7 @@ class MessageState:
         """Join the deltas held since the last read into their parts' ``text``."""
         for entry, field, pieces in self._pieces.values():
             if len(pieces) > 1:
-                pieces[:] = ["".join(pieces)]
-                entry[field] = pieces[0]
+                _join(entry, field, pieces)
 
     def _joined(self, kind: str) -> str:
         self._settle()
@@ -218,6 +216,12 @@ class MessageState:
             "reasoning_tokens": u.reasoning_tokens,
             "cached_input_tokens": u.cached_input_tokens,
         }
+
+
+def _join(entry: dict[str, Any], field: str, pieces: list[str]) -> None:
+    """Join a part's held ``pieces`` into one, which becomes ``entry[field]``."""
+    pieces[:] = ["".join(pieces)]
+    entry[field] = pieces[0]
 
 
 def _tool_part(

@@ -338,8 +338,9 @@ class MemoryStreamLog:
         retention: seconds a finished stream stays readable after its terminal event.
         clock: wall clock in Unix seconds (injectable for tests); leases use
             :func:`time.monotonic`.
-        pack_after: seconds after its terminal event at which a finished stream's
-            events are packed into one compressed blob (``0``: at once).
+        pack_after: seconds after its terminal event at which the rest of a finished
+            stream's events are packed (``0``: at once; a running stream's older events
+            are packed as they age out of its last 64 to 127).
     """
 
     def __init__(
