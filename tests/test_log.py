@@ -420,14 +420,15 @@ async def test_a_packed_finished_stream_reads_back_equal() -> None:
 
 
 async def test_memory_log_reads_across_packed_chunks_and_the_live_tail() -> None:
-    """Older events of a running stream are packed 64 at a time, the finished rest at
-    once (``pack_after=0``): every slice reads the same events as appended, whether it
-    falls in chunks, in the tail or across both."""
+    """Older events of a running stream are packed 64 at a time at the turn after
+    their append, the finished rest at once (``pack_after=0``): every slice reads the
+    same events as appended, whether it falls in chunks, in the tail or across both."""
     log = MemoryStreamLog(pack_after=0)
     await log.create("s", {})
     appended: list[Event] = []
     for i in range(300):
         appended += await log.append("s", [delta(str(i))])
+        await anyio.lowlevel.checkpoint()  # the turn that packs
     assert log.statistics()["packed_bytes"] > 0
     for after, limit in [(0, None), (0, 10), (60, 10), (63, 2), (100, 150), (250, None), (299, 5)]:
         end = None if limit is None else after + limit

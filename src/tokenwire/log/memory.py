@@ -4,10 +4,11 @@ Events live in a per-stream list whose index is ``seq - 1``. A reader waits on a
 future of the stream's ``waiters``, which an append resolves, so one append wakes
 every live reader once, however many events it carried; a follower
 (:meth:`MemoryStreamLog.follow`) is handed them by a callback at the next turn.
-Events older than the last 64 to 127 of a stream are packed, 64 at a time, into
-compressed chunks, and the rest of a finished stream ``pack_after`` seconds after its
-terminal event: a stream then costs about the size of its text, not ~160 bytes of
-structs per event. Finished streams are dropped ``retention`` seconds after their
+Once a stream holds 64 events more than its last 8, they are packed into a
+compressed chunk at the event loop's next turn, after its followers took them; the
+rest of a finished stream ``pack_after`` seconds after its terminal event: a stream
+then costs about the size of its text, not ~160 bytes of structs per event. Finished
+streams are dropped ``retention`` seconds after their
 terminal event (then 410 for a while).
 """
 
@@ -48,8 +49,10 @@ _PACK_AFTER = 5.0
 """Seconds after its terminal event at which the rest of a finished stream is packed:
 after its live followers took the end."""
 _CHUNK = 64
-"""Events per packed chunk; a running stream keeps its last 64 to 127 events as they
-are (what live followers and readers take)."""
+"""Events per packed chunk."""
+_KEEP = 8
+"""Events a running stream keeps as they are when packed (it holds 8 to 71): what
+readers that wake after the packing turn take without unpacking."""
 _pack_encoder = msgspec.msgpack.Encoder()
 _pack_decoder = msgspec.msgpack.Decoder(list[Event])
 
@@ -85,6 +88,7 @@ class _Stream:
         "followers",
         "lease_until",
         "meta",
+        "pack_queued",
         "packed",
         "readers",
         "readers_left_at",
@@ -98,6 +102,7 @@ class _Stream:
         self.events: list[Event] = []
         self.chunks: list[bytes] = []
         self.packed = 0
+        self.pack_queued = False
         self.status = StreamStatus.RUNNING
         self.meta = dict(meta)
         self.created_at = now
@@ -340,7 +345,7 @@ class MemoryStreamLog:
             :func:`time.monotonic`.
         pack_after: seconds after its terminal event at which the rest of a finished
             stream's events are packed (``0``: at once; a running stream's older events
-            are packed as they age out of its last 64 to 127).
+            are packed 64 at a time once it holds 72, at the next turn).
     """
 
     def __init__(
@@ -356,6 +361,9 @@ class MemoryStreamLog:
         self._lost_tasks: set[asyncio.Task[None]] = set()
         self._woken: list[_Follower] = []
         """Followers to hand their new events to at the event loop's next turn."""
+        self._to_pack: list[_Stream] = []
+        """Running streams to pack at the event loop's next turn, after ``_woken``."""
+        self._turn_queued = False
         self._active: dict[str, str] = {}
         """conversation id → its running stream's id."""
         self._expired: OrderedDict[str, None] = OrderedDict()
@@ -429,8 +437,6 @@ class MemoryStreamLog:
                 ):
                     del self._active[conversation_id]
                 break
-        if len(log) >= 2 * _CHUNK and stream.status == "running":
-            stream.pack(keep=_CHUNK)
         if out:
             waiters, stream.waiters = stream.waiters, []
             for waiter in waiters:
@@ -438,20 +444,37 @@ class MemoryStreamLog:
                     waiter.set_result(None)
             for follower in stream.followers[:]:
                 follower.wake()
+        if len(log) >= _KEEP + _CHUNK and not stream.pack_queued and stream.status == "running":
+            stream.pack_queued = True
+            self._to_pack.append(stream)
+            self._next_turn_soon()
         return out
 
     def _queue(self, follower: _Follower) -> None:
-        if not self._woken:
-            follower.loop.call_soon(self._next_turn)
+        self._next_turn_soon()
         self._woken.append(follower)
 
+    def _next_turn_soon(self) -> None:
+        if not self._turn_queued:
+            self._turn_queued = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
     def _next_turn(self) -> None:
+        """Hand the woken followers their events, then pack what they took: a stream's
+        packing is one step of every turn's work for all streams, not a stall in the
+        step of its producer, and a follower a turn behind does not unpack it."""
+        self._turn_queued = False
         woken, self._woken = self._woken, []
         for follower in woken:
             try:
                 follower.next_turn()
             except Exception:  # a bug in one follower: not the others' delivery
                 logger.exception("stream %s: a follower failed", follower.stream.stream_id)
+        to_pack, self._to_pack = self._to_pack, []
+        for stream in to_pack:
+            stream.pack_queued = False
+            if stream.status == "running":
+                stream.pack(keep=_KEEP)
 
     def _pack_later(self, stream: _Stream) -> None:
         if self._pack_after <= 0:
