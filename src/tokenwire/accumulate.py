@@ -51,8 +51,8 @@ class MessageSink(Protocol):
 
 
 _JOIN_EVERY = 64
-"""Held deltas of a part joined at once (a text of L bytes is then copied about
-L / 64 / delta size times: ~2 ms for 100 KB of 10-byte deltas)."""
+"""Held deltas of a part joined into one block (a delta's text is copied into its
+block, then once at each read of the part)."""
 
 
 class MessageState:
@@ -66,11 +66,12 @@ class MessageState:
 
     def __init__(self) -> None:
         self.parts: dict[int, dict[str, Any]] = {}
-        self._pieces: dict[int, tuple[dict[str, Any], str, list[str]]] = {}
+        self._pieces: dict[int, tuple[dict[str, Any], str, list[str], list[str]]] = {}
         """Parts as they grow: the part's entry, the field that grows (``text``, or a
-        tool call's ``arguments_text``) and its deltas, joined into the field only when
-        read (``+=`` on a dict value copies the whole string each time: quadratic in
-        the length of an answer or of a tool call's arguments)."""
+        tool call's ``arguments_text``), its blocks (every ``_JOIN_EVERY`` deltas
+        joined into one) and its deltas since, joined into the field only when read
+        (``+=`` on a dict value copies the whole string each time: quadratic in the
+        length of an answer or of a tool call's arguments)."""
         self.usage: TokenUsage | None = None
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
@@ -157,17 +158,20 @@ class MessageState:
         self._grow(part, "text", delta)
 
     def _grow(self, part: int, field: str, delta: str) -> None:
-        """Hold ``delta`` for ``self.parts[part][field]`` (joined when read, and every
-        ``_JOIN_EVERY`` deltas: a string object per delta costs ~50 bytes besides its
-        text, and the log no longer keeps them once it packed its old events)."""
+        """Hold ``delta`` for ``self.parts[part][field]``: a string object per delta
+        costs ~50 bytes besides its text (and the log no longer keeps them once it
+        packed its old events), so every ``_JOIN_EVERY`` deltas become one block. A
+        block is never joined into a longer one before a read: a text that grows by
+        reallocation leaves holes behind in the heap of a process holding many."""
         held = self._pieces.get(part)
         entry = self.parts[part]
         if held is None or entry is not held[0] or field != held[1]:
-            held = self._pieces[part] = (entry, field, [entry.get(field, "")])
-        pieces = held[2]
+            held = self._pieces[part] = (entry, field, [entry.get(field, "")], [])
+        pieces = held[3]
         pieces.append(delta)
-        if len(pieces) > _JOIN_EVERY:
-            _join(entry, field, pieces)
+        if len(pieces) >= _JOIN_EVERY:
+            held[2].append("".join(pieces))
+            pieces.clear()
 
     def copy(self) -> MessageState:
         """A deep copy (the held deltas joined first: a list of thousands of deltas
@@ -177,9 +181,11 @@ class MessageState:
 
     def _settle(self) -> None:
         """Join the deltas held since the last read into their parts' ``text``."""
-        for entry, field, pieces in self._pieces.values():
-            if len(pieces) > 1:
-                _join(entry, field, pieces)
+        for entry, field, blocks, pieces in self._pieces.values():
+            if pieces or len(blocks) > 1:
+                blocks[:] = ["".join([*blocks, *pieces])]
+                pieces.clear()
+                entry[field] = blocks[0]
 
     def _joined(self, kind: str) -> str:
         self._settle()
@@ -216,12 +222,6 @@ class MessageState:
             "reasoning_tokens": u.reasoning_tokens,
             "cached_input_tokens": u.cached_input_tokens,
         }
-
-
-def _join(entry: dict[str, Any], field: str, pieces: list[str]) -> None:
-    """Join a part's held ``pieces`` into one, which becomes ``entry[field]``."""
-    pieces[:] = ["".join(pieces)]
-    entry[field] = pieces[0]
 
 
 def _tool_part(
