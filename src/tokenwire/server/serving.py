@@ -8,7 +8,12 @@ Two additions to plain ``uvicorn.run``:
   writes it to the socket at once. The Pusher hub encodes a frame once per
   publish and writes the same bytes to every subscriber, as
   ``websockets.broadcast()`` does (``docs/performance.md``). Under any other ASGI
-  server the hub sends each frame through ASGI instead.
+  server the hub sends each frame through ASGI instead. Its inbox (the ASGI
+  ``receive`` queue) and its ``writable`` flag are :class:`_Inbox` and
+  :class:`_Flag`, not :class:`asyncio.Queue` and :class:`asyncio.Event`: those
+  hold four and one :class:`collections.deque` (760 bytes each, allocated when
+  created), ~3.8 KB of a subscriber's ~21 KB (``bench/ws_bench.py``); and it lets
+  go of the handshake's request and response once the 101 is written.
 - A graceful shutdown (SIGTERM, SIGINT), in this order: (1) stop accepting: close
   the listening sockets and let each HTTP connection close after its current
   response; (2) let this process's running generations finish for
@@ -61,8 +66,96 @@ _RELAY_TIMEOUT = 2.0
 """Seconds the Pusher relays get to deliver the terminal events before 4200."""
 
 
+class _Flag:
+    """What uvicorn's protocol uses of :class:`asyncio.Event` (``set``, ``clear``,
+    ``is_set``, ``wait``), its waiters in a list."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self, value: bool) -> None:
+        self._value = value
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if not self._value:
+            self._value = True
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.remove(waiter)
+        return True
+
+
+class _Inbox:
+    """What uvicorn's protocol uses of :class:`asyncio.Queue` (``put_nowait``, ``get``,
+    ``empty``; unbounded, first in first out), in two lists. As in
+    :class:`asyncio.Queue`, each item wakes one waiting ``get``, and a ``get``
+    cancelled after it was woken passes the wake-up on."""
+
+    __slots__ = ("_items", "_waiters")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        self._wake_next()
+
+    def _wake_next(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def get(self) -> Any:
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if self._items and not waiter.cancelled():  # woken, then cancelled
+                    self._wake_next()
+                raise
+            finally:
+                self._waiters.remove(waiter)
+        return self._items.pop(0)
+
+
 class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's ``websockets-sansio`` protocol with the :data:`WRITE_FRAME` extension."""
+    """uvicorn's ``websockets-sansio`` protocol with the :data:`WRITE_FRAME` extension,
+    and a lighter inbox and ``writable`` flag (module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.queue = _Inbox()  # type: ignore[assignment]
+        self.writable = _Flag(True)  # type: ignore[assignment]
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake's request and response, with their headers (~2.5 KB), are
+            # not read once the 101 is written; uvicorn would keep them to the end.
+            self.request = self.response = None  # type: ignore[assignment]
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
