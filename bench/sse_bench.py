@@ -152,6 +152,10 @@ def _has(module: str) -> bool:
 
 LOOP = "uvloop" if _has("uvloop") else "asyncio"
 HTTP = "httptools" if _has("httptools") else "h11"
+TOKENWIRE_HTTP = "tokenwire.server.serving:HeaderTimeoutProtocol"
+"""What ``tokenwire serve`` runs for HTTP (httptools with a request-head deadline):
+the tokenwire servers' ``--http`` (a baseline ``src`` must have it); the anchors'
+is :data:`HTTP`."""
 
 
 class Server:
@@ -168,7 +172,8 @@ class Server:
             sys.executable, "-m", "uvicorn", app, "--factory",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--log-level", "warning", "--no-access-log", "--backlog", "4096",
-            "--timeout-keep-alive", "3600", "--loop", LOOP, "--http", HTTP,
+            "--timeout-keep-alive", "3600", "--loop", LOOP,
+            "--http", HTTP if kind in ANCHORS else TOKENWIRE_HTTP,
         ]  # fmt: skip
         if shutil.which("taskset"):
             command = ["taskset", "-c", str(SERVER_CPU), *command]
@@ -511,7 +516,8 @@ def _targets(unpaced: list[ThroughputRow], paced_rows: list[PacedRow]) -> str:
 def _environment() -> str:
     return (
         f"{os.cpu_count()} CPUs; server on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU}; "
-        f"uvicorn --loop {LOOP} --http {HTTP}; Python {sys.version.split()[0]}"
+        f"uvicorn --loop {LOOP} --http {HTTP} (tokenwire: {TOKENWIRE_HTTP}); "
+        f"Python {sys.version.split()[0]}"
     )
 
 

@@ -38,7 +38,10 @@ Two additions to plain ``uvicorn.run``:
   Limits: it covers HTTP/1.1 through httptools (what ``tokenwire serve`` runs);
   the WebSocket handshake is an HTTP request and is covered too; a client that
   sends its headers in time and then reads the response slowly is not (the
-  SSE/Pusher buffers are bounded elsewhere).
+  SSE/Pusher buffers are bounded elsewhere). Its flow control's ``writable``
+  event and each request's ``message_event`` are :class:`_Flag` objects, not
+  :class:`asyncio.Event` objects (a deque of 760 bytes each, held as long as an
+  SSE response is).
 """
 
 from __future__ import annotations
@@ -188,6 +191,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow._is_writable_event = _Flag(True)  # type: ignore[assignment]
         self._arm_head_timer()
 
     def on_message_begin(self) -> None:
@@ -197,7 +201,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
+        previous = self.cycle
         super().on_headers_complete()
+        if self.cycle is not previous:  # a request's cycle, its task not started yet
+            self.cycle.message_event = _Flag(False)  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
