@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -490,6 +491,21 @@ def test_half_sent_headers_are_dropped_by_tokenwire_serve(tmp_path: Path) -> Non
         assert closed and received.startswith(b"HTTP/1.1 200") and received.count(b"HTTP/1.1") == 1
         sock.close()
         assert httpx.get(url + "/healthz").status_code == 200
+
+
+def test_pipelined_requests_are_answered_in_order_by_tokenwire_serve(tmp_path: Path) -> None:
+    env = {"TOKENWIRE_DATA_DIR": str(tmp_path)}
+    with tokenwire_process(
+        "serve", "--log-level", "warning", env=env, ready_path="/healthz"
+    ) as url:
+        port = int(url.rsplit(":", 1)[1])
+        paths = [b"/healthz", b"/nowhere", b"/healthz"]  # one write: the 2nd and 3rd wait
+        requests = [b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" for path in paths]
+        requests[-1] += b"Connection: close\r\n"
+        sock = _raw(port, b"".join(request + b"\r\n" for request in requests))
+        closed, received = _closed_within(sock, 8)
+        sock.close()
+    assert closed and re.findall(rb"HTTP/1\.1 (\d{3})", received) == [b"200", b"404", b"200"]
 
 
 def test_slow_body_gets_408(tmp_path: Path) -> None:

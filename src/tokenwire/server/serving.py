@@ -40,8 +40,9 @@ Two additions to plain ``uvicorn.run``:
   sends its headers in time and then reads the response slowly is not (the
   SSE/Pusher buffers are bounded elsewhere). Its flow control's ``writable``
   event and each request's ``message_event`` are :class:`_Flag` objects, not
-  :class:`asyncio.Event` objects (a deque of 760 bytes each, held as long as an
-  SSE response is).
+  :class:`asyncio.Event` objects, and its queue of pipelined requests is a
+  :class:`_Pipeline`, not a :class:`collections.deque` (760 bytes each, held as
+  long as an SSE response is).
 """
 
 from __future__ import annotations
@@ -144,6 +145,17 @@ class _Inbox:
         return self._items.pop(0)
 
 
+class _Pipeline(list[Any]):
+    """What uvicorn's HTTP protocol uses of the :class:`collections.deque` of its
+    pipelined requests (``appendleft``, ``pop``, truth): a list, 56 bytes against a
+    deque's 760, for requests that seldom come."""
+
+    __slots__ = ()
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
+
+
 class FanoutWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol with the :data:`WRITE_FRAME` extension,
     and a lighter inbox and ``writable`` flag (module docstring)."""
@@ -188,6 +200,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     request, to the end of the request's headers; a subclass sets it (:func:`run`)."""
 
     _head_timer: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pipeline = _Pipeline()  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
