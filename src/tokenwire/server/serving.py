@@ -1,6 +1,6 @@
 """How ``tokenwire serve`` runs the app under uvicorn.
 
-Two additions to plain ``uvicorn.run``:
+Three additions to plain ``uvicorn.run``:
 
 - :class:`FanoutWebSocketProtocol`, uvicorn's websockets sans-I/O protocol that
   also offers ``scope["extensions"]["tokenwire.write_frame"]``. Its value is a
