@@ -314,6 +314,21 @@ async def test_follow_heartbeats_and_producer_lost(log: StreamLog) -> None:
     assert isinstance(event, Error) and event.code == "producer_lost" and lost == 1
 
 
+async def test_followers_heartbeat_each_on_its_own_interval(log: StreamLog) -> None:
+    """The memory log keeps every follower's deadline behind one timer: a follower
+    that heartbeats often goes on after its first, while one with a long interval
+    beside it, and one closed, get nothing."""
+    await log.create("s", {})
+    fast, slow, closed = Collect(), Collect(), Collect()
+    log.follow("s", 0, fast, idle=0.01)
+    log.follow("s", 0, slow, idle=60)
+    log.follow("s", 0, closed, idle=0.01).close()
+    with anyio.fail_after(5):
+        await _until(lambda: _has(fast.batches, 3))
+    assert fast.batches[:3] == [[], [], []]
+    assert slow.batches == [] and closed.batches == []
+
+
 async def test_closed_follower_gets_nothing_more(log: StreamLog) -> None:
     await log.create("s", {})
     sink = Collect()

@@ -6,20 +6,22 @@ each event to the log as it comes (one append, one wake-up of the readers, per
 provider event; merged deltas, see below, cost less). The first task only waits
 for the end: the provider's terminal event, a stop request (stop button,
 ``superseded``, ``abandoned``, delivered by the log's
-:meth:`~tokenwire.log.base.StreamLog.watch_cancel`) or a time limit (one watchdog
-timer per generation, not one per event). On a stop it cancels the provider
-task, which closes the upstream HTTP response: the provider stops generating
-and billing.
+:meth:`~tokenwire.log.base.StreamLog.watch_cancel`) or a time limit (checked by the
+ticker below, not by a timer per generation or per event). On a stop it cancels
+the provider task, which closes the upstream HTTP response: the provider stops
+generating and billing.
 
 Shutdown (:meth:`Producer.drain`): running generations may end by themselves for a
 grace period; those still running then end with ``cancelled{reason: "shutdown"}``
 (appended and stored like any stop), so every reader gets its terminal event.
 
 One ticker per :class:`Producer`, not per generation, renews the leases of every
-running generation, cancels orphans (no live reader for ``orphan_timeout``
-seconds: reason ``abandoned``) and writes the partial messages of all
-generations that changed every ``checkpoint_interval`` seconds in one
-transaction (never one write per token).
+running generation, ends those past a time limit (``max_stream_seconds``,
+``provider_timeout``: checked every second, or every quarter of the limit when
+shorter), cancels orphans (no live reader for ``orphan_timeout`` seconds: reason
+``abandoned``) and writes the partial messages of all generations that changed
+every ``checkpoint_interval`` seconds in one transaction (never one write per
+token).
 
 Exactly one terminal event ends every run: the provider's ``finish``; ``error``
 for a provider failure (retried with backoff only before the first provider
@@ -195,7 +197,8 @@ class Producer:
         return len(self._runs)
 
     async def _tick(self) -> None:
-        """Leases, orphans and checkpoints of every running generation, until none runs.
+        """Leases, time limits, orphans and checkpoints of every running generation,
+        until none runs.
 
         Leases are renewed by a loop of their own, all at once, so slow checkpoint
         writes never delay them past their expiry.
@@ -204,13 +207,18 @@ class Producer:
         try:
             config = self.config
             ticks = [1.0, config.checkpoint_interval]
+            # A time limit ends a generation at most a quarter of it late (or 1 s).
+            ticks += [config.max_stream_seconds / 4, config.provider_timeout / 4]
             if config.orphan_timeout is not None:
-                ticks.append(max(0.01, config.orphan_timeout / 4))
-            tick = min(ticks)
+                ticks.append(config.orphan_timeout / 4)
+            tick = max(0.01, min(ticks))
             next_checkpoint = time.monotonic() + config.checkpoint_interval
             while self._runs:
                 await asyncio.sleep(tick)
                 runs = list(self._runs.values())
+                now = time.monotonic()
+                for run in runs:
+                    run.check_time_limits(now)
                 try:
                     if config.orphan_timeout is not None:
                         for run in runs:
@@ -270,7 +278,6 @@ class _Run:
         self.last_item_at = self.started
         self.flush_timer: asyncio.TimerHandle | None = None
         self.flush_task: asyncio.Task[None] | None = None
-        self.watchdog_timer: asyncio.TimerHandle | None = None
         self.stopped: asyncio.Future[Event] | None = None
         self.first_token_at: float | None = None
         self.span: GenerationSpan | None = None
@@ -296,7 +303,6 @@ class _Run:
         if self.producer.shutting_down:
             self.stop(Cancelled(reason="shutdown"))
         unwatch = self.log.watch_cancel(self.stream_id, lambda r: self.stop(Cancelled(reason=r)))
-        self.watchdog_timer = loop.call_later(self._watchdog_delay(), self._watchdog)
         pump = asyncio.create_task(self._pump())
         pump.add_done_callback(self._pumped)
         terminal: Event = Cancelled(reason="shutdown")
@@ -304,9 +310,8 @@ class _Run:
             terminal = await stopped  # the pump's end or a stop, whichever comes first
         finally:
             unwatch()
-            for timer in (self.watchdog_timer, self.flush_timer):
-                if timer is not None:
-                    timer.cancel()
+            if self.flush_timer is not None:
+                self.flush_timer.cancel()
             await _close(pump)
             terminal = await self._finish(terminal)
         return terminal
@@ -388,24 +393,15 @@ class _Run:
         finally:
             self.flush_task = None
 
-    def _watchdog_delay(self) -> float:
-        """Seconds until the earlier of the stream's deadline and the provider's."""
-        config = self.config
-        until = min(
-            self.started + config.max_stream_seconds, self.last_item_at + config.provider_timeout
-        )
-        return max(0.0, until - time.monotonic())
-
-    def _watchdog(self) -> None:
-        now = time.monotonic()
+    def check_time_limits(self, now: float) -> None:
+        """Stop with ``error{stream_timeout}`` past ``max_stream_seconds``, or with
+        ``error{provider_timeout}`` after ``provider_timeout`` seconds without a
+        provider event (``now``: :func:`time.monotonic`)."""
         if now >= self.started + self.config.max_stream_seconds:
             self.stop(Error(code="stream_timeout", message="the generation took too long"))
         elif now >= self.last_item_at + self.config.provider_timeout:
             message = "the provider sent nothing for too long"
             self.stop(Error(code="provider_timeout", message=message, retryable=True))
-        else:
-            loop = asyncio.get_running_loop()
-            self.watchdog_timer = loop.call_later(self._watchdog_delay(), self._watchdog)
 
     async def _append(self, events: list[Event]) -> None:
         if self.coalescer.window:

@@ -116,10 +116,12 @@ class Settings(BaseSettings):
     """Seconds with no reader before a stream is cancelled (``abandoned``);
     0 = at once, ``None`` = never."""
     max_stream_seconds: float = 600.0
-    """A generation still running after this ends with ``error{stream_timeout}``."""
+    """A generation still running after this ends with ``error{stream_timeout}``
+    (checked every second, or every quarter of the limit when shorter)."""
     provider_timeout: float = 120.0
     """Seconds without any event from the provider before the generation ends with
-    ``error{provider_timeout}`` (a stalled upstream)."""
+    ``error{provider_timeout}`` (a stalled upstream; checked like
+    ``max_stream_seconds``)."""
     checkpoint_interval: float = 5.0
     """Seconds between store writes of a streaming message."""
     lease_ttl: float = 15.0

@@ -15,6 +15,7 @@ terminal event (then 410 for a while).
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import math
 import time
@@ -147,17 +148,73 @@ class _Stream:
             del events[:_CHUNK]
 
 
+class _Timers:
+    """The deadlines of every reader and follower of a log behind one event-loop timer.
+
+    A heap of ``[deadline, order, owner]`` entries (``time.monotonic()`` seconds) and
+    one timer for the earliest: ~100 bytes per armed owner where a timer of its own
+    costs ~530 (a uvloop ``TimerHandle`` with its libuv handle, arguments and
+    context). A disarmed entry keeps its place with ``owner`` cleared (the heapq
+    documentation's "removed" mark) until it comes due.
+    """
+
+    __slots__ = ("handle", "handle_at", "heap", "loop", "order")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.heap: list[list[Any]] = []
+        self.order = 0
+        self.handle: asyncio.TimerHandle | None = None
+        self.handle_at = math.inf
+
+    def add(self, deadline: float, owner: _LazyTimer) -> list[Any]:
+        """Have ``owner._fired`` run at ``deadline``; return the entry (to disarm it)."""
+        self.order += 1
+        entry = [deadline, self.order, owner]
+        heapq.heappush(self.heap, entry)
+        self._arm()
+        return entry
+
+    def _arm(self) -> None:
+        heap = self.heap
+        while heap and heap[0][2] is None:
+            heapq.heappop(heap)
+        deadline = heap[0][0] if heap else math.inf
+        if deadline < self.handle_at:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.handle_at = deadline
+            when = self.loop.time() + (deadline - time.monotonic())
+            self.handle = self.loop.call_at(when, self._run)
+
+    def _run(self) -> None:
+        """Run the owners that are due (those that re-arm come back at a later run)."""
+        self.handle, self.handle_at = None, math.inf
+        heap = self.heap
+        now = time.monotonic()
+        due: list[_LazyTimer | None] = []
+        while heap and heap[0][0] <= now:
+            due.append(heapq.heappop(heap)[2])
+        for owner in due:
+            if owner is not None:
+                try:
+                    owner._fired()
+                except Exception:  # a bug in one owner: not the others' deadlines
+                    logger.exception("a log timer failed")
+        self._arm()
+
+
 class _LazyTimer:
-    """Base of a reader or follower with one timer, armed lazily: asking for a later
-    deadline than the armed one changes nothing, and when the timer fires early (the
+    """Base of a reader or follower with one deadline, armed lazily: asking for a
+    later deadline than the armed one changes nothing, and when it comes early (the
     deadline moved on because events came) the owner asks again for the new one. So
     following a busy stream costs no timer per event. The owner's ``_fire`` runs."""
 
-    __slots__ = ("loop", "timer", "timer_at")
+    __slots__ = ("entry", "timer_at", "timers")
 
-    def __init__(self) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.timer: asyncio.TimerHandle | None = None
+    def __init__(self, timers: _Timers) -> None:
+        self.timers = timers
+        self.entry: list[Any] | None = None
         self.timer_at = math.inf
 
     def _arm(self, deadline: float) -> None:
@@ -166,17 +223,16 @@ class _LazyTimer:
             self._disarm()
             self.timer_at = deadline
             if deadline < math.inf:
-                when = self.loop.time() + (deadline - time.monotonic())
-                self.timer = self.loop.call_at(when, self._fired)
+                self.entry = self.timers.add(deadline, self)
 
     def _fired(self) -> None:
-        self.timer, self.timer_at = None, math.inf
+        self.entry, self.timer_at = None, math.inf
         self._fire()
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer, self.timer_at = None, math.inf
+        if self.entry is not None:
+            self.entry[2] = None
+        self.entry, self.timer_at = None, math.inf
 
     def _fire(self) -> None:
         raise NotImplementedError
@@ -187,15 +243,15 @@ class _Wake(_LazyTimer):
 
     __slots__ = ("future", "stream")
 
-    def __init__(self, stream: _Stream) -> None:
-        super().__init__()
+    def __init__(self, timers: _Timers, stream: _Stream) -> None:
+        super().__init__(timers)
         self.stream = stream
         self.future: asyncio.Future[None] | None = None
 
     async def wait(self, deadline: float) -> None:
         """Wait for an append or until ``deadline`` (``time.monotonic()`` seconds)."""
         self._arm(deadline)
-        future = self.future = self.loop.create_future()
+        future = self.future = self.timers.loop.create_future()
         self.stream.waiters.append(future)
         await future
 
@@ -237,14 +293,14 @@ class _Follower(_LazyTimer):
         batch: int,
         idle: float | None,
     ) -> None:
-        super().__init__()
+        super().__init__(log._timers_now())
         self.log = log
         self.stream = stream
         self.after = after
         self.sink = sink
         self.batch = batch
         self.idle = math.inf if idle is None else idle
-        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.done: asyncio.Future[None] = self.timers.loop.create_future()
         self.quiet_until = time.monotonic() + self.idle
         self.writing = False
         self.queued = False
@@ -364,6 +420,7 @@ class MemoryStreamLog:
         self._to_pack: list[_Stream] = []
         """Running streams to pack at the event loop's next turn, after ``_woken``."""
         self._turn_queued = False
+        self._timers: _Timers | None = None
         self._active: dict[str, str] = {}
         """conversation id → its running stream's id."""
         self._expired: OrderedDict[str, None] = OrderedDict()
@@ -450,6 +507,13 @@ class MemoryStreamLog:
             self._next_turn_soon()
         return out
 
+    def _timers_now(self) -> _Timers:
+        """The deadlines of this log's readers and followers on the running loop."""
+        loop = asyncio.get_running_loop()
+        if self._timers is None or self._timers.loop is not loop:
+            self._timers = _Timers(loop)
+        return self._timers
+
     def _queue(self, follower: _Follower) -> None:
         self._next_turn_soon()
         self._woken.append(follower)
@@ -487,7 +551,7 @@ class MemoryStreamLog:
     ) -> AsyncGenerator[list[Event], None]:
         stream = self._get(stream_id)
         stream.readers += 1
-        wake = _Wake(stream)
+        wake = _Wake(self._timers_now(), stream)
         try:
             quiet_until = math.inf if idle is None else time.monotonic() + idle
             while True:

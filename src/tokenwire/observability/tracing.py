@@ -96,9 +96,13 @@ class GenerationSpan:
             value = params.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 attributes[name] = value
-        self._span = tracer.start_span(
+        span = tracer.start_span(
             f"chat {request_model}", kind=trace.SpanKind.CLIENT, attributes=attributes
         )
+        # OpenTelemetry's no-op (no SDK, no parent span) carries nothing: not kept, and
+        # not made current (its context costs ~420 bytes per held generation).
+        if span.is_recording() or span.get_span_context().is_valid:
+            self._span = span
 
     def activate(self) -> None:
         """Make the span current in this task's context (tasks created after inherit it)."""
