@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import shutil
 import socket
 import subprocess
@@ -432,6 +433,20 @@ async def test_a_packed_finished_stream_reads_back_equal() -> None:
         await follower.done
     assert [e for batch in batches for e in batch] == appended
     assert await log.append("s", [TextDelta(part=1, delta="late")]) == []
+
+
+async def test_a_packed_stream_of_token_sized_deltas_costs_about_its_text() -> None:
+    """Deltas are packed as their joined text with a kind, part and length each, not
+    as one msgpack struct per event (~3 x the text at ~4 bytes per delta)."""
+    rng = random.Random(7)
+    words = ["stream", "token", "the", "reader", "event", "model", "answer", "of", "resume"]
+    pieces = [" " + rng.choice(words)[:4] for _ in range(2000)]
+    log = MemoryStreamLog(pack_after=0)
+    await log.create("s", {})
+    events: list[Event] = [TextDelta(part=0, delta=piece) for piece in pieces]
+    appended = await log.append("s", [*events, Finish(finish_reason="stop")])
+    assert log.statistics()["packed_bytes"] < 1.5 * len("".join(pieces).encode())
+    assert await log.events("s") == appended
 
 
 async def test_memory_log_reads_across_packed_chunks_and_the_live_tail() -> None:
