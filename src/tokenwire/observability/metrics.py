@@ -12,8 +12,11 @@ Labels are bounded: ``provider`` is the part of a model name before ``:``
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 __all__ = [
     "EVENTS_APPENDED",
@@ -68,10 +71,34 @@ GENERATIONS = Counter(
     ["provider", "outcome"],
     registry=REGISTRY,
 )
-EVENTS_APPENDED = Counter(
+
+
+class _LoopCounter(Collector):
+    """A counter without labels incremented only on the event loop's thread, so
+    without ``prometheus_client``'s lock (~370 ns per ``inc``, ~60 ns here): for
+    what is counted per appended event. Exposed as ``<name>_total`` and
+    ``<name>_created``, like a :class:`prometheus_client.Counter`."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = 0
+        self.created = time.time()
+        registry.register(self)
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, created=self.created)
+        family.add_metric([], self.value, created=self.created)
+        yield family
+
+
+EVENTS_APPENDED = _LoopCounter(
     "tokenwire_events_appended",
     "Events appended by this process's producers (rate() = events per second).",
-    registry=REGISTRY,
+    REGISTRY,
 )
 SLOW_READERS_DROPPED = Counter(
     "tokenwire_slow_readers_dropped",
