@@ -72,8 +72,7 @@ def _pack(events: list[Event]) -> bytes:
     msgpack structs, before 2026-12-04: 13.2 bytes, 2.9 x); the benchmark's 40-byte
     stamps: 12.6 bytes per event (16.4). Packing costs 0.12 to 0.16 us per event
     (as structs: 0.08 to 0.12), unpacking ~0.3: only a reader behind the live tail
-    (a resume, a reload, a slow client) pays that. zlib packed prose smaller but
-    cost 2 to 3 times as much CPU."""
+    (a resume, a reload, a slow client) pays that."""
     unset = msgspec.UNSET
     for event in events:
         if type(event) is not TextDelta or event.refusal is not unset:
