@@ -264,29 +264,27 @@ class _LazyTimer:
     deadline moved on because events came) the owner asks again for the new one. So
     following a busy stream costs no timer per event. The owner's ``_fire`` runs."""
 
-    __slots__ = ("entry", "timer_at", "timers")
+    __slots__ = ("entry", "timers")
 
     def __init__(self, timers: _Timers) -> None:
         self.timers = timers
         self.entry: list[Any] | None = None
-        self.timer_at = math.inf
+        """This owner's ``[deadline, order, owner]`` in ``timers``, while armed."""
 
     def _arm(self, deadline: float) -> None:
         """Have ``_fire`` run by ``deadline`` (``time.monotonic()`` seconds)."""
-        if deadline < self.timer_at:
+        if deadline < math.inf and (self.entry is None or deadline < self.entry[0]):
             self._disarm()
-            self.timer_at = deadline
-            if deadline < math.inf:
-                self.entry = self.timers.add(deadline, self)
+            self.entry = self.timers.add(deadline, self)
 
     def _fired(self) -> None:
-        self.entry, self.timer_at = None, math.inf
+        self.entry = None
         self._fire()
 
     def _disarm(self) -> None:
         if self.entry is not None:
             self.entry[2] = None
-        self.entry, self.timer_at = None, math.inf
+            self.entry = None
 
     def _fire(self) -> None:
         raise NotImplementedError
