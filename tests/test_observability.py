@@ -73,12 +73,15 @@ def eventually(probe: Callable[[], T | None], timeout: float = 10.0) -> T:
 
 @pytest.fixture(scope="module")
 def gpt4o_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The mock provider serving a real gpt-4o recording under the model name ``gpt-4o``."""
+    """The mock provider serving a real gpt-4o recording under the model name ``gpt-4o``,
+    its 57 events 1 ms apart: a generation then streams for longer than the 10 ms
+    below which ``tokenwire_output_tokens_per_second`` observes nothing (replayed
+    at full speed, it sometimes ended sooner)."""
     folder = tmp_path_factory.mktemp("recordings")
     for suffix in (".sse", ".meta.json"):
         shutil.copy(RECORDING.with_name(RECORDING.name + suffix), folder / f"gpt-4o{suffix}")
     with tokenwire_process(
-        "mock-provider", "--recordings", str(folder), ready_path="/_mock/health"
+        "mock-provider", "--recordings", str(folder), "--pace-ms", "1", ready_path="/_mock/health"
     ) as url:
         yield url
 
