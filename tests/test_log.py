@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import redis.asyncio as aioredis
 
@@ -40,6 +41,7 @@ from tokenwire.events import (
     Usage,
     encode_event,
 )
+from tokenwire.log import redis_read, redis_tail
 from tokenwire.log.base import StreamLog
 from tokenwire.log.follow import Follower
 from tokenwire.log.memory import MemoryStreamLog
@@ -586,6 +588,75 @@ async def test_append_on_one_process_read_live_on_another(
     assert [e.seq for e in live] == [1, 2, 3, 4]
     assert [encode_event(e) for e in late] == [encode_event(e) for e in live]
     assert [encode_event(e) for e in await a.events("s")] == [encode_event(e) for e in live]
+
+
+async def test_readers_of_many_streams_get_every_append_from_the_tail_at_once(
+    redis_logs: Callable[..., RedisStreamLog], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Process ``b`` follows 20 streams that process ``a`` appends to in random order,
+    one event at a time, while the readers come and go between their waits: every
+    event reaches its reader through ``b``'s tail (the changes it reads, or the
+    stream read from the reader's position), never by a reader's own recheck, which
+    is set to a minute here: a change the tail missed would stall the test."""
+    monkeypatch.setattr(redis_read, "_UNLEASED_RECHECK", 60.0)
+    a, b = redis_logs(), redis_logs()
+    ids = [f"s{i}" for i in range(20)]
+    for stream_id in ids:
+        await a.create(stream_id, {})
+    rounds = 15
+    got: dict[str, list[int]] = {stream_id: [] for stream_id in ids}
+
+    async def follow(stream_id: str) -> None:
+        async for batch in b.read(stream_id):
+            got[stream_id].extend(e.seq for e in batch)
+            await (
+                anyio.lowlevel.checkpoint()
+            )  # away from the tail for a moment, as a response write
+
+    shuffle = random.Random(7).shuffle
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            for stream_id in ids:
+                tg.start_soon(follow, stream_id)
+            for n in range(1, rounds + 1):
+                shuffle(ids)
+                for stream_id in ids:
+                    await a.append(stream_id, [delta(str(n))])
+                if n % 5 == 0:  # now and then, until every reader has caught up
+                    await _until(lambda n=n: _true(all(len(g) == n for g in got.values())))
+            for stream_id in ids:
+                await a.append(stream_id, [Finish(finish_reason="stop")])
+    assert all(seqs == list(range(1, rounds + 2)) for seqs in got.values())
+
+
+@pytest.mark.parametrize("linger", [60.0, 0.0], ids=["still-followed", "dropped"])
+async def test_an_append_made_while_the_reader_was_away_reaches_it_at_once(
+    redis_logs: Callable[..., RedisStreamLog], monkeypatch: pytest.MonkeyPatch, linger: float
+) -> None:
+    """A reader of ``b`` takes event 1 and is away while ``a`` appends event 2 and ``b``'s
+    tail reads that change (seen by another reader of ``b``, woken by a later append);
+    back, it gets event 2 at once, whether its stream was still followed by the tail
+    (``_LINGER``) or dropped meanwhile. Rechecks are a minute away: a lost change
+    would stall it."""
+    monkeypatch.setattr(redis_read, "_UNLEASED_RECHECK", 60.0)
+    monkeypatch.setattr(redis_tail, "_LINGER", linger)
+    a, b = redis_logs(), redis_logs()
+    await a.create("s", {})
+    await a.create("t", {})
+    with anyio.fail_after(10):
+        reader = b.read("s")
+        other = b.read("t")
+        first = asyncio.ensure_future(anext(reader))
+        witness = asyncio.ensure_future(anext(other))
+        await _until(lambda: _true(b.statistics()["tailed_streams"] == 2))
+        await a.append("s", [delta("1")])
+        assert [e.seq for e in await first] == [1]
+        await a.append("s", [delta("2")])
+        await a.append("t", [delta("x")])  # its change comes after that of s
+        assert [e.seq for e in await witness] == [1]
+        assert [e.seq for e in await anext(reader)] == [2]
+    await reader.aclose()
+    await other.aclose()
 
 
 async def test_cancel_reaches_a_watcher_in_another_process(

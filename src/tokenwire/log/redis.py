@@ -10,6 +10,8 @@ Key layout (prefix ``tw:`` by default, see :class:`~tokenwire.log.redis_scripts.
     tw:s:<id>:gone       tombstone, outlives the stream by `tombstone` s (410, not 404)
     tw:conv:<id>:active  the conversation's running stream id
     tw:leases            sorted set: running leased stream id -> lease end (Unix ms)
+    tw:changes           Redis Stream, one entry per append script run:
+                         stream id -> its last seq (MAXLEN ~ 10,000)
     tw:proc:<pid>        a process's liveness key (PX expiry) while it counts readers
     tw:proc:<pid>:wake   a process's wake-up stream for its own tail
     tw:cancel            pub/sub channel of cancel requests
@@ -33,14 +35,19 @@ batches grow with the round trip, and a producer waiting on its append is held b
 (backpressure) instead of failing.
 
 Live tail: one task per :class:`RedisStreamLog` (per process) runs ``XREAD BLOCK``
-over every stream that has a waiting local reader, from the lowest position any of
-them waits after (https://redis.io/docs/latest/commands/xread/: with ``BLOCK`` the
-call returns as soon as one of the streams gets an entry with a greater id, else
-``nil`` after the timeout). It decodes what arrives once and hands it to the waiting
-readers' futures; a reader that was further behind fetches its batch with
-``XRANGE … COUNT batch``. So a process holds one blocking connection however many
-readers it serves, and following a stream costs no round trip per reader per
-event. A reader waiting on a stream the tail does not follow yet ``XADD``\\ s to
+on ``tw:changes``, where every append script run lists the streams it appended to
+with their last ``seq`` (https://redis.io/docs/latest/commands/xread/: with
+``BLOCK`` the call returns as soon as one of the keys gets an entry with a greater
+id, else ``nil`` after the timeout). A stream itself is named in that call only
+when a waiting local reader has not seen its last change (or when it is first
+followed: what was appended before), from the lowest position a reader waits
+after; what arrives is decoded once and handed to the waiting readers' futures,
+and a reader that was further behind fetches its batch with ``XRANGE … COUNT
+batch``. So a process holds one blocking connection however many readers it
+serves, a round costs what changed rather than one key per followed stream, and
+following a stream costs no round trip per reader per event. A stream nobody
+waits on stays followed for ``redis_tail._LINGER`` seconds (a reader between two
+waits). A reader waiting on a stream the tail does not follow yet ``XADD``\\ s to
 the process's wake-up stream, which the tail always reads too, so the blocked call
 returns at once; the block lasts at most ``redis_tail._BLOCK_MS`` anyway.
 

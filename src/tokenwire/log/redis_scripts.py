@@ -21,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "APPEND",
     "CANCEL",
+    "CHANGES_MAXLEN",
     "CREATE",
     "HEARTBEAT",
     "JOIN",
@@ -29,6 +30,12 @@ __all__ = [
     "SWEEP",
     "Keys",
 ]
+
+
+CHANGES_MAXLEN = 10_000
+"""About how many entries the changes stream keeps (``XADD … MAXLEN ~``): a tail
+further behind than this misses changes, and its readers then fetch after their
+idle timeout instead of at once."""
 
 
 class Keys:
@@ -83,6 +90,12 @@ class Keys:
         """A process's liveness key (``PX`` expiry, renewed while it has readers)."""
         return f"{self.proc_prefix()}{process_id}"
 
+    def changes(self) -> str:
+        """Redis Stream of appends, for every process's tail: one entry per script run,
+        field = stream id, value = its last ``seq`` after the run (trimmed to about
+        ``CHANGES_MAXLEN`` entries)."""
+        return f"{self.prefix}changes"
+
     def wake(self, process_id: str) -> str:
         """A process's wake-up stream: interrupts its own blocked ``XREAD``."""
         return f"{self.proc_prefix()}{process_id}:wake"
@@ -125,6 +138,8 @@ APPEND = (
 --   then the event's JSON without its final '0}' (it ends '"seq":'; the seq and
 --   the brace are added here). Few arguments: packing them costs the caller most.
 -- Keys are built from the prefix (as Keys in redis_scripts.py; not for Redis Cluster).
+-- Every stream that got events is listed in one entry of the changes stream
+-- (stream id -> last seq), which the processes' tails read (redis_tail).
 -- Returns per stream: code, first seq, events appended.
 local outcomes = {c = 'completed', f = 'failed', x = 'cancelled'}
 local function append(stream_id, only_if_expired, lines)
@@ -167,14 +182,22 @@ local function append(stream_id, only_if_expired, lines)
   redis.call('HSET', meta, 'last_seq', seq)
   return 1, first, seq - first + 1
 end
-local out = {}
+local out, changed = {}, {}
 for a = 5, #ARGV, 3 do
   local code, first, count = append(ARGV[a], ARGV[a + 1], ARGV[a + 2])
   out[#out + 1], out[#out + 2], out[#out + 3] = code, first, count
+  if count > 0 then
+    changed[#changed + 1], changed[#changed + 2] = ARGV[a], first + count - 1
+  end
+end
+-- One entry per 1,000 streams at most: unpack() is bounded by Lua's C stack.
+for c = 1, #changed, 2000 do
+  redis.call('XADD', ARGV[4] .. 'changes', 'MAXLEN', '~', CHANGES_MAXLEN, '*',
+    unpack(changed, c, math.min(c + 1999, #changed)))
 end
 return out
 """
-)
+).replace("CHANGES_MAXLEN", str(CHANGES_MAXLEN))
 
 HEARTBEAT = (
     _MISSING

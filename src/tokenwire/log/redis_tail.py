@@ -1,11 +1,12 @@
-"""The process's live tail of the Redis stream log: one ``XREAD BLOCK`` loop serving
-every waiting reader (see "Live tail" in :mod:`tokenwire.log.redis`)."""
+"""The process's live tail of the Redis stream log: one ``XREAD BLOCK`` loop on the
+log's changes serving every waiting reader (see "Live tail" in :mod:`tokenwire.log.redis`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
+import time
 from typing import Any
 
 import redis.exceptions
@@ -27,24 +28,39 @@ logger = logging.getLogger("tokenwire.log.redis")
 _BLOCK_MS = 1000
 """Longest ``XREAD BLOCK`` of the tail, in milliseconds."""
 _TAIL_COUNT = 1024
-"""Most entries the tail takes per stream per ``XREAD`` (more come on the next call)."""
+"""Most entries the tail takes per stream (and of the changes) per ``XREAD`` (more
+come on the next call)."""
+_LINGER = 5.0
+"""Seconds a stream stays followed after its last waiter left."""
 
 
 class RedisTail:
     """The process's live tail: one ``XREAD BLOCK`` loop serving every waiting reader.
 
-    ``_after[s]`` is where the tail reads stream ``s`` from; it never exceeds the
-    position of a reader waiting on ``s`` (a reader asking from an earlier position
-    is answered at once: it should fetch). A waiter's future gets the events after
-    its position the tail saw, or ``[]`` meaning "something changed, fetch".
+    The tail reads the changes stream (``Keys.changes``: one entry per append script
+    run, stream id → last ``seq``), not every followed stream: a round costs as much
+    as what changed, not as many streams as are followed. A stream is read itself
+    only from a waiter's position: once when first followed (what was appended
+    before the tail looked), and after a change that a waiter has not seen.
+
+    ``_known[s]`` is the last ``seq`` of followed stream ``s`` the tail knows of;
+    every later append shows in a change the tail has not read yet. A reader asking
+    from an earlier position is answered at once (``[]``: fetch). A stream nobody
+    waits on stays followed for ``_LINGER`` seconds (a reader between two waits).
     """
 
     def __init__(self, core: RedisCore) -> None:
         self._core = core
-        self._after: dict[str, int] = {}
+        self._known: dict[str, int] = {}
         self._waiters: dict[str, list[tuple[int, asyncio.Future[list[Event]]]]] = {}
-        self._reading: frozenset[str] = frozenset()
+        self._idle: dict[str, float] = {}
+        """Followed streams without a waiter → since when (monotonic s), oldest first."""
+        self._to_read: set[str] = set()
+        """Streams the next round reads from their waiters' lowest position."""
+        self._cursor: str | None = None
+        """Entry id of the last change read (``None``: not looked yet)."""
         self._wake_id = "0-0"
+        self._blocked = False
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._poking = False
@@ -63,16 +79,17 @@ class RedisTail:
     def _future(self, stream_id: str, after: int) -> asyncio.Future[list[Event]]:
         """A future resolved when stream ``stream_id`` gets events with ``seq > after``."""
         future: asyncio.Future[list[Event]] = asyncio.get_running_loop().create_future()
-        known = self._after.get(stream_id)
+        known = self._known.get(stream_id)
         if known is not None and after < known:
             future.set_result([])
             return future
         self._waiters.setdefault(stream_id, []).append((after, future))
+        self._idle.pop(stream_id, None)
         if known is None:
-            self._after[stream_id] = after
+            self._known[stream_id] = after
+            self._to_read.add(stream_id)
             self._changed.set()
-            if stream_id not in self._reading:
-                self._poke()
+            self._poke()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="tokenwire-redis-tail")
         return future
@@ -83,12 +100,15 @@ class RedisTail:
             return
         waiters[:] = [w for w in waiters if w[1] is not future]
         if not waiters:
-            del self._waiters[stream_id]
-            del self._after[stream_id]
+            self._unwaited(stream_id)
+
+    def _unwaited(self, stream_id: str) -> None:
+        del self._waiters[stream_id]
+        self._idle[stream_id] = time.monotonic()
 
     def _poke(self) -> None:
-        """Interrupt a blocked ``XREAD`` so it includes a new stream."""
-        if self._poking or not self._reading:
+        """Interrupt a blocked ``XREAD`` so that it reads a newly followed stream."""
+        if self._poking or not self._blocked:
             return
         self._poking = True
         self._core.spawn(self._send_poke())
@@ -108,7 +128,8 @@ class RedisTail:
     async def _run(self) -> None:
         backoff = BACKOFF_MIN
         while not self._core.closed:
-            if not self._after:
+            self._drop_lingering()
+            if not self._known:
                 self._changed.clear()
                 await self._changed.wait()
                 continue
@@ -117,37 +138,80 @@ class RedisTail:
                 backoff = BACKOFF_MIN
             except Exception as exc:  # Redis down, or a corrupt entry: never die
                 logger.warning("stream log tail: %r; retrying in %.2f s", exc, backoff)
-                self._reading = frozenset()
+                # Changes may have been missed: read every waited stream again.
+                self._to_read.update(self._waiters)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
+    def _drop_lingering(self) -> None:
+        """Stop following the streams nobody has waited on for ``_LINGER`` seconds."""
+        idle = self._idle
+        limit = time.monotonic() - _LINGER
+        while idle:
+            stream_id, since = next(iter(idle.items()))
+            if since > limit:
+                return
+            del idle[stream_id]
+            del self._known[stream_id]
+
     async def _read_once(self) -> None:
-        keys = self._core.keys
-        wake = keys.wake(self._core.process_id)
-        positions = dict(self._after)
-        self._reading = frozenset(positions)
-        request: dict[Any, Any] = {keys.events(s): f"{n}-0" for s, n in positions.items()}
-        request[wake] = self._wake_id
+        keys, client = self._core.keys, self._core.client
+        changes, wake = keys.changes(), keys.wake(self._core.process_id)
+        if self._cursor is None:
+            last: Any = await client.xrevrange(changes, count=1)
+            self._cursor = as_str(last[0][0]) if last else "0-0"
+        positions = {
+            s: min(after for after, _ in self._waiters[s])
+            for s in self._to_read
+            if s in self._waiters
+        }
+        self._to_read = set()
         by_key = {keys.events(s): s for s in positions}
+        request: dict[Any, Any] = {key: f"{positions[s]}-0" for key, s in by_key.items()}
+        request[changes] = self._cursor
+        request[wake] = self._wake_id
+        self._blocked = True
         try:
-            reply: Any = await self._core.client.xread(request, count=_TAIL_COUNT, block=_BLOCK_MS)
+            reply: Any = await client.xread(request, count=_TAIL_COUNT, block=_BLOCK_MS)
+        except BaseException:
+            self._to_read.update(positions)
+            raise
         finally:
-            self._reading = frozenset()
-        items = reply.items() if isinstance(reply, dict) else (reply or [])
-        for key, entries in items:
+            self._blocked = False
+        noted: list[Any] = []
+        # The streams read first: what they deliver makes their changes old news.
+        for key, entries in reply.items() if isinstance(reply, dict) else (reply or []):
+            name = as_str(key)
             if not entries:
                 continue
-            name = as_str(key)
-            if name == wake:
+            if name == changes:
+                self._cursor = as_str(entries[-1][0])
+                noted = entries
+            elif name == wake:
                 self._wake_id = as_str(entries[-1][0])
-                continue
-            stream_id = by_key.get(name)
-            if stream_id is not None:
+            elif (stream_id := by_key.get(name)) is not None:
                 events = [decode_event(entry_field(fields)) for _, fields in entries]
                 self._deliver(stream_id, positions[stream_id], events)
+        self._note_changes(noted)
+
+    def _note_changes(self, entries: list[Any]) -> None:
+        """Raise ``_known`` from the changes read; a stream whose waiter has not seen
+        its last ``seq`` is read in the next round."""
+        known, waiters = self._known, self._waiters
+        for _, fields in entries:
+            for name, value in fields.items():
+                stream_id = as_str(name)
+                seq = int(value)
+                if known.get(stream_id, seq) < seq:
+                    known[stream_id] = seq
+                    if stream_id in waiters:
+                        self._to_read.add(stream_id)
 
     def _deliver(self, stream_id: str, start: int, events: list[Event]) -> None:
         """Resolve the waiters of ``stream_id``; ``events`` are ``seq`` ``start + 1 …``."""
+        known = self._known
+        if stream_id in known:
+            known[stream_id] = max(known[stream_id], events[-1].seq)
         waiters = self._waiters.get(stream_id)
         if waiters is None:
             return
@@ -165,14 +229,12 @@ class RedisTail:
                 kept.append((after, future))
         if kept:
             self._waiters[stream_id] = kept
-            self._after[stream_id] = max(self._after[stream_id], events[-1].seq)
         else:
-            del self._waiters[stream_id]
-            del self._after[stream_id]
+            self._unwaited(stream_id)
 
     def waiting(self) -> int:
         """Streams with a waiting reader (the ``tailed_streams`` statistic)."""
-        return len(self._after)
+        return len(self._waiters)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -181,4 +243,5 @@ class RedisTail:
             for _, future in waiters:
                 future.cancel()
         self._waiters.clear()
-        self._after.clear()
+        self._known.clear()
+        self._idle.clear()
