@@ -11,7 +11,7 @@ Key layout (prefix ``tw:`` by default, see :class:`~tokenwire.log.redis_scripts.
     tw:conv:<id>:active  the conversation's running stream id
     tw:leases            sorted set: running leased stream id -> lease end (Unix ms)
     tw:changes           Redis Stream, one entry per append script run:
-                         stream id -> its last seq (MAXLEN ~ 10,000)
+                         stream id -> its last seq (MAXLEN ~ 2,000)
     tw:proc:<pid>        a process's liveness key (PX expiry) while it counts readers
     tw:proc:<pid>:wake   a process's wake-up stream for its own tail
     tw:cancel            pub/sub channel of cancel requests

@@ -32,10 +32,11 @@ __all__ = [
 ]
 
 
-CHANGES_MAXLEN = 10_000
-"""About how many entries the changes stream keeps (``XADD … MAXLEN ~``): a tail
-further behind than this misses changes, and its readers then fetch after their
-idle timeout instead of at once."""
+CHANGES_MAXLEN = 2_000
+"""About how many entries the changes stream keeps (``XADD … MAXLEN ~``, which keeps
+at least this many). More than a tail takes per call (``redis_tail._TAIL_COUNT``):
+a tail that fell behind the trimming gets a full batch, and then reads every
+stream it has waiters on from their positions."""
 
 
 class Keys:

@@ -193,6 +193,8 @@ class RedisTail:
                 events = [decode_event(entry_field(fields)) for _, fields in entries]
                 self._deliver(stream_id, positions[stream_id], events)
         self._note_changes(noted)
+        if len(noted) >= _TAIL_COUNT:  # behind: maybe past the trimming (CHANGES_MAXLEN)
+            self._to_read.update(self._waiters)
 
     def _note_changes(self, entries: list[Any]) -> None:
         """Raise ``_known`` from the changes read; a stream whose waiter has not seen
