@@ -633,13 +633,14 @@ async def test_readers_of_many_streams_get_every_append_from_the_tail_at_once(
 async def test_an_append_made_while_the_reader_was_away_reaches_it_at_once(
     redis_logs: Callable[..., RedisStreamLog], monkeypatch: pytest.MonkeyPatch, linger: float
 ) -> None:
-    """A reader of ``b`` takes event 1 and is away while ``a`` appends event 2 and ``b``'s
-    tail reads that change (seen by another reader of ``b``, woken by a later append);
-    back, it gets event 2 at once, whether its stream was still followed by the tail
-    (``_LINGER``) or dropped meanwhile. Rechecks are a minute away: a lost change
-    would stall it."""
+    """A reader of ``b`` takes event 1 and is away while ``a`` appends events 2 to 5 and
+    ``b``'s tail reads that change (seen by another reader of ``b``, woken by a later
+    append); back, it gets them at once, whether its stream was still followed by the
+    tail (``_LINGER``) or dropped meanwhile, though the tail takes only 2 events per
+    call. Rechecks are a minute away: a lost change would stall it."""
     monkeypatch.setattr(redis_read, "_UNLEASED_RECHECK", 60.0)
     monkeypatch.setattr(redis_tail, "_LINGER", linger)
+    monkeypatch.setattr(redis_tail, "_TAIL_COUNT", 2)  # the tail reads 2 events a call
     a, b = redis_logs(), redis_logs()
     await a.create("s", {})
     await a.create("t", {})
@@ -651,10 +652,13 @@ async def test_an_append_made_while_the_reader_was_away_reaches_it_at_once(
         await _until(lambda: _true(b.statistics()["tailed_streams"] == 2))
         await a.append("s", [delta("1")])
         assert [e.seq for e in await first] == [1]
-        await a.append("s", [delta("2")])
+        await a.append("s", [delta("2"), delta("3"), delta("4"), delta("5")])
         await a.append("t", [delta("x")])  # its change comes after that of s
         assert [e.seq for e in await witness] == [1]
-        assert [e.seq for e in await anext(reader)] == [2]
+        seqs: list[int] = []
+        while len(seqs) < 4:
+            seqs += [e.seq for e in await anext(reader)]
+        assert seqs == [2, 3, 4, 5]
     await reader.aclose()
     await other.aclose()
 

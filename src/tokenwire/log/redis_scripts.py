@@ -36,7 +36,7 @@ CHANGES_MAXLEN = 2_000
 """About how many entries the changes stream keeps (``XADD … MAXLEN ~``, which keeps
 at least this many). More than a tail takes per call (``redis_tail._TAIL_COUNT``):
 a tail that fell behind the trimming gets a full batch, and then reads every
-stream it has waiters on from their positions."""
+stream it follows again."""
 
 
 class Keys:

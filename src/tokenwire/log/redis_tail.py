@@ -56,7 +56,8 @@ class RedisTail:
         self._idle: dict[str, float] = {}
         """Followed streams without a waiter → since when (monotonic s), oldest first."""
         self._to_read: set[str] = set()
-        """Streams the next round reads from their waiters' lowest position."""
+        """Followed streams the next round reads: from their waiters' lowest position,
+        or without a waiter from ``_known``."""
         self._cursor: str | None = None
         """Entry id of the last change read (``None``: not looked yet)."""
         self._wake_id = "0-0"
@@ -138,8 +139,7 @@ class RedisTail:
                 backoff = BACKOFF_MIN
             except Exception as exc:  # Redis down, or a corrupt entry: never die
                 logger.warning("stream log tail: %r; retrying in %.2f s", exc, backoff)
-                # Changes may have been missed: read every waited stream again.
-                self._to_read.update(self._waiters)
+                self._to_read.update(self._known)  # changes may have been missed
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
@@ -160,10 +160,11 @@ class RedisTail:
         if self._cursor is None:
             last: Any = await client.xrevrange(changes, count=1)
             self._cursor = as_str(last[0][0]) if last else "0-0"
+        known, waiters = self._known, self._waiters
         positions = {
-            s: min(after for after, _ in self._waiters[s])
+            s: min(after for after, _ in waiters[s]) if s in waiters else known[s]
             for s in self._to_read
-            if s in self._waiters
+            if s in known
         }
         self._to_read = set()
         by_key = {keys.events(s): s for s in positions}
@@ -192,9 +193,11 @@ class RedisTail:
             elif (stream_id := by_key.get(name)) is not None:
                 events = [decode_event(entry_field(fields)) for _, fields in entries]
                 self._deliver(stream_id, positions[stream_id], events)
+                if len(entries) >= _TAIL_COUNT:  # more may follow, changed before
+                    self._to_read.add(stream_id)
         self._note_changes(noted)
         if len(noted) >= _TAIL_COUNT:  # behind: maybe past the trimming (CHANGES_MAXLEN)
-            self._to_read.update(self._waiters)
+            self._to_read.update(known)
 
     def _note_changes(self, entries: list[Any]) -> None:
         """Raise ``_known`` from the changes read; a stream whose waiter has not seen
