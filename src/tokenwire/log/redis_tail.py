@@ -174,9 +174,6 @@ class RedisTail:
         self._blocked = True
         try:
             reply: Any = await client.xread(request, count=_TAIL_COUNT, block=_BLOCK_MS)
-        except BaseException:
-            self._to_read.update(positions)
-            raise
         finally:
             self._blocked = False
         noted: list[Any] = []
