@@ -89,6 +89,11 @@ class CancelWatch:
             if reason is not None:
                 self._dispatch(stream_id, as_str(reason))
 
+    def _resubscribed(self, _: object = None) -> None:
+        """(Re)subscribed: dispatch the requests made meanwhile (pub/sub kept none)."""
+        if self._watchers:
+            self._core.spawn(self._check(list(self._watchers)))
+
     async def _subscribe(self) -> None:
         """Follow the cancel channel; reconnect and re-check every flag after a failure."""
         backoff = BACKOFF_MIN
@@ -98,8 +103,11 @@ class CancelWatch:
             try:
                 await pubsub.subscribe(channel)
                 self.subscribed.set()
-                if self._watchers:
-                    self._core.spawn(self._check(list(self._watchers)))
+                # redis-py reconnects and resubscribes by itself inside get_message
+                # (the client's retries): check the flags again each time then too.
+                assert pubsub.connection is not None  # set by subscribe
+                pubsub.connection.register_connect_callback(self._resubscribed)
+                self._resubscribed()
                 backoff = BACKOFF_MIN
                 while not self._core.closed:
                     message = await pubsub.get_message(timeout=1.0)
@@ -110,6 +118,8 @@ class CancelWatch:
                 logger.warning("cancel subscriber: %r; retrying in %.2f s", exc, backoff)
             finally:
                 self.subscribed.clear()
+                if pubsub.connection is not None:
+                    pubsub.connection.deregister_connect_callback(self._resubscribed)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
             await asyncio.sleep(backoff)
