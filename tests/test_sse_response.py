@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 from typing import Any, cast
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from tokenwire.events import Finish, TextDelta
 from tokenwire.log.memory import MemoryStreamLog
 from tokenwire.protocol.sse import SSEDecoder
-from tokenwire.server.app import OuterMiddleware
+from tokenwire.server.app import _App
 from tokenwire.transports.sse import EventStreamResponse, start_eagerly
 
 pytestmark = pytest.mark.anyio
@@ -152,34 +153,55 @@ async def test_a_cancellation_from_outside_still_cancels_the_response() -> None:
 
 async def test_a_detached_body_runs_after_the_app_returned_in_the_request_context() -> None:
     """Behind ``server.app``'s outermost layer the SSE body runs once every inner
-    layer has returned (their frames are not held by a stream), with the server's
-    ``send``, and still sees the request's context variables (its request id)."""
+    layer has returned (no frame of FastAPI, Starlette or a middleware is held by a
+    stream), with the server's ``send``, and still sees the request's context
+    variables (its request id)."""
     log = MemoryStreamLog()
     await log.create("s", {})
     await log.append("s", [TextDelta(part=0, delta="a"), Finish(finish_reason="stop")])
     request_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("r", default=None)
     returned: list[bool] = []
     seen: list[tuple[str, str | None, bool]] = []
+    last_write_callers: set[str] = set()
 
-    async def inner(scope: Any, receive: Any, send: Any) -> None:
-        token = request_var.set("r1")
-        try:
-            await EventStreamResponse(log, "s")(scope, receive, send)
-        finally:
-            request_var.reset(token)
-            returned.append(True)
+    class RequestVar:  # a middleware setting a context variable, as the request id's
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            token = request_var.set("r1")
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                request_var.reset(token)
+                returned.append(True)
+
+    app = _App(cast(Any, None))
+    app.add_middleware(RequestVar)
+    app.add_api_route("/v1/chat", lambda: EventStreamResponse(log, "s"), methods=["POST"])
 
     async def send(message: dict[str, Any]) -> None:
         seen.append((message["type"], request_var.get(), bool(returned)))
+        if message.get("more_body") is False:
+            frame = sys._getframe(1)
+            while frame is not None:
+                last_write_callers.add(frame.f_globals["__name__"].partition(".")[0])
+                frame = frame.f_back
 
     async def receive() -> dict[str, Any]:
         await asyncio.Event().wait()  # the client stays
         raise AssertionError
 
-    outer = OuterMiddleware(inner, hub=cast(Any, None))
+    scope = {
+        "type": "http", "method": "POST", "path": "/v1/chat", "raw_path": b"/v1/chat",
+        "query_string": b"", "headers": [], "root_path": "", "scheme": "http",
+        "http_version": "1.1", "server": ("test", 80), "client": ("test", 1),
+    }  # fmt: skip
     async with asyncio.timeout(5):
-        await outer({"type": "http", "path": "/v1/chat"}, receive, send)
+        await app(scope, receive, send)
     assert seen[0] == ("http.response.start", "r1", False)
     assert len(seen) >= 3
     assert set(seen[1:]) == {("http.response.body", "r1", True)}
     assert request_var.get() is None
+    assert "tokenwire" in last_write_callers
+    assert not last_write_callers & {"fastapi", "starlette"}, last_write_callers

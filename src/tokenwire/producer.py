@@ -56,7 +56,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import msgspec
 
@@ -157,24 +158,27 @@ class Producer:
         self.shutting_down = False
         """Set by :meth:`drain` once the grace period is over: runs stop at once."""
 
-    async def run(self, generation: Generation, provider: Provider) -> Event:
-        """Run to the end; return the terminal event that ended the stream.
+    def run(self, generation: Generation, provider: Provider) -> Coroutine[Any, Any, Event]:
+        """The generation's run, to await (or run as a task) to the end: it returns
+        the terminal event that ended the stream.
 
         The stream must exist in the log (normally with its ``start`` event).
         Raises nothing but :class:`asyncio.CancelledError` (after appending
-        ``cancelled`` with reason ``shutdown``).
+        ``cancelled`` with reason ``shutdown``). The run's own coroutine, with no
+        frame of this method around it for as long as it streams.
         """
-        run = _Run(self, generation, provider)
-        self._runs[generation.stream_id] = run
+        return _Run(self, generation, provider).run()
+
+    def _enter(self, run: _Run) -> None:
+        self._runs[run.stream_id] = run
         self._idle.clear()
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.create_task(self._tick())
-        try:
-            return await run.run()
-        finally:
-            del self._runs[generation.stream_id]
-            if not self._runs:
-                self._idle.set()
+
+    def _leave(self, run: _Run) -> None:
+        del self._runs[run.stream_id]
+        if not self._runs:
+            self._idle.set()
 
     async def drain(self, grace: float) -> None:
         """Shut down: let running generations end by themselves for ``grace`` seconds,
@@ -283,38 +287,44 @@ class _Run:
         self.span: GenerationSpan | None = None
 
     async def run(self) -> Event:
-        loop = asyncio.get_running_loop()
-        obs_logs.stream_id.set(self.stream_id)  # this task's context: its log lines
-        generation = self.generation
-        self.span = GenerationSpan(
-            generation.model,
-            generation.request.model,
-            generation.request.params,
-            {
-                "stream_id": self.stream_id,
-                "message_id": self.message_id,
-                "conversation_id": generation.conversation_id,
-            },
-        )
-        self.span.activate()  # the provider task below inherits it
-        await self.log.heartbeat(self.stream_id, self.config.lease_ttl)
-        await self.sync_state()  # the start: from here on, appends are folded as made
-        stopped = self.stopped = loop.create_future()
-        if self.producer.shutting_down:
-            self.stop(Cancelled(reason="shutdown"))
-        unwatch = self.log.watch_cancel(self.stream_id, lambda r: self.stop(Cancelled(reason=r)))
-        pump = asyncio.create_task(self._pump())
-        pump.add_done_callback(self._pumped)
-        terminal: Event = Cancelled(reason="shutdown")
+        self.producer._enter(self)
         try:
-            terminal = await stopped  # the pump's end or a stop, whichever comes first
+            loop = asyncio.get_running_loop()
+            obs_logs.stream_id.set(self.stream_id)  # this task's context: its log lines
+            generation = self.generation
+            self.span = GenerationSpan(
+                generation.model,
+                generation.request.model,
+                generation.request.params,
+                {
+                    "stream_id": self.stream_id,
+                    "message_id": self.message_id,
+                    "conversation_id": generation.conversation_id,
+                },
+            )
+            self.span.activate()  # the provider task below inherits it
+            await self.log.heartbeat(self.stream_id, self.config.lease_ttl)
+            await self.sync_state()  # the start: from here on, appends are folded as made
+            stopped = self.stopped = loop.create_future()
+            if self.producer.shutting_down:
+                self.stop(Cancelled(reason="shutdown"))
+            unwatch = self.log.watch_cancel(
+                self.stream_id, lambda r: self.stop(Cancelled(reason=r))
+            )
+            pump = asyncio.create_task(self._pump())
+            pump.add_done_callback(self._pumped)
+            terminal: Event = Cancelled(reason="shutdown")
+            try:
+                terminal = await stopped  # the pump's end or a stop, whichever comes first
+            finally:
+                unwatch()
+                if self.flush_timer is not None:
+                    self.flush_timer.cancel()
+                await _close(pump)
+                terminal = await self._finish(terminal)
+            return terminal
         finally:
-            unwatch()
-            if self.flush_timer is not None:
-                self.flush_timer.cancel()
-            await _close(pump)
-            terminal = await self._finish(terminal)
-        return terminal
+            self.producer._leave(self)
 
     def stop(self, terminal: Event) -> None:
         """End the run with ``terminal`` (the first call wins)."""

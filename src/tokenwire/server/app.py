@@ -235,33 +235,23 @@ async def _unreachable(tw: Tokenwire) -> dict[str, str]:
 
 
 class _App(FastAPI):
-    """FastAPI with :class:`OuterMiddleware` outside all of its stack, Starlette's
-    ``ServerErrorMiddleware`` and FastAPI's own included: a long-lived connection then
-    keeps none of their frames, and an SSE body's writes skip their ``send``
-    wrappers."""
+    """FastAPI whose own ``__call__`` is the application's outermost layer, outside
+    FastAPI's and Starlette's calls and all of the middleware stack, so that a
+    long-lived connection keeps no suspended frame of the other layers (5.7 KB per
+    WebSocket, 12 KB per SSE response with the route's, measured in
+    docs/performance.md; FastAPI's and Starlette's ``__call__`` two more since
+    2026-12-05):
+
+    - a WebSocket on ``/app/{key}`` goes to the Pusher hub before the middleware
+      and the router;
+    - an HTTP response may detach its body (:data:`~tokenwire.transports.sse.DETACH`):
+      the body runs here once the application returned, with the server's ``send``
+      and ``receive`` (no middleware's wrappers), in a copy of the request's context
+      (its request id).
+    """
 
     def __init__(self, hub: PusherHub, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.hub = hub
-
-    def build_middleware_stack(self) -> ASGIApp:
-        return OuterMiddleware(super().build_middleware_stack(), self.hub)
-
-
-class OuterMiddleware:
-    """The application's outermost layer, so that a long-lived connection keeps no
-    suspended frame of the other layers (5.7 KB per WebSocket, 12 KB per SSE
-    response with the route's, measured in docs/performance.md):
-
-    - a WebSocket on ``/app/{key}`` goes to the Pusher hub before the other
-      middleware and the router;
-    - an HTTP response may detach its body (:data:`~tokenwire.transports.sse.DETACH`):
-      the body runs here once the application returned, with this layer's ``send``
-      and ``receive``, in a copy of the request's context (its request id).
-    """
-
-    def __init__(self, app: ASGIApp, hub: PusherHub) -> None:
-        self.app = app
         self.hub = hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -270,17 +260,19 @@ class OuterMiddleware:
             await self.hub(scope, receive, send)
             return
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await super().__call__(scope, receive, send)
             return
         detached: list[tuple[Body, contextvars.Context]] = []
         # A copy, so that what the inner layers add (FastAPI's exit stacks, the
         # route) goes with them.
         inner = {**scope, DETACH: lambda body: detached.append((body, contextvars.copy_context()))}
-        await self.app(inner, receive, send)
+        await super().__call__(inner, receive, send)
         del inner
         if detached:
             body, context = detached[0]
-            await run_in_context(body(send, receive), context)
+            rest = run_in_context(body(send, receive), context)
+            if rest is not None:
+                await rest
 
 
 class BodyLimitMiddleware:

@@ -251,14 +251,19 @@ class _Resume:
                 return
 
 
-async def run_in_context(coro: Coroutine[Any, Any, None], context: contextvars.Context) -> None:
-    """Await ``coro`` in the calling task with each of its steps run in ``context``
-    (:meth:`contextvars.Context.run`): another context without a task of its own."""
+def run_in_context(
+    coro: Coroutine[Any, Any, None], context: contextvars.Context
+) -> Awaitable[None] | None:
+    """Run ``coro`` now, in ``context`` (:meth:`contextvars.Context.run`), up to its
+    first suspension, like :func:`start_eagerly`: ``None`` when it finished, else
+    what the calling task awaits for the rest, each step again in ``context``.
+    Another context without a task of its own, nor a coroutine frame between the
+    caller's and ``coro``'s."""
     try:
         blocked_on = context.run(coro.send, None)
     except StopIteration:
-        return
-    await _Resume(coro, blocked_on, context)
+        return None
+    return _Resume(coro, blocked_on, context)
 
 
 async def _rest(resume: _Resume) -> None:
