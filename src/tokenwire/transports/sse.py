@@ -209,12 +209,21 @@ def start_eagerly(awaitable: Awaitable[None]) -> asyncio.Future[None] | None:
     raised here), else a task running the rest. This is what Python 3.12's eager
     tasks do (``asyncio.eager_task_factory``), for one awaitable, on 3.11 too.
     """
-    steps = awaitable.__await__()
+    rest = _first_step(awaitable.__await__(), None)
+    return None if rest is None else asyncio.ensure_future(_rest(rest))
+
+
+def _first_step(
+    steps: Generator[Any, None, None] | Coroutine[Any, Any, None],
+    context: contextvars.Context | None,
+) -> _Resume | None:
+    """Take ``steps``' first step (inside ``context`` when one is given): ``None`` when
+    that finished it (its exception, if any, is raised here), else the rest to await."""
     try:
-        blocked_on = steps.send(None)
+        blocked_on = steps.send(None) if context is None else context.run(steps.send, None)
     except StopIteration:
         return None
-    return asyncio.ensure_future(_rest(_Resume(steps, blocked_on)))
+    return _Resume(steps, blocked_on, context)
 
 
 class _Resume:
@@ -259,11 +268,7 @@ def run_in_context(
     what the calling task awaits for the rest, each step again in ``context``.
     Another context without a task of its own, nor a coroutine frame between the
     caller's and ``coro``'s."""
-    try:
-        blocked_on = context.run(coro.send, None)
-    except StopIteration:
-        return None
-    return _Resume(coro, blocked_on, context)
+    return _first_step(coro, context)
 
 
 async def _rest(resume: _Resume) -> None:
