@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -13,7 +14,7 @@ from tokenwire.events import Finish, TextDelta
 from tokenwire.log.memory import MemoryStreamLog
 from tokenwire.protocol.sse import SSEDecoder
 from tokenwire.server.app import _App
-from tokenwire.transports.sse import EventStreamResponse, start_eagerly
+from tokenwire.transports.sse import ON_DISCONNECT, EventStreamResponse, start_eagerly
 
 pytestmark = pytest.mark.anyio
 
@@ -70,13 +71,34 @@ async def test_start_eagerly_cancels_into_the_awaitable() -> None:
 
 class Client:
     """An ASGI client: records the messages sent; ``slow`` makes every other body
-    write wait for the next loop turn (as uvicorn's ``send`` does under flow control)."""
+    write wait for the next loop turn (as uvicorn's ``send`` does under flow control).
 
-    def __init__(self, slow: bool = False) -> None:
+    With ``extension``, it is a server offering :data:`ON_DISCONNECT` (as ``tokenwire
+    serve`` does): leaving calls the callback handed to it, and ``receive()`` must not
+    be awaited."""
+
+    def __init__(self, slow: bool = False, extension: bool = False) -> None:
         self.messages: list[dict[str, Any]] = []
         self.slow = slow
+        self.extension = extension
         self.left = asyncio.Event()
         self.started = asyncio.Event()
+        self.on_left: Callable[[], object] | None = None
+
+    def scope(self) -> dict[str, Any]:
+        if not self.extension:
+            return {"type": "http"}
+        return {"type": "http", "extensions": {ON_DISCONNECT: self._on_disconnect}}
+
+    def _on_disconnect(self, callback: Callable[[], object]) -> None:
+        self.on_left = callback
+
+    def leave(self) -> None:
+        if self.extension:
+            assert self.on_left is not None, "the response did not take the extension"
+            self.on_left()
+        else:
+            self.left.set()
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.slow and len(self.messages) % 2:
@@ -85,6 +107,7 @@ class Client:
         self.started.set()
 
     async def receive(self) -> dict[str, Any]:
+        assert not self.extension, "receive() awaited although the server offers on_disconnect"
         await self.left.wait()
         return {"type": "http.disconnect"}
 
@@ -96,28 +119,35 @@ async def _respond(log: MemoryStreamLog, client: Client) -> asyncio.Task[None]:
     """Start the response; return once it follows the stream (it does so in the step
     that wrote the response head)."""
     response = EventStreamResponse(log, "s", heartbeat_interval=60)
-    scope = {"type": "http"}
-    task = asyncio.ensure_future(response(scope, client.receive, client.send))  # type: ignore[arg-type]
+    task = asyncio.ensure_future(response(client.scope(), client.receive, client.send))  # type: ignore[arg-type]
     await client.started.wait()
     return task
 
 
-async def _reading_one_event() -> tuple[MemoryStreamLog, Client, asyncio.Task[None]]:
+async def _reading_one_event(
+    extension: bool,
+) -> tuple[MemoryStreamLog, Client, asyncio.Task[None]]:
     """A response following stream ``s`` of a new log, which has handed it one event."""
     log = MemoryStreamLog()
     await log.create("s", {})
-    client = Client()
+    client = Client(extension=extension)
     task = await _respond(log, client)
     await log.append("s", [TextDelta(part=0, delta="a")])
     assert (await log.readers("s"))[0] == 1
     return log, client, task
 
 
+EXTENSION = pytest.mark.parametrize("extension", [False, True], ids=["receive", "on_disconnect"])
+"""Both ways a response learns that its client left: awaiting ``http.disconnect``, or
+the server's :data:`ON_DISCONNECT` callback."""
+
+
+@EXTENSION
 @pytest.mark.parametrize("slow", [False, True])
-async def test_every_event_in_order_to_a_fast_or_slow_client(slow: bool) -> None:
+async def test_every_event_in_order_to_a_fast_or_slow_client(slow: bool, extension: bool) -> None:
     log = MemoryStreamLog()
     await log.create("s", {})
-    client = Client(slow=slow)
+    client = Client(slow=slow, extension=extension)
     task = await _respond(log, client)
     for i in range(50):
         await log.append("s", [TextDelta(part=0, delta=f"{i},")])
@@ -130,21 +160,23 @@ async def test_every_event_in_order_to_a_fast_or_slow_client(slow: bool) -> None
     assert client.messages[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
 
-async def test_a_client_that_leaves_stops_counting_as_a_reader() -> None:
-    log, client, task = await _reading_one_event()
-    client.left.set()
+@EXTENSION
+async def test_a_client_that_leaves_stops_counting_as_a_reader(extension: bool) -> None:
+    log, client, task = await _reading_one_event(extension)
+    client.leave()
     async with asyncio.timeout(5):
         await task
     assert (await log.readers("s"))[0] == 0
     assert await log.append("s", [TextDelta(part=0, delta="b")])  # the generation goes on
-    assert client.messages[-1]["more_body"] is True  # no end written to a client gone
+    assert all(m.get("more_body", True) for m in client.messages)  # no end to a client gone
 
 
-async def test_a_cancellation_from_outside_still_cancels_the_response() -> None:
+@EXTENSION
+async def test_a_cancellation_from_outside_still_cancels_the_response(extension: bool) -> None:
     """The response waits for the client's disconnect in its own task, and the end of
     the stream interrupts that wait; a cancellation from elsewhere (server shutdown)
     must still end the task as cancelled, and stop following."""
-    log, _client, task = await _reading_one_event()
+    log, _client, task = await _reading_one_event(extension)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

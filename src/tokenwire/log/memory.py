@@ -332,8 +332,8 @@ class _Follower(_LazyTimer):
     """
 
     __slots__ = (
-        "after", "batch", "done", "idle", "log", "queued", "quiet_until", "sink",
-        "stream", "writing",
+        "after", "batch", "done", "ended", "idle", "log", "queued", "quiet_until",
+        "sink", "stream", "writing",
     )  # fmt: skip
 
     def __init__(
@@ -357,6 +357,7 @@ class _Follower(_LazyTimer):
         self.writing = False
         self.queued = False
         """Whether the next-turn callback is queued."""
+        self.ended = False
         stream.readers += 1
         stream.followers.append(self)
         self._deliver()
@@ -430,11 +431,14 @@ class _Follower(_LazyTimer):
             self._arm_quiet()
 
     def _end(self, exc: BaseException | None) -> None:
-        if self.done.done():
+        if self.ended:
             return
+        self.ended = True
         self._disarm()
         self.stream.followers.remove(self)
         self.log._reader_left(self.stream)
+        if self.done.done():  # cancelled by its owner (the client left)
+            return
         if exc is None:
             self.done.set_result(None)
         else:

@@ -42,13 +42,18 @@ Three additions to plain ``uvicorn.run``:
   event and each request's ``message_event`` are :class:`_Flag` objects, not
   :class:`asyncio.Event` objects, and its queue of pipelined requests is a
   :class:`_Pipeline`, not a :class:`collections.deque` (760 bytes each, held as
-  long as an SSE response is).
+  long as an SSE response is). Each request's scope offers
+  ``scope["extensions"]["tokenwire.on_disconnect"]``
+  (:data:`~tokenwire.transports.sse.ON_DISCONNECT`), which an SSE response uses
+  to learn that its client left without a pending ``receive()`` (~0.8 KB per held
+  response: three coroutines, a future and a closure; docs/performance.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -58,6 +63,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from tokenwire.settings import Settings
 from tokenwire.transports.pusher.connection import WRITE_FRAME
+from tokenwire.transports.sse import ON_DISCONNECT
 
 if TYPE_CHECKING:
     from tokenwire.engine import Tokenwire
@@ -103,6 +109,32 @@ class _Flag:
         finally:
             self._waiters.remove(waiter)
         return True
+
+
+class _RequestEvent(_Flag):
+    """A request's ``message_event`` that also serves its :data:`ON_DISCONNECT`
+    extension: the callback given is called once, from the protocol's
+    ``connection_lost``, when the client disconnects before the response is complete
+    (at once if it already has)."""
+
+    __slots__ = ("_callback", "_gone")
+
+    def __init__(self) -> None:
+        super().__init__(False)
+        self._gone = False
+        self._callback: Callable[[], object] | None = None
+
+    def on_disconnect(self, callback: Callable[[], object]) -> None:
+        if self._gone:
+            callback()
+        else:
+            self._callback = callback
+
+    def disconnected(self) -> None:
+        self._gone = True
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
 
 
 class _Inbox:
@@ -220,11 +252,18 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         previous = self.cycle
         super().on_headers_complete()
         if self.cycle is not previous:  # a request's cycle, its task not started yet
-            self.cycle.message_event = _Flag(False)  # type: ignore[assignment]
+            event = self.cycle.message_event = _RequestEvent()  # type: ignore[assignment]
+            extensions: dict[str, Any] = self.cycle.scope.setdefault("extensions", {})
+            extensions[ON_DISCONNECT] = event.on_disconnect
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and cycle.disconnected:
+            event = cycle.message_event
+            if isinstance(event, _RequestEvent):
+                event.disconnected()
 
     def _arm_head_timer(self) -> None:
         self._disarm_head_timer()

@@ -38,6 +38,7 @@ from tokenwire.protocol.sse import (
 
 __all__ = [
     "DETACH",
+    "ON_DISCONNECT",
     "RETRY_MS",
     "SSE_HEADERS",
     "Body",
@@ -56,6 +57,14 @@ as the stream, then holds no route, dependency or middleware frame, nor the pars
 request (12 KB less per held connection), and skips the inner ``send`` wrappers
 (docs/performance.md). Absent (a router mounted in another application, whose
 middleware may rewrite bodies): the body runs in place."""
+
+ON_DISCONNECT = "tokenwire.on_disconnect"
+"""``scope["extensions"]`` key a server may offer (``tokenwire serve`` does,
+:mod:`tokenwire.server.serving`): a callable taking a callback without arguments,
+which it calls once, from the event loop, when the client disconnects before the
+response is complete (at once if it already has). A response then learns of the
+disconnect without awaiting ``receive()``; under other servers it awaits
+``http.disconnect`` (ASGI HTTP spec)."""
 
 Body = Callable[[Send, Receive], Coroutine[Any, Any, None]]
 """The rest of a response after its head: ``body(send, receive)``."""
@@ -122,9 +131,12 @@ class EventStreamResponse(Response):
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()
         ]
         self.raw_headers = SSE_HEADERS + extra
+        self.on_disconnect: Callable[[Callable[[], object]], None] | None = None
+        """The server's :data:`ON_DISCONNECT`, from the scope once called."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        self.on_disconnect = (scope.get("extensions") or {}).get(ON_DISCONNECT)
         detach = scope.get(DETACH)
         if detach is None:
             await self.stream_body(send, receive)
@@ -148,7 +160,18 @@ class EventStreamResponse(Response):
         else:
             done = follower.done
             try:
-                ended = await _done_before_disconnect(done, receive)
+                if self.on_disconnect is None:
+                    ended = await _done_before_disconnect(done, receive)
+                else:  # no coroutine between this one and ``done``
+                    self.on_disconnect(done.cancel)  # the client left: ``done`` is cancelled
+                    try:
+                        await done
+                    except asyncio.CancelledError:
+                        if _cancelling():  # from outside (server shutdown)
+                            raise
+                    except Exception:  # done's own error, read below
+                        pass
+                    ended = not done.cancelled()
             finally:
                 follower.close()
                 writer.cancel()
@@ -269,6 +292,13 @@ def run_in_context(
     Another context without a task of its own, nor a coroutine frame between the
     caller's and ``coro``'s."""
     return _first_step(coro, context)
+
+
+def _cancelling() -> int:
+    """How many cancellations of the current task are pending
+    (:meth:`asyncio.Task.cancelling`)."""
+    task = asyncio.current_task()
+    return 0 if task is None else task.cancelling()
 
 
 async def _rest(resume: _Resume) -> None:
