@@ -269,7 +269,8 @@ class _App(FastAPI):
         await super().__call__(inner, receive, send)
         del inner
         if detached:
-            body, context = detached[0]
+            body, context = detached.pop()
+            del detached  # its cell would hold the list for as long as the body runs
             rest = run_in_context(body(send, receive), context)
             if rest is not None:
                 await rest

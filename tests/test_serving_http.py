@@ -1,9 +1,10 @@
-"""An SSE client that leaves, under ``tokenwire serve``'s HTTP protocol (uvicorn on a
-real socket): the response learns it from the protocol's ``on_disconnect`` extension,
-with no write to fail and no ``receive()`` pending."""
+"""``tokenwire serve``'s HTTP protocol (uvicorn on a real socket): an SSE client that
+leaves is noticed through the protocol's ``on_disconnect`` extension, with no write to
+fail and no ``receive()`` pending; a trusted proxy's forwarded headers still apply."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import httpx
@@ -46,3 +47,29 @@ def test_a_client_that_leaves_stops_following_at_once() -> None:
             time.sleep(0.02)
         assert count == 0
     assert responses[0].on_disconnect is not None  # the protocol's extension, not receive()
+
+
+def test_a_trusted_proxys_headers_apply_with_no_frame_of_uvicorns_middleware_held() -> None:
+    async def whoami(request: Request) -> JSONResponse:
+        modules = set()
+        frame = sys._getframe()
+        while frame is not None:
+            modules.add(frame.f_globals.get("__name__"))
+            frame = frame.f_back  # type: ignore[assignment]
+        assert request.client is not None
+        return JSONResponse(
+            {
+                "client": request.client.host,
+                "scheme": request.url.scheme,
+                "proxy_frame": "uvicorn.middleware.proxy_headers" in modules,
+            }
+        )
+
+    app = Starlette(routes=[Route("/whoami", whoami)])
+    forwarded = {"x-forwarded-for": "203.0.113.9", "x-forwarded-proto": "https"}
+    with uvicorn_thread(app, http=header_timeout_protocol(10.0)) as base:
+        for _ in range(2):  # the first connection replaces the middleware, later ones use it
+            response = httpx.get(f"{base}/whoami", headers=forwarded)
+            assert response.json() == {
+                "client": "203.0.113.9", "scheme": "https", "proxy_frame": False
+            }  # fmt: skip
