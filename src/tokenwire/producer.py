@@ -308,9 +308,7 @@ class _Run:
             stopped = self.stopped = loop.create_future()
             if self.producer.shutting_down:
                 self.stop(Cancelled(reason="shutdown"))
-            unwatch = self.log.watch_cancel(
-                self.stream_id, lambda r: self.stop(Cancelled(reason=r))
-            )
+            unwatch = self.log.watch_cancel(self.stream_id, self._cancel_requested)
             pump = asyncio.create_task(self._pump())
             pump.add_done_callback(self._pumped)
             terminal: Event = Cancelled(reason="shutdown")
@@ -325,6 +323,9 @@ class _Run:
             return terminal
         finally:
             self.producer._leave(self)
+
+    def _cancel_requested(self, reason: str) -> None:
+        self.stop(Cancelled(reason=reason))
 
     def stop(self, terminal: Event) -> None:
         """End the run with ``terminal`` (the first call wins)."""

@@ -15,6 +15,7 @@ terminal event (then 410 for a while).
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
 import math
@@ -448,6 +449,11 @@ class _Follower(_LazyTimer):
         self._end(None)
 
 
+def _unwatch(stream: _Stream, callback: Callable[[str], None]) -> None:
+    if callback in stream.cancel_watchers:
+        stream.cancel_watchers.remove(callback)
+
+
 class MemoryStreamLog:
     """A :class:`~tokenwire.log.base.StreamLog` in this process's memory.
 
@@ -551,10 +557,11 @@ class MemoryStreamLog:
                     del self._active[conversation_id]
                 break
         if out:
-            waiters, stream.waiters = stream.waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            if stream.waiters:
+                waiters, stream.waiters = stream.waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
             for follower in stream.followers[:]:
                 follower.wake()
         if len(log) >= _KEEP + _CHUNK and not stream.pack_queued and stream.status == "running":
@@ -747,12 +754,7 @@ class MemoryStreamLog:
             callback(stream.cancel_reason)
             return lambda: None
         stream.cancel_watchers.append(callback)
-
-        def unwatch() -> None:
-            if callback in stream.cancel_watchers:
-                stream.cancel_watchers.remove(callback)
-
-        return unwatch
+        return functools.partial(_unwatch, stream, callback)  # lighter than a closure
 
     async def heartbeat(self, stream_id: str, ttl: float) -> None:
         stream = self._get(stream_id)

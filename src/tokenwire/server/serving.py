@@ -81,13 +81,14 @@ _RELAY_TIMEOUT = 2.0
 
 class _Flag:
     """What uvicorn's protocol uses of :class:`asyncio.Event` (``set``, ``clear``,
-    ``is_set``, ``wait``), its waiters in a list."""
+    ``is_set``, ``wait``), its waiters in a list made at the first wait (most flags
+    of a held connection are never waited on)."""
 
     __slots__ = ("_value", "_waiters")
 
     def __init__(self, value: bool) -> None:
         self._value = value
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[None]] | None = None
 
     def is_set(self) -> bool:
         return self._value
@@ -95,7 +96,7 @@ class _Flag:
     def set(self) -> None:
         if not self._value:
             self._value = True
-            for waiter in self._waiters:
+            for waiter in self._waiters or ():
                 if not waiter.done():
                     waiter.set_result(None)
 
@@ -106,11 +107,14 @@ class _Flag:
         if self._value:
             return True
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        if self._waiters is None:
+            self._waiters = []
+        waiters = self._waiters
+        waiters.append(waiter)
         try:
             await waiter
         finally:
-            self._waiters.remove(waiter)
+            waiters.remove(waiter)
         return True
 
 
