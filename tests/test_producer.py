@@ -6,8 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import anyio
+import msgspec
 import pytest
 
+from tokenwire.accumulate import PartsGrowth
+from tokenwire.errors import StoreError
 from tokenwire.events import Cancelled, Error, Event, Finish, Start, TextDelta
 from tokenwire.log.memory import MemoryStreamLog
 from tokenwire.producer import Generation, Producer, ProducerConfig
@@ -210,6 +213,7 @@ async def test_checkpoints_store_the_partial_message_while_streaming(tmp_path: o
         await tw.wait_idle()
         final = await tw.store.get_message(stream.message_id)
     assert final is not None and final.status == "cancelled"
+    assert final.parts == [{"type": "text", "text": "lorem ipsum dolor"}]  # grown, not doubled
 
 
 async def test_a_lost_producer_leaves_a_failed_message_with_its_partial_text(
@@ -255,6 +259,7 @@ class GatedReads(MemoryStreamLog):
     def __init__(self) -> None:
         super().__init__()
         self.gate: asyncio.Future[None] | None = None
+        self.events_in_process = False  # as Redis: the producer folds what it appends
 
     async def events(self, stream_id: str, after: int = 0, limit: int | None = None) -> list[Event]:
         if self.gate is not None:
@@ -269,17 +274,101 @@ class GatedReads(MemoryStreamLog):
 
 
 class Stored:
-    """A message sink keeping the last parts written."""
+    """A message sink of one message, growing it as the store does; it records the
+    order of its writes, can fail its first checkpoints, and can hold one checkpoint
+    until ``release`` is set."""
 
-    def __init__(self) -> None:
+    def __init__(self, failing: int = 0) -> None:
         self.parts: list[dict[str, object]] = []
+        self.failing = failing
+        self.writes: list[str] = []
+        self.checkpointed = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.release: asyncio.Future[None] | None = None
 
     async def update_message(self, message_id: str, **fields: object) -> None:
-        if fields.get("parts") is not None:
-            self.parts = fields["parts"]  # type: ignore[assignment]
+        self.writes.append("final")
+        grown = fields.get("grown")
+        assert isinstance(grown, PartsGrowth)
+        self.parts = grown.onto(self.parts)
 
-    async def checkpoint_messages(self, parts_by_id: dict[str, list[dict[str, object]]]) -> None:
-        pass
+    async def checkpoint_messages(self, grown_by_id: dict[str, PartsGrowth]) -> None:
+        self.writes.append("checkpoint")
+        self.checkpointed.set()
+        if self.release is not None:
+            await self.release
+        if self.failing:
+            self.failing -= 1
+            raise StoreError("could not checkpoint messages (a test)")
+        for grown in grown_by_id.values():
+            self.parts = grown.onto(self.parts)
+
+
+def start_event() -> Start:
+    return Start(stream_id="s", message_id="m", conversation_id="c", model="x", created_at=0)
+
+
+def paced(stored: Stored, texts: list[str]) -> object:
+    """A provider sending ``texts``, each after the one before was checkpointed, then
+    ``finish``; it sets ``stored.ended`` once closed."""
+
+    class Provider:
+        async def stream(self, request: object) -> AsyncIterator[ProviderEvent]:
+            try:
+                for i, text in enumerate(texts):
+                    if i:
+                        await stored.checkpointed.wait()
+                    stored.checkpointed.clear()
+                    yield TextDelta(part=0, delta=text)
+                yield finish("stop", None, None)
+            finally:
+                stored.ended.set()
+
+    return Provider()
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+@pytest.mark.parametrize("in_process", [True, False])
+async def test_checkpoints_and_the_end_store_the_whole_answer(
+    failing: int, in_process: bool
+) -> None:
+    """Each write hands over only what grew since the last; after a failed checkpoint
+    the next write starts over from the log, so nothing is lost or doubled."""
+    log = MemoryStreamLog()
+    log.events_in_process = in_process  # False: folded as appended, as with Redis
+    await log.create("s", {})
+    await log.append("s", [start_event()])
+    stored = Stored(failing)
+    producer = Producer(log, stored, msgspec.structs.replace(FAST, checkpoint_interval=0.01))
+    request = GenerationRequest(model="x", messages=[Message("user", "hi")])
+    generation = Generation(stream_id="s", message_id="m", conversation_id="c", request=request)
+    with anyio.fail_after(10):
+        terminal = await producer.run(generation, paced(stored, ["Hel", "lo", ", ", "world"]))  # type: ignore[arg-type]
+    assert isinstance(terminal, Finish)
+    assert stored.parts == [{"type": "text", "text": "Hello, world"}]
+    assert stored.writes.count("checkpoint") >= 3 and stored.writes[-1] == "final"
+
+
+async def test_a_run_ending_during_its_checkpoint_writes_after_it() -> None:
+    """The final write waits for a checkpoint in flight that took the run's text."""
+    log = MemoryStreamLog()
+    await log.create("s", {})
+    await log.append("s", [start_event()])
+    stored = Stored()
+    stored.release = asyncio.get_running_loop().create_future()
+    producer = Producer(log, stored, msgspec.structs.replace(FAST, checkpoint_interval=0.01))
+    request = GenerationRequest(model="x", messages=[Message("user", "hi")])
+    generation = Generation(stream_id="s", message_id="m", conversation_id="c", request=request)
+    with anyio.fail_after(10):
+        running = asyncio.ensure_future(producer.run(generation, paced(stored, ["a", "b"])))  # type: ignore[arg-type]
+        await stored.ended.wait()  # "a" is being checkpointed (held), "b" and the end came
+        for _ in range(20):  # time for a final write that would not wait (none comes)
+            await asyncio.sleep(0)
+        assert stored.writes == ["checkpoint"]
+        stored.release.set_result(None)
+        assert isinstance(await running, Finish)
+    assert stored.writes[:2] == ["checkpoint", "final"]
+    assert stored.parts == [{"type": "text", "text": "ab"}]
 
 
 async def test_a_checkpoint_read_overtaken_by_an_append_folds_each_event_once() -> None:

@@ -33,7 +33,9 @@ from sqlalchemy.exc import IntegrityError
 
 from tests.support.cluster import PG_ADMIN_URL, pg_admin
 from tests.support.servers import free_port
+from tokenwire.accumulate import MessageState, PartsGrowth
 from tokenwire.errors import StoreError
+from tokenwire.events import ReasoningDelta, TextDelta
 from tokenwire.store import TITLE_LENGTH, Store, derive_title
 from tokenwire.store.engine import create_engine
 from tokenwire.store.migrate import MIGRATIONS_DIR, VERSION_TABLE
@@ -515,12 +517,42 @@ async def test_checkpoint_messages_updates_many_in_one_call(store: Store) -> Non
         )
         assert turn is not None
         ids.append(turn[2].id)
-    await store.checkpoint_messages({ids[0]: _text("partial a"), ids[1]: _text("partial b")})
+    await store.checkpoint_messages(
+        {ids[0]: PartsGrowth(_text("partial a")), ids[1]: PartsGrowth(_text("partial b"))}
+    )
     for message_id, text in zip(ids, ("partial a", "partial b"), strict=True):
         message = await store.get_message(message_id)
         assert message is not None and message.parts == _text(text)
         assert message.status == "streaming"
     await store.checkpoint_messages({})
+
+
+async def test_a_message_grows_in_the_store_by_what_the_producer_took_since(store: Store) -> None:
+    """Checkpoints and the final update hand over only the new text; the store
+    appends it to what it holds, so the stored message is the whole answer."""
+    ids = []
+    for _ in range(2):
+        turn = await store.begin_turn(conversation_id=None, owner=None, messages=[], model="m:x")
+        assert turn is not None
+        ids.append(turn[2].id)
+    state = MessageState()
+    state.apply(TextDelta(part=0, delta="Hel", seq=1))
+    await store.checkpoint_messages({ids[0]: state.take_growth(), ids[1]: PartsGrowth(_text("b"))})
+    state.apply(TextDelta(part=0, delta="lo", seq=2))
+    state.apply(ReasoningDelta(part=1, delta="why", seq=3))
+    gone = {"missing": state.copy().take_growth(), "gone": PartsGrowth(_text("x"))}  # ignored
+    await store.checkpoint_messages({ids[0]: state.take_growth(), **gone})
+    message = await store.get_message(ids[0])
+    assert message is not None
+    assert message.parts == [*_text("Hello"), {"type": "reasoning", "text": "why"}]
+    state.apply(TextDelta(part=0, delta="!", seq=4))
+    await store.update_message(ids[0], grown=state.take_growth(), status="completed")
+    await store.update_message("missing", grown=state.take_growth(), status="completed")
+    message = await store.get_message(ids[0])
+    assert message is not None and message.status == "completed"
+    assert message.parts == [*_text("Hello!"), {"type": "reasoning", "text": "why"}]
+    other = await store.get_message(ids[1])
+    assert other is not None and other.parts == _text("b")
 
 
 async def test_delete_messages_from_drops_that_message_and_later_ones(store: Store) -> None:

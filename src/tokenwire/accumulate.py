@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Protocol
 
+import msgspec
+
 from tokenwire.events import (
     Cancelled,
     Error,
@@ -27,7 +29,39 @@ from tokenwire.events import (
     Usage,
 )
 
-__all__ = ["MessageSink", "MessageState"]
+__all__ = ["MessageSink", "MessageState", "PartsGrowth"]
+
+
+class PartsGrowth(msgspec.Struct, frozen=True):
+    """A streaming message's content as it grew since it was last written
+    (:meth:`MessageState.take_growth`), for a store that keeps what was written
+    before: the producer then never holds the whole text of an answer.
+
+    Attributes:
+        parts: every part in order (as :meth:`MessageState.parts_list`), except that
+            in a continued part the growing field holds only the text that came after
+            the written one.
+        continued: position in ``parts`` → ``(position in the written parts, field)``:
+            that part continues the written one, its ``field`` (``text``, or a tool
+            call's ``arguments_text``) to be appended to the written field's text.
+            Empty: ``parts`` is the whole content.
+    """
+
+    parts: list[dict[str, Any]]
+    continued: dict[int, tuple[int, str]] = {}
+
+    def onto(self, written: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The whole content: ``parts`` with each continued field prefixed by that
+        field of ``written`` (the parts stored at the last write; a missing part or
+        field counts as empty text). ``parts`` itself is left as it is."""
+        parts = list(self.parts)
+        for i, (j, field) in self.continued.items():
+            before = written[j].get(field, "") if j < len(written) else ""
+            parts[i] = {
+                **parts[i],
+                field: (before if isinstance(before, str) else "") + parts[i].get(field, ""),
+            }
+        return parts
 
 
 class MessageSink(Protocol):
@@ -38,6 +72,7 @@ class MessageSink(Protocol):
         message_id: str,
         *,
         parts: list[dict[str, object]] | None = None,
+        grown: PartsGrowth | None = None,
         status: str | None = None,
         finish_reason: str | None = None,
         usage: dict[str, int] | None = None,
@@ -45,9 +80,7 @@ class MessageSink(Protocol):
         cost: dict[str, object] | None = None,
     ) -> None: ...
 
-    async def checkpoint_messages(
-        self, parts_by_id: dict[str, list[dict[str, object]]]
-    ) -> None: ...
+    async def checkpoint_messages(self, grown_by_id: dict[str, PartsGrowth]) -> None: ...
 
 
 _JOIN_EVERY = 64
@@ -72,6 +105,9 @@ class MessageState:
         joined into one) and its deltas since, joined into the field only when read
         (``+=`` on a dict value copies the whole string each time: quadratic in the
         length of an answer or of a tool call's arguments)."""
+        self._taken: dict[int, tuple[int, dict[str, Any], str]] = {}
+        """Parts whose growing field :meth:`take_growth` emptied: part index → its
+        position in the taken parts, its entry, the field."""
         self.usage: TokenUsage | None = None
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
@@ -211,6 +247,32 @@ class MessageState:
         """The parts in order, as stored with the message (copies)."""
         self._settle()
         return [dict(p) for _, p in sorted(self.parts.items())]
+
+    def take_growth(self) -> PartsGrowth:
+        """The parts as they grew since the last call (the first call: the whole
+        content), then forget the grown text: afterwards ``text``, ``reasoning`` and
+        the parts hold only what comes next (the producer's state, whose store keeps
+        the rest; see :meth:`PartsGrowth.onto`)."""
+        self._settle()
+        order = sorted(self.parts)
+        parts, continued = [], {}
+        for position, index in enumerate(order):
+            entry = self.parts[index]
+            taken = self._taken.get(index)
+            if taken is not None and taken[1] is entry:  # not replaced since (a tool call's end)
+                continued[position] = (taken[0], taken[2])
+            parts.append(dict(entry))
+        at = {index: position for position, index in enumerate(order)}
+        self._taken = {}
+        for index, (entry, field, blocks, pieces) in list(self._pieces.items()):
+            if self.parts.get(index) is not entry:  # replaced: its text is in the new entry
+                del self._pieces[index]
+                continue
+            entry[field] = ""
+            blocks[:] = [""]
+            pieces.clear()
+            self._taken[index] = (at[index], entry, field)
+        return PartsGrowth(parts, continued)
 
     def usage_dict(self) -> dict[str, int] | None:
         u = self.usage

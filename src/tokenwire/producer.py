@@ -21,7 +21,11 @@ running generation, ends those past a time limit (``max_stream_seconds``,
 shorter), cancels orphans (no live reader for ``orphan_timeout`` seconds: reason
 ``abandoned``) and writes the partial messages of all generations that changed
 every ``checkpoint_interval`` seconds in one transaction (never one write per
-token).
+token). A write hands the store only what grew since the last one
+(:meth:`~tokenwire.accumulate.MessageState.take_growth`), so a run never holds a
+whole answer; with a log that keeps its events in this process
+(:attr:`~tokenwire.log.base.StreamLog.events_in_process`) it holds none of its text
+at all, reading the new events back at each write.
 
 Exactly one terminal event ends every run: the provider's ``finish``; ``error``
 for a provider failure (retried with backoff only before the first provider
@@ -253,11 +257,29 @@ class Producer:
             return
         for start in range(0, len(changed), _CHECKPOINT_BATCH):
             batch = changed[start : start + _CHECKPOINT_BATCH]
-            for run in batch:
-                await run.sync_state()
-                run.checkpointed_seq = run.state.last_seq
-                await asyncio.sleep(0)  # one message's fold per turn, not a batch's stall
-            await self.sink.checkpoint_messages({r.message_id: r.state.parts_list() for r in batch})
+            written = asyncio.get_running_loop().create_future()
+            taken: list[_Run] = []
+            try:
+                grown = {}
+                for run in batch:
+                    await run.sync_state()
+                    await asyncio.sleep(0)  # one message's fold per turn, not a batch's stall
+                    if run.ending:  # its final write stores it
+                        continue
+                    run.checkpointed_seq = run.state.last_seq
+                    grown[run.message_id] = run.state.take_growth()
+                    run.checkpoint = written
+                    taken.append(run)
+                await self.sink.checkpoint_messages(grown)
+            except BaseException:
+                for run in taken:  # the store may lack what was taken: start over from the log
+                    run.state = MessageState()
+                    run.checkpointed_seq = 0
+                raise
+            finally:
+                for run in taken:
+                    run.checkpoint = None
+                written.set_result(None)
 
 
 class _Run:
@@ -275,8 +297,14 @@ class _Run:
         self.state = MessageState()
         self.lock = asyncio.Lock()
         self.coalescer = Coalescer(producer.config.coalesce_ms / 1000, time.monotonic)
+        self.fold_appends = not producer.log.events_in_process
+        """Fold what this run appends as it appends it (else: read it back at a write)."""
         self.appended_seq = 0
         self.checkpointed_seq = 0
+        self.checkpoint: asyncio.Future[None] | None = None
+        """Resolved once the checkpoint that took this run's growth has written it."""
+        self.ending = False
+        """Set once the final write began: checkpoints leave the run alone."""
         self.started = time.monotonic()
         self.started_at = time.time()
         self.last_item_at = self.started
@@ -426,8 +454,8 @@ class _Run:
             appended = await self.log.append(self.stream_id, events)
         if appended:
             self.appended_seq = appended[-1].seq
-            if appended[0].seq == self.state.last_seq + 1:
-                # Folded here rather than read back at a checkpoint; after a gap
+            if self.fold_appends and appended[0].seq == self.state.last_seq + 1:
+                # Folded here rather than read back from Redis at a write; after a gap
                 # (another node's append) ``sync_state`` reads the rest.
                 self._fold(appended)
             self._observe(appended)
@@ -472,6 +500,9 @@ class _Run:
     async def _finish(self, terminal: Event) -> Event:
         """Store the message, then append what is pending and the terminal event: a
         reader that sees the terminal event finds the message stored as it ended."""
+        self.ending = True
+        if self.checkpoint is not None:  # a checkpoint holding this run's growth writes first
+            await asyncio.wait({self.checkpoint})
         if self.flush_task is not None:
             await asyncio.wait({self.flush_task}, timeout=_CLOSE_TIMEOUT)
         out = self.coalescer.flush()
@@ -492,19 +523,32 @@ class _Run:
             logger.exception("could not end stream %s", self.stream_id)
             if self.state.status in ("pending", "streaming"):
                 self.state.apply(with_seq(terminal, self.state.last_seq + 1))
-        if ended is None or (ended.status, ended.error) != (self.state.status, self.state.error):
-            await self._store(self.state)  # not stored yet, or another terminal event won
+        if ended is None:
+            await self._store(self.state)  # not stored yet
+        elif (ended.status, ended.error) != (self.state.status, self.state.error):
+            await self._store_from_log()  # another terminal event won
         self._record_end(self.state.usage_dict())
         return terminal
 
+    async def _store_from_log(self) -> None:
+        """Store the whole message as the log holds it (the store holds another end)."""
+        self.state = MessageState()
+        try:
+            await self.sync_state()
+        except Exception:
+            logger.exception("could not read stream %s", self.stream_id)
+            return
+        await self._store(self.state)
+
     async def _store(self, state: MessageState) -> None:
+        """The message's end: what grew since the last write, status, usage, cost."""
         if self.sink is None:
             return
         usage = state.usage_dict()
         try:
             await self.sink.update_message(
                 self.message_id,
-                parts=state.parts_list(),
+                grown=state.take_growth(),
                 status=state.status,
                 finish_reason=state.finish_reason,
                 usage=usage,

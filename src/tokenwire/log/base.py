@@ -64,6 +64,11 @@ class StreamLog(Protocol):
 
     on_producer_lost: Callable[[str], Coroutine[Any, Any, None]] | None
 
+    events_in_process: bool
+    """Whether :meth:`events` answers from this process's memory, without I/O: the
+    producer then reads a generation's events back at each store write instead of
+    keeping a copy of their text (one copy of an answer in memory, not two)."""
+
     async def create(self, stream_id: str, meta: Mapping[str, str]) -> None:
         """Create an empty running stream. Raises ``ValueError`` if it exists."""
 

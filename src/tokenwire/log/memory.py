@@ -476,6 +476,7 @@ class MemoryStreamLog:
         self._pack_after = pack_after
         self._streams: dict[str, _Stream] = {}
         self.on_producer_lost: Callable[[str], Coroutine[Any, Any, None]] | None = None
+        self.events_in_process = True
         self._lost_tasks: set[asyncio.Task[None]] = set()
         self._woken: list[_Follower] = []
         """Followers to hand their new events to at the event loop's next turn."""

@@ -180,6 +180,7 @@ class RedisStreamLog:
         self._cancels = CancelWatch(core)
         self._leases = Leases(core, self._producer_lost)
         self.on_producer_lost: Callable[[str], Coroutine[Any, Any, None]] | None = None
+        self.events_in_process = False
         """Awaited in a task of its own with the stream id each time a reader of
         this process appended ``producer_lost`` (see :class:`StreamLog`)."""
         self._lost_tasks: set[asyncio.Task[None]] = set()

@@ -12,6 +12,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.engine import CursorResult
 
+from tokenwire.accumulate import PartsGrowth
 from tokenwire.errors import StoreError
 from tokenwire.store.core import StoreCore
 from tokenwire.store.fields import (
@@ -29,7 +30,13 @@ from tokenwire.store.models import (
     MessageRow,
     may_touch,
 )
-from tokenwire.store.turns import MessageUpdate, PendingTurn, TurnMessage, write_turns
+from tokenwire.store.turns import (
+    MessageUpdate,
+    PendingTurn,
+    TurnMessage,
+    write_checkpoints,
+    write_turns,
+)
 
 __all__ = ["Messages"]
 
@@ -113,13 +120,14 @@ class Messages(StoreCore):
         message_id: str,
         *,
         parts: list[dict[str, object]] | None = None,
+        grown: PartsGrowth | None = None,
         status: str | None = None,
         finish_reason: str | None = None,
         usage: dict[str, int] | None = None,
         error: dict[str, object] | None = None,
         cost: dict[str, object] | None = None,
     ) -> None:
-        """Change some fields of a message (a streaming checkpoint, or its end).
+        """Change some fields of a message (a streaming message's end).
 
         Only the arguments that are not ``None`` are written (so a field cannot
         be cleared); ``updated_at`` is set whenever something is. A message that
@@ -128,6 +136,8 @@ class Messages(StoreCore):
         Args:
             message_id: the message's id.
             parts: the whole new content, replacing the old (copied).
+            grown: instead of ``parts``, the content as it grew since the stored one
+                (:meth:`~tokenwire.accumulate.MessageState.take_growth`; copied).
             status: the new status (see :meth:`add_message`).
             finish_reason: ``stop``, ``length``, ``tool_calls`` …
             usage: token counts, e.g. ``{"input_tokens": 12, "output_tokens": 40}``.
@@ -142,6 +152,10 @@ class Messages(StoreCore):
         values: dict[str, object] = {}
         if parts is not None:
             values["parts"] = check_parts(parts)
+        elif grown is not None:
+            grown = PartsGrowth(check_parts(grown.parts), grown.continued)
+            if not grown.continued:
+                values["parts"], grown = grown.parts, None
         if status is not None:
             values["status"] = check_status(status)
         if finish_reason is not None:
@@ -152,12 +166,12 @@ class Messages(StoreCore):
             values["error"] = json_copy(error, "error")
         if cost is not None:
             values["cost"] = json_copy(cost, "cost")
-        if not values:
+        if not values and grown is None:
             return
         values["updated_at"] = self._now()
         # batched with the turns and updates of other streams (store/turns.py)
         async with self._guard("update the message"):
-            await self._turns.update(MessageUpdate(message_id, values))
+            await self._turns.update(MessageUpdate(message_id, values, grown))
 
     async def begin_turn(
         self,
@@ -275,23 +289,26 @@ class Messages(StoreCore):
         async with self._guard("store the turn"), self._transaction(write=True) as session:
             return not await write_turns(session, [turn])
 
-    async def checkpoint_messages(self, parts_by_id: dict[str, list[dict[str, object]]]) -> None:
+    async def checkpoint_messages(self, grown_by_id: dict[str, PartsGrowth]) -> None:
         """Write the partial content of many streaming messages in one transaction.
 
+        Each message's content is what it grew to since its last write
+        (:meth:`~tokenwire.accumulate.MessageState.take_growth`): only the new text
+        comes from the caller, the rest is read back in the same transaction, so a
+        producer never holds a whole answer. A message deleted meanwhile is ignored.
+
         Args:
-            parts_by_id: message id → its whole content so far (copied).
+            grown_by_id: message id → its content as grown since the stored one.
 
         Raises:
+            ValueError: a part that is not JSON.
             StoreError: the database failed.
         """
-        if not parts_by_id:
+        if not grown_by_id:
             return
         now = self._now()
-        rows = [
-            {"id": k, "parts": check_parts(v), "updated_at": now} for k, v in parts_by_id.items()
-        ]
         async with self._guard("checkpoint messages"), self._transaction(write=True) as session:
-            await session.execute(sa.update(MessageRow), rows)
+            await write_checkpoints(session, grown_by_id, now)
 
     async def delete_messages_from(self, conversation_id: str, message_id: str) -> int:
         """Delete a message and every later one of its conversation (to regenerate it).

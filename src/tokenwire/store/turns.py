@@ -35,6 +35,8 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokenwire.accumulate import PartsGrowth
+from tokenwire.store.fields import check_parts
 from tokenwire.store.models import ConversationRecord, ConversationRow, MessageRecord, MessageRow
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "TurnWriter",
     "decode_turn",
     "encode_turn",
+    "write_checkpoints",
     "write_turns",
     "write_updates",
 ]
@@ -213,18 +216,72 @@ def _message_values(conversation_id: str, m: TurnMessage) -> dict[str, object]:
 
 
 class MessageUpdate(msgspec.Struct, frozen=True):
-    """Changed fields of one message (column name → value, ``updated_at`` included)."""
+    """Changed fields of one message (column name → value, ``updated_at`` included),
+    and the content grown since the stored one, when it continues that."""
 
     message_id: str
     values: dict[str, object]
+    grown: PartsGrowth | None = None
 
 
 async def write_updates(session: AsyncSession, updates: list[MessageUpdate]) -> None:
     """Apply ``updates`` in ``session``, one ``UPDATE`` per message (a missing
     message is ignored, as :meth:`Store.update_message` documents)."""
+    grown = {u.message_id: u.grown for u in updates if u.grown is not None}
+    parts = await _grown_parts(session, grown) if grown else {}
     for update in updates:
+        values = update.values
+        if update.message_id in parts:
+            values = {**values, "parts": parts[update.message_id]}
         stmt = sa.update(_MESSAGES).where(_MESSAGES.c.id == update.message_id)
-        await session.execute(stmt.values(update.values))
+        await session.execute(stmt.values(values))
+
+
+async def write_checkpoints(
+    session: AsyncSession, grown_by_id: dict[str, PartsGrowth], updated_at: datetime
+) -> None:
+    """Write the content of each message as grown (:func:`_grown_parts`) in
+    ``session``, one ``UPDATE`` for all (a message deleted meanwhile is ignored).
+
+    Raises:
+        ValueError: a part that is not JSON.
+    """
+    parts = await _grown_parts(session, grown_by_id)
+    rows = [{"message_id": k, "parts": v, "updated_at": updated_at} for k, v in parts.items()]
+    if rows:
+        await session.execute(_CHECKPOINT, rows)
+
+
+_CHECKPOINT = (
+    sa.update(_MESSAGES)
+    .where(_MESSAGES.c.id == sa.bindparam("message_id"))
+    .values(parts=sa.bindparam("parts"), updated_at=sa.bindparam("updated_at"))
+)
+"""A Core ``UPDATE`` (the ORM's bulk update by primary key fails on a missing row)."""
+
+
+async def _grown_parts(
+    session: AsyncSession, grown_by_id: dict[str, PartsGrowth]
+) -> dict[str, list[dict[str, object]]]:
+    """The whole content of each message once it grew as ``grown_by_id`` says
+    (:meth:`PartsGrowth.onto` the stored parts, read in ``session``; checked and
+    copied). Messages that no longer exist are left out.
+
+    Raises:
+        ValueError: a part that is not JSON.
+    """
+    ids = [k for k, g in grown_by_id.items() if g.continued]
+    written: dict[str, list[dict[str, object]]] = {}
+    if ids:
+        rows = await session.execute(
+            sa.select(_MESSAGES.c.id, _MESSAGES.c.parts).where(_MESSAGES.c.id.in_(ids))
+        )
+        written = {row.id: row.parts for row in rows}
+    return {
+        k: check_parts(g.onto(written[k]) if g.continued else g.parts)
+        for k, g in grown_by_id.items()
+        if k in written or not g.continued
+    }
 
 
 _Item = PendingTurn | MessageUpdate
