@@ -298,7 +298,8 @@ class Messages(StoreCore):
         producer never holds a whole answer. A message deleted meanwhile is ignored.
 
         Args:
-            grown_by_id: message id → its content as grown since the stored one.
+            grown_by_id: message id → its content as grown since the stored one
+                (copied).
 
         Raises:
             ValueError: a part that is not JSON.
@@ -306,9 +307,12 @@ class Messages(StoreCore):
         """
         if not grown_by_id:
             return
+        checked = {
+            k: PartsGrowth(check_parts(g.parts), g.continued) for k, g in grown_by_id.items()
+        }
         now = self._now()
         async with self._guard("checkpoint messages"), self._transaction(write=True) as session:
-            await write_checkpoints(session, grown_by_id, now)
+            await write_checkpoints(session, checked, now)
 
     async def delete_messages_from(self, conversation_id: str, message_id: str) -> int:
         """Delete a message and every later one of its conversation (to regenerate it).

@@ -36,7 +36,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenwire.accumulate import PartsGrowth
-from tokenwire.store.fields import check_parts
 from tokenwire.store.models import ConversationRecord, ConversationRow, MessageRecord, MessageRow
 
 __all__ = [
@@ -240,12 +239,9 @@ async def write_updates(session: AsyncSession, updates: list[MessageUpdate]) -> 
 async def write_checkpoints(
     session: AsyncSession, grown_by_id: dict[str, PartsGrowth], updated_at: datetime
 ) -> None:
-    """Write the content of each message as grown (:func:`_grown_parts`) in
-    ``session``, one ``UPDATE`` for all (a message deleted meanwhile is ignored).
-
-    Raises:
-        ValueError: a part that is not JSON.
-    """
+    """Write the content of each message as grown (:func:`_grown_parts`, growths
+    checked) in ``session``, one ``UPDATE`` for all (a message deleted meanwhile is
+    ignored)."""
     parts = await _grown_parts(session, grown_by_id)
     rows = [{"message_id": k, "parts": v, "updated_at": updated_at} for k, v in parts.items()]
     if rows:
@@ -264,12 +260,9 @@ async def _grown_parts(
     session: AsyncSession, grown_by_id: dict[str, PartsGrowth]
 ) -> dict[str, list[dict[str, object]]]:
     """The whole content of each message once it grew as ``grown_by_id`` says
-    (:meth:`PartsGrowth.onto` the stored parts, read in ``session``; checked and
-    copied). Messages that no longer exist are left out.
-
-    Raises:
-        ValueError: a part that is not JSON.
-    """
+    (:meth:`PartsGrowth.onto` the stored parts, read in ``session``). The growths
+    must be checked already (:func:`~tokenwire.store.fields.check_parts`): the whole
+    content is not copied again. Messages that no longer exist are left out."""
     ids = [k for k, g in grown_by_id.items() if g.continued]
     written: dict[str, list[dict[str, object]]] = {}
     if ids:
@@ -278,7 +271,7 @@ async def _grown_parts(
         )
         written = {row.id: row.parts for row in rows}
     return {
-        k: check_parts(g.onto(written[k]) if g.continued else g.parts)
+        k: g.onto(written[k]) if g.continued else g.parts
         for k, g in grown_by_id.items()
         if k in written or not g.continued
     }
