@@ -97,6 +97,11 @@ class MessageState:
         last_seq: ``seq`` of the last event applied (0 before any).
     """
 
+    _taken: dict[int, tuple[int, dict[str, Any], str]] = {}
+    """Parts whose growing field :meth:`take_growth` emptied: part index → its position
+    in the taken parts, its entry, the field (this empty class default, never changed
+    in place, until the first take: most states never take)."""
+
     def __init__(self) -> None:
         self.parts: dict[int, dict[str, Any]] = {}
         self._pieces: dict[int, tuple[dict[str, Any], str, list[str], list[str]]] = {}
@@ -105,9 +110,6 @@ class MessageState:
         joined into one) and its deltas since, joined into the field only when read
         (``+=`` on a dict value copies the whole string each time: quadratic in the
         length of an answer or of a tool call's arguments)."""
-        self._taken: dict[int, tuple[int, dict[str, Any], str]] = {}
-        """Parts whose growing field :meth:`take_growth` emptied: part index → its
-        position in the taken parts, its entry, the field."""
         self.usage: TokenUsage | None = None
         self.finish_reason: str | None = None
         self.error: dict[str, Any] | None = None
@@ -258,12 +260,13 @@ class MessageState:
         parts, continued = [], {}
         for position, index in enumerate(order):
             entry = self.parts[index]
-            taken = self._taken.get(index)
-            if taken is not None and taken[1] is entry:  # not replaced since (a tool call's end)
-                continued[position] = (taken[0], taken[2])
+            last = self._taken.get(index)
+            if last is not None and last[1] is entry:  # not replaced since (a tool call's end)
+                continued[position] = (last[0], last[2])
             parts.append(dict(entry))
         at = {index: position for position, index in enumerate(order)}
-        self._taken = {}
+        taken: dict[int, tuple[int, dict[str, Any], str]] = {}
+        self._taken = taken
         for index, (entry, field, blocks, pieces) in list(self._pieces.items()):
             if self.parts.get(index) is not entry:  # replaced: its text is in the new entry
                 del self._pieces[index]
@@ -271,7 +274,7 @@ class MessageState:
             entry[field] = ""
             blocks[:] = [""]
             pieces.clear()
-            self._taken[index] = (at[index], entry, field)
+            taken[index] = (at[index], entry, field)
         return PartsGrowth(parts, continued)
 
     def usage_dict(self) -> dict[str, int] | None:
