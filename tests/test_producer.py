@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import msgspec
 import pytest
 
+from tests.support.cluster import REDIS_URL, drop_prefix, unavailable
 from tokenwire.accumulate import PartsGrowth
 from tokenwire.errors import StoreError
 from tokenwire.events import Cancelled, Error, Event, Finish, Start, TextDelta
@@ -18,6 +21,8 @@ from tokenwire.providers.base import GenerationRequest, Message, ProviderEvent, 
 from tokenwire.providers.fake import FakeProvider
 
 pytestmark = pytest.mark.anyio
+
+WHY_NO_REDIS = unavailable()
 
 FAST = ProducerConfig(coalesce_ms=0, orphan_timeout=None, retry_backoff=0)
 
@@ -404,3 +409,40 @@ async def test_a_checkpoint_read_overtaken_by_an_append_folds_each_event_once() 
         deltas.put_nowait(None)
         assert isinstance(await running, Finish)
     assert stored.parts == [{"type": "text", "text": "ab"}]
+
+
+@pytest.mark.parametrize("log", ["memory", "redis"])
+async def test_a_long_answer_checkpointed_many_times_is_stored_whole(
+    tmp_path: Path, log: str
+) -> None:
+    """Through the real store (and Redis, whose log the run does not read back): many
+    checkpoints, each handing over what grew, end with the stored message equal to
+    every delta the stream carried."""
+    from tokenwire import Settings, Tokenwire
+
+    prefix = f"tw-ckpt-{uuid.uuid4().hex[:8]}:"
+    options: dict[str, object] = {}
+    if log == "redis":
+        if WHY_NO_REDIS is not None:
+            pytest.skip(WHY_NO_REDIS)
+        options = {"log_url": REDIS_URL, "log_prefix": prefix}
+    settings = Settings(
+        fake_provider=True, data_dir=tmp_path, checkpoint_interval=0.01, coalesce_ms=0, **options
+    )
+    try:
+        async with Tokenwire(settings) as tw:
+            params = {"tokens": 120, "delay_ms": 2}
+            stream = await tw.start("fake:lorem", [Message("user", "x")], params=params)
+            with anyio.fail_after(30):
+                events = [e async for e in stream.events()]
+                await tw.wait_idle()
+            assert isinstance(events[-1], Finish)
+            assert stream.message_id is not None
+            stored = await tw.store.get_message(stream.message_id)
+    finally:
+        if log == "redis":
+            drop_prefix(prefix)
+    text = "".join(e.delta for e in events if isinstance(e, TextDelta))
+    assert len(text.split()) == 120
+    assert stored is not None and stored.status == "completed"
+    assert stored.parts == [{"type": "text", "text": text}]
