@@ -100,8 +100,9 @@ _FIRST_READER_GRACE = 10.0
 _CHECKPOINT_BATCH = 8
 """Messages per checkpoint transaction: small enough not to stall the event loop, and
 for the peak of a batch's copies (stored parts read back, grown, encoded) to stay
-small, since the heap keeps it (1,000 paced streams of 20 KB: 27.2-24.9 KB per
-connection at the end with 64, 23.8-23.6 with 16, 23.2-23.1 with 4)."""
+small, since the heap keeps it (1,000 paced streams of 20 KB, KB per connection
+held at the end beyond the open: 24.8-27.2 with 64, 23.6-23.8 with 16, 23.1-23.2 with
+4; docs/performance.md)."""
 _CLOSE_TIMEOUT = 5.0
 """Seconds allowed for closing the upstream response after a stop."""
 
