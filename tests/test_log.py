@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import shutil
 import socket
@@ -21,6 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.support.redis_logs import REDIS_URL, namespace, open_redis_logs
+from tokenwire.accumulate import MessageState
 from tokenwire.errors import LogUnavailableError, StreamExpiredError, StreamNotFoundError
 from tokenwire.events import (
     Cancelled,
@@ -477,6 +479,44 @@ async def test_memory_log_reads_across_packed_chunks_and_the_live_tail() -> None
     with anyio.fail_after(5):
         await follower.done
     assert [e for batch in batches for e in batch] == appended
+
+
+async def test_a_merged_read_folds_to_what_its_events_fold_to() -> None:
+    """``events(merged=True)`` (the producer's read for a store write) gives each packed
+    chunk's consecutive deltas of one kind and part as one event, numbered as the last:
+    from any point, it folds to the same message, ends at the same ``seq``, and is
+    shorter wherever chunks are whole."""
+    log = MemoryStreamLog(pack_after=0)
+    await log.create("s", {})
+    events: list[Event] = []
+    for i in range(100):
+        events.append(TextDelta(part=1, delta=f"t{i} "))
+        if i % 9 == 4:  # another text part next to it
+            events.append(TextDelta(part=4, delta=f"p{i} "))
+        if i % 40 == 7:  # every kind but the terminal one, in the middle of chunks
+            events += [e for e in EVERY_KIND if not isinstance(e, Finish)]
+        if i % 30 == 3:
+            events += [ReasoningDelta(part=5, delta="hm"), ReasoningDelta(part=5, delta="m")]
+    events += [TextDelta(part=1 if i % 5 else 4, delta=f"q{i} ") for i in range(130)]
+    events += [TextDelta(part=1, delta=f"r{i} ") for i in range(130)]  # whole chunks of one part
+    for event in events:
+        await log.append("s", [event])
+        await anyio.lowlevel.checkpoint()  # the turn that packs
+    for finished in (False, True):
+        size = (await log.info("s")).last_seq
+        for after in (0, 1, 63, 64, 65, 128, 150, 300, size - 3, size):
+            plain = await log.events("s", after=after)
+            merged = await log.events("s", after=after, merged=True)
+            folded = [MessageState(), MessageState()]
+            for state, read in zip(folded, (plain, merged), strict=True):
+                for event in read:
+                    state.apply(event)
+            assert folded[1].parts_list() == folded[0].parts_list(), (finished, after)
+            assert [e.seq for e in merged[-1:]] == [e.seq for e in plain[-1:]]
+            assert all(a.seq < b.seq for a, b in itertools.pairwise(merged))
+            if finished and after in (0, 64):  # whole chunks from there
+                assert len(merged) < len(plain) / 2
+        await log.append("s", [Finish(finish_reason="stop")])
 
 
 async def test_retention_answers_expired(make_log: MakeLog) -> None:

@@ -266,10 +266,12 @@ class GatedReads(MemoryStreamLog):
         self.gate: asyncio.Future[None] | None = None
         self.events_in_process = False  # as Redis: the producer folds what it appends
 
-    async def events(self, stream_id: str, after: int = 0, limit: int | None = None) -> list[Event]:
+    async def events(
+        self, stream_id: str, after: int = 0, limit: int | None = None, *, merged: bool = False
+    ) -> list[Event]:
         if self.gate is not None:
             await self.gate
-        return await super().events(stream_id, after, limit)
+        return await super().events(stream_id, after, limit, merged=merged)
 
     async def append(self, stream_id: str, events: list[Event]) -> list[Event]:
         out = await super().append(stream_id, events)

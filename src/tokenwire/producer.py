@@ -479,7 +479,7 @@ class _Run:
         """Fold the events the log holds past ``state`` into it (at the start, for
         checkpoints and at the end: what this run appends is folded as it is
         appended); return the last one read, if any."""
-        events = await self.log.events(self.stream_id, after=self.state.last_seq)
+        events = await self.log.events(self.stream_id, after=self.state.last_seq, merged=True)
         self._fold(events)
         return events[-1] if events else None
 

@@ -115,8 +115,14 @@ class StreamLog(Protocol):
         ``done``, for a stream the log does not have.
         """
 
-    async def events(self, stream_id: str, after: int = 0, limit: int | None = None) -> list[Event]:
-        """Events with ``seq > after`` available now (no waiting); at most ``limit``."""
+    async def events(
+        self, stream_id: str, after: int = 0, limit: int | None = None, *, merged: bool = False
+    ) -> list[Event]:
+        """Events with ``seq > after`` available now (no waiting); at most ``limit``.
+
+        ``merged=True`` (with no ``limit``) is a read for folding, not for delivery:
+        consecutive deltas of one kind and part may come as one event, numbered as
+        the last of them (the memory log does so for its packed chunks)."""
 
     async def wait(self, stream_id: str, after: int, timeout: float) -> list[Event]:
         """Like :meth:`events`, but wait up to ``timeout`` seconds for at least one."""

@@ -129,6 +129,39 @@ def _unpack(chunk: bytes) -> list[Event]:
     return out
 
 
+def _unpack_merged(chunk: bytes) -> list[Event]:
+    """A chunk's events as :func:`_unpack` gives them, except that consecutive deltas
+    of one kind and part are one event, numbered as the last of them (a chunk of one
+    part's text: one event)."""
+    first, kinds, parts, lengths, text, others = _chunk_decoder.decode(lz4.block.decompress(chunk))
+    if not others and not any(kinds) and min(parts) == max(parts):  # nearly every chunk
+        return [TextDelta(part=parts[0], delta=text, seq=first + len(kinds) - 1)]
+    runs: list[tuple[int, int, int, int]] = []  # kind, part, last index, end in text
+    end = delta = 0
+    for index, kind in enumerate(kinds):
+        if kind == _OTHER:
+            runs.append((kind, -1, index, end))
+            continue
+        part = parts[delta]
+        end += lengths[delta]
+        delta += 1
+        if runs and runs[-1][:2] == (kind, part):
+            runs[-1] = (kind, part, index, end)
+        else:
+            runs.append((kind, part, index, end))
+    out: list[Event] = []
+    begin = other = 0
+    for kind, part, index, end in runs:
+        if kind == _OTHER:
+            out.append(others[other])
+            other += 1
+            continue
+        cls = TextDelta if kind == _TEXT else ReasoningDelta
+        out.append(cls(part=part, delta=text[begin:end], seq=first + index))
+        begin = end
+    return out
+
+
 class _Stream:
     """One stream: its events (``seq`` 1 to ``size``) are ``chunks`` (``packed`` of
     them, ``_CHUNK`` per chunk, the last one of a finished stream maybe fewer), then
@@ -191,6 +224,20 @@ class _Stream:
             out += self.events[: end - packed]
         offset = first * _CHUNK
         return out[start - offset : end - offset]
+
+    def merged(self, start: int) -> list[Event]:
+        """Events with ``seq > start``, the deltas of each whole packed chunk merged
+        (:func:`_unpack_merged`): a read for folding costs a few structs per chunk,
+        not one per event."""
+        packed = self.packed
+        if start >= packed:
+            return self.events[start - packed :]
+        first, skip = divmod(start, _CHUNK)
+        chunks = self.chunks[first:]
+        out = _unpack(chunks[0])[skip:] if skip else _unpack_merged(chunks[0])
+        for chunk in chunks[1:]:
+            out += _unpack_merged(chunk)
+        return out + self.events
 
     def pack(self, keep: int) -> None:
         """Pack the tail down to its last ``keep`` to ``keep + _CHUNK - 1`` events, or
@@ -706,9 +753,13 @@ class MemoryStreamLog:
         ]
         return [s.stream_id for s in expired if self._check_lease(s)]
 
-    async def events(self, stream_id: str, after: int = 0, limit: int | None = None) -> list[Event]:
-        end = None if limit is None else after + limit
-        return self._get(stream_id).slice(after, end)
+    async def events(
+        self, stream_id: str, after: int = 0, limit: int | None = None, *, merged: bool = False
+    ) -> list[Event]:
+        stream = self._get(stream_id)
+        if merged and limit is None:
+            return stream.merged(after)
+        return stream.slice(after, None if limit is None else after + limit)
 
     async def wait(self, stream_id: str, after: int, timeout: float) -> list[Event]:
         stream = self._get(stream_id)

@@ -314,7 +314,9 @@ class RedisStreamLog:
         """
         return await self._leases.sweep()
 
-    async def events(self, stream_id: str, after: int = 0, limit: int | None = None) -> list[Event]:
+    async def events(
+        self, stream_id: str, after: int = 0, limit: int | None = None, *, merged: bool = False
+    ) -> list[Event]:
         events, status, _ = await fetch(self._core, stream_id, after, limit)
         if status is None:
             raise await self._core.missing(stream_id)
