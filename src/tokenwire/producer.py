@@ -477,9 +477,11 @@ class _Run:
 
     async def sync_state(self) -> Event | None:
         """Fold the events the log holds past ``state`` into it (at the start, for
-        checkpoints and at the end: what this run appends is folded as it is
-        appended); return the last one read, if any."""
-        events = await self.log.events(self.stream_id, after=self.state.last_seq, merged=True)
+        store writes and at the end); return the last one read, if any. Merged runs of
+        deltas (a read for folding) only when the run does not fold what it appends:
+        an append folded meanwhile may fall inside a merged run."""
+        after = self.state.last_seq
+        events = await self.log.events(self.stream_id, after=after, merged=not self.fold_appends)
         self._fold(events)
         return events[-1] if events else None
 
