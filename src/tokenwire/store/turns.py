@@ -17,6 +17,11 @@ sees ``finish`` (or ``GET``\\s the message afterwards) finds the whole turn stor
 as before. Another process's store may not see a turn until the writer's
 transaction commits (normally a few milliseconds after the first byte).
 
+The message updates written here (the producer's end, :func:`write_updates`) and the
+checkpoints (:func:`write_checkpoints`) may carry only what a streaming message grew
+since its last write (:class:`~tokenwire.accumulate.PartsGrowth`): the stored parts
+are read back in the same transaction and the new text appended.
+
 If the process dies before the writer committed, the log still holds the turn:
 :func:`tokenwire.engine.housekeeping.finish_lost_message` writes it again
 (:func:`write_turns` skips a turn whose assistant message exists) and then stores
