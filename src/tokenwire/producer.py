@@ -256,7 +256,7 @@ class Producer:
                     logger.warning("could not renew the lease of %s: %r", stream_id, result)
 
     async def _checkpoint(self, runs: list[_Run]) -> None:
-        changed = [r for r in runs if r.appended_seq != r.checkpointed_seq]
+        changed = [r for r in runs if r.appended_seq != r.checkpointed_seq and not r.ending]
         if self.sink is None or not changed:
             return
         for start in range(0, len(changed), _CHECKPOINT_BATCH):
@@ -268,7 +268,7 @@ class Producer:
                 for run in batch:
                     await run.sync_state()
                     await asyncio.sleep(0)  # one message's fold per turn, not a batch's stall
-                    if run.ending:  # its final write stores it
+                    if run.ending:  # began its final write meanwhile, which stores it
                         continue
                     run.checkpointed_seq = run.state.last_seq
                     grown[run.message_id] = run.state.take_growth()
@@ -276,9 +276,8 @@ class Producer:
                     taken.append(run)
                 await self.sink.checkpoint_messages(grown)
             except BaseException:
-                for run in taken:  # the store may lack what was taken: start over from the log
-                    run.state = MessageState()
-                    run.checkpointed_seq = 0
+                for run in taken:  # the store may lack what was taken
+                    run.start_over()
                 raise
             finally:
                 for run in taken:
@@ -536,9 +535,15 @@ class _Run:
         self._record_end(self.state.usage_dict())
         return terminal
 
+    def start_over(self) -> None:
+        """Forget what was folded and written: the next store write reads the whole
+        stream back from the log and stores the whole message."""
+        self.state = MessageState()
+        self.checkpointed_seq = 0
+
     async def _store_from_log(self) -> None:
         """Store the whole message as the log holds it (the store holds another end)."""
-        self.state = MessageState()
+        self.start_over()
         try:
             await self.sync_state()
         except Exception:
