@@ -33,9 +33,10 @@ from sqlalchemy.exc import IntegrityError
 
 from tests.support.cluster import PG_ADMIN_URL, pg_admin
 from tests.support.servers import free_port
+from tests.test_accumulate import EVENTS as ACCUMULATE_EVENTS
 from tokenwire.accumulate import MessageState, PartsGrowth
 from tokenwire.errors import StoreError
-from tokenwire.events import ReasoningDelta, TextDelta
+from tokenwire.events import ReasoningDelta, TextDelta, with_seq
 from tokenwire.store import TITLE_LENGTH, Store, derive_title
 from tokenwire.store.engine import create_engine
 from tokenwire.store.migrate import MIGRATIONS_DIR, VERSION_TABLE
@@ -553,6 +554,58 @@ async def test_a_message_grows_in_the_store_by_what_the_producer_took_since(stor
     assert message.parts == [*_text("Hello!"), {"type": "reasoning", "text": "why"}]
     other = await store.get_message(ids[1])
     assert other is not None and other.parts == _text("b")
+
+
+@pytest.mark.parametrize("every", [1, 7, 200])
+async def test_the_database_appends_every_growth_as_onto_does(store: Store, every: int) -> None:
+    """Messages written together with 0, 1 or several continued fields (one
+    ``UPDATE`` per count) each equal the message so far after every checkpoint and
+    after the final update; text that JSON and SQL must escape survives."""
+    ids = []
+    for _ in range(3):
+        turn = await store.begin_turn(conversation_id=None, owner=None, messages=[], model="m:x")
+        assert turn is not None
+        ids.append(turn[2].id)
+    tricky = ['He said "hi"', " \\ back\\slash", " 'quoted' $.path[0]", " naïve 日本 🙂", "\n\t"]
+    events = [*ACCUMULATE_EVENTS, *(TextDelta(part=2, delta=t) for t in tricky)]
+    states = [MessageState() for _ in ids]
+    reference = MessageState()
+    for seq, event in enumerate(events, start=1):
+        reference.apply(with_seq(event, seq))
+        for state in states:
+            state.apply(with_seq(event, seq))
+        if seq % every == 0:
+            growths = [
+                states[0].take_growth(),
+                states[1].take_growth(),
+                PartsGrowth(states[2].parts_list()),
+            ]
+            await store.checkpoint_messages(dict(zip(ids, growths, strict=True)))
+            for message_id in ids:
+                message = await store.get_message(message_id)
+                assert message is not None and message.parts == reference.parts_list(), seq
+    for message_id, state in zip(ids, states, strict=True):
+        await store.update_message(message_id, grown=state.take_growth(), status="completed")
+        message = await store.get_message(message_id)
+        assert message is not None and message.parts == reference.parts_list()
+    assert "日本 🙂" in str(reference.parts_list()) and 'He said "hi"' in reference.text
+
+
+async def test_a_growth_onto_a_missing_or_non_text_stored_field_starts_it_empty(
+    store: Store,
+) -> None:
+    turn = await store.begin_turn(conversation_id=None, owner=None, messages=[], model="m:x")
+    assert turn is not None
+    message_id = turn[2].id
+    growth = PartsGrowth([{"type": "text", "text": "b"}], {0: (3, "text")})
+    await store.checkpoint_messages({message_id: growth})  # no part 3 stored
+    message = await store.get_message(message_id)
+    assert message is not None and message.parts == growth.onto([]) == _text("b")
+    await store.update_message(message_id, parts=[{"type": "text", "text": 5}])
+    growth = PartsGrowth([{"type": "text", "text": "c"}], {0: (0, "text")})
+    await store.update_message(message_id, grown=growth)
+    message = await store.get_message(message_id)
+    assert message is not None and message.parts == _text("c")
 
 
 async def test_delete_messages_from_drops_that_message_and_later_ones(store: Store) -> None:

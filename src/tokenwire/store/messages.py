@@ -294,7 +294,7 @@ class Messages(StoreCore):
 
         Each message's content is what it grew to since its last write
         (:meth:`~tokenwire.accumulate.MessageState.take_growth`): only the new text
-        comes from the caller, the rest is read back in the same transaction, so a
+        comes from the caller and the database appends it to the stored parts, so a
         producer never holds a whole answer. A message deleted meanwhile is ignored.
 
         Args:

@@ -19,8 +19,9 @@ transaction commits (normally a few milliseconds after the first byte).
 
 The message updates written here (the producer's end, :func:`write_updates`) and the
 checkpoints (:func:`write_checkpoints`) may carry only what a streaming message grew
-since its last write (:class:`~tokenwire.accumulate.PartsGrowth`): the stored parts
-are read back in the same transaction and the new text appended.
+since its last write (:class:`~tokenwire.accumulate.PartsGrowth`): the database
+appends the new text to the stored parts (``json_set`` on SQLite, ``jsonb_set`` on
+PostgreSQL), so no stored content is read into the process.
 
 If the process dies before the writer committed, the log still holds the turn:
 :func:`tokenwire.engine.housekeeping.finish_lost_message` writes it again
@@ -34,10 +35,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenwire.accumulate import PartsGrowth
@@ -230,56 +232,83 @@ class MessageUpdate(msgspec.Struct, frozen=True):
 
 async def write_updates(session: AsyncSession, updates: list[MessageUpdate]) -> None:
     """Apply ``updates`` in ``session``, one ``UPDATE`` per message (a missing
-    message is ignored, as :meth:`Store.update_message` documents)."""
-    grown = {u.message_id: u.grown for u in updates if u.grown is not None}
-    parts = await _grown_parts(session, grown) if grown else {}
+    message is ignored, as :meth:`Store.update_message` documents); a grown one
+    appends in SQL (:func:`write_checkpoints`)."""
+    dialect = session.get_bind().dialect.name
     for update in updates:
-        values = update.values
-        if update.message_id in parts:
-            values = {**values, "parts": parts[update.message_id]}
         stmt = sa.update(_MESSAGES).where(_MESSAGES.c.id == update.message_id)
-        await session.execute(stmt.values(values))
+        if update.grown is None:
+            await session.execute(stmt.values(update.values))
+            continue
+        n = len(update.grown.continued)
+        stmt = stmt.values({**update.values, "parts": _appended(dialect, n)})
+        await session.execute(stmt, _growth_params(dialect, update.grown))
 
 
 async def write_checkpoints(
     session: AsyncSession, grown_by_id: dict[str, PartsGrowth], updated_at: datetime
 ) -> None:
-    """Write the content of each message as grown (:func:`_grown_parts`, growths
-    checked) in ``session``, one ``UPDATE`` for all (a message deleted meanwhile is
-    ignored)."""
-    parts = await _grown_parts(session, grown_by_id)
-    rows = [{"message_id": k, "parts": v, "updated_at": updated_at} for k, v in parts.items()]
-    if rows:
-        await session.execute(_CHECKPOINT, rows)
+    """Write the content of each message as grown in ``session``: the database
+    appends each continued field's new text to the stored one (no stored content
+    is read into the process), one ``UPDATE`` per number of continued fields for
+    all messages (a message deleted meanwhile is ignored). The growths must be
+    checked already (:func:`~tokenwire.store.fields.check_parts`).
+
+    Appending follows :meth:`PartsGrowth.onto <tokenwire.accumulate.PartsGrowth.onto>`:
+    a missing or non-text stored field counts as empty text.
+    """
+    dialect = session.get_bind().dialect.name
+    rows: dict[int, list[dict[str, object]]] = {}
+    for message_id, growth in grown_by_id.items():
+        params = _growth_params(dialect, growth)
+        params.update(message_id=message_id, updated_at=updated_at)
+        rows.setdefault(len(growth.continued), []).append(params)
+    for n, batch in rows.items():
+        stmt = sa.update(_MESSAGES).where(_MESSAGES.c.id == sa.bindparam("message_id"))
+        values = {"parts": _appended(dialect, n), "updated_at": sa.bindparam("updated_at")}
+        await session.execute(stmt.values(values), batch)
 
 
-_CHECKPOINT = (
-    sa.update(_MESSAGES)
-    .where(_MESSAGES.c.id == sa.bindparam("message_id"))
-    .values(parts=sa.bindparam("parts"), updated_at=sa.bindparam("updated_at"))
-)
-"""A Core ``UPDATE`` (the ORM's bulk update by primary key fails on a missing row)."""
-
-
-async def _grown_parts(
-    session: AsyncSession, grown_by_id: dict[str, PartsGrowth]
-) -> dict[str, list[dict[str, object]]]:
-    """The whole content of each message once it grew as ``grown_by_id`` says
-    (:meth:`PartsGrowth.onto` the stored parts, read in ``session``). The growths
-    must be checked already (:func:`~tokenwire.store.fields.check_parts`): the whole
-    content is not copied again. Messages that no longer exist are left out."""
-    ids = [k for k, g in grown_by_id.items() if g.continued]
-    written: dict[str, list[dict[str, object]]] = {}
-    if ids:
-        rows = await session.execute(
-            sa.select(_MESSAGES.c.id, _MESSAGES.c.parts).where(_MESSAGES.c.id.in_(ids))
+def _appended(dialect: str, n: int) -> sa.ColumnElement[object]:
+    """The stored ``parts`` as the bound ``parts`` with ``n`` continued fields
+    (bound ``at{k}``, ``from{k}``, ``text{k}``: the field's path in the new and
+    in the stored parts, and its new text) each prefixed by the stored text, in
+    SQL: ``json_set`` on SQLite (JSON1), ``jsonb_set`` on PostgreSQL."""
+    stored = _MESSAGES.c.parts
+    if dialect == "postgresql":
+        path = ARRAY(sa.Text)
+        parts: sa.ColumnElement[object] = sa.bindparam("parts", type_=JSONB)
+        for k in range(n):
+            at = sa.bindparam(f"at{k}", type_=path)
+            before_at = sa.bindparam(f"from{k}", type_=path)
+            is_text = sa.func.jsonb_typeof(stored.op("#>")(before_at)) == "string"
+            before = sa.case((is_text, stored.op("#>>", return_type=sa.Text)(before_at)), else_="")
+            text = sa.func.to_jsonb(before.concat(sa.bindparam(f"text{k}", type_=sa.Text)))
+            parts = sa.func.jsonb_set(parts, at, text, type_=JSONB)
+        return parts
+    if n == 0:
+        return sa.bindparam("parts", type_=sa.JSON)
+    args: list[sa.ColumnElement[Any]] = [sa.bindparam("parts", type_=sa.JSON)]
+    for k in range(n):
+        before_at = sa.bindparam(f"from{k}", type_=sa.Text)
+        is_text = sa.func.json_type(stored, before_at) == "text"
+        before = sa.case(
+            (is_text, sa.func.json_extract(stored, before_at, type_=sa.Text)), else_=""
         )
-        written = {row.id: row.parts for row in rows}
-    return {
-        k: g.onto(written[k]) if g.continued else g.parts
-        for k, g in grown_by_id.items()
-        if k in written or not g.continued
-    }
+        args += [sa.bindparam(f"at{k}", type_=sa.Text), before.concat(sa.bindparam(f"text{k}"))]
+    return sa.func.json_set(*args, type_=sa.JSON)
+
+
+def _growth_params(dialect: str, growth: PartsGrowth) -> dict[str, object]:
+    """The bound values of :func:`_appended` for ``growth``."""
+    params: dict[str, object] = {"parts": growth.parts}
+    for k, (i, (j, field)) in enumerate(growth.continued.items()):
+        if dialect == "postgresql":
+            params[f"at{k}"], params[f"from{k}"] = [str(i), field], [str(j), field]
+        else:
+            params[f"at{k}"], params[f"from{k}"] = f'$[{i}]."{field}"', f'$[{j}]."{field}"'
+        params[f"text{k}"] = growth.parts[i].get(field, "")
+    return params
 
 
 _Item = PendingTurn | MessageUpdate
