@@ -21,6 +21,11 @@ throughput (text-delta events/s, ``coalesce_ms=0``) with its server CPU
 (``/proc/<pid>/stat``) and Redis CPU (``INFO cpu`` before/after), then, on fresh
 nodes, paced lateness. Afterwards the row's Redis keys are deleted (``SCAN`` +
 ``UNLINK`` on its prefix). See ``docs/performance.md``, "Scale-out".
+
+On fewer than four CPUs the two nodes, Redis and the clients share the cores, so the
+measured second-node factor cannot reach 2; the derived figures also give it *with a
+core per node*: 2 x one node's server CPU per event / two nodes' (each node then
+CPU-bound), with the share of a core Redis would need at that rate.
 """
 
 from __future__ import annotations
@@ -551,6 +556,9 @@ def _figures(memory: Row, one: Row, two: Row) -> str:
     one_cost = one.server_us_per_event + one.redis_us_per_event
     two_cost = two.server_us_per_event + two.redis_us_per_event
     scaling = two.events_per_s / one.events_per_s if one.events_per_s else float("nan")
+    # With a core per node, each node CPU-bound: events/s = nodes / server CPU per event.
+    per_core = 2 * one.server_us_per_event / two.server_us_per_event
+    redis_share = 2 * two.redis_us_per_event / two.server_us_per_event
     return "\n".join(
         [
             f"- CPU per delivered event, memory log: server {memory.server_us_per_event:.1f} µs"
@@ -564,6 +572,9 @@ def _figures(memory: Row, one: Row, two: Row) -> str:
             f"+{one.server_us_per_event - memory.server_us_per_event:.1f} µs",
             f"- scaling factor of the second node: {two.events_per_s:,.0f} / "
             f"{one.events_per_s:,.0f} = {scaling:.2f}",
+            f"- second node with a core per node, from CPU per event (derived, not measured):"
+            f" 2 x {one.server_us_per_event:.1f} / {two.server_us_per_event:.1f} ="
+            f" {per_core:.2f}, Redis then {redis_share:.0%} of a core",
         ]
     )
 
