@@ -393,6 +393,7 @@ class RedisStreamLog:
         tasks = [t for t in (self._counts.alive, *core.tasks) if t is not None]
         await asyncio.gather(self._cancels.close(), *(stop_task(t) for t in tasks))
         self._counts.alive = None
+        await core.append_connection.release()
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
             keys = self._keys
             await self._client.delete(keys.wake(self.process_id), keys.proc(self.process_id))

@@ -15,9 +15,9 @@ from tokenwire.events import Event, decode_event
 from tokenwire.log.redis_core import (
     BACKOFF_MAX,
     BACKOFF_MIN,
+    OwnConnection,
     RedisCore,
     as_str,
-    entry_field,
     stop_task,
 )
 
@@ -51,6 +51,8 @@ class RedisTail:
 
     def __init__(self, core: RedisCore) -> None:
         self._core = core
+        self._connection = OwnConnection(core.client.connection_pool)
+        """The tail's connection, blocked in ``XREAD`` most of the time."""
         self._known: dict[str, int] = {}
         self._waiters: dict[str, list[tuple[int, asyncio.Future[list[Event]]]]] = {}
         self._idle: dict[str, float] = {}
@@ -168,16 +170,19 @@ class RedisTail:
         }
         self._to_read = set()
         by_key = {keys.events(s): s for s in positions}
-        request: dict[Any, Any] = {key: f"{positions[s]}-0" for key, s in by_key.items()}
-        request[changes] = self._cursor
-        request[wake] = self._wake_id
+        names = [*by_key, changes, wake]
+        ids = [*(f"{positions[s]}-0" for s in by_key.values()), self._cursor, self._wake_id]
         self._blocked = True
         try:
-            reply: Any = await client.xread(request, count=_TAIL_COUNT, block=_BLOCK_MS)
+            reply: Any = await self._connection.execute(
+                "XREAD", "COUNT", _TAIL_COUNT, "BLOCK", _BLOCK_MS, "STREAMS", *names, *ids
+            )
         finally:
             self._blocked = False
         noted: list[Any] = []
         # The streams read first: what they deliver makes their changes old news.
+        # The raw reply: [[key, [[id, [field, value, ...]], ...]], ...] (RESP2), a map
+        # of key -> entries (RESP3), or nil when the block timed out.
         for key, entries in reply.items() if isinstance(reply, dict) else (reply or []):
             name = as_str(key)
             if not entries:
@@ -188,7 +193,7 @@ class RedisTail:
             elif name == wake:
                 self._wake_id = as_str(entries[-1][0])
             elif (stream_id := by_key.get(name)) is not None:
-                events = [decode_event(entry_field(fields)) for _, fields in entries]
+                events = [decode_event(fields[1]) for _, fields in entries]  # field e
                 self._deliver(stream_id, positions[stream_id], events)
                 if len(entries) >= _TAIL_COUNT:  # more may follow, changed before
                     self._to_read.add(stream_id)
@@ -201,7 +206,7 @@ class RedisTail:
         its last ``seq`` is read in the next round."""
         known, waiters = self._known, self._waiters
         for _, fields in entries:
-            for name, value in fields.items():
+            for name, value in zip(fields[::2], fields[1::2], strict=True):
                 stream_id = as_str(name)
                 seq = int(value)
                 if known.get(stream_id, seq) < seq:
@@ -241,6 +246,7 @@ class RedisTail:
     async def close(self) -> None:
         if self._task is not None:
             await stop_task(self._task)
+        await self._connection.release()
         for waiters in self._waiters.values():
             for _, future in waiters:
                 future.cancel()
