@@ -71,12 +71,16 @@ class RedisTail:
     async def wait(self, stream_id: str, after: int, timeout: float) -> list[Event]:
         """Events after ``after`` from the tail, ``[]`` when to fetch (or timed out)."""
         future = self._future(stream_id, after)
+        # A timer that resolves the future, not ``asyncio.timeout``: this runs once per
+        # delivered batch, and the context manager costs several times more.
+        timer = None
+        if timeout != math.inf and not future.done():
+            timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
         try:
-            async with asyncio.timeout(None if timeout == math.inf else timeout):
-                return await future
-        except TimeoutError:
-            return []
+            return await future
         finally:
+            if timer is not None:
+                timer.cancel()
             self._forget(stream_id, future)
 
     def _future(self, stream_id: str, after: int) -> asyncio.Future[list[Event]]:
@@ -253,3 +257,9 @@ class RedisTail:
         self._waiters.clear()
         self._known.clear()
         self._idle.clear()
+
+
+def _expire(future: asyncio.Future[list[Event]]) -> None:
+    """A waiter's time is up: it gets ``[]`` (fetch or heartbeat)."""
+    if not future.done():
+        future.set_result([])
