@@ -93,7 +93,8 @@ Deviations from :class:`~tokenwire.log.memory.MemoryStreamLog`:
 - Not for Redis Cluster: scripts touch keys they build from the prefix.
 
 Modules: this one is the facade (:class:`RedisStreamLog`); the parts it composes are
-:mod:`~tokenwire.log.redis_core` (client, keys, scripts, append, error boundary),
+:mod:`~tokenwire.log.redis_core` (client, keys, scripts, append, the kept
+connection of the append batch and the tail, error boundary),
 :mod:`~tokenwire.log.redis_batch` (one round trip for many streams' calls),
 :mod:`~tokenwire.log.redis_scripts` (the Lua scripts and key layout),
 :mod:`~tokenwire.log.redis_tail` (the multiplexed ``XREAD`` tail),
