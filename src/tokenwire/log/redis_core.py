@@ -259,7 +259,7 @@ class RedisCore:
             try:
                 flat = await connection.execute("EVALSHA", script.sha, *args)
             except redis.exceptions.NoScriptError:  # Redis restarted, or its cache flushed
-                script.sha = await self.client.script_load(scripts.APPEND)
+                await self.client.script_load(scripts.APPEND)  # its sha is script.sha
                 flat = await connection.execute("EVALSHA", script.sha, *args)
         return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
 
